@@ -1,0 +1,33 @@
+"""anyarray_nn: neural-network layers written once against the Python array API standard.
+
+The same forward and backward code trains on NumPy, CuPy, PyTorch tensors and
+array-api-strict. Start with :func:`set_backend`, build a :class:`Sequential` of
+:mod:`layers`, pick a loss from :mod:`losses` and an optimizer from :mod:`optim`.
+"""
+
+__version__ = "0.1.0"
+
+from . import data, functional, init, layers, losses, optim
+from .backend import (
+    Backend,
+    available_backends,
+    asarray,
+    current as current_backend,
+    get_backend,
+    seed,
+    set_backend,
+    synchronize,
+    to_host,
+    using,
+)
+from .errors import BackendError, BackendMismatchError, InputError
+from .gradcheck import GradCheckReport, check_gradients
+from .model import Sequential
+
+__all__ = [
+    "Backend", "available_backends", "asarray", "current_backend", "get_backend", "seed",
+    "set_backend", "synchronize", "to_host", "using",
+    "BackendError", "BackendMismatchError", "InputError",
+    "GradCheckReport", "check_gradients", "Sequential",
+    "data", "functional", "init", "layers", "losses", "optim",
+]

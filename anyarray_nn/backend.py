@@ -1,0 +1,321 @@
+"""The backend switch: which array library (and device) new arrays live on.
+
+This is the only module that imports NumPy, CuPy or PyTorch by name for array work on the
+device. Kernels find their library from their inputs with :func:`namespace`; layers ask this
+module where to create parameters; host transfers, synchronisation and seeding live here.
+
+Backend names
+-------------
+``"numpy"``             NumPy arrays through ``array_api_compat.numpy``.
+``"cupy"``              CuPy arrays on the current CUDA device (needs a GPU).
+``"torch"``             PyTorch CPU tensors; ``"torch:cuda"`` or ``"torch:cuda:1"`` for a GPU.
+``"array_api_strict"``  the reference implementation of the standard: proves only the
+                        standard is used.
+
+The active backend comes from, in order: the innermost :func:`using` block, the last
+:func:`set_backend` call, the ``ANYARRAY_NN_BACKEND`` environment variable, ``"numpy"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import os
+import threading
+from typing import Any, Iterator
+
+import array_api_compat
+import numpy as np
+
+ENV_VAR = "ANYARRAY_NN_BACKEND"
+BACKEND_NAMES = ("numpy", "cupy", "torch", "array_api_strict")
+DTYPES = ("float32", "float64")
+DEFAULT_DTYPE = "float32"
+
+_INSTALL_HINTS = {
+    "numpy": "pip install numpy",
+    "cupy": "pip install 'anyarray_nn[cuda12]' or 'anyarray_nn[cuda13]' (matching your CUDA "
+            "driver) on a machine with an NVIDIA GPU",
+    "torch": "pip install torch",
+    "array_api_strict": "pip install array-api-strict",
+}
+
+
+class BackendError(RuntimeError):
+    """A backend is unknown, not installed, or cannot run on this machine."""
+
+
+class BackendMismatchError(TypeError):
+    """Arrays from two different backends or devices met in one operation."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """A resolved backend: its name, its array namespace and the device arrays go to."""
+
+    name: str
+    xp: Any
+    device: Any = None
+
+    def __str__(self) -> str:
+        return self.name
+
+    def asarray(self, data: Any, dtype: str | None = None) -> Any:
+        """Return ``data`` (host data or an array of any backend) as an array of this backend."""
+        return asarray(data, backend=self, dtype=dtype)
+
+
+class _State(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[Backend] = []
+
+
+_state = _State()
+_default: Backend | None = None
+_cache: dict[str, Backend] = {}
+
+
+def _split(name: str) -> tuple[str, str | None]:
+    base, _, device = name.partition(":")
+    return base, (device or None)
+
+
+def _import_namespace(base: str, device: str | None) -> tuple[Any, Any, str]:
+    """Import the library behind ``base``; return (namespace, device, canonical name)."""
+    if base == "numpy":
+        import array_api_compat.numpy as xp
+        return xp, None, base
+    if base == "array_api_strict":
+        xp = importlib.import_module("array_api_strict")
+        return xp, None, base
+    if base == "torch":
+        torch = importlib.import_module("torch")
+        import array_api_compat.torch as xp
+        dev = torch.device(device or "cpu")
+        if dev.type == "cpu":
+            return xp, dev, base
+        if dev.type != "cuda" or not torch.cuda.is_available():
+            raise BackendError(
+                f"backend 'torch:{device}' needs a CUDA GPU, but torch.cuda.is_available() is "
+                f"False. Available backends: {', '.join(available_backends())}.")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        return xp, dev, f"torch:{dev}"
+    if base == "cupy":
+        cupy = importlib.import_module("cupy")
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # the CUDA runtime raises its own error types
+            raise BackendError(
+                f"backend 'cupy' is installed but has no usable GPU ({exc}). Available "
+                f"backends: {', '.join(available_backends())}.") from None
+        if count == 0:
+            raise BackendError("backend 'cupy' is installed but found no CUDA device. "
+                               f"Available backends: {', '.join(available_backends())}.")
+        import array_api_compat.cupy as xp
+        index = int(device or 0)
+        return xp, cupy.cuda.Device(index), base if index == 0 else f"cupy:{index}"
+    raise AssertionError(base)
+
+
+def get_backend(name: str | Backend | None = None) -> Backend:
+    """Resolve a backend name (or ``None`` for the active backend) to a :class:`Backend`.
+
+    Raises :class:`BackendError` naming the available backends and what to install when
+    the name is unknown, its library is missing, or it cannot run here (CuPy without a GPU).
+    """
+    if isinstance(name, Backend):
+        return name
+    if name is None:
+        return current()
+    if name in _cache:
+        return _cache[name]
+    base, device = _split(str(name))
+    if base not in BACKEND_NAMES:
+        raise BackendError(
+            f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)} "
+            f"(available here: {', '.join(available_backends())}).")
+    if device is not None and base not in ("torch", "cupy"):
+        raise BackendError(f"backend {base!r} takes no device, got {name!r}.")
+    try:
+        xp, dev, canonical = _import_namespace(base, device)
+    except ImportError as exc:
+        raise BackendError(
+            f"backend {base!r} is not installed ({exc}). Install it with: "
+            f"{_INSTALL_HINTS[base]}. Available backends: {', '.join(available_backends())}."
+        ) from None
+    backend = Backend(canonical, xp, dev)
+    _cache[str(name)] = backend
+    return backend
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that import and can run on this machine."""
+    found = []
+    for base in BACKEND_NAMES:
+        try:
+            _import_namespace(base, None)
+        except (ImportError, BackendError):
+            continue
+        found.append(base)
+    return found
+
+
+def current() -> Backend:
+    """The active backend (see the module docstring for the order of precedence)."""
+    if _state.stack:
+        return _state.stack[-1]
+    if _default is not None:
+        return _default
+    return get_backend(os.environ.get(ENV_VAR) or "numpy")
+
+
+def set_backend(name: str | Backend) -> Backend:
+    """Make ``name`` the active backend for new parameters and data; returns it."""
+    global _default
+    _default = get_backend(name)
+    return _default
+
+
+@contextlib.contextmanager
+def using(name: str | Backend) -> Iterator[Backend]:
+    """Context manager: ``with using("torch"): ...`` makes a backend active inside the block."""
+    backend = get_backend(name)
+    _state.stack.append(backend)
+    try:
+        yield backend
+    finally:
+        _state.stack.pop()
+
+
+# --- identifying arrays -----------------------------------------------------------------
+
+def _is_strict(x: Any) -> bool:
+    return type(x).__module__.startswith("array_api_strict")
+
+
+def backend_name_of(x: Any) -> str:
+    """The backend name of an array, with its device where that matters (``"torch:cuda:0"``)."""
+    if array_api_compat.is_numpy_array(x):
+        return "numpy"
+    if array_api_compat.is_cupy_array(x):
+        return "cupy" if x.device.id == 0 else f"cupy:{x.device.id}"
+    if array_api_compat.is_torch_array(x):
+        return "torch" if x.device.type == "cpu" else f"torch:{x.device}"
+    if _is_strict(x):
+        return "array_api_strict"
+    raise BackendMismatchError(
+        f"expected an array of one of the backends {', '.join(BACKEND_NAMES)}, "
+        f"got {type(x).__module__}.{type(x).__name__}")
+
+
+def namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Any:
+    """The array namespace shared by ``arrays`` (``None`` entries are ignored).
+
+    Every kernel starts here. Arrays from two backends or devices raise
+    :class:`BackendMismatchError` naming both (``names`` labels the arguments in the message).
+    """
+    present = [(i, a) for i, a in enumerate(arrays) if a is not None]
+    kinds = [backend_name_of(a) for _, a in present]
+    if len(set(kinds)) > 1:
+        labels = [names[i] if names else f"argument {i}" for i, _ in present]
+        parts = ", ".join(f"{lab} is {kind}" for lab, kind in zip(labels, kinds))
+        raise BackendMismatchError(
+            f"arrays from different backends cannot be mixed: {parts}. Move them to one "
+            f"backend first (anyarray_nn.asarray(x, backend=...) or model.to(...)).")
+    return array_api_compat.array_namespace(*(a for _, a in present))
+
+
+# --- moving data ------------------------------------------------------------------------
+
+def to_host(x: Any) -> np.ndarray:
+    """Copy an array of any backend to a NumPy array on the host (synchronises a GPU)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if _is_strict(x):
+        return np.asarray(x)
+    return np.asarray(x)
+
+
+def asarray(data: Any, backend: str | Backend | None = None, dtype: str | None = None) -> Any:
+    """Return ``data`` as an array of ``backend`` (default: the active one), optionally cast.
+
+    ``data`` may be host data (lists, NumPy arrays) or an array of any backend; arrays of
+    another backend go through the host. ``dtype`` is a name such as ``"float32"``.
+    """
+    target = get_backend(backend)
+    xp = target.xp
+    if not isinstance(data, np.ndarray) and _is_array(data) and backend_name_of(data) != target.name:
+        data = to_host(data)
+    if isinstance(data, np.ndarray) and base_name(target.name) == "array_api_strict":
+        data = np.ascontiguousarray(data)
+    kwargs = {} if target.device is None else {"device": target.device}
+    out = xp.asarray(data, **kwargs)
+    if dtype is not None:
+        out = xp.astype(out, resolve_dtype(xp, dtype), copy=False)
+    return out
+
+
+def _is_array(x: Any) -> bool:
+    return (array_api_compat.is_numpy_array(x) or array_api_compat.is_cupy_array(x)
+            or array_api_compat.is_torch_array(x) or _is_strict(x))
+
+
+def base_name(name: str) -> str:
+    """``"torch:cuda"`` -> ``"torch"``."""
+    return _split(name)[0]
+
+
+def resolve_dtype(xp: Any, dtype: Any) -> Any:
+    """The dtype object of namespace ``xp`` for a name (``"float32"``) or a dtype object."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"unsupported dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+        return getattr(xp, dtype)
+    return dtype
+
+
+def dtype_name(dtype: Any) -> str:
+    """The standard name of a dtype object of any backend (``"float32"``)."""
+    text = str(dtype)
+    return text.rsplit(".", 1)[-1]
+
+
+def synchronize(backend: str | Backend | None = None) -> None:
+    """Wait until all queued work on the backend's device has finished (no-op on the CPU)."""
+    b = get_backend(backend)
+    if base_name(b.name) == "cupy":
+        import cupy
+        cupy.cuda.get_current_stream().synchronize()
+    elif base_name(b.name) == "torch" and b.device.type == "cuda":
+        import torch
+        torch.cuda.synchronize(b.device)
+
+
+# --- seeding ----------------------------------------------------------------------------
+
+_rng = np.random.default_rng(0)
+
+
+def seed(value: int) -> None:
+    """Seed the generator behind parameter initialisation (and every other seeded default).
+
+    Weights are drawn on the host in float64 and then cast and moved, so the same seed gives
+    bit-identical initial weights on every backend.
+    """
+    global _rng
+    _rng = np.random.default_rng(value)
+
+
+def host_rng(rng: np.random.Generator | int | None = None) -> np.random.Generator:
+    """A host random generator: ``rng`` itself, a new one seeded with an int, or the global one."""
+    if rng is None:
+        return _rng
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)

@@ -1,0 +1,28 @@
+"""The exceptions anyarray_nn raises for bad input; all name what was expected and what came."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from .backend import BackendError, BackendMismatchError
+
+
+class InputError(ValueError):
+    """An array of the wrong rank, shape or dtype, or values a kernel cannot accept (NaN)."""
+
+
+@contextlib.contextmanager
+def errors_named(owner: str) -> Iterator[None]:
+    """Prefix bad-input errors raised inside the block with ``owner`` (e.g. ``Dense 'fc'``).
+
+    Kernels know the argument ("x", "W") but not the layer; layers and losses add their name
+    here, so every message says where, what was expected and what came.
+    """
+    try:
+        yield
+    except (InputError, BackendMismatchError) as exc:
+        raise type(exc)(f"{owner}: {exc}").with_traceback(exc.__traceback__) from None
+
+
+__all__ = ["InputError", "BackendError", "BackendMismatchError", "errors_named"]

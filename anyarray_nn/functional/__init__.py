@@ -1,0 +1,37 @@
+"""Pure kernels written only against the Python array API standard.
+
+Every family is a ``*_forward`` / ``*_backward`` pair: inputs in, new arrays out, no state and
+no writes into the inputs. The namespace comes from the inputs, so the same call runs on
+NumPy, CuPy, PyTorch tensors and array-api-strict.
+"""
+
+from .activation import (
+    leaky_relu_backward,
+    leaky_relu_forward,
+    relu_backward,
+    relu_forward,
+    sigmoid_backward,
+    sigmoid_forward,
+    tanh_backward,
+    tanh_forward,
+)
+from .dense import dense_backward, dense_forward
+from .loss import (
+    mse_backward,
+    mse_forward,
+    one_hot,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+    softmax_forward,
+)
+
+__all__ = [
+    "dense_forward", "dense_backward",
+    "relu_forward", "relu_backward",
+    "leaky_relu_forward", "leaky_relu_backward",
+    "tanh_forward", "tanh_backward",
+    "sigmoid_forward", "sigmoid_backward",
+    "softmax_forward", "one_hot",
+    "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
+    "mse_forward", "mse_backward",
+]

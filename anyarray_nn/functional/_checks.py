@@ -1,0 +1,47 @@
+"""Input checks shared by the kernels. They read only shapes and dtypes (no device sync)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import dtype_name
+from ..errors import InputError
+
+
+def check_ndim(x: Any, ndim: int, what: str, layout: str) -> None:
+    """Raise unless ``x`` has ``ndim`` dimensions; ``layout`` describes them, e.g. "(N, C)"."""
+    if x.ndim != ndim:
+        raise InputError(f"{what}: expected a {ndim}-D array {layout}, got shape {tuple(x.shape)}")
+
+
+def check_floating(x: Any, what: str) -> None:
+    """Raise unless ``x`` has a real floating dtype."""
+    if not _is_real_floating(x):
+        raise InputError(f"{what}: expected a floating dtype (float32 or float64), "
+                         f"got {dtype_name(x.dtype)}")
+
+
+def check_same_dtype(x: Any, ref: Any, what: str, ref_what: str) -> None:
+    """Raise unless ``x`` and ``ref`` share a dtype: the standard forbids silent mixing here."""
+    if x.dtype != ref.dtype:
+        raise InputError(f"{what}: expected dtype {dtype_name(ref.dtype)} (the dtype of "
+                         f"{ref_what}), got {dtype_name(x.dtype)}")
+
+
+def check_same_shape(x: Any, ref: Any, what: str, ref_what: str) -> None:
+    """Raise unless ``x`` has exactly the shape of ``ref`` (no silent broadcasting)."""
+    if tuple(x.shape) != tuple(ref.shape):
+        raise InputError(f"{what}: expected shape {tuple(ref.shape)} (the shape of {ref_what}), "
+                         f"got {tuple(x.shape)}")
+
+
+def check_gradient(x: Any, dy: Any, y_shape: tuple[int, ...], what: str = "dy") -> None:
+    """Raise unless the upstream gradient has the forward output's shape and the input's dtype."""
+    if tuple(dy.shape) != tuple(y_shape):
+        raise InputError(f"{what}: expected shape {tuple(y_shape)} (the forward output), "
+                         f"got {tuple(dy.shape)}")
+    check_same_dtype(dy, x, what, "the forward input")
+
+
+def _is_real_floating(x: Any) -> bool:
+    return dtype_name(x.dtype) in ("float16", "bfloat16", "float32", "float64")

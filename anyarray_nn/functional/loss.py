@@ -1,0 +1,121 @@
+"""Loss kernels: each forward returns a 0-d array, each backward the gradient of that scalar.
+
+Softmax cross-entropy, mean over the batch, for logits z of shape (N, C) and labels t in [0, C):
+
+    L  = 1/N sum_i ( logsumexp(z_i) - z_i[t_i] )
+    dz = 1/N ( softmax(z) - onehot(t) )
+
+Subtracting each row's maximum before exp makes both stable for logits of any magnitude.
+
+Mean squared error over all elements of prediction p and target t:
+
+    L  = mean( (p - t)^2 )        dp = 2 (p - t) / size
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..backend import dtype_name, namespace
+from ..errors import InputError
+from ._checks import check_floating, check_ndim, check_same_dtype, check_same_shape
+
+
+def _check_classification(xp: Any, logits: Any, labels: Any) -> None:
+    check_ndim(logits, 2, "logits", "(batch, classes)")
+    check_floating(logits, "logits")
+    check_ndim(labels, 1, "labels", "(batch,) of class indices")
+    if not xp.isdtype(labels.dtype, "integral"):
+        raise InputError(f"labels: expected an integer dtype (class indices), got "
+                         f"{dtype_name(labels.dtype)}; cast with xp.astype(labels, xp.int64)")
+    if logits.shape[0] == 0 or logits.shape[1] == 0:
+        raise InputError(f"logits: expected at least one row and one class, got shape "
+                         f"{tuple(logits.shape)}")
+    if labels.shape[0] != logits.shape[0]:
+        raise InputError(f"labels: expected {logits.shape[0]} labels (one per row of logits "
+                         f"{tuple(logits.shape)}), got {labels.shape[0]}")
+
+
+def _log_softmax_parts(xp: Any, logits: Any) -> tuple[Any, Any]:
+    """Shifted logits ``z - max(z)`` and their log-sum-exp per row, both stable."""
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    return shifted, xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+
+
+def one_hot(labels: Any, num_classes: int, dtype: Any) -> Any:
+    """(N,) integer labels -> (N, C) array of 0 and 1 in ``dtype``."""
+    xp = namespace(labels)
+    classes = xp.arange(num_classes, dtype=labels.dtype, device=labels.device)
+    return xp.astype(labels[:, None] == classes[None, :], dtype)
+
+
+def softmax_forward(logits: Any) -> Any:
+    """Row-wise softmax of (N, C) logits, stable for any magnitude."""
+    xp = namespace(logits)
+    check_ndim(logits, 2, "logits", "(batch, classes)")
+    check_floating(logits, "logits")
+    e = xp.exp(logits - xp.max(logits, axis=1, keepdims=True))
+    return e / xp.sum(e, axis=1, keepdims=True)
+
+
+def softmax_cross_entropy_forward(logits: Any, labels: Any) -> Any:
+    """Mean softmax cross-entropy of (N, C) ``logits`` against (N,) integer ``labels``.
+
+    Raises :class:`InputError` for labels outside [0, C) and for a loss that is not finite
+    (NaN or infinite logits); this check reads one scalar back from the device.
+    """
+    xp = namespace(logits, labels, names=("logits", "labels"))
+    _check_classification(xp, logits, labels)
+    n, c = logits.shape
+    shifted, lse = _log_softmax_parts(xp, logits)
+    target = one_hot(labels, c, logits.dtype)
+    loss = xp.sum(lse[:, 0] - xp.sum(shifted * target, axis=1)) / n
+    # One combined device-to-host read for both checks.
+    labels_ok = xp.all((labels >= 0) & (labels < c))
+    if not bool(labels_ok & xp.isfinite(loss)):
+        if not bool(labels_ok):
+            raise InputError(f"labels: expected class indices in [0, {c}), got values from "
+                             f"{int(xp.min(labels))} to {int(xp.max(labels))}")
+        bad = int(xp.sum(xp.astype(~xp.isfinite(logits), xp.int64)))
+        raise InputError(f"logits: expected finite values, got {bad} NaN or infinite "
+                         f"entries (loss is {float(loss)})")
+    return loss
+
+
+def softmax_cross_entropy_backward(logits: Any, labels: Any, dloss: Any = 1.0) -> Any:
+    """Gradient of the mean softmax cross-entropy with respect to ``logits``.
+
+    ``dloss`` is the upstream gradient of the scalar loss (1 when the loss is the objective).
+    """
+    xp = namespace(logits, labels, names=("logits", "labels"))
+    _check_classification(xp, logits, labels)
+    n, c = logits.shape
+    shifted, lse = _log_softmax_parts(xp, logits)
+    probs = xp.exp(shifted - lse)
+    return (probs - one_hot(labels, c, logits.dtype)) * (dloss / n)
+
+
+def mse_forward(pred: Any, target: Any) -> Any:
+    """Mean of the squared differences over all elements (shapes must match exactly)."""
+    xp = namespace(pred, target, names=("prediction", "target"))
+    _check_regression(pred, target)
+    diff = pred - target
+    return xp.sum(diff * diff) / _size(pred)
+
+
+def mse_backward(pred: Any, target: Any, dloss: Any = 1.0) -> Any:
+    """Gradient of :func:`mse_forward` with respect to ``pred``."""
+    namespace(pred, target, names=("prediction", "target"))
+    _check_regression(pred, target)
+    return (pred - target) * (2.0 * dloss / _size(pred))
+
+
+def _check_regression(pred: Any, target: Any) -> None:
+    check_floating(pred, "prediction")
+    check_same_shape(target, pred, "target", "the prediction")
+    check_same_dtype(target, pred, "target", "the prediction")
+
+
+def _size(x: Any) -> int:
+    return math.prod(x.shape)

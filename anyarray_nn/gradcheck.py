@@ -1,0 +1,164 @@
+"""Finite-difference gradient checks for layers, models and raw functions.
+
+The analytic gradient from ``backward`` is compared with central differences
+
+    dL/dw_i ~ (L(w + eps e_i) - L(w - eps e_i)) / (2 eps)
+
+in float64, for the input and every parameter. Without a loss, the scalar checked is
+``L = sum(y * r)`` for a fixed random ``r``, so every output element contributes with its own
+weight (and backward receives ``dy = r``).
+
+An entry passes when ``|analytic - numeric| <= atol + rtol * max(|analytic|, |numeric|)``
+element by element; the report also shows the largest relative error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from . import backend as _backend
+from .errors import InputError
+
+
+@dataclasses.dataclass
+class GradCheckEntry:
+    """The comparison for one tensor (``"x"`` or a parameter key like ``"fc.W"``)."""
+
+    name: str
+    checked: int
+    max_abs_error: float
+    max_rel_error: float
+    passed: bool
+
+
+@dataclasses.dataclass
+class GradCheckReport:
+    """All entries of one check; ``passed`` is True when every entry passed."""
+
+    entries: list[GradCheckEntry]
+    rtol: float
+    atol: float
+
+    @property
+    def passed(self) -> bool:
+        return all(e.passed for e in self.entries)
+
+    def __getitem__(self, name: str) -> GradCheckEntry:
+        for entry in self.entries:
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
+
+    def __str__(self) -> str:
+        width = max([len(e.name) for e in self.entries] + [6])
+        lines = [f"{'tensor':<{width}}  checked  max abs err  max rel err  ok",
+                 "-" * (width + 40)]
+        for e in self.entries:
+            lines.append(f"{e.name:<{width}}  {e.checked:7d}  {e.max_abs_error:11.2e}  "
+                         f"{e.max_rel_error:11.2e}  {'yes' if e.passed else 'NO'}")
+        lines.append(f"rtol={self.rtol:g} atol={self.atol:g}: "
+                     f"{'passed' if self.passed else 'FAILED'}")
+        return "\n".join(lines)
+
+    def raise_if_failed(self) -> "GradCheckReport":
+        """Raise AssertionError with the table when an entry failed; return self otherwise."""
+        if not self.passed:
+            raise AssertionError("gradient check failed\n" + str(self))
+        return self
+
+
+def check_gradients(net: Any, x: Any, *, loss: Any = None, target: Any = None,
+                    eps: float = 1e-6, rtol: float = 1e-5, atol: float = 1e-8,
+                    max_checks: int = 200, seed: int = 0, check_input: bool = True
+                    ) -> GradCheckReport:
+    """Check ``net.backward`` (a Layer or a Sequential) against central differences.
+
+    ``net`` and ``x`` must be float64 (call ``net.to(dtype="float64")``). With ``loss``
+    (e.g. ``SoftmaxCrossEntropy()``) and ``target`` the scalar is the loss of the output;
+    otherwise ``sum(y * r)`` for a seeded random ``r``. At most ``max_checks`` randomly chosen
+    elements of each tensor are perturbed. Parameters are restored afterwards.
+    """
+    params = _named_params(net)
+    for name, value in [("x", x), *params.items()]:
+        if _backend.dtype_name(value.dtype) != "float64":
+            raise InputError(f"check_gradients: {name} must be float64 for finite differences "
+                             f"to be accurate, got {_backend.dtype_name(value.dtype)}; call "
+                             f"net.to(dtype='float64') and pass float64 inputs")
+    xp = _backend.namespace(x)
+    rng = np.random.default_rng(seed)
+    x = xp.asarray(x, copy=True)
+    probe: dict[str, Any] = {}
+
+    def objective() -> Any:
+        y = net.forward(x, train=True)
+        if loss is not None:
+            return loss.forward(y, target)
+        if "r" not in probe:
+            probe["r"] = _backend.asarray(rng.standard_normal(tuple(y.shape)),
+                                          backend=_backend.backend_name_of(y), dtype="float64")
+        return xp.sum(y * probe["r"])
+
+    def scalar() -> float:
+        return float(objective())
+
+    objective()
+    dx = net.backward(loss.backward() if loss is not None else probe["r"])
+    analytic = dict(_named_grads(net))
+    if check_input:
+        analytic = {"x": dx, **analytic}
+    tensors = {"x": x, **params} if check_input else dict(params)
+
+    entries = []
+    for name, tensor in tensors.items():
+        indices = _sample_indices(tuple(tensor.shape), max_checks, rng)
+        numeric = numerical_gradient(scalar, tensor, indices, eps)
+        exact = _backend.to_host(analytic[name])
+        exact = np.array([exact[i] for i in indices])
+        entries.append(_compare(name, exact, numeric, rtol, atol))
+    return GradCheckReport(entries, rtol, atol)
+
+
+def numerical_gradient(f: Callable[[], float], tensor: Any, indices: list[tuple[int, ...]],
+                       eps: float = 1e-6) -> np.ndarray:
+    """Central differences of ``f()`` with respect to ``tensor[i]`` for each index ``i``.
+
+    ``tensor`` is perturbed in place and restored; ``f`` must read it.
+    """
+    out = np.empty(len(indices))
+    for k, index in enumerate(indices):
+        original = float(tensor[index])
+        tensor[index] = original + eps
+        plus = f()
+        tensor[index] = original - eps
+        minus = f()
+        tensor[index] = original
+        out[k] = (plus - minus) / (2.0 * eps)
+    return out
+
+
+def _compare(name: str, exact: np.ndarray, numeric: np.ndarray, rtol: float,
+             atol: float) -> GradCheckEntry:
+    err = np.abs(exact - numeric)
+    scale = np.maximum(np.abs(exact), np.abs(numeric))
+    rel = err / np.maximum(scale, np.finfo(np.float64).tiny)
+    ok = bool(np.all(err <= atol + rtol * scale))
+    return GradCheckEntry(name, len(exact), float(err.max(initial=0.0)),
+                          float(rel.max(initial=0.0)), ok)
+
+
+def _sample_indices(shape: tuple[int, ...], max_checks: int,
+                    rng: np.random.Generator) -> list[tuple[int, ...]]:
+    size = int(np.prod(shape))
+    flat = np.arange(size) if size <= max_checks else rng.choice(size, max_checks, replace=False)
+    return [tuple(int(i) for i in np.unravel_index(f, shape)) for f in np.sort(flat)]
+
+
+def _named_params(net: Any) -> dict[str, Any]:
+    return net.params() if callable(net.params) else dict(net.params)
+
+
+def _named_grads(net: Any) -> dict[str, Any]:
+    return net.grads() if callable(net.grads) else dict(net.grads)

@@ -1,0 +1,9 @@
+"""Layer classes: thin objects that own parameters and call the kernels of ``functional``."""
+
+from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from .base import Layer, layer_class, register
+from .dense import Dense
+from .reshape import Flatten
+
+__all__ = ["Layer", "register", "layer_class", "Dense", "ReLU", "LeakyReLU", "Tanh",
+           "Sigmoid", "Flatten"]

@@ -1,0 +1,63 @@
+"""Activation layers: no parameters, one kernel pair each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import functional as F
+from .base import Layer, register
+
+
+@register
+class ReLU(Layer):
+    """``max(x, 0)``; the gradient passes where the input was positive."""
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        return F.relu_forward(x), x
+
+    def _backward(self, dy: Any, x: Any) -> tuple[Any, dict[str, Any]]:
+        return F.relu_backward(x, dy), {}
+
+
+@register
+class LeakyReLU(Layer):
+    """``x`` for positive inputs, ``negative_slope * x`` otherwise."""
+
+    def __init__(self, negative_slope: float = 0.01, name: str | None = None) -> None:
+        super().__init__(name)
+        self.negative_slope = float(negative_slope)
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        return F.leaky_relu_forward(x, self.negative_slope), x
+
+    def _backward(self, dy: Any, x: Any) -> tuple[Any, dict[str, Any]]:
+        return F.leaky_relu_backward(x, dy, self.negative_slope), {}
+
+    def get_config(self) -> dict[str, Any]:
+        return {"negative_slope": self.negative_slope, "name": self.name}
+
+
+@register
+class Tanh(Layer):
+    """Hyperbolic tangent; backward reuses the forward output: ``dy * (1 - y^2)``."""
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        y = F.tanh_forward(x)
+        return y, (x, y)
+
+    def _backward(self, dy: Any, cache: Any) -> tuple[Any, dict[str, Any]]:
+        x, y = cache
+        return F.tanh_backward(x, dy, y=y), {}
+
+
+@register
+class Sigmoid(Layer):
+    """Logistic sigmoid; backward reuses the forward output: ``dy * y * (1 - y)``."""
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        y = F.sigmoid_forward(x)
+        return y, (x, y)
+
+    def _backward(self, dy: Any, cache: Any) -> tuple[Any, dict[str, Any]]:
+        x, y = cache
+        return F.sigmoid_backward(x, dy, y=y), {}

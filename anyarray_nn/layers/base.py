@@ -1,0 +1,127 @@
+"""The Layer base class and the registry of layer types.
+
+A layer owns its parameters (``params``), the gradients its last backward computed
+(``grads``, same keys) and what backward needs from forward (the cache). Subclasses implement
+``_forward(x, train)`` and ``_backward(dy)`` with the kernels of ``anyarray_nn.functional``;
+this class adds what every layer needs: errors that name the layer, the forward/backward
+order, and moving parameters between backends.
+
+The registry maps a type name to its class. Checkpoints rebuild models through it, so a name
+read from a file can only ever select one of these classes: nothing is imported by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import backend as _backend
+from ..errors import errors_named
+from ..init import get_initializer
+
+_REGISTRY: dict[str, type["Layer"]] = {}
+
+
+def register(cls: type["Layer"]) -> type["Layer"]:
+    """Class decorator: make a layer type known to ``load_model`` and checkpoints."""
+    if cls.__name__ in _REGISTRY and _REGISTRY[cls.__name__] is not cls:
+        raise ValueError(f"a layer type named {cls.__name__!r} is already registered")
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def layer_class(type_name: str) -> type["Layer"]:
+    """The registered layer class called ``type_name``; a clear error lists the known ones."""
+    try:
+        return _REGISTRY[type_name]
+    except KeyError:
+        raise ValueError(f"unknown layer type {type_name!r}; registered types: "
+                         f"{', '.join(sorted(_REGISTRY))}") from None
+
+
+def check_layer_name(name: str | None) -> None:
+    """Names become parameter keys ("fc.W") and HDF5 groups, so '.' and '/' are reserved."""
+    if name is None:
+        return
+    if not isinstance(name, str) or not name or "." in name or "/" in name:
+        raise ValueError(f"layer name: expected a non-empty string without '.' or '/', "
+                         f"got {name!r}")
+
+
+class Layer:
+    """Base class of every layer: ``forward(x, *, train)`` then ``backward(dy) -> dx``."""
+
+    def __init__(self, name: str | None = None) -> None:
+        check_layer_name(name)
+        self.name = name
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self._cache: Any = None
+
+    # --- the public protocol -------------------------------------------------------------
+
+    def forward(self, x: Any, *, train: bool = False) -> Any:
+        """Compute the layer's output. With ``train=True`` keep what ``backward`` needs."""
+        with errors_named(self.describe()):
+            out, cache = self._forward(x, train)
+        self._cache = cache if train else None
+        return out
+
+    def backward(self, dy: Any) -> Any:
+        """Given dL/dy, fill ``self.grads`` (same keys as ``params``) and return dL/dx."""
+        if self._cache is None:
+            raise RuntimeError(f"{self.describe()}: backward() needs a preceding "
+                               f"forward(x, train=True)")
+        with errors_named(self.describe()):
+            dx, grads = self._backward(dy, self._cache)
+        self.grads = grads
+        return dx
+
+    # --- what subclasses implement -------------------------------------------------------
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        """Return ``(y, cache)``; the cache is handed back to ``_backward``."""
+        raise NotImplementedError
+
+    def _backward(self, dy: Any, cache: Any) -> tuple[Any, dict[str, Any]]:
+        """Return ``(dx, grads)`` with ``grads`` keyed like ``self.params``."""
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments (JSON types only) that rebuild this layer's architecture."""
+        return {"name": self.name}
+
+    # --- helpers -------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **kwargs: Any) -> "Layer":
+        """Rebuild a layer from :meth:`get_config` output (``kwargs`` add e.g. ``backend``)."""
+        return cls(**config, **kwargs)
+
+    @property
+    def type_name(self) -> str:
+        """The registered type name, e.g. ``"Dense"``."""
+        return type(self).__name__
+
+    def describe(self) -> str:
+        """``Dense 'fc'``: how errors name this layer."""
+        return self.type_name if self.name is None else f"{self.type_name} {self.name!r}"
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{self.type_name}({args})"
+
+    def to(self, backend: str | None = None, dtype: str | None = None) -> "Layer":
+        """Move parameters to ``backend`` and/or cast them to ``dtype``; returns ``self``."""
+        target = _backend.get_backend(backend) if backend is not None else None
+        for key, value in self.params.items():
+            self.params[key] = _backend.asarray(
+                value, backend=target or _backend.backend_name_of(value), dtype=dtype)
+        self.grads = {}
+        self._cache = None
+        return self
+
+    def _new_param(self, init: Any, shape: tuple, fan_in: int, fan_out: int,
+                   backend: Any, dtype: str | None, rng: Any) -> Any:
+        """Draw a parameter on the host, then cast and move it (same seed, same bits anywhere)."""
+        host = get_initializer(init)(tuple(shape), fan_in, fan_out, _backend.host_rng(rng))
+        return _backend.asarray(host, backend=backend, dtype=dtype or _backend.DEFAULT_DTYPE)

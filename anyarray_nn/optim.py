@@ -1,0 +1,231 @@
+"""Optimizers. Each updates the model's parameters in place from ``model.grads()``.
+
+With w a parameter, g its gradient, alpha the learning rate and lambda the weight decay:
+
+SGD, ``form="ema"`` (the course framework; momentum is a moving average of gradients)
+    m = mu m + (1 - mu) g
+    w = w - alpha (m + lambda w)
+SGD, ``form="classic"`` (PyTorch's ``torch.optim.SGD``)
+    g = g + lambda w;   m = mu m + g;   w = w - alpha m
+SGD, ``form="nesterov"`` (PyTorch's ``SGD(nesterov=True)``)
+    g = g + lambda w;   m = mu m + g;   w = w - alpha (g + mu m)
+Adam (L2 weight decay added to the gradient, as ``torch.optim.Adam``)
+    m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
+    w = w - alpha / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)
+AdamW (decoupled weight decay, as ``torch.optim.AdamW``)
+    w = w (1 - alpha lambda), then the Adam step without decay
+RMSProp (as ``torch.optim.RMSprop``)
+    g = g + lambda w;   v = rho v + (1 - rho) g^2;   w = w - alpha g / (sqrt(v) + eps)
+
+``state_dict()`` / ``load_state_dict()`` save and restore hyper-parameters, the step count and
+every per-parameter slot (``momentum``, ``m``, ``v``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from . import backend as _backend
+
+
+class Optimizer:
+    """Base class. Subclasses name their per-parameter ``slots`` and implement ``_update``."""
+
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, model: Any, lr: float, weight_decay: float = 0.0) -> None:
+        self.model = model
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.step_count = 0
+        self.state: dict[str, dict[str, Any]] = {}
+        self._check_hyper("lr", lr, low=0.0, low_open=True)
+        self._check_hyper("weight_decay", weight_decay, low=0.0)
+
+    def step(self) -> None:
+        """Apply one update to every parameter from the gradients of the last backward."""
+        params, grads = self.model.params(), self.model.grads()
+        self.step_count += 1
+        for key, w in params.items():
+            state = self.state.get(key)
+            if state is None:
+                xp = _backend.namespace(w)
+                state = self.state[key] = {s: xp.zeros_like(w) for s in self.slots}
+            elif self.slots:
+                _backend.namespace(w, state[self.slots[0]],
+                                   names=(f"parameter {key!r}", "its optimizer state"))
+            self._update(w, grads[key], state)
+
+    def _update(self, w: Any, g: Any, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        """Hyper-parameters as JSON-ready data (what ``state_dict()["config"]`` holds)."""
+        return {"lr": self.lr, "weight_decay": self.weight_decay}
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"type", "config", "step", "state": {param key: {slot: array}}}``.
+
+        The slot arrays are the live arrays on the model's backend; checkpoints copy them.
+        """
+        return {"type": type(self).__name__, "config": self.get_config(),
+                "step": self.step_count,
+                "state": {k: dict(slots) for k, slots in self.state.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` output, strictly.
+
+        The optimizer type must match; every slot must belong to a parameter of the model with
+        the parameter's shape. Arrays are moved to the parameter's backend and dtype.
+        """
+        name = type(self).__name__
+        if state_dict.get("type") != name:
+            raise ValueError(f"{name}.load_state_dict: expected a {name} state, got "
+                             f"{state_dict.get('type')!r}")
+        params = self.model.params()
+        new_state = {}
+        for key, slots in state_dict["state"].items():
+            if key not in params:
+                raise KeyError(f"{name}.load_state_dict: state for {key!r}, which the model "
+                               f"does not have (model keys: {', '.join(params)})")
+            if set(slots) != set(self.slots):
+                raise KeyError(f"{name}.load_state_dict: {key!r} has slots {sorted(slots)}, "
+                               f"expected {sorted(self.slots)}")
+            w = params[key]
+            new_state[key] = {}
+            for slot, value in slots.items():
+                if tuple(value.shape) != tuple(w.shape):
+                    raise ValueError(f"{name}.load_state_dict: {key}/{slot} has shape "
+                                     f"{tuple(value.shape)}, expected {tuple(w.shape)}")
+                new_state[key][slot] = _backend.asarray(
+                    value, backend=_backend.backend_name_of(w), dtype=_backend.dtype_name(w.dtype))
+        config = state_dict.get("config", {})
+        unknown = sorted(set(config) - set(self.get_config()))
+        if unknown:
+            raise ValueError(f"{name}.load_state_dict: unknown hyper-parameters {unknown}")
+        for attr, value in config.items():
+            setattr(self, attr, value)
+        self.step_count = int(state_dict.get("step", 0))
+        self.state = new_state
+
+    def _check_hyper(self, label: str, value: float, low: float, high: float | None = None,
+                     low_open: bool = False, high_open: bool = True) -> None:
+        ok = (value > low if low_open else value >= low) and (
+            high is None or (value < high if high_open else value <= high))
+        if not ok:
+            lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+            bound = f"{lo}{low}, {high if high is not None else 'inf'}{hi}"
+            raise ValueError(f"{type(self).__name__}: expected {label} in {bound}, got {value!r}")
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum and weight decay.
+
+    ``form`` selects the momentum formula (see the module docstring): ``"ema"`` (default, the
+    course framework), ``"classic"`` or ``"nesterov"`` (both as PyTorch). ``momentum=0``
+    gives plain SGD in every form.
+    """
+
+    slots = ("momentum",)
+    FORMS = ("ema", "classic", "nesterov")
+
+    def __init__(self, model: Any, lr: float = 0.01, momentum: float = 0.0,
+                 weight_decay: float = 0.0, form: str = "ema") -> None:
+        super().__init__(model, lr, weight_decay)
+        self._check_hyper("momentum", momentum, low=0.0, high=1.0)
+        if form not in self.FORMS:
+            raise ValueError(f"SGD: expected form in {self.FORMS}, got {form!r}")
+        self.momentum, self.form = momentum, form
+
+    def _update(self, w: Any, g: Any, state: dict[str, Any]) -> None:
+        m, mu, wd = state["momentum"], self.momentum, self.weight_decay
+        if self.form == "ema":
+            m *= mu
+            m += (1.0 - mu) * g
+            w -= self.lr * (m + wd * w) if wd else self.lr * m
+            return
+        if wd:
+            g = g + wd * w
+        m *= mu
+        m += g
+        w -= self.lr * (g + mu * m if self.form == "nesterov" else m)
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(super().get_config(), momentum=self.momentum, form=self.form)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma and Ba) with bias correction; ``weight_decay`` is L2, added to the gradient."""
+
+    slots = ("m", "v")
+    decoupled = False
+
+    def __init__(self, model: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(model, lr, weight_decay)
+        self._check_hyper("betas[0]", betas[0], low=0.0, high=1.0)
+        self._check_hyper("betas[1]", betas[1], low=0.0, high=1.0)
+        self._check_hyper("eps", eps, low=0.0)
+        self.betas, self.eps = (float(betas[0]), float(betas[1])), eps
+
+    def _update(self, w: Any, g: Any, state: dict[str, Any]) -> None:
+        xp = _backend.namespace(w)
+        b1, b2 = self.betas
+        if self.weight_decay:
+            if self.decoupled:
+                w *= 1.0 - self.lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * w
+        m, v, t = state["m"], state["v"], self.step_count
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * (g * g)
+        denom = xp.sqrt(v) / math.sqrt(1.0 - b2 ** t) + self.eps
+        w -= (self.lr / (1.0 - b1 ** t)) * (m / denom)
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(super().get_config(), betas=list(self.betas), eps=self.eps)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov and Hutter): ``w *= 1 - lr * weight_decay``."""
+
+    decoupled = True
+
+    def __init__(self, model: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
+        super().__init__(model, lr, betas, eps, weight_decay)
+
+
+class RMSProp(Optimizer):
+    """RMSProp: divide the step by a running root-mean-square of recent gradients."""
+
+    slots = ("v",)
+
+    def __init__(self, model: Any, lr: float = 0.01, rho: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(model, lr, weight_decay)
+        self._check_hyper("rho", rho, low=0.0, high=1.0)
+        self._check_hyper("eps", eps, low=0.0)
+        self.rho, self.eps = rho, eps
+
+    def _update(self, w: Any, g: Any, state: dict[str, Any]) -> None:
+        xp = _backend.namespace(w)
+        if self.weight_decay:
+            g = g + self.weight_decay * w
+        v = state["v"]
+        v *= self.rho
+        v += (1.0 - self.rho) * (g * g)
+        w -= self.lr * (g / (xp.sqrt(v) + self.eps))
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(super().get_config(), rho=self.rho, eps=self.eps)
+
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSProp"]
