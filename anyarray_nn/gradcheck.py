@@ -82,11 +82,8 @@ def check_gradients(net: Any, x: Any, *, loss: Any = None, target: Any = None,
     elements of each tensor are perturbed. Parameters are restored afterwards.
     """
     params = _named_params(net)
-    for name, value in [("x", x), *params.items()]:
-        if _backend.dtype_name(value.dtype) != "float64":
-            raise InputError(f"check_gradients: {name} must be float64 for finite differences "
-                             f"to be accurate, got {_backend.dtype_name(value.dtype)}; call "
-                             f"net.to(dtype='float64') and pass float64 inputs")
+    _require_float64({"x": x, **params}, "check_gradients",
+                     "call net.to(dtype='float64') and pass float64 inputs")
     xp = _backend.namespace(x)
     rng = np.random.default_rng(seed)
     x = xp.asarray(x, copy=True)
@@ -97,28 +94,66 @@ def check_gradients(net: Any, x: Any, *, loss: Any = None, target: Any = None,
         if loss is not None:
             return loss.forward(y, target)
         if "r" not in probe:
-            probe["r"] = _backend.asarray(rng.standard_normal(tuple(y.shape)),
-                                          backend=_backend.backend_name_of(y), dtype="float64")
+            probe["r"] = _random_like(y, rng)
         return xp.sum(y * probe["r"])
-
-    def scalar() -> float:
-        return float(objective())
 
     objective()
     dx = net.backward(loss.backward() if loss is not None else probe["r"])
-    analytic = dict(_named_grads(net))
-    if check_input:
-        analytic = {"x": dx, **analytic}
-    tensors = {"x": x, **params} if check_input else dict(params)
+    analytic = {"x": dx, **_named_grads(net)}
+    tensors = {"x": x, **params}
+    if not check_input:
+        del analytic["x"], tensors["x"]
+    return _compare_all(lambda: float(objective()), tensors, analytic, eps, rtol, atol,
+                        max_checks, rng)
 
+
+def check_function(forward: Callable[..., Any], backward: Callable[..., dict[str, Any]],
+                   inputs: dict[str, Any], *, eps: float = 1e-6, rtol: float = 1e-5,
+                   atol: float = 1e-8, max_checks: int = 200, seed: int = 0
+                   ) -> GradCheckReport:
+    """Check a forward/backward pair of plain functions, e.g. a kernel of ``functional``.
+
+    ``forward(**inputs) -> y``; ``backward(dy, **inputs) -> {name: gradient}`` for the
+    inputs to check (a subset of ``inputs``). The scalar is ``sum(y * r)`` for a seeded
+    random ``r``, so ``dy = r``. All inputs to check must be float64.
+    """
+    rng = np.random.default_rng(seed)
+    xp = _backend.namespace(*inputs.values())
+    inputs = {k: xp.asarray(v, copy=True) for k, v in inputs.items()}
+    r = _random_like(forward(**inputs), rng)
+    analytic = backward(r, **inputs)
+    tensors = {k: inputs[k] for k in analytic}
+    _require_float64(tensors, "check_function", "pass float64 inputs")
+    return _compare_all(lambda: float(xp.sum(forward(**inputs) * r)), tensors, analytic,
+                        eps, rtol, atol, max_checks, rng)
+
+
+def _compare_all(scalar: Callable[[], float], tensors: dict[str, Any],
+                 analytic: dict[str, Any], eps: float, rtol: float, atol: float,
+                 max_checks: int, rng: np.random.Generator) -> GradCheckReport:
     entries = []
     for name, tensor in tensors.items():
+        exact_full = _backend.to_host(analytic[name])
+        if exact_full.shape != tuple(tensor.shape):
+            raise InputError(f"gradient of {name}: expected shape {tuple(tensor.shape)}, "
+                             f"got {exact_full.shape}")
         indices = _sample_indices(tuple(tensor.shape), max_checks, rng)
         numeric = numerical_gradient(scalar, tensor, indices, eps)
-        exact = _backend.to_host(analytic[name])
-        exact = np.array([exact[i] for i in indices])
+        exact = np.array([exact_full[i] for i in indices])
         entries.append(_compare(name, exact, numeric, rtol, atol))
     return GradCheckReport(entries, rtol, atol)
+
+
+def _require_float64(tensors: dict[str, Any], where: str, fix: str) -> None:
+    for name, value in tensors.items():
+        if _backend.dtype_name(value.dtype) != "float64":
+            raise InputError(f"{where}: {name} must be float64 for finite differences to be "
+                             f"accurate, got {_backend.dtype_name(value.dtype)}; {fix}")
+
+
+def _random_like(y: Any, rng: np.random.Generator) -> Any:
+    return _backend.asarray(rng.standard_normal(tuple(y.shape)),
+                            backend=_backend.backend_name_of(y), dtype="float64")
 
 
 def numerical_gradient(f: Callable[[], float], tensor: Any, indices: list[tuple[int, ...]],

@@ -1,0 +1,24 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import anyarray_nn as ann
+
+
+def host(a):
+    """Any backend's array (or a torch tensor with grad) as a NumPy array."""
+    if hasattr(a, "detach"):
+        a = a.detach()
+    return ann.to_host(a)
+
+
+def assert_close(actual, expected, rtol=1e-10, atol=1e-12):
+    np.testing.assert_allclose(host(actual), host(expected), rtol=rtol, atol=atol)
+
+
+def away_from_zero(rng, shape, margin=0.05):
+    """Standard-normal values with |v| >= margin, so kinks (ReLU at 0) stay out of reach of eps."""
+    v = rng.standard_normal(shape)
+    return np.where(np.abs(v) < margin, np.sign(v + 1e-12) * margin, v)

@@ -1,0 +1,98 @@
+"""The backend switch: names, precedence, moving data, clear errors."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import anyarray_nn as ann
+from anyarray_nn import backend as B
+
+
+def test_numpy_and_strict_are_always_available():
+    assert {"numpy", "array_api_strict"} <= set(ann.available_backends())
+
+
+def test_unknown_backend_lists_available_ones():
+    with pytest.raises(ann.BackendError, match=r"unknown backend 'jaxx'.*numpy.*available here: .*numpy"):
+        ann.get_backend("jaxx")
+
+
+def test_missing_library_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` fail like a missing install
+    B._cache.pop("cupy", None)
+    with pytest.raises(ann.BackendError, match=r"'cupy' is not installed.*anyarray_nn\[cuda12\].*Available backends: numpy"):
+        ann.get_backend("cupy")
+
+
+def test_torch_cuda_without_gpu_is_a_clear_error(torch):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ann.BackendError, match="needs a CUDA GPU"):
+        ann.get_backend("torch:cuda")
+
+
+def test_device_suffix_only_for_device_backends():
+    with pytest.raises(ann.BackendError, match="takes no device"):
+        ann.get_backend("numpy:1")
+
+
+def test_using_nests_and_restores():
+    ann.set_backend("numpy")
+    with ann.using("array_api_strict"):
+        assert ann.current_backend().name == "array_api_strict"
+        with ann.using("numpy"):
+            assert ann.current_backend().name == "numpy"
+        assert ann.current_backend().name == "array_api_strict"
+    assert ann.current_backend().name == "numpy"
+
+
+def test_environment_variable_picks_the_default():
+    code = "import anyarray_nn as ann; print(ann.current_backend().name)"
+    env = dict(os.environ, ANYARRAY_NN_BACKEND="array_api_strict")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "array_api_strict"
+
+
+def test_set_backend_overrides_environment(monkeypatch):
+    monkeypatch.setattr(B, "_default", None)
+    monkeypatch.setenv("ANYARRAY_NN_BACKEND", "array_api_strict")
+    assert ann.current_backend().name == "array_api_strict"
+    ann.set_backend("numpy")
+    assert ann.current_backend().name == "numpy"
+
+
+def test_asarray_moves_between_backends_and_casts(xp, backend_name):
+    a = ann.asarray(np.arange(6.0).reshape(2, 3), dtype="float32")
+    assert B.backend_name_of(a) == backend_name
+    assert B.dtype_name(a.dtype) == "float32"
+    back = ann.asarray(a, backend="numpy")
+    assert isinstance(back, np.ndarray)
+    np.testing.assert_array_equal(ann.to_host(a), back)
+
+
+def test_asarray_rejects_unknown_dtype():
+    with pytest.raises(ValueError, match="unsupported dtype 'float8'"):
+        ann.asarray([1.0], dtype="float8")
+
+
+def test_mixing_backends_names_both():
+    with pytest.raises(ann.BackendMismatchError, match="x is numpy, W is array_api_strict"):
+        ann.functional.dense_forward(np.zeros((2, 3)), ann.asarray(np.zeros((4, 3)), backend="array_api_strict"))
+
+
+def test_mixing_with_torch_names_both(torch):
+    with pytest.raises(ann.BackendMismatchError, match="x is torch, W is numpy"):
+        ann.functional.dense_forward(torch.zeros(2, 3, dtype=torch.float64), np.zeros((4, 3)))
+
+
+def test_non_array_is_rejected():
+    with pytest.raises(ann.BackendMismatchError, match="expected an array.*got builtins.list"):
+        ann.functional.relu_forward([1.0, -1.0])
+
+
+def test_synchronize_is_a_noop_on_cpu(xp):
+    ann.synchronize()

@@ -1,0 +1,85 @@
+"""Loss kernels: finite differences on every backend, PyTorch agreement, stability, bad input."""
+
+import numpy as np
+import pytest
+
+import anyarray_nn as ann
+from anyarray_nn import functional as F
+from anyarray_nn.gradcheck import check_function
+from helpers import assert_close, host
+
+
+def labels_for(rng, n, c):
+    return ann.asarray(rng.integers(0, c, n))
+
+
+def test_softmax_cross_entropy_gradient_float64(xp, rng):
+    labels = labels_for(rng, 6, 4)
+    report = check_function(
+        lambda z: F.softmax_cross_entropy_forward(z, labels),
+        lambda dy, z: {"z": F.softmax_cross_entropy_backward(z, labels, dy)},
+        {"z": ann.asarray(rng.standard_normal((6, 4)) * 3)})
+    assert report.passed, str(report)
+
+
+def test_mse_gradient_float64(xp, rng):
+    target = ann.asarray(rng.standard_normal((5, 3)))
+    report = check_function(lambda p: F.mse_forward(p, target),
+                            lambda dy, p: {"p": F.mse_backward(p, target, dy)},
+                            {"p": ann.asarray(rng.standard_normal((5, 3)))})
+    assert report.passed, str(report)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3, 1e6])
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_softmax_cross_entropy_matches_torch(torch, rng, scale, dtype, tol):
+    z = (rng.standard_normal((16, 10)) * scale).astype(dtype)
+    t = rng.integers(0, 10, 16)
+    tz = torch.tensor(z, requires_grad=True)
+    tloss = torch.nn.functional.cross_entropy(tz, torch.tensor(t))
+    tloss.backward()
+    loss = F.softmax_cross_entropy_forward(z, t)
+    assert np.isfinite(float(loss))
+    assert_close(loss, tloss, rtol=tol, atol=tol * scale)
+    assert_close(F.softmax_cross_entropy_backward(z, t), tz.grad, rtol=tol, atol=tol)
+
+
+def test_mse_matches_torch(torch, rng):
+    p, t = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    tp = torch.tensor(p, requires_grad=True)
+    tloss = torch.nn.functional.mse_loss(tp, torch.tensor(t))
+    tloss.backward()
+    assert_close(F.mse_forward(p, t), tloss)
+    assert_close(F.mse_backward(p, t), tp.grad)
+
+
+def test_cross_entropy_of_uniform_logits_is_log_classes(xp):
+    z = ann.asarray(np.zeros((3, 7)))
+    loss = F.softmax_cross_entropy_forward(z, ann.asarray(np.array([0, 3, 6])))
+    assert float(loss) == pytest.approx(np.log(7))
+
+
+def test_softmax_rows_sum_to_one(xp, rng):
+    p = host(F.softmax_forward(ann.asarray(rng.standard_normal((4, 5)) * 100)))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+
+
+def test_cross_entropy_errors(xp):
+    z = ann.asarray(np.zeros((3, 4)))
+    with pytest.raises(ann.InputError, match="labels: expected an integer dtype.*float64"):
+        F.softmax_cross_entropy_forward(z, ann.asarray(np.zeros(3)))
+    with pytest.raises(ann.InputError, match="labels: expected 3 labels.*got 2"):
+        F.softmax_cross_entropy_forward(z, ann.asarray(np.array([0, 1])))
+    with pytest.raises(ann.InputError, match=r"labels: expected class indices in \[0, 4\).*0 to 4"):
+        F.softmax_cross_entropy_forward(z, ann.asarray(np.array([0, 1, 4])))
+    with pytest.raises(ann.InputError, match=r"logits: expected a 2-D array.*\(3,\)"):
+        F.softmax_cross_entropy_forward(ann.asarray(np.zeros(3)), ann.asarray(np.array([0, 1, 2])))
+    bad = np.zeros((3, 4))
+    bad[1, 2] = np.nan
+    with pytest.raises(ann.InputError, match="logits: expected finite values, got 1 NaN"):
+        F.softmax_cross_entropy_forward(ann.asarray(bad), ann.asarray(np.array([0, 1, 2])))
+
+
+def test_mse_refuses_to_broadcast(xp):
+    with pytest.raises(ann.InputError, match=r"target: expected shape \(4, 1\).*got \(4,\)"):
+        F.mse_forward(ann.asarray(np.zeros((4, 1))), ann.asarray(np.zeros(4)))

@@ -1,0 +1,109 @@
+"""Layers: gradients through the layer objects, configs, the registry, errors naming the layer."""
+
+import numpy as np
+import pytest
+
+import anyarray_nn as ann
+from anyarray_nn.layers import Dense, Flatten, LeakyReLU, ReLU, Sigmoid, Tanh
+from helpers import away_from_zero, host
+
+LAYERS = {
+    "Dense": (lambda: Dense(5, 3, dtype="float64", rng=0), (4, 5)),
+    "Dense-nobias": (lambda: Dense(5, 3, bias=False, dtype="float64", rng=0), (4, 5)),
+    "ReLU": (ReLU, (3, 4, 2)),
+    "LeakyReLU": (lambda: LeakyReLU(0.2), (3, 4)),
+    "Tanh": (Tanh, (2, 6)),
+    "Sigmoid": (Sigmoid, (2, 6)),
+    "Flatten": (Flatten, (2, 3, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_layer_gradients_float64(xp, rng, name):
+    make, shape = LAYERS[name]
+    layer = make()
+    report = ann.check_gradients(layer, ann.asarray(away_from_zero(rng, shape)))
+    assert report.passed, str(report)
+    assert set(layer.grads) == set(layer.params)
+
+
+def test_backward_before_forward_is_an_error():
+    layer = Dense(2, 2, name="fc")
+    with pytest.raises(RuntimeError, match="Dense 'fc': backward.*forward\\(x, train=True\\)"):
+        layer.backward(np.zeros((1, 2), dtype=np.float32))
+    layer.forward(np.zeros((1, 2), dtype=np.float32), train=False)
+    with pytest.raises(RuntimeError, match="preceding forward"):
+        layer.backward(np.zeros((1, 2), dtype=np.float32))
+
+
+def test_dense_errors_name_the_layer(xp):
+    layer = Dense(4, 3, name="fc")
+    with pytest.raises(ann.InputError, match=r"Dense 'fc': expected input of shape \(batch, 4\), got \(2, 5\)"):
+        layer.forward(ann.asarray(np.zeros((2, 5)), dtype="float32"))
+    with pytest.raises(ann.InputError, match=r"Dense 'fc'.*\(2, 4, 1\).*Flatten"):
+        layer.forward(ann.asarray(np.zeros((2, 4, 1)), dtype="float32"))
+    with pytest.raises(ann.InputError, match="Dense 'fc': x: expected dtype float32.*got float64"):
+        layer.forward(ann.asarray(np.zeros((2, 4)), dtype="float64"))
+    layer.forward(ann.asarray(np.zeros((2, 4)), dtype="float32"), train=True)
+    with pytest.raises(ann.InputError, match=r"Dense 'fc': dy: expected shape \(2, 3\)"):
+        layer.backward(ann.asarray(np.zeros((2, 4)), dtype="float32"))
+
+
+def test_layer_on_other_backend_names_layer_and_both_backends():
+    layer = Dense(3, 2, name="fc", backend="array_api_strict")
+    with pytest.raises(ann.BackendMismatchError, match="Dense 'fc': .*x is numpy, W is array_api_strict"):
+        layer.forward(np.zeros((1, 3), dtype=np.float32))
+
+
+def test_flatten_errors(xp):
+    with pytest.raises(ann.InputError, match=r"Flatten: expected an input with a batch axis.*\(3,\)"):
+        Flatten().forward(ann.asarray(np.zeros(3)))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "3"])
+def test_dense_rejects_bad_sizes(bad):
+    with pytest.raises(ValueError, match="Dense: expected in_features to be a positive int"):
+        Dense(bad, 3)
+
+
+@pytest.mark.parametrize("bad", ["", "a.b", "a/b", 3])
+def test_layer_names_are_validated(bad):
+    with pytest.raises(ValueError, match="layer name"):
+        ReLU(name=bad)
+
+
+def test_unknown_initializer():
+    with pytest.raises(ValueError, match="unknown initializer 'kaiming'.*he"):
+        Dense(2, 2, init="kaiming")
+
+
+@pytest.mark.parametrize("init,expected_std", [("he", np.sqrt(2 / 400)),
+                                               ("glorot", np.sqrt(2 / 600)),
+                                               ("normal", 0.01)])
+def test_initializer_statistics(init, expected_std):
+    w = host(Dense(400, 200, init=init, dtype="float64", rng=0).params["W"])
+    assert abs(w.mean()) < 0.05 * expected_std * 10
+    assert w.std() == pytest.approx(expected_std, rel=0.02)
+    assert np.all(host(Dense(400, 200, init=init, rng=0).params["b"]) == 0)
+
+
+def test_custom_initializer_callable():
+    layer = Dense(3, 2, init=lambda shape, fan_in, fan_out, rng: np.full(shape, 0.5))
+    np.testing.assert_array_equal(host(layer.params["W"]), np.full((2, 3), 0.5, np.float32))
+
+
+def test_registry_and_config_round_trip():
+    layer = LeakyReLU(0.3, name="act")
+    rebuilt = ann.layers.layer_class("LeakyReLU").from_config(layer.get_config())
+    assert rebuilt.negative_slope == 0.3 and rebuilt.name == "act"
+    with pytest.raises(ValueError, match="unknown layer type 'os.system'.*Dense"):
+        ann.layers.layer_class("os.system")
+
+
+def test_layer_to_moves_and_casts(xp, backend_name):
+    layer = Dense(3, 2, backend="numpy", rng=0)
+    before = host(layer.params["W"])
+    layer.to(backend_name, dtype="float64")
+    assert ann.backend.backend_name_of(layer.params["W"]) == backend_name
+    assert ann.backend.dtype_name(layer.params["W"].dtype) == "float64"
+    np.testing.assert_array_equal(host(layer.params["W"]), before.astype(np.float64))

@@ -1,0 +1,113 @@
+"""Sequential: naming, params and grads, summary, moving, a whole-network gradient check."""
+
+import numpy as np
+import pytest
+
+import anyarray_nn as ann
+from anyarray_nn.layers import Dense, Flatten, ReLU, Tanh
+from helpers import host
+
+
+def mlp(**kw):
+    return ann.Sequential([Dense(4, 8, name="d1", rng=0, **kw), ReLU(), Dense(8, 8, rng=1, **kw),
+                           ReLU(), Dense(8, 3, rng=2, **kw)])
+
+
+def test_unnamed_layers_get_stable_names():
+    model = mlp()
+    assert [layer.name for layer in model] == ["d1", "relu1", "dense1", "relu2", "dense2"]
+    assert list(model.params()) == ["d1.W", "d1.b", "dense1.W", "dense1.b", "dense2.W", "dense2.b"]
+    assert [layer.name for layer in mlp()] == [layer.name for layer in model]
+
+
+def test_automatic_names_skip_names_the_user_took():
+    model = ann.Sequential([ReLU(), ReLU(name="relu2"), ReLU()])
+    assert [layer.name for layer in model] == ["relu1", "relu2", "relu3"]
+
+
+def test_duplicate_names_and_reused_layers_are_rejected():
+    with pytest.raises(ValueError, match=r"unique.*\['fc'\]"):
+        ann.Sequential([Dense(2, 2, name="fc"), Dense(2, 2, name="fc")])
+    act = ReLU()
+    with pytest.raises(ValueError, match="same layer object"):
+        ann.Sequential([act, act])
+    with pytest.raises(TypeError, match="layer 1 must be an anyarray_nn Layer, got str"):
+        ann.Sequential([ReLU(), "relu"])
+
+
+def test_whole_network_gradient_check(xp, rng):
+    """dense, relu, dense, softmax cross-entropy, checked end to end in float64."""
+    model = ann.Sequential([Dense(5, 7, dtype="float64", rng=0), ReLU(),
+                            Dense(7, 4, dtype="float64", rng=1)])
+    x = ann.asarray(rng.standard_normal((6, 5)))
+    labels = ann.asarray(rng.integers(0, 4, 6))
+    report = ann.check_gradients(model, x, loss=ann.losses.SoftmaxCrossEntropy(), target=labels)
+    assert report.passed, str(report)
+    assert {e.name for e in report.entries} == {"x", *model.params()}
+
+
+def test_grads_have_the_params_keys_and_shapes(xp, rng):
+    model = mlp()
+    with pytest.raises(RuntimeError, match="no gradient for 'W' yet"):
+        model.grads()
+    x = ann.asarray(rng.standard_normal((2, 4)), dtype="float32")
+    model.backward(model.forward(x, train=True))
+    grads, params = model.grads(), model.params()
+    assert list(grads) == list(params)
+    assert all(tuple(grads[k].shape) == tuple(params[k].shape) for k in params)
+
+
+def test_summary_counts_weights_and_biases():
+    model = ann.Sequential([Flatten(), Dense(784, 10, name="fc")])
+    text = model.summary(print_fn=None)
+    assert "7,840" in text and "7,850" in text
+    last = text.splitlines()[-1].split()
+    assert last == ["total", "7,840", "10", "7,850"]
+    assert model.num_params() == 7850
+
+
+def test_summary_prints(capsys):
+    mlp().summary()
+    assert "dense2" in capsys.readouterr().out
+
+
+def test_float32_default_and_float64_on_request():
+    assert mlp().dtype == "float32"
+    assert mlp(dtype="float64").dtype == "float64"
+    assert mlp().to(dtype="float64").dtype == "float64"
+
+
+def test_same_seed_same_weights_on_every_backend(xp, backend_name):
+    ann.seed(7)
+    here = ann.Sequential([Dense(3, 4), Tanh(), Dense(4, 2)])
+    with ann.using("numpy"):
+        ann.seed(7)
+        reference = ann.Sequential([Dense(3, 4), Tanh(), Dense(4, 2)])
+    assert here.backend == backend_name
+    for key, value in reference.params().items():
+        np.testing.assert_array_equal(host(here.params()[key]), value)
+
+
+def test_to_moves_the_model_and_it_still_computes_the_same(xp, backend_name, rng):
+    model = mlp(backend="numpy")
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    expected = model.forward(x)
+    model.to(backend_name)
+    assert model.backend == backend_name
+    np.testing.assert_allclose(host(model.forward(ann.asarray(x))), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_getitem_and_predict():
+    model = mlp()
+    assert model["d1"] is model[0]
+    with pytest.raises(KeyError, match="no layer named 'nope'"):
+        model["nope"]
+    predicted = model.predict(np.ones((5, 4), dtype=np.float32))
+    assert predicted.shape == (5,)
+
+
+def test_config_round_trip_rebuilds_the_architecture():
+    model = mlp()
+    rebuilt = ann.Sequential.from_config(model.get_config(), dtype="float64")
+    assert rebuilt.get_config() == model.get_config()
+    assert rebuilt.dtype == "float64"

@@ -1,0 +1,175 @@
+"""Optimizers against hand-computed steps and torch.optim; state dicts; bad hyper-parameters."""
+
+import numpy as np
+import pytest
+
+import anyarray_nn as ann
+from anyarray_nn.layers import Dense
+from helpers import assert_close, host
+
+
+class FixedGrad:
+    """A one-parameter 'model' whose gradient the test sets: isolates the optimizer."""
+
+    def __init__(self, w):
+        self.w, self.g = w, None
+
+    def params(self):
+        return {"p.w": self.w}
+
+    def grads(self):
+        return {"p.w": self.g}
+
+
+def run(opt_cls, w0, grads, **kw):
+    model = FixedGrad(ann.asarray(np.array(w0, dtype=np.float64)))
+    opt = opt_cls(model, **kw)
+    for g in grads:
+        model.g = ann.asarray(np.array(g, dtype=np.float64))
+        opt.step()
+    return host(model.w)
+
+
+def test_sgd_course_form_by_hand(xp):
+    # m = mu m + (1 - mu) g; w = w - lr (m + wd w)
+    lr, mu, wd = 0.1, 0.9, 0.01
+    w, m = 1.0, 0.0
+    for g in [2.0, -1.0, 0.5]:
+        m = mu * m + (1 - mu) * g
+        w = w - lr * (m + wd * w)
+    assert run(ann.optim.SGD, [1.0], [[2.0], [-1.0], [0.5]], lr=lr, momentum=mu,
+               weight_decay=wd)[0] == pytest.approx(w, rel=1e-14)
+
+
+def test_plain_sgd_step_by_hand(xp):
+    assert run(ann.optim.SGD, [1.0, 2.0], [[0.5, -1.0]], lr=0.1).tolist() == \
+        pytest.approx([0.95, 2.1], rel=1e-14)
+
+
+def test_adam_first_step_is_lr_times_sign(xp):
+    # After bias correction, m/sqrt(v) = g/|g| on the first step.
+    w = run(ann.optim.Adam, [1.0, 1.0], [[3.0, -0.2]], lr=0.01, eps=0.0)
+    np.testing.assert_allclose(w, [0.99, 1.01], rtol=1e-14)
+
+
+def test_adamw_decays_before_the_step_by_hand(xp):
+    w = run(ann.optim.AdamW, [2.0], [[1.0]], lr=0.1, weight_decay=0.5, eps=0.0)
+    assert w[0] == pytest.approx(2.0 * (1 - 0.1 * 0.5) - 0.1, rel=1e-14)
+
+
+TORCH_CASES = [
+    ("SGD-classic", lambda m: ann.optim.SGD(m, lr=0.05, momentum=0.9, weight_decay=1e-2, form="classic"),
+     lambda t, p: t.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-2)),
+    ("SGD-nesterov", lambda m: ann.optim.SGD(m, lr=0.05, momentum=0.9, weight_decay=1e-2, form="nesterov"),
+     lambda t, p: t.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=True)),
+    ("SGD-plain", lambda m: ann.optim.SGD(m, lr=0.05, form="classic"),
+     lambda t, p: t.optim.SGD(p, lr=0.05)),
+    ("Adam", lambda m: ann.optim.Adam(m, lr=1e-2, betas=(0.8, 0.99), eps=1e-7, weight_decay=1e-2),
+     lambda t, p: t.optim.Adam(p, lr=1e-2, betas=(0.8, 0.99), eps=1e-7, weight_decay=1e-2)),
+    ("AdamW", lambda m: ann.optim.AdamW(m, lr=1e-2, weight_decay=0.1),
+     lambda t, p: t.optim.AdamW(p, lr=1e-2, weight_decay=0.1)),
+    ("RMSProp", lambda m: ann.optim.RMSProp(m, lr=1e-2, rho=0.9, eps=1e-8, weight_decay=1e-2),
+     lambda t, p: t.optim.RMSprop(p, lr=1e-2, alpha=0.9, eps=1e-8, weight_decay=1e-2)),
+]
+
+
+@pytest.mark.parametrize("name,ours,theirs", TORCH_CASES, ids=[c[0] for c in TORCH_CASES])
+def test_matches_torch_optim_on_a_real_model(torch, rng, name, ours, theirs):
+    """Five steps of a Dense layer on a quadratic loss, same gradients, same weights."""
+    model = ann.Sequential([Dense(4, 3, dtype="float64", rng=0)])
+    w0, b0 = (host(v).copy() for v in model.params().values())
+    tw, tb = (torch.tensor(a, requires_grad=True) for a in (w0, b0))
+    opt, topt = ours(model), theirs(torch, [tw, tb])
+    for _ in range(5):
+        x, target = rng.standard_normal((8, 4)), rng.standard_normal((8, 3))
+        loss_fn = ann.losses.MSE()
+        loss_fn.forward(model.forward(x, train=True), target)
+        model.backward(loss_fn.backward())
+        opt.step()
+        topt.zero_grad()
+        torch.nn.functional.mse_loss(torch.nn.functional.linear(torch.tensor(x), tw, tb),
+                                     torch.tensor(target)).backward()
+        topt.step()
+    assert_close(model.params()["dense1.W"], tw, rtol=1e-12, atol=1e-14)
+    assert_close(model.params()["dense1.b"], tb, rtol=1e-12, atol=1e-14)
+
+
+def test_ema_form_equals_classic_form_with_scaled_lr_without_decay(xp):
+    grads = [[1.0], [0.3], [-2.0]]
+    ema = run(ann.optim.SGD, [0.0], grads, lr=0.1, momentum=0.8)
+    classic = run(ann.optim.SGD, [0.0], grads, lr=0.1 * 0.2, momentum=0.8, form="classic")
+    np.testing.assert_allclose(ema, classic, rtol=1e-13)
+
+
+@pytest.mark.parametrize("opt_cls", [ann.optim.SGD, ann.optim.Adam, ann.optim.AdamW, ann.optim.RMSProp])
+def test_state_dict_round_trip_continues_identically(xp, opt_cls):
+    grads = [[1.0, -2.0], [0.5, 0.1], [-0.3, 0.7], [0.2, 0.2]]
+    kw = {"lr": 0.1, "momentum": 0.9} if opt_cls is ann.optim.SGD else {"lr": 0.1}
+    straight = run(opt_cls, [1.0, 1.0], grads, **kw)
+
+    model = FixedGrad(ann.asarray(np.array([1.0, 1.0])))
+    first = opt_cls(model, **kw)
+    for g in grads[:2]:
+        model.g = ann.asarray(np.array(g))
+        first.step()
+    saved = {**first.state_dict(),
+             "state": {k: {s: ann.to_host(v) for s, v in slots.items()}
+                       for k, slots in first.state_dict()["state"].items()}}
+    second = opt_cls(model, lr=999.0)  # hyper-parameters come back from the state dict
+    second.load_state_dict(saved)
+    assert second.lr == 0.1 and second.step_count == 2
+    for g in grads[2:]:
+        model.g = ann.asarray(np.array(g))
+        second.step()
+    np.testing.assert_array_equal(host(model.w), straight)
+
+
+def test_load_state_dict_is_strict():
+    model = FixedGrad(np.zeros(2))
+    opt = ann.optim.SGD(model, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="expected a SGD state, got 'Adam'"):
+        opt.load_state_dict({"type": "Adam", "state": {}})
+    with pytest.raises(KeyError, match="state for 'q.w', which the model does not have"):
+        opt.load_state_dict({"type": "SGD", "state": {"q.w": {"momentum": np.zeros(2)}}})
+    with pytest.raises(ValueError, match=r"p.w/momentum has shape \(3,\), expected \(2,\)"):
+        opt.load_state_dict({"type": "SGD", "state": {"p.w": {"momentum": np.zeros(3)}}})
+    with pytest.raises(ValueError, match=r"unknown hyper-parameters \['nesterov'\]"):
+        opt.load_state_dict({"type": "SGD", "config": {"nesterov": True}, "state": {}})
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda m: ann.optim.SGD(m, lr=0.0), r"lr in \(0.0, inf\), got 0.0"),
+    (lambda m: ann.optim.SGD(m, lr=0.1, momentum=1.0), r"momentum in \[0.0, 1.0\), got 1.0"),
+    (lambda m: ann.optim.SGD(m, lr=0.1, form="heavy-ball"), "form in .*got 'heavy-ball'"),
+    (lambda m: ann.optim.Adam(m, betas=(0.9, 1.5)), r"betas\[1\] in \[0.0, 1.0\), got 1.5"),
+    (lambda m: ann.optim.RMSProp(m, weight_decay=-1.0), r"weight_decay in \[0.0, inf\), got -1.0"),
+])
+def test_bad_hyper_parameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make(FixedGrad(np.zeros(1)))
+
+
+def test_step_before_backward_is_an_error():
+    model = ann.Sequential([Dense(2, 2)])
+    with pytest.raises(RuntimeError, match="no gradient for 'W' yet"):
+        ann.optim.SGD(model, lr=0.1).step()
+
+
+def test_state_left_on_another_backend_is_reported():
+    model = ann.Sequential([Dense(2, 2, dtype="float64")])
+    opt = ann.optim.SGD(model, lr=0.1, momentum=0.9)
+    model.backward(model.forward(np.ones((1, 2)), train=True))
+    opt.step()
+    model.to("array_api_strict")
+    model.backward(model.forward(ann.asarray(np.ones((1, 2)), backend="array_api_strict"), train=True))
+    with pytest.raises(ann.BackendMismatchError, match="parameter 'dense1.W' is array_api_strict, its optimizer state is numpy"):
+        opt.step()
+
+
+def test_updates_are_in_place_so_held_references_stay_current():
+    model = ann.Sequential([Dense(2, 2, dtype="float64")])
+    held = model.params()["dense1.W"]
+    before = held.copy()
+    model.backward(model.forward(np.ones((1, 2)), train=True))
+    ann.optim.SGD(model, lr=0.1).step()
+    assert model.params()["dense1.W"] is held and not np.array_equal(held, before)
