@@ -13,7 +13,7 @@ def _skip_reason(name: str) -> str | None:
     try:
         get_backend(name)
     except BackendError as exc:
-        return str(exc)
+        return str(exc).split(". ")[0]  # the first sentence says why; the rest is install help
     return None
 
 
