@@ -98,7 +98,7 @@ def check_gradients(net: Any, x: Any, *, loss: Any = None, target: Any = None,
         return xp.sum(y * probe["r"])
 
     objective()
-    dx = net.backward(loss.backward() if loss is not None else probe["r"])
+    dx = net.backward(loss.backward() if loss is not None else probe["r"], input_grad=True)
     analytic = {"x": dx, **_named_grads(net)}
     tensors = {"x": x, **params}
     if not check_input:

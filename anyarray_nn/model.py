@@ -34,13 +34,15 @@ class Sequential:
             x = layer.forward(x, train=train)
         return x
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Any, *, input_grad: bool = False) -> Any:
         """Back-propagate dL/d(output) through every layer, filling each layer's ``grads``.
 
-        Gradients are overwritten, not accumulated. Returns dL/d(input).
+        Gradients are overwritten, not accumulated. The gradient with respect to the input
+        data is skipped unless ``input_grad=True`` (then it is returned; otherwise None):
+        for a first convolution it costs as much as the rest of the backward pass.
         """
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+        for i in range(len(self.layers) - 1, -1, -1):
+            dy = self.layers[i].backward(dy, input_grad=input_grad or i > 0)
         return dy
 
     def __call__(self, x: Any, *, train: bool = False) -> Any:
@@ -159,7 +161,7 @@ def _creates_params(layer_cls: type[Layer]) -> bool:
 
 
 def _assign_names(layers: list[Layer]) -> None:
-    """Give unnamed layers "<type><k>" names, k counting that type; reject duplicates."""
+    """Give unnamed layers "<type><k>" names ("relu1", "maxpool2"); reject duplicates."""
     if len({id(layer) for layer in layers}) != len(layers):
         raise ValueError("Sequential: the same layer object appears more than once; create "
                          "one layer per position")
@@ -174,6 +176,8 @@ def _assign_names(layers: list[Layer]) -> None:
         if layer.name is not None:
             continue
         base = layer.type_name.lower()
+        if base[-2:] in ("1d", "2d"):  # "conv1", "maxpool1", as users name them
+            base = base[:-2]
         while True:
             counters[base] = counters.get(base, 0) + 1
             candidate = f"{base}{counters[base]}"

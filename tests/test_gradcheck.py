@@ -10,8 +10,8 @@ from anyarray_nn.layers import Dense, Layer
 class WrongDense(Dense):
     """A Dense layer whose weight gradient forgets the transpose's partner: a typical bug."""
 
-    def _backward(self, dy, x):
-        dx, grads = super()._backward(dy, x)
+    def _backward(self, dy, x, input_grad):
+        dx, grads = super()._backward(dy, x, input_grad)
         grads["W"] = grads["W"] * 1.01
         return dx, grads
 
@@ -22,7 +22,7 @@ class Square(Layer):
     def _forward(self, x, train):
         return x * x, x
 
-    def _backward(self, dy, x):
+    def _backward(self, dy, x, input_grad):
         return 2.0 * x * dy, {}
 
 

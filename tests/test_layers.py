@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import anyarray_nn as ann
-from anyarray_nn.layers import Dense, Flatten, LeakyReLU, ReLU, Sigmoid, Tanh
+from anyarray_nn.layers import (AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, LeakyReLU,
+                                MaxPool2D, ReLU, Sigmoid, Tanh)
 from helpers import away_from_zero, host
 
 LAYERS = {
@@ -15,6 +16,12 @@ LAYERS = {
     "Tanh": (Tanh, (2, 6)),
     "Sigmoid": (Sigmoid, (2, 6)),
     "Flatten": (Flatten, (2, 3, 2, 2)),
+    "Conv2D": (lambda: Conv2D(2, 3, 3, padding=1, dtype="float64", rng=0), (2, 2, 5, 4)),
+    "Conv2D-strided-nobias": (lambda: Conv2D(2, 2, (2, 3), stride=2, bias=False,
+                                             dtype="float64", rng=0), (1, 2, 6, 7)),
+    "MaxPool2D": (lambda: MaxPool2D(2), (2, 2, 4, 6)),
+    "AvgPool2D": (lambda: AvgPool2D(3, stride=2, padding=1), (1, 2, 5, 5)),
+    "GlobalAvgPool2D": (GlobalAvgPool2D, (2, 3, 2, 3)),
 }
 
 
@@ -107,3 +114,22 @@ def test_layer_to_moves_and_casts(xp, backend_name):
     assert ann.backend.backend_name_of(layer.params["W"]) == backend_name
     assert ann.backend.dtype_name(layer.params["W"].dtype) == "float64"
     np.testing.assert_array_equal(host(layer.params["W"]), before.astype(np.float64))
+
+
+def test_conv_layer_errors_name_the_layer(xp):
+    layer = Conv2D(3, 4, 5, name="conv1")
+    with pytest.raises(ann.InputError, match=r"Conv2D 'conv1': x: expected 3 input channels.*got shape \(2, 1, 8, 8\)"):
+        layer.forward(ann.asarray(np.zeros((2, 1, 8, 8)), dtype="float32"))
+    with pytest.raises(ann.InputError, match=r"Conv2D 'conv1': x: the kernel \(5, 5\).*larger than the padded input \(4, 4\)"):
+        layer.forward(ann.asarray(np.zeros((2, 3, 4, 4)), dtype="float32"))
+    with pytest.raises(ann.InputError, match="MaxPool2D 'pool': x: expected a 4-D array"):
+        MaxPool2D(2, name="pool").forward(ann.asarray(np.zeros((2, 8)), dtype="float32"))
+
+
+def test_conv_layer_config_round_trip():
+    layer = Conv2D(3, 8, (3, 5), padding="same", dilation=(1, 2), name="c")
+    with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+        Conv2D(3, 8, 3, stride=2, padding="same")
+    rebuilt = ann.layers.layer_class("Conv2D").from_config(layer.get_config())
+    assert rebuilt.get_config() == layer.get_config()
+    assert tuple(rebuilt.params["W"].shape) == (8, 3, 3, 5)

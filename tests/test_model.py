@@ -111,3 +111,14 @@ def test_config_round_trip_rebuilds_the_architecture():
     rebuilt = ann.Sequential.from_config(model.get_config(), dtype="float64")
     assert rebuilt.get_config() == model.get_config()
     assert rebuilt.dtype == "float64"
+
+
+def test_input_gradient_only_on_request(rng):
+    model = mlp(dtype="float64")
+    x = rng.standard_normal((3, 4))
+    assert model.backward(model.forward(x, train=True)) is None
+    grads = {k: v.copy() for k, v in model.grads().items()}
+    dx = model.backward(model.forward(x, train=True), input_grad=True)
+    assert dx.shape == x.shape
+    for key, value in model.grads().items():  # skipping dx changes no parameter gradient
+        np.testing.assert_array_equal(value, grads[key])

@@ -15,6 +15,7 @@ from .activation import (
     tanh_backward,
     tanh_forward,
 )
+from .conv import conv2d_backward, conv2d_forward
 from .dense import dense_backward, dense_forward
 from .loss import (
     mse_backward,
@@ -24,9 +25,21 @@ from .loss import (
     softmax_cross_entropy_forward,
     softmax_forward,
 )
+from .pool import (
+    avgpool2d_backward,
+    avgpool2d_forward,
+    global_avgpool2d_backward,
+    global_avgpool2d_forward,
+    maxpool2d_backward,
+    maxpool2d_forward,
+)
 
 __all__ = [
     "dense_forward", "dense_backward",
+    "conv2d_forward", "conv2d_backward",
+    "maxpool2d_forward", "maxpool2d_backward",
+    "avgpool2d_forward", "avgpool2d_backward",
+    "global_avgpool2d_forward", "global_avgpool2d_backward",
     "relu_forward", "relu_backward",
     "leaky_relu_forward", "leaky_relu_backward",
     "tanh_forward", "tanh_backward",

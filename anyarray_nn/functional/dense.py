@@ -42,12 +42,15 @@ def dense_forward(x: Any, w: Any, b: Any | None = None) -> Any:
     return y if b is None else y + b
 
 
-def dense_backward(x: Any, w: Any, dy: Any) -> tuple[Any, Any, Any]:
-    """Gradients of a dense layer: ``(dx, dW, db)`` for upstream gradient ``dy`` of shape (N, out)."""
+def dense_backward(x: Any, w: Any, dy: Any, *, input_grad: bool = True) -> tuple[Any, Any, Any]:
+    """Gradients of a dense layer: ``(dx, dW, db)`` for upstream gradient ``dy`` of shape (N, out).
+
+    ``input_grad=False`` skips dx (returned as None).
+    """
     xp = namespace(x, w, dy, names=("x", "W", "dy"))
     _check(x, w, None)
     check_gradient(x, dy, (x.shape[0], w.shape[0]))
-    dx = dy @ w
+    dx = dy @ w if input_grad else None
     dw = xp.matrix_transpose(dy) @ x
     db = xp.sum(dy, axis=0)
     return dx, dw, db

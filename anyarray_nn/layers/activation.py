@@ -15,7 +15,7 @@ class ReLU(Layer):
     def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
         return F.relu_forward(x), x
 
-    def _backward(self, dy: Any, x: Any) -> tuple[Any, dict[str, Any]]:
+    def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
         return F.relu_backward(x, dy), {}
 
 
@@ -30,7 +30,7 @@ class LeakyReLU(Layer):
     def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
         return F.leaky_relu_forward(x, self.negative_slope), x
 
-    def _backward(self, dy: Any, x: Any) -> tuple[Any, dict[str, Any]]:
+    def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
         return F.leaky_relu_backward(x, dy, self.negative_slope), {}
 
     def get_config(self) -> dict[str, Any]:
@@ -45,7 +45,7 @@ class Tanh(Layer):
         y = F.tanh_forward(x)
         return y, (x, y)
 
-    def _backward(self, dy: Any, cache: Any) -> tuple[Any, dict[str, Any]]:
+    def _backward(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
         x, y = cache
         return F.tanh_backward(x, dy, y=y), {}
 
@@ -58,6 +58,6 @@ class Sigmoid(Layer):
         y = F.sigmoid_forward(x)
         return y, (x, y)
 
-    def _backward(self, dy: Any, cache: Any) -> tuple[Any, dict[str, Any]]:
+    def _backward(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
         x, y = cache
         return F.sigmoid_backward(x, dy, y=y), {}

@@ -2,7 +2,7 @@
 
 A layer owns its parameters (``params``), the gradients its last backward computed
 (``grads``, same keys) and what backward needs from forward (the cache). Subclasses implement
-``_forward(x, train)`` and ``_backward(dy)`` with the kernels of ``anyarray_nn.functional``;
+``_forward(x, train)`` and ``_backward(dy, cache, input_grad)`` with the kernels of ``anyarray_nn.functional``;
 this class adds what every layer needs: errors that name the layer, the forward/backward
 order, and moving parameters between backends.
 
@@ -66,15 +66,19 @@ class Layer:
         self._cache = cache if train else None
         return out
 
-    def backward(self, dy: Any) -> Any:
-        """Given dL/dy, fill ``self.grads`` (same keys as ``params``) and return dL/dx."""
+    def backward(self, dy: Any, *, input_grad: bool = True) -> Any:
+        """Given dL/dy, fill ``self.grads`` (same keys as ``params``) and return dL/dx.
+
+        With ``input_grad=False`` the layer may skip computing dL/dx (a network's first
+        layer: nobody needs the gradient of the data) and returns None.
+        """
         if self._cache is None:
             raise RuntimeError(f"{self.describe()}: backward() needs a preceding "
                                f"forward(x, train=True)")
         with errors_named(self.describe()):
-            dx, grads = self._backward(dy, self._cache)
+            dx, grads = self._backward(dy, self._cache, input_grad)
         self.grads = grads
-        return dx
+        return dx if input_grad else None
 
     # --- what subclasses implement -------------------------------------------------------
 
@@ -82,7 +86,7 @@ class Layer:
         """Return ``(y, cache)``; the cache is handed back to ``_backward``."""
         raise NotImplementedError
 
-    def _backward(self, dy: Any, cache: Any) -> tuple[Any, dict[str, Any]]:
+    def _backward(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
         """Return ``(dx, grads)`` with ``grads`` keyed like ``self.params``."""
         raise NotImplementedError
 

@@ -40,8 +40,8 @@ class Dense(Layer):
                                                     if x.ndim > 2 else ""))
         return F.dense_forward(x, self.params["W"], self.params.get("b")), x
 
-    def _backward(self, dy: Any, x: Any) -> tuple[Any, dict[str, Any]]:
-        dx, dw, db = F.dense_backward(x, self.params["W"], dy)
+    def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        dx, dw, db = F.dense_backward(x, self.params["W"], dy, input_grad=input_grad)
         return dx, ({"W": dw, "b": db} if self.bias else {"W": dw})
 
     def get_config(self) -> dict[str, Any]:

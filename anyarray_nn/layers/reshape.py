@@ -21,7 +21,7 @@ class Flatten(Layer):
         xp = namespace(x)
         return xp.reshape(x, (x.shape[0], math.prod(x.shape[1:]))), tuple(x.shape)
 
-    def _backward(self, dy: Any, shape: Any) -> tuple[Any, dict[str, Any]]:
+    def _backward(self, dy: Any, shape: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
         xp = namespace(dy)
         expected = (shape[0], math.prod(shape[1:]))
         if tuple(dy.shape) != expected:

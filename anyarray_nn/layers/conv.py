@@ -1,0 +1,111 @@
+"""Convolution and pooling layers (NCHW)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import functional as F
+from ..functional.conv import _conv2d_forward_with_cols, _pair, conv_padding
+from .base import Layer, register
+
+
+@register
+class Conv2D(Layer):
+    """2-D convolution: weights ``W`` (out_channels, in_channels, kh, kw) and bias ``b``.
+
+    ``padding``: int, pair, ``"same"`` (stride 1) or ``"valid"``; ``stride`` and
+    ``dilation``: int or pair. The layer keeps the forward's im2col matrix for the weight
+    gradient, trading memory for one fewer copy per step.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, *,
+                 stride: Any = 1, padding: Any = 0, dilation: Any = 1, bias: bool = True,
+                 init: Any = "he", name: str | None = None, backend: Any = None,
+                 dtype: str | None = None, rng: Any = None) -> None:
+        super().__init__(name)
+        for label, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Conv2D: expected {label} to be a positive int, got {value!r}")
+        kh, kw = _pair(kernel_size, "kernel_size")
+        if kh < 1 or kw < 1:
+            raise ValueError(f"Conv2D: expected kernel_size >= 1, got {kernel_size!r}")
+        self.in_channels, self.out_channels, self.bias = in_channels, out_channels, bias
+        self.kernel_size, self.stride, self.dilation = (kh, kw), _pair(stride, "stride"), _pair(dilation, "dilation")
+        # Resolving now reports a bad padding at construction; "same" stays readable in configs.
+        resolved = conv_padding(padding, self.kernel_size, self.stride, self.dilation)
+        self.padding = padding if isinstance(padding, str) else resolved
+        self.init = init if isinstance(init, str) else getattr(init, "__name__", "custom")
+        fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
+        self.params["W"] = self._new_param(init, (out_channels, in_channels, kh, kw), fan_in,
+                                           fan_out, backend, dtype, rng)
+        if bias:
+            self.params["b"] = self._new_param("zeros", (out_channels,), fan_in, fan_out,
+                                               backend, dtype, rng)
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        y, cols = _conv2d_forward_with_cols(x, self.params["W"], self.params.get("b"),
+                                            self.stride, self.padding, self.dilation)
+        return y, (x, cols)
+
+    def _backward(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        x, cols = cache
+        dx, dw, db = F.conv2d_backward(x, self.params["W"], dy, self.stride, self.padding,
+                                       self.dilation, cols=cols, input_grad=input_grad)
+        return dx, ({"W": dw, "b": db} if self.bias else {"W": dw})
+
+    def get_config(self) -> dict[str, Any]:
+        padding = self.padding if isinstance(self.padding, str) else list(self.padding)
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": padding, "dilation": list(self.dilation), "bias": self.bias,
+                "init": self.init, "name": self.name}
+
+
+class _Pool2D(Layer):
+    """Shared constructor and config of the pooling layers."""
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                 name: str | None = None) -> None:
+        super().__init__(name)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+
+    def get_config(self) -> dict[str, Any]:
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding), "name": self.name}
+
+
+@register
+class MaxPool2D(_Pool2D):
+    """Max pooling; the gradient goes to the first arg-max of each window."""
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        y = F.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        return y, (x, y)
+
+    def _backward(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        x, y = cache
+        return F.maxpool2d_backward(x, dy, self.kernel_size, self.stride, self.padding, y=y), {}
+
+
+@register
+class AvgPool2D(_Pool2D):
+    """Average pooling (zero padding counts towards the average, as PyTorch's default)."""
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        return F.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding), x
+
+    def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        return F.avgpool2d_backward(x, dy, self.kernel_size, self.stride, self.padding), {}
+
+
+@register
+class GlobalAvgPool2D(Layer):
+    """Mean over the spatial axes: (N, C, H, W) -> (N, C)."""
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        return F.global_avgpool2d_forward(x), x
+
+    def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        return F.global_avgpool2d_backward(x, dy), {}

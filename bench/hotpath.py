@@ -1,0 +1,236 @@
+"""Conv hot path and training steps, ours (NumPy backend) against PyTorch CPU, in one process.
+
+    python bench/hotpath.py [--batch 16 --batch 64] [--repeats 15] [--json out.json]
+
+Every row is the median over ``repeats`` timed runs after warm-up, ours and PyTorch's
+interleaved so that both see the same machine load. Ratios are PyTorch time / our time
+(above 1: we are faster). This script becomes a suite of ``anyarray-bench`` (issue 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+import anyarray_nn as ann
+from anyarray_nn import functional as F
+from anyarray_nn.networks import NETWORKS
+
+INPUTS = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar10_large": (3, 32, 32)}
+
+
+def timeit(fn, repeats: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def side_by_side(ours, theirs, repeats: int) -> tuple[float, float]:
+    """Median seconds of two callables, timed in alternating blocks."""
+    a, b = [], []
+    for _ in range(3):
+        a += timeit(ours, max(1, repeats // 3), warmup=2)
+        b += timeit(theirs, max(1, repeats // 3), warmup=2)
+    return statistics.median(a), statistics.median(b)
+
+
+def torch_net(name: str, model: ann.Sequential, torch):
+    """The same architecture as a torch.nn.Sequential with the same initial weights."""
+    nn = torch.nn
+    mods = []
+    for layer in model:
+        t = layer.type_name
+        if t == "Conv2D":
+            m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                          stride=layer.stride, padding=layer.padding[0::2] if not isinstance(layer.padding, str) else layer.padding)
+        elif t == "Dense":
+            m = nn.Linear(layer.in_features, layer.out_features)
+        elif t == "ReLU":
+            m = nn.ReLU()
+        elif t == "MaxPool2D":
+            m = nn.MaxPool2d(layer.kernel_size, layer.stride)
+        elif t == "Flatten":
+            m = nn.Flatten()
+        else:
+            raise ValueError(t)
+        if layer.params:
+            with torch.no_grad():
+                m.weight.copy_(torch.from_numpy(ann.to_host(layer.params["W"])))
+                m.bias.copy_(torch.from_numpy(ann.to_host(layer.params["b"])))
+        mods.append(m)
+    return nn.Sequential(*mods)
+
+
+def train_step_rows(batches, repeats, torch):
+    rows = []
+    for name, build in NETWORKS.items():
+        for n in batches:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((n, *INPUTS[name])).astype(np.float32)
+            y = rng.integers(0, 10, n)
+            model = build(rng=0)
+            loss_fn = ann.losses.SoftmaxCrossEntropy()
+            opt = ann.optim.SGD(model, lr=1e-3, momentum=0.9, weight_decay=1e-3, form="classic")
+
+            def ours():
+                loss_fn.forward(model.forward(x, train=True), y)
+                model.backward(loss_fn.backward())
+                opt.step()
+
+            tmodel = torch_net(name, model, torch)
+            topt = torch.optim.SGD(tmodel.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-3)
+            tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+            def theirs():
+                topt.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(tmodel(tx), ty).backward()
+                topt.step()
+
+            t_ours, t_theirs = side_by_side(ours, theirs, repeats)
+            tracemalloc.start()
+            ours()
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            rows.append({"case": f"train_step/{name}", "batch": n, "ours_ms": t_ours * 1e3,
+                         "torch_ms": t_theirs * 1e3, "ratio": t_theirs / t_ours,
+                         "ours_img_s": n / t_ours, "torch_img_s": n / t_theirs,
+                         "ours_peak_mb": peak / 2**20})
+    return rows
+
+
+def conv_rows(batches, repeats, torch):
+    rows = []
+    seen = set()
+    for name, build in NETWORKS.items():
+        model = build(rng=0)
+        shape = INPUTS[name]
+        c, h, w = shape
+        for layer in model:
+            if layer.type_name == "MaxPool2D":
+                h, w = h // 2, w // 2
+            if layer.type_name != "Conv2D":
+                continue
+            key = (layer.in_channels, layer.out_channels, layer.kernel_size, h, w)
+            if key in seen:
+                continue
+            seen.add(key)
+            for n in batches:
+                rows += conv_case(layer, n, h, w, repeats, torch)
+    return rows
+
+
+def conv_case(layer, n, h, w, repeats, torch):
+    rng = np.random.default_rng(0)
+    ci, co, (kh, kw) = layer.in_channels, layer.out_channels, layer.kernel_size
+    pad = layer.padding[0]
+    x = rng.standard_normal((n, ci, h, w)).astype(np.float32)
+    wt = rng.standard_normal((co, ci, kh, kw)).astype(np.float32)
+    b = np.zeros(co, np.float32)
+    y, cols = F.conv._conv2d_forward_with_cols(x, wt, b, 1, pad, 1)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    tx, tw, tb, tdy = (torch.from_numpy(a) for a in (x, wt, b, np.ascontiguousarray(dy)))
+    flops = 2 * n * co * ci * kh * kw * y.shape[2] * y.shape[3]
+    label = f"conv{kh}x{kw} {ci}->{co} {h}x{w}"
+    aten = torch.ops.aten.convolution_backward
+
+    def t_dx():
+        aten(tdy, tx, tw, [co], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, False, False])
+
+    def t_dw():
+        aten(tdy, tx, tw, [co], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [False, True, True])
+
+    pieces = {
+        "forward": (lambda: F.conv._conv2d_forward_with_cols(x, wt, b, 1, pad, 1),
+                    lambda: torch.nn.functional.conv2d(tx, tw, tb, padding=pad)),
+        "dX": (lambda: F.conv._conv2d_input_gradient(np, dy, wt, (h, w), (pad,) * 4, (1, 1), (1, 1)), t_dx),
+        "dW": (lambda: F.conv2d_backward_weights_only(x, wt, dy, pad, cols) if hasattr(F, "conv2d_backward_weights_only") else _dw_only(x, wt, dy, pad, cols), t_dw),
+    }
+    rows = []
+    for piece, (ours, theirs) in pieces.items():
+        with torch.no_grad():
+            t_ours, t_theirs = side_by_side(ours, theirs, repeats)
+        rows.append({"case": f"{label} {piece}", "batch": n, "ours_ms": t_ours * 1e3,
+                     "torch_ms": t_theirs * 1e3, "ratio": t_theirs / t_ours,
+                     "ours_gflops": flops / t_ours / 1e9, "torch_gflops": flops / t_theirs / 1e9})
+    return rows
+
+
+def _dw_only(x, wt, dy, pad, cols):
+    # The dW + db part of conv2d_backward, with the cached im2col matrix (as the layer runs it).
+    xp = ann.backend.namespace(x)
+    o, n, ho, wo = wt.shape[0], x.shape[0], dy.shape[2], dy.shape[3]
+    width = x.shape[3] + 2 * pad
+    dy_cnhw = xp.zeros((o, n, ho, width), dtype=dy.dtype)
+    dy_cnhw[:, :, :, :wo] = xp.permute_dims(dy, (1, 0, 2, 3))
+    dy2 = xp.reshape(dy_cnhw, (o, -1))
+    return dy2 @ xp.matrix_transpose(cols), xp.sum(dy2, axis=1)
+
+
+def sgemm_gflops(repeats: int = 10) -> float:
+    a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+    t = statistics.median(timeit(lambda: a @ a, repeats))
+    return 2 * 1024**3 / t / 1e9
+
+
+def environment(torch) -> dict:
+    info = {"python": sys.version.split()[0], "numpy": np.__version__, "torch": torch.__version__,
+            "machine": platform.machine(), "cpus": os.cpu_count(),
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+            "torch_threads": torch.get_num_threads()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        import threadpoolctl
+        info["blas"] = [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+                        for d in threadpoolctl.threadpool_info() if d.get("user_api") == "blas"]
+    except ImportError:
+        info["blas"] = None
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, action="append")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--only", choices=["conv", "train"], default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    batches = args.batch or [16, 64]
+    env = environment(torch)
+    env["sgemm_gflops"] = sgemm_gflops()
+    print(json.dumps(env))
+    rows = []
+    if args.only in (None, "conv"):
+        rows += conv_rows(batches, args.repeats, torch)
+    if args.only in (None, "train"):
+        rows += train_step_rows(batches, args.repeats, torch)
+    for r in rows:
+        extra = (f"  {r['ours_gflops']:6.1f} vs {r['torch_gflops']:6.1f} GFLOP/s" if "ours_gflops" in r
+                 else f"  {r['ours_img_s']:7.0f} vs {r['torch_img_s']:7.0f} img/s  peak {r['ours_peak_mb']:.1f} MB")
+        print(f"{r['case']:34s} b={r['batch']:<4d} ours {r['ours_ms']:8.2f} ms  torch {r['torch_ms']:8.2f} ms  "
+              f"ratio {r['ratio']:5.2f}{extra}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Conv2D kernels: float64 finite differences, PyTorch agreement, array_api_strict, bad input."""
+
+import numpy as np
+import pytest
+
+import anyarray_nn as ann
+from anyarray_nn import functional as F
+from anyarray_nn.gradcheck import check_function
+from helpers import assert_close, host
+
+# (N, C, H, W), (O, kh, kw), stride, padding, dilation: one per class of configuration.
+CONFIGS = {
+    "stride1-pad0": ((2, 3, 6, 5), (4, 3, 3), 1, 0, 1),
+    "stride1-same": ((2, 2, 5, 5), (3, 3, 3), 1, "same", 1),
+    "same-even-kernel": ((1, 2, 5, 6), (2, 2, 4), 1, "same", 1),
+    "stride2-pad1": ((2, 2, 7, 8), (3, 3, 3), 2, 1, 1),
+    "stride-pair": ((1, 2, 9, 7), (2, 3, 2), (2, 3), (1, 0), 1),
+    "dilation2": ((1, 2, 9, 8), (2, 3, 3), 1, 2, 2),
+    "dilation-pair-stride": ((2, 1, 10, 9), (2, 2, 3), 2, 1, (2, 1)),
+    "non-square": ((2, 3, 5, 9), (2, 2, 4), 1, (1, 2), 1),
+    "odd-sizes": ((3, 1, 7, 11), (5, 5, 3), 1, (2, 1), 1),
+    "batch1-one-channel": ((1, 1, 4, 4), (1, 3, 3), 1, 1, 1),
+    "kernel-equals-input": ((2, 2, 4, 4), (3, 4, 4), 1, 0, 1),
+    "pad-beyond-reach": ((1, 2, 4, 4), (2, 1, 1), 1, 2, 1),
+    "4-tuple-padding": ((1, 2, 5, 5), (2, 3, 3), 1, (0, 2, 1, 0), 1),
+}
+
+
+def make(rng, config, dtype="float64"):
+    xs, (o, kh, kw), stride, padding, dilation = config
+    x = ann.asarray(rng.standard_normal(xs), dtype=dtype)
+    w = ann.asarray(rng.standard_normal((o, xs[1], kh, kw)), dtype=dtype)
+    b = ann.asarray(rng.standard_normal(o), dtype=dtype)
+    return x, w, b, dict(stride=stride, padding=padding, dilation=dilation)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_conv2d_gradients_float64(xp, rng, name):
+    x, w, b, kw = make(rng, CONFIGS[name])
+
+    def backward(dy, x, w, b):
+        dx, dw, db = F.conv2d_backward(x, w, dy, **kw)
+        return {"x": dx, "w": dw, "b": db}
+
+    report = check_function(lambda x, w, b: F.conv2d_forward(x, w, b, **kw), backward,
+                            {"x": x, "w": w, "b": b}, max_checks=60)
+    assert report.passed, str(report)
+
+
+def _torch_padding(padding):
+    if isinstance(padding, tuple) and len(padding) == 4:
+        return None
+    return padding
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
+def test_conv2d_matches_torch(torch, rng, name, dtype, tol):
+    x, w, b, kw = make(rng, CONFIGS[name], dtype)
+    tpad = _torch_padding(kw["padding"])
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    if tpad is None:  # torch's conv2d takes no 4-sided padding: pad the input explicitly
+        top, bottom, left, right = kw["padding"]
+        tin, tpad = torch.nn.functional.pad(tx, (left, right, top, bottom)), 0
+    else:
+        tin = tx
+    ty = torch.nn.functional.conv2d(tin, tw, tb, stride=kw["stride"], padding=tpad,
+                                    dilation=kw["dilation"])
+    dy = rng.standard_normal(tuple(ty.shape)).astype(dtype)
+    ty.backward(torch.tensor(dy))
+    y = F.conv2d_forward(x, w, b, **kw)
+    dx, dw, db = F.conv2d_backward(x, w, dy, **kw)
+    for ours, ref in [(y, ty), (dx, tx.grad), (dw, tw.grad), (db, tb.grad)]:
+        assert host(ours).dtype == np.dtype(dtype)
+        assert_close(ours, ref, rtol=tol, atol=tol)
+
+
+def test_conv2d_with_cached_cols_and_without_bias(xp, rng):
+    x, w, _, kw = make(rng, CONFIGS["stride1-same"])
+    y, cols = F.conv._conv2d_forward_with_cols(x, w, None, 1, "same", 1)
+    assert_close(y, F.conv2d_forward(x, w, **kw))
+    dy = ann.asarray(rng.standard_normal(tuple(y.shape)))
+    for a, b in zip(F.conv2d_backward(x, w, dy, **kw, cols=cols), F.conv2d_backward(x, w, dy, **kw)):
+        assert_close(a, b)
+    assert F.conv2d_backward(x, w, dy, **kw, input_grad=False)[0] is None
+
+
+def test_conv2d_is_a_cross_correlation_by_hand(xp):
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    w = np.array([[[[1.0, 0.0], [0.0, -1.0]]]])
+    y = host(F.conv2d_forward(ann.asarray(x), ann.asarray(w)))
+    np.testing.assert_array_equal(y, x[:, :, :3, :3] - x[:, :, 1:, 1:])
+
+
+def test_conv2d_does_not_modify_inputs(xp, rng):
+    x, w, b, kw = make(rng, CONFIGS["stride2-pad1"])
+    copies = [host(a).copy() for a in (x, w, b)]
+    y = F.conv2d_forward(x, w, b, **kw)
+    F.conv2d_backward(x, w, ann.asarray(np.ones(tuple(y.shape))), **kw)
+    for a, c in zip((x, w, b), copies):
+        np.testing.assert_array_equal(host(a), c)
+
+
+def test_conv2d_errors(xp):
+    x = ann.asarray(np.zeros((2, 3, 5, 5)))
+    with pytest.raises(ann.InputError, match=r"expected 4 input channels \(W has shape \(2, 4, 3, 3\)\), got shape \(2, 3, 5, 5\)"):
+        F.conv2d_forward(x, ann.asarray(np.zeros((2, 4, 3, 3))))
+    with pytest.raises(ann.InputError, match=r"kernel \(7, 7\).*larger than the padded input \(6, 6\).*\(2, 3, 5, 5\).*\(2, 3, 7, 7\)"):
+        F.conv2d_forward(x, ann.asarray(np.zeros((2, 3, 7, 7))), padding=(0, 1, 0, 1))
+    with pytest.raises(ann.InputError, match=r"x: expected a 4-D array \(N, C, H, W\), got shape \(3, 5, 5\)"):
+        F.conv2d_forward(ann.asarray(np.zeros((3, 5, 5))), ann.asarray(np.zeros((2, 3, 3, 3))))
+    with pytest.raises(ann.InputError, match="padding='same' needs stride 1"):
+        F.conv2d_forward(x, ann.asarray(np.zeros((2, 3, 3, 3))), stride=2, padding="same")
+    with pytest.raises(ann.InputError, match="padding: expected non-negative ints"):
+        F.conv2d_forward(x, ann.asarray(np.zeros((2, 3, 3, 3))), padding=-1)
+    with pytest.raises(ann.InputError, match=r"dy: expected shape \(2, 2, 3, 3\)"):
+        F.conv2d_backward(x, ann.asarray(np.zeros((2, 3, 3, 3))), ann.asarray(np.zeros((2, 2, 5, 5))))
