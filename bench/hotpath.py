@@ -155,7 +155,7 @@ def conv_case(layer, n, h, w, repeats, torch):
     pieces = {
         "forward": (lambda: F.conv._conv2d_forward_with_cols(x, wt, b, 1, pad, 1),
                     lambda: torch.nn.functional.conv2d(tx, tw, tb, padding=pad)),
-        "dX": (lambda: F.conv._conv2d_input_gradient(np, dy, wt, (h, w), (pad,) * 4, (1, 1), (1, 1)), t_dx),
+        "dX": (lambda: F.conv._conv2d_input_gradient(ann.backend.namespace(dy), dy, wt, (h, w), (pad,) * 4, (1, 1), (1, 1)), t_dx),
         "dW": (lambda: F.conv2d_backward_weights_only(x, wt, dy, pad, cols) if hasattr(F, "conv2d_backward_weights_only") else _dw_only(x, wt, dy, pad, cols), t_dw),
     }
     rows = []

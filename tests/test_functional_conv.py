@@ -115,3 +115,31 @@ def test_conv2d_errors(xp):
         F.conv2d_forward(x, ann.asarray(np.zeros((2, 3, 3, 3))), padding=-1)
     with pytest.raises(ann.InputError, match=r"dy: expected shape \(2, 2, 3, 3\)"):
         F.conv2d_backward(x, ann.asarray(np.zeros((2, 3, 3, 3))), ann.asarray(np.zeros((2, 2, 5, 5))))
+
+
+@pytest.mark.parametrize("name", ["stride1-pad0", "same-even-kernel", "dilation2", "non-square",
+                                  "odd-sizes", "pad-beyond-reach", "4-tuple-padding"])
+@pytest.mark.parametrize("kind", ["rows", "full"])
+def test_both_lowerings_agree_and_pass_gradient_checks(xp, rng, monkeypatch, name, kind):
+    """Stride-1 convolutions pick a lowering by size; force each one and compare."""
+    x, w, b, kw = make(rng, CONFIGS[name])
+    expected = [host(a) for a in (F.conv2d_forward(x, w, b, **kw),
+                                  *F.conv2d_backward(x, w, _dy(rng, x, w, b, kw), **kw))]
+    monkeypatch.setattr(F.conv, "_lowering", lambda c, kh, stride: kind if stride == (1, 1) else "full")
+    got = [F.conv2d_forward(x, w, b, **kw), *F.conv2d_backward(x, w, _dy(rng, x, w, b, kw), **kw)]
+    for a, e in zip(got, expected):
+        assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+    def backward(dy, x, w, b):
+        dx, dw, db = F.conv2d_backward(x, w, dy, **kw)
+        return {"x": dx, "w": dw, "b": db}
+
+    report = check_function(lambda x, w, b: F.conv2d_forward(x, w, b, **kw), backward,
+                            {"x": x, "w": w, "b": b}, max_checks=40)
+    assert report.passed, str(report)
+
+
+def _dy(rng, x, w, b, kw):
+    """The same upstream gradient for every call of one test (seeded by the output shape)."""
+    shape = tuple(F.conv2d_forward(x, w, b, **kw).shape)
+    return ann.asarray(np.random.default_rng(sum(shape)).standard_normal(shape))

@@ -91,15 +91,19 @@ def maxpool2d_backward(x: Any, dy: Any, kernel_size: Any, stride: Any = None,
     (kh, kw), (sh, sw), p = window
     xpad = _pad(xp, x, p, float("-inf"))
     dxpad = xp.zeros(xpad.shape, dtype=x.dtype, device=x.device)
-    unclaimed = xp.ones(tuple(y.shape), dtype=x.dtype, device=x.device)
     overlapping = sh < kh or sw < kw
-    for index in _slices(window, out):
-        hit = xp.astype(xpad[index] == y, x.dtype) * unclaimed
-        unclaimed = unclaimed - hit
+    # `remaining` is dy where no earlier offset of the window has claimed the maximum yet:
+    # subtracting each claimed share leaves exactly the first arg-max with the gradient.
+    remaining = dy
+    parts = _slices(window, out)
+    for k, index in enumerate(parts):
+        share = remaining * xp.astype(xpad[index] == y, x.dtype)
+        if k < len(parts) - 1:
+            remaining = remaining - share
         if overlapping:
-            dxpad[index] = dxpad[index] + dy * hit
+            dxpad[index] += share
         else:  # disjoint windows: each element is written once
-            dxpad[index] = dy * hit
+            dxpad[index] = share
     return dxpad[:, :, p[0]:p[0] + x.shape[2], p[1]:p[1] + x.shape[3]]
 
 
@@ -126,7 +130,7 @@ def avgpool2d_backward(x: Any, dy: Any, kernel_size: Any, stride: Any = None,
     dxpad = xp.zeros((n, c, h + 2 * p[0], w + 2 * p[1]), dtype=x.dtype, device=x.device)
     share = dy / float(kh * kw)
     for index in _slices(window, out):
-        dxpad[index] = dxpad[index] + share
+        dxpad[index] += share
     return dxpad[:, :, p[0]:p[0] + h, p[1]:p[1] + w]
 
 
