@@ -168,7 +168,11 @@ def current() -> Backend:
         return _state.stack[-1]
     if _default is not None:
         return _default
-    return get_backend(os.environ.get(ENV_VAR) or "numpy")
+    name = os.environ.get(ENV_VAR) or "numpy"
+    try:
+        return get_backend(name)
+    except BackendError as exc:
+        raise BackendError(f"{ENV_VAR}={name!r}: {exc}") from None
 
 
 def set_backend(name: str | Backend) -> Backend:
@@ -230,7 +234,11 @@ def namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Any:
 # --- moving data ------------------------------------------------------------------------
 
 def to_host(x: Any) -> np.ndarray:
-    """Copy an array of any backend to a NumPy array on the host (synchronises a GPU)."""
+    """An array of any backend as a NumPy array on the host (synchronises a GPU).
+
+    Device arrays are copied; host memory (NumPy, CPU tensors, array-api-strict) may be
+    shared, so copy the result before writing into it.
+    """
     if isinstance(x, np.ndarray):
         return x
     if array_api_compat.is_cupy_array(x):
@@ -242,11 +250,13 @@ def to_host(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def asarray(data: Any, backend: str | Backend | None = None, dtype: str | None = None) -> Any:
+def asarray(data: Any, backend: str | Backend | None = None, dtype: str | None = None,
+            copy: bool = False) -> Any:
     """Return ``data`` as an array of ``backend`` (default: the active one), optionally cast.
 
     ``data`` may be host data (lists, NumPy arrays) or an array of any backend; arrays of
-    another backend go through the host. ``dtype`` is a name such as ``"float32"``.
+    another backend go through the host. ``dtype`` is a name such as ``"float32"``. With
+    ``copy=True`` the result never shares memory with ``data``.
     """
     target = get_backend(backend)
     xp = target.xp
@@ -255,7 +265,7 @@ def asarray(data: Any, backend: str | Backend | None = None, dtype: str | None =
     if isinstance(data, np.ndarray) and base_name(target.name) == "array_api_strict":
         data = np.ascontiguousarray(data)
     kwargs = {} if target.device is None else {"device": target.device}
-    out = xp.asarray(data, **kwargs)
+    out = xp.asarray(data, copy=True if copy else None, **kwargs)
     if dtype is not None:
         out = xp.astype(out, resolve_dtype(xp, dtype), copy=False)
     return out

@@ -40,22 +40,40 @@ class Optimizer:
         self.weight_decay = weight_decay
         self.step_count = 0
         self.state: dict[str, dict[str, Any]] = {}
-        self._check_hyper("lr", lr, low=0.0, low_open=True)
-        self._check_hyper("weight_decay", weight_decay, low=0.0)
+
+    def _validate(self) -> None:
+        """Check the hyper-parameters (at construction and after ``load_state_dict``)."""
+        self._check_hyper("lr", self.lr, low=0.0, low_open=True)
+        self._check_hyper("weight_decay", self.weight_decay, low=0.0)
 
     def step(self) -> None:
-        """Apply one update to every parameter from the gradients of the last backward."""
+        """Apply one update to every parameter from the gradients of the last backward.
+
+        Everything is checked before the first parameter changes, so a failed step leaves
+        the model and the optimizer as they were.
+        """
         params, grads = self.model.params(), self.model.grads()
+        for key, w in params.items():
+            if key in self.state:
+                self._check_state(key, w)
         self.step_count += 1
         for key, w in params.items():
             state = self.state.get(key)
             if state is None:
                 xp = _backend.namespace(w)
                 state = self.state[key] = {s: xp.zeros_like(w) for s in self.slots}
-            elif self.slots:
-                _backend.namespace(w, state[self.slots[0]],
-                                   names=(f"parameter {key!r}", "its optimizer state"))
             self._update(w, grads[key], state)
+
+    def _check_state(self, key: str, w: Any) -> None:
+        for slot, value in self.state[key].items():
+            here = (_backend.backend_name_of(value), _backend.dtype_name(value.dtype))
+            there = (_backend.backend_name_of(w), _backend.dtype_name(w.dtype))
+            if here != there or tuple(value.shape) != tuple(w.shape):
+                raise _backend.BackendMismatchError(
+                    f"{type(self).__name__}: the {slot!r} state of {key!r} is {here[0]} "
+                    f"{here[1]} {tuple(value.shape)} but the parameter is {there[0]} "
+                    f"{there[1]} {tuple(w.shape)}. After model.to(...), move the state with "
+                    f"opt.load_state_dict(opt.state_dict()), or create the optimizer afterwards")
 
     def _update(self, w: Any, g: Any, state: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -81,8 +99,8 @@ class Optimizer:
         """
         name = type(self).__name__
         if state_dict.get("type") != name:
-            raise ValueError(f"{name}.load_state_dict: expected a {name} state, got "
-                             f"{state_dict.get('type')!r}")
+            raise ValueError(f"{name}.load_state_dict: expected the state of an {name} "
+                             f"optimizer, got {state_dict.get('type')!r}")
         params = self.model.params()
         new_state = {}
         for key, slots in state_dict["state"].items():
@@ -99,13 +117,21 @@ class Optimizer:
                     raise ValueError(f"{name}.load_state_dict: {key}/{slot} has shape "
                                      f"{tuple(value.shape)}, expected {tuple(w.shape)}")
                 new_state[key][slot] = _backend.asarray(
-                    value, backend=_backend.backend_name_of(w), dtype=_backend.dtype_name(w.dtype))
+                    value, backend=_backend.backend_name_of(w),
+                    dtype=_backend.dtype_name(w.dtype), copy=True)
         config = state_dict.get("config", {})
         unknown = sorted(set(config) - set(self.get_config()))
         if unknown:
             raise ValueError(f"{name}.load_state_dict: unknown hyper-parameters {unknown}")
+        previous = self.get_config()
         for attr, value in config.items():
             setattr(self, attr, value)
+        try:
+            self._validate()
+        except ValueError:
+            for attr, value in previous.items():  # leave the optimizer as it was
+                setattr(self, attr, value)
+            raise
         self.step_count = int(state_dict.get("step", 0))
         self.state = new_state
 
@@ -133,10 +159,14 @@ class SGD(Optimizer):
     def __init__(self, model: Any, lr: float = 0.01, momentum: float = 0.0,
                  weight_decay: float = 0.0, form: str = "ema") -> None:
         super().__init__(model, lr, weight_decay)
-        self._check_hyper("momentum", momentum, low=0.0, high=1.0)
-        if form not in self.FORMS:
-            raise ValueError(f"SGD: expected form in {self.FORMS}, got {form!r}")
         self.momentum, self.form = momentum, form
+        self._validate()
+
+    def _validate(self) -> None:
+        super()._validate()
+        self._check_hyper("momentum", self.momentum, low=0.0, high=1.0)
+        if self.form not in self.FORMS:
+            raise ValueError(f"SGD: expected form in {self.FORMS}, got {self.form!r}")
 
     def _update(self, w: Any, g: Any, state: dict[str, Any]) -> None:
         m, mu, wd = state["momentum"], self.momentum, self.weight_decay
@@ -164,10 +194,18 @@ class Adam(Optimizer):
     def __init__(self, model: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(model, lr, weight_decay)
-        self._check_hyper("betas[0]", betas[0], low=0.0, high=1.0)
-        self._check_hyper("betas[1]", betas[1], low=0.0, high=1.0)
-        self._check_hyper("eps", eps, low=0.0)
-        self.betas, self.eps = (float(betas[0]), float(betas[1])), eps
+        self.betas, self.eps = betas, eps
+        self._validate()
+
+    def _validate(self) -> None:
+        super()._validate()
+        if len(self.betas) != 2:
+            raise ValueError(f"{type(self).__name__}: expected betas to be a pair, got "
+                             f"{self.betas!r}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        self._check_hyper("betas[0]", self.betas[0], low=0.0, high=1.0)
+        self._check_hyper("betas[1]", self.betas[1], low=0.0, high=1.0)
+        self._check_hyper("eps", self.eps, low=0.0)
 
     def _update(self, w: Any, g: Any, state: dict[str, Any]) -> None:
         xp = _backend.namespace(w)
@@ -188,10 +226,6 @@ class Adam(Optimizer):
     def get_config(self) -> dict[str, Any]:
         return dict(super().get_config(), betas=list(self.betas), eps=self.eps)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov and Hutter): ``w *= 1 - lr * weight_decay``."""
@@ -211,9 +245,13 @@ class RMSProp(Optimizer):
     def __init__(self, model: Any, lr: float = 0.01, rho: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0) -> None:
         super().__init__(model, lr, weight_decay)
-        self._check_hyper("rho", rho, low=0.0, high=1.0)
-        self._check_hyper("eps", eps, low=0.0)
         self.rho, self.eps = rho, eps
+        self._validate()
+
+    def _validate(self) -> None:
+        super()._validate()
+        self._check_hyper("rho", self.rho, low=0.0, high=1.0)
+        self._check_hyper("eps", self.eps, low=0.0)
 
     def _update(self, w: Any, g: Any, state: dict[str, Any]) -> None:
         xp = _backend.namespace(w)

@@ -96,3 +96,18 @@ def test_non_array_is_rejected():
 
 def test_synchronize_is_a_noop_on_cpu(xp):
     ann.synchronize()
+
+
+def test_bad_environment_variable_is_named(monkeypatch):
+    monkeypatch.setattr(B, "_default", None)
+    monkeypatch.setenv("ANYARRAY_NN_BACKEND", "numpyy")
+    with pytest.raises(ann.BackendError, match="ANYARRAY_NN_BACKEND='numpyy': unknown backend"):
+        ann.current_backend()
+
+
+def test_asarray_copy_never_shares_memory():
+    a = np.zeros(3)
+    assert ann.asarray(a, backend="numpy") is a
+    b = ann.asarray(a, backend="numpy", copy=True)
+    b[0] = 1.0
+    assert a[0] == 0.0

@@ -63,6 +63,8 @@ def test_activation_errors(xp, name):
     forward, backward, _ = KERNELS[name]
     with pytest.raises(ann.InputError, match="x: expected a floating dtype.*got int64"):
         forward(ann.asarray(np.arange(3, dtype=np.int64)))
+    with pytest.raises(ann.InputError, match=r"x: expected a floating dtype \(float32 or float64\), got float16"):
+        forward(np.zeros(3, dtype=np.float16))
     x = ann.asarray(np.zeros((2, 3)))
     with pytest.raises(ann.InputError, match=r"dy: expected shape \(2, 3\).*got \(3, 2\)"):
         backward(x, ann.asarray(np.zeros((3, 2))))

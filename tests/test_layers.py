@@ -34,6 +34,15 @@ def test_layer_gradients_float64(xp, rng, name):
     assert set(layer.grads) == set(layer.params)
 
 
+def test_failed_forward_leaves_no_stale_cache():
+    layer = Dense(2, 2)
+    layer.forward(np.zeros((1, 2), np.float32), train=True)
+    with pytest.raises(ann.InputError):
+        layer.forward(np.zeros((1, 3), np.float32), train=True)
+    with pytest.raises(RuntimeError, match="preceding forward"):
+        layer.backward(np.zeros((1, 2), np.float32))
+
+
 def test_backward_before_forward_is_an_error():
     layer = Dense(2, 2, name="fc")
     with pytest.raises(RuntimeError, match="Dense 'fc': backward.*forward\\(x, train=True\\)"):
@@ -97,6 +106,10 @@ def test_initializer_statistics(init, expected_std):
 def test_custom_initializer_callable():
     layer = Dense(3, 2, init=lambda shape, fan_in, fan_out, rng: np.full(shape, 0.5))
     np.testing.assert_array_equal(host(layer.params["W"]), np.full((2, 3), 0.5, np.float32))
+    # a callable is recorded as None, so the config still rebuilds the architecture
+    assert layer.get_config()["init"] is None
+    assert Dense.from_config(layer.get_config()).params["W"].shape == (2, 3)
+    assert Dense.from_config(Dense(3, 2, init=ann.init.normal(0.1)).get_config()).init is None
 
 
 def test_registry_and_config_round_trip():

@@ -127,7 +127,7 @@ def test_state_dict_round_trip_continues_identically(xp, opt_cls):
 def test_load_state_dict_is_strict():
     model = FixedGrad(np.zeros(2))
     opt = ann.optim.SGD(model, lr=0.1, momentum=0.9)
-    with pytest.raises(ValueError, match="expected a SGD state, got 'Adam'"):
+    with pytest.raises(ValueError, match="expected the state of an SGD optimizer, got 'Adam'"):
         opt.load_state_dict({"type": "Adam", "state": {}})
     with pytest.raises(KeyError, match="state for 'q.w', which the model does not have"):
         opt.load_state_dict({"type": "SGD", "state": {"q.w": {"momentum": np.zeros(2)}}})
@@ -162,8 +162,40 @@ def test_state_left_on_another_backend_is_reported():
     opt.step()
     model.to("array_api_strict")
     model.backward(model.forward(ann.asarray(np.ones((1, 2)), backend="array_api_strict"), train=True))
-    with pytest.raises(ann.BackendMismatchError, match="parameter 'dense1.W' is array_api_strict, its optimizer state is numpy"):
+    before = ann.to_host(model.params()["dense1.b"]).copy()
+    with pytest.raises(ann.BackendMismatchError, match=r"the 'momentum' state of 'dense1.W' is numpy float64 \(2, 2\) but the parameter is array_api_strict float64.*load_state_dict"):
         opt.step()
+    # nothing moved, and the suggested fix works
+    np.testing.assert_array_equal(ann.to_host(model.params()["dense1.b"]), before)
+    assert opt.step_count == 1
+    opt.load_state_dict(opt.state_dict())
+    opt.step()
+    assert opt.step_count == 2
+
+
+def test_dtype_change_is_caught_before_any_update():
+    model = ann.Sequential([Dense(2, 2)])
+    opt = ann.optim.Adam(model)
+    model.backward(model.forward(np.ones((1, 2), np.float32), train=True))
+    opt.step()
+    model.to(dtype="float64")
+    model.backward(model.forward(np.ones((1, 2)), train=True))
+    with pytest.raises(ann.BackendMismatchError, match="'m' state of 'dense1.W' is numpy float32"):
+        opt.step()
+
+
+def test_load_state_dict_copies_and_validates():
+    model = FixedGrad(np.zeros(2))
+    opt = ann.optim.SGD(model, lr=0.1, momentum=0.9)
+    model.g = np.ones(2)
+    opt.step()
+    other = ann.optim.SGD(model, lr=0.1, momentum=0.9)
+    other.load_state_dict(opt.state_dict())
+    assert other.state["p.w"]["momentum"] is not opt.state["p.w"]["momentum"]
+    bad = {**opt.state_dict(), "config": {"momentum": 2.0}}
+    with pytest.raises(ValueError, match=r"momentum in \[0.0, 1.0\), got 2.0"):
+        other.load_state_dict(bad)
+    assert other.momentum == 0.9
 
 
 def test_updates_are_in_place_so_held_references_stay_current():

@@ -61,6 +61,7 @@ class Layer:
 
     def forward(self, x: Any, *, train: bool = False) -> Any:
         """Compute the layer's output. With ``train=True`` keep what ``backward`` needs."""
+        self._cache = None  # a failed forward must not leave an old cache for backward
         with errors_named(self.describe()):
             out, cache = self._forward(x, train)
         self._cache = cache if train else None
@@ -124,8 +125,18 @@ class Layer:
         self._cache = None
         return self
 
+    @staticmethod
+    def _init_name(init: Any) -> str | None:
+        """How a config records an initializer: its name, or None for a callable.
+
+        A callable cannot be stored safely; the weights themselves are what checkpoints keep,
+        and a layer rebuilt from a config with ``init=None`` starts from the default.
+        """
+        return init if isinstance(init, str) else None
+
     def _new_param(self, init: Any, shape: tuple, fan_in: int, fan_out: int,
                    backend: Any, dtype: str | None, rng: Any) -> Any:
         """Draw a parameter on the host, then cast and move it (same seed, same bits anywhere)."""
-        host = get_initializer(init)(tuple(shape), fan_in, fan_out, _backend.host_rng(rng))
+        host = get_initializer("he" if init is None else init)(
+            tuple(shape), fan_in, fan_out, _backend.host_rng(rng))
         return _backend.asarray(host, backend=backend, dtype=dtype or _backend.DEFAULT_DTYPE)

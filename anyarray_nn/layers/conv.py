@@ -34,7 +34,7 @@ class Conv2D(Layer):
         # Resolving now reports a bad padding at construction; "same" stays readable in configs.
         resolved = conv_padding(padding, self.kernel_size, self.stride, self.dilation)
         self.padding = padding if isinstance(padding, str) else resolved
-        self.init = init if isinstance(init, str) else getattr(init, "__name__", "custom")
+        self.init = self._init_name(init)
         fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
         self.params["W"] = self._new_param(init, (out_channels, in_channels, kh, kw), fan_in,
                                            fan_out, backend, dtype, rng)

@@ -14,7 +14,8 @@ class Dense(Layer):
     """Fully connected layer ``y = x @ W.T + b`` with ``W`` of shape (out_features, in_features).
 
     Parameters ``W`` and ``b``; ``init`` names the weight initializer (see
-    :mod:`anyarray_nn.init`), biases start at zero. ``backend`` and ``dtype`` default to the
+    :mod:`anyarray_nn.init`; a callable works too, ``None`` means ``"he"``), biases start at
+    zero. ``backend`` and ``dtype`` default to the
     active backend and float32; ``rng`` (a seed or NumPy Generator) overrides the global seed.
     """
 
@@ -26,7 +27,7 @@ class Dense(Layer):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Dense: expected {label} to be a positive int, got {value!r}")
         self.in_features, self.out_features, self.bias = in_features, out_features, bias
-        self.init = init if isinstance(init, str) else getattr(init, "__name__", "custom")
+        self.init = self._init_name(init)
         self.params["W"] = self._new_param(init, (out_features, in_features), in_features,
                                            out_features, backend, dtype, rng)
         if bias:
