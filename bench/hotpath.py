@@ -38,12 +38,25 @@ def timeit(fn, repeats: int, warmup: int = 3) -> list[float]:
     return out
 
 
-def side_by_side(ours, theirs, repeats: int) -> tuple[float, float]:
-    """Median seconds of two callables, timed in alternating blocks."""
+SPREAD: dict[str, tuple[float, float]] = {}
+
+
+def side_by_side(ours, theirs, repeats: int, blocks: int = 5) -> tuple[float, float]:
+    """Median seconds of two callables, timed in alternating blocks with warm-up each.
+
+    Blocks rather than single alternating calls: PyTorch's OpenMP threads keep spinning for
+    a while after each call, and on two cores that would bill PyTorch's idle threads to our
+    kernels (measured: single-call alternation doubled both sides' times). The interquartile
+    ranges of the last comparison are left in SPREAD for the report.
+    """
     a, b = [], []
-    for _ in range(3):
-        a += timeit(ours, max(1, repeats // 3), warmup=2)
-        b += timeit(theirs, max(1, repeats // 3), warmup=2)
+    per_block = max(1, repeats // blocks)
+    for _ in range(blocks):
+        a += timeit(ours, per_block, warmup=2)
+        b += timeit(theirs, per_block, warmup=2)
+    for label, values in (("ours", a), ("torch", b)):
+        q = statistics.quantiles(values, n=4)
+        SPREAD[label] = (q[0], q[2])
     return statistics.median(a), statistics.median(b)
 
 
@@ -100,6 +113,7 @@ def train_step_rows(batches, repeats, torch):
                 topt.step()
 
             t_ours, t_theirs = side_by_side(ours, theirs, repeats)
+            spread = {k: [v * 1e3 for v in SPREAD[k]] for k in SPREAD}
             tracemalloc.start()
             ours()
             peak = tracemalloc.get_traced_memory()[1]
@@ -107,7 +121,7 @@ def train_step_rows(batches, repeats, torch):
             rows.append({"case": f"train_step/{name}", "batch": n, "ours_ms": t_ours * 1e3,
                          "torch_ms": t_theirs * 1e3, "ratio": t_theirs / t_ours,
                          "ours_img_s": n / t_ours, "torch_img_s": n / t_theirs,
-                         "ours_peak_mb": peak / 2**20})
+                         "ours_peak_mb": peak / 2**20, "iqr_ms": spread})
     return rows
 
 
@@ -152,37 +166,42 @@ def conv_case(layer, n, h, w, repeats, torch):
     def t_dw():
         aten(tdy, tx, tw, [co], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [False, True, True])
 
-    pieces = {
+    xp = ann.backend.namespace(x)
+    pieces = {  # each piece exactly as the Conv2D layer runs it
         "forward": (lambda: F.conv._conv2d_forward_with_cols(x, wt, b, 1, pad, 1),
                     lambda: torch.nn.functional.conv2d(tx, tw, tb, padding=pad)),
-        "dX": (lambda: F.conv._conv2d_input_gradient(ann.backend.namespace(dy), dy, wt, (h, w), (pad,) * 4, (1, 1), (1, 1)), t_dx),
-        "dW": (lambda: F.conv2d_backward_weights_only(x, wt, dy, pad, cols) if hasattr(F, "conv2d_backward_weights_only") else _dw_only(x, wt, dy, pad, cols), t_dw),
+        "dX": (lambda: F.conv._conv2d_input_gradient(xp, dy, wt, (h, w), (pad,) * 4, (1, 1), (1, 1)),
+               t_dx),
+        "dW": (lambda: F.conv2d_backward(x, wt, dy, 1, pad, 1, cols=cols, input_grad=False), t_dw),
     }
     rows = []
     for piece, (ours, theirs) in pieces.items():
         with torch.no_grad():
             t_ours, t_theirs = side_by_side(ours, theirs, repeats)
-        rows.append({"case": f"{label} {piece}", "batch": n, "ours_ms": t_ours * 1e3,
+        lowering = F.conv._lowering(co if piece == "dX" else ci, kh, (1, 1))
+        rows.append({"case": f"{label} {piece}", "batch": n, "lowering": lowering,
+                     "iqr_ms": {k: [v * 1e3 for v in SPREAD[k]] for k in SPREAD},
+                     "ours_ms": t_ours * 1e3,
                      "torch_ms": t_theirs * 1e3, "ratio": t_theirs / t_ours,
                      "ours_gflops": flops / t_ours / 1e9, "torch_gflops": flops / t_theirs / 1e9})
     return rows
 
 
-def _dw_only(x, wt, dy, pad, cols):
-    # The dW + db part of conv2d_backward, with the cached im2col matrix (as the layer runs it).
-    xp = ann.backend.namespace(x)
-    o, n, ho, wo = wt.shape[0], x.shape[0], dy.shape[2], dy.shape[3]
-    width = x.shape[3] + 2 * pad
-    dy_cnhw = xp.zeros((o, n, ho, width), dtype=dy.dtype)
-    dy_cnhw[:, :, :, :wo] = xp.permute_dims(dy, (1, 0, 2, 3))
-    dy2 = xp.reshape(dy_cnhw, (o, -1))
-    return dy2 @ xp.matrix_transpose(cols), xp.sum(dy2, axis=1)
-
-
 def sgemm_gflops(repeats: int = 10) -> float:
-    a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+    """The machine's float32 GEMM rate through NumPy's BLAS (2048^3, both threads)."""
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
     t = statistics.median(timeit(lambda: a @ a, repeats))
-    return 2 * 1024**3 / t / 1e9
+    return 2 * 2048**3 / t / 1e9
+
+
+def sgemm_gflops_with(coretype: str) -> float | None:
+    """The same figure in a fresh process with OPENBLAS_CORETYPE forced (e.g. "Haswell")."""
+    import subprocess
+    code = "import bench.hotpath as h; print(h.sgemm_gflops())"
+    env = dict(os.environ, OPENBLAS_CORETYPE=coretype, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return float(out.stdout.strip()) if out.returncode == 0 else None
 
 
 def environment(torch) -> dict:
@@ -216,6 +235,7 @@ def main() -> None:
     batches = args.batch or [16, 64]
     env = environment(torch)
     env["sgemm_gflops"] = sgemm_gflops()
+    env["sgemm_gflops_haswell_kernels"] = sgemm_gflops_with("Haswell")
     print(json.dumps(env))
     rows = []
     if args.only in (None, "conv"):
@@ -223,8 +243,11 @@ def main() -> None:
     if args.only in (None, "train"):
         rows += train_step_rows(batches, args.repeats, torch)
     for r in rows:
-        extra = (f"  {r['ours_gflops']:6.1f} vs {r['torch_gflops']:6.1f} GFLOP/s" if "ours_gflops" in r
-                 else f"  {r['ours_img_s']:7.0f} vs {r['torch_img_s']:7.0f} img/s  peak {r['ours_peak_mb']:.1f} MB")
+        extra = (f"  {r['ours_gflops']:6.1f} vs {r['torch_gflops']:6.1f} GFLOP/s "
+                 f"({r['ours_gflops'] / env['sgemm_gflops']:4.0%} of sgemm)" if "ours_gflops" in r
+                 else f"  {r['ours_img_s']:7.0f} vs {r['torch_img_s']:7.0f} img/s  peak {r['ours_peak_mb']:.1f} MB"
+                 f"  IQR ours {r['iqr_ms']['ours'][0]:.1f}-{r['iqr_ms']['ours'][1]:.1f}"
+                 f" torch {r['iqr_ms']['torch'][0]:.1f}-{r['iqr_ms']['torch'][1]:.1f} ms")
         print(f"{r['case']:34s} b={r['batch']:<4d} ours {r['ours_ms']:8.2f} ms  torch {r['torch_ms']:8.2f} ms  "
               f"ratio {r['ratio']:5.2f}{extra}")
     if args.json:
