@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -87,14 +88,15 @@ def torch_net(name: str, model: ann.Sequential, torch):
     return nn.Sequential(*mods)
 
 
-def train_step_rows(batches, repeats, torch):
+def train_step_rows(batches, repeats, torch, backend="numpy"):
     rows = []
     for name, build in NETWORKS.items():
         for n in batches:
             rng = np.random.default_rng(0)
-            x = rng.standard_normal((n, *INPUTS[name])).astype(np.float32)
-            y = rng.integers(0, 10, n)
-            model = build(rng=0)
+            x_host = rng.standard_normal((n, *INPUTS[name])).astype(np.float32)
+            y_host = rng.integers(0, 10, n)
+            x, y = ann.asarray(x_host, backend=backend), ann.asarray(y_host, backend=backend)
+            model = build(rng=0, backend=backend)
             loss_fn = ann.losses.SoftmaxCrossEntropy()
             opt = ann.optim.SGD(model, lr=1e-3, momentum=0.9, weight_decay=1e-3, form="classic")
 
@@ -105,7 +107,7 @@ def train_step_rows(batches, repeats, torch):
 
             tmodel = torch_net(name, model, torch)
             topt = torch.optim.SGD(tmodel.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-3)
-            tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+            tx, ty = torch.from_numpy(x_host), torch.from_numpy(y_host)
 
             def theirs():
                 topt.zero_grad(set_to_none=True)
@@ -114,11 +116,12 @@ def train_step_rows(batches, repeats, torch):
 
             t_ours, t_theirs = side_by_side(ours, theirs, repeats)
             spread = {k: [v * 1e3 for v in SPREAD[k]] for k in SPREAD}
-            tracemalloc.start()
+            tracemalloc.start()  # sees NumPy's allocations only
             ours()
-            peak = tracemalloc.get_traced_memory()[1]
+            peak = tracemalloc.get_traced_memory()[1] if backend == "numpy" else float("nan")
             tracemalloc.stop()
-            rows.append({"case": f"train_step/{name}", "batch": n, "ours_ms": t_ours * 1e3,
+            rows.append({"case": f"train_step/{name}", "backend": backend, "batch": n,
+                         "ours_ms": t_ours * 1e3,
                          "torch_ms": t_theirs * 1e3, "ratio": t_theirs / t_ours,
                          "ours_img_s": n / t_ours, "torch_img_s": n / t_theirs,
                          "ours_peak_mb": peak / 2**20, "iqr_ms": spread})
@@ -229,6 +232,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--only", choices=["conv", "train"], default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--backend", default="numpy", choices=["numpy", "torch"],
+                        help="backend our kernels run on in the training steps")
     args = parser.parse_args()
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
@@ -241,11 +246,11 @@ def main() -> None:
     if args.only in (None, "conv"):
         rows += conv_rows(batches, args.repeats, torch)
     if args.only in (None, "train"):
-        rows += train_step_rows(batches, args.repeats, torch)
+        rows += train_step_rows(batches, args.repeats, torch, args.backend)
     for r in rows:
         extra = (f"  {r['ours_gflops']:6.1f} vs {r['torch_gflops']:6.1f} GFLOP/s "
                  f"({r['ours_gflops'] / env['sgemm_gflops']:4.0%} of sgemm)" if "ours_gflops" in r
-                 else f"  {r['ours_img_s']:7.0f} vs {r['torch_img_s']:7.0f} img/s  peak {r['ours_peak_mb']:.1f} MB"
+                 else f"  {r['ours_img_s']:7.0f} vs {r['torch_img_s']:7.0f} img/s  peak " + ("n/a" if math.isnan(r['ours_peak_mb']) else f"{r['ours_peak_mb']:.1f} MB")
                  f"  IQR ours {r['iqr_ms']['ours'][0]:.1f}-{r['iqr_ms']['ours'][1]:.1f}"
                  f" torch {r['iqr_ms']['torch'][0]:.1f}-{r['iqr_ms']['torch'][1]:.1f} ms")
         print(f"{r['case']:34s} b={r['batch']:<4d} ours {r['ours_ms']:8.2f} ms  torch {r['torch_ms']:8.2f} ms  "
