@@ -226,6 +226,18 @@ def environment(torch) -> dict:
     return info
 
 
+def describe(row: dict, env: dict) -> str:
+    """The row's extra columns: GFLOP/s for a kernel, throughput, memory and spread for a step."""
+    if "ours_gflops" in row:
+        share = row["ours_gflops"] / env["sgemm_gflops"]
+        return (f"{row['ours_gflops']:6.1f} vs {row['torch_gflops']:6.1f} GFLOP/s "
+                f"({share:4.0%} of sgemm)")
+    peak = "n/a" if math.isnan(row["ours_peak_mb"]) else f"{row['ours_peak_mb']:.1f} MB"
+    ours, theirs = row["iqr_ms"]["ours"], row["iqr_ms"]["torch"]
+    return (f"{row['ours_img_s']:7.0f} vs {row['torch_img_s']:7.0f} img/s  peak {peak}  "
+            f"IQR ours {ours[0]:.1f}-{ours[1]:.1f} torch {theirs[0]:.1f}-{theirs[1]:.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, action="append")
@@ -248,13 +260,8 @@ def main() -> None:
     if args.only in (None, "train"):
         rows += train_step_rows(batches, args.repeats, torch, args.backend)
     for r in rows:
-        extra = (f"  {r['ours_gflops']:6.1f} vs {r['torch_gflops']:6.1f} GFLOP/s "
-                 f"({r['ours_gflops'] / env['sgemm_gflops']:4.0%} of sgemm)" if "ours_gflops" in r
-                 else f"  {r['ours_img_s']:7.0f} vs {r['torch_img_s']:7.0f} img/s  peak " + ("n/a" if math.isnan(r['ours_peak_mb']) else f"{r['ours_peak_mb']:.1f} MB")
-                 f"  IQR ours {r['iqr_ms']['ours'][0]:.1f}-{r['iqr_ms']['ours'][1]:.1f}"
-                 f" torch {r['iqr_ms']['torch'][0]:.1f}-{r['iqr_ms']['torch'][1]:.1f} ms")
-        print(f"{r['case']:34s} b={r['batch']:<4d} ours {r['ours_ms']:8.2f} ms  torch {r['torch_ms']:8.2f} ms  "
-              f"ratio {r['ratio']:5.2f}{extra}")
+        print(f"{r['case']:34s} b={r['batch']:<4d} ours {r['ours_ms']:8.2f} ms  torch "
+              f"{r['torch_ms']:8.2f} ms  ratio {r['ratio']:5.2f}  {describe(r, env)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "rows": rows}, f, indent=1)
