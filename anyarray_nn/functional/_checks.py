@@ -35,6 +35,20 @@ def check_same_shape(x: Any, ref: Any, what: str, ref_what: str) -> None:
                          f"got {tuple(x.shape)}")
 
 
+def check_weights(x: Any, w: Any, b: Any | None, unit: str) -> None:
+    """Checks shared by the layers with weights (out, in, ...): W's dtype, x's size along
+    axis 1 against W's (``unit`` names it: "input features", "input channels"), and b."""
+    check_floating(w, "W")
+    check_same_dtype(x, w, "x", "W")
+    if x.shape[1] != w.shape[1]:
+        raise InputError(f"x: expected {w.shape[1]} {unit} (W has shape {tuple(w.shape)}), "
+                         f"got shape {tuple(x.shape)}")
+    if b is not None:
+        check_same_dtype(b, w, "b", "W")
+        if tuple(b.shape) != (w.shape[0],):
+            raise InputError(f"b: expected shape ({w.shape[0]},), got {tuple(b.shape)}")
+
+
 def check_gradient(x: Any, dy: Any, y_shape: tuple[int, ...], what: str = "dy") -> None:
     """Raise unless the upstream gradient has the forward output's shape and the input's dtype."""
     if tuple(dy.shape) != tuple(y_shape):

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 from ..backend import namespace
 from ..errors import InputError
-from ._checks import check_floating, check_gradient, check_ndim, check_same_dtype
+from ._checks import check_gradient, check_ndim, check_weights
 
 Padding = tuple[int, int, int, int]  # top, bottom, left, right
 
@@ -85,15 +85,7 @@ def _check_conv(x: Any, w: Any, b: Any | None, pads: Padding, stride: tuple[int,
                 dilation: tuple[int, int]) -> tuple[int, int]:
     check_ndim(x, 4, "x", "(N, C, H, W)")
     check_ndim(w, 4, "W", "(out_channels, in_channels, kh, kw)")
-    check_floating(w, "W")
-    check_same_dtype(x, w, "x", "W")
-    if x.shape[1] != w.shape[1]:
-        raise InputError(f"x: expected {w.shape[1]} input channels (W has shape "
-                         f"{tuple(w.shape)}), got shape {tuple(x.shape)}")
-    if b is not None:
-        check_same_dtype(b, w, "b", "W")
-        if tuple(b.shape) != (w.shape[0],):
-            raise InputError(f"b: expected shape ({w.shape[0]},), got {tuple(b.shape)}")
+    check_weights(x, w, b, "input channels")
     if min(stride) < 1 or min(dilation) < 1:
         raise InputError(f"stride and dilation: expected ints >= 1, got stride {stride}, "
                          f"dilation {dilation}")
