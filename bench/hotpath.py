@@ -156,7 +156,7 @@ def conv_case(layer, n, h, w, repeats, torch):
     x = rng.standard_normal((n, ci, h, w)).astype(np.float32)
     wt = rng.standard_normal((co, ci, kh, kw)).astype(np.float32)
     b = np.zeros(co, np.float32)
-    y, cols = F.conv._conv2d_forward_with_cols(x, wt, b, 1, pad, 1)
+    y, patches = F.conv._conv2d_forward_with_patches(x, wt, b, 1, pad, 1)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     tx, tw, tb, tdy = (torch.from_numpy(a) for a in (x, wt, b, np.ascontiguousarray(dy)))
     flops = 2 * n * co * ci * kh * kw * y.shape[2] * y.shape[3]
@@ -171,11 +171,11 @@ def conv_case(layer, n, h, w, repeats, torch):
 
     xp = ann.backend.namespace(x)
     pieces = {  # each piece exactly as the Conv2D layer runs it
-        "forward": (lambda: F.conv._conv2d_forward_with_cols(x, wt, b, 1, pad, 1),
+        "forward": (lambda: F.conv._conv2d_forward_with_patches(x, wt, b, 1, pad, 1),
                     lambda: torch.nn.functional.conv2d(tx, tw, tb, padding=pad)),
         "dX": (lambda: F.conv._conv2d_input_gradient(xp, dy, wt, (h, w), (pad,) * 4, (1, 1), (1, 1)),
                t_dx),
-        "dW": (lambda: F.conv2d_backward(x, wt, dy, 1, pad, 1, cols=cols, input_grad=False), t_dw),
+        "dW": (lambda: F.conv2d_backward(x, wt, dy, 1, pad, 1, patches=patches, input_grad=False), t_dw),
     }
     rows = []
     for piece, (ours, theirs) in pieces.items():

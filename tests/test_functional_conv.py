@@ -79,12 +79,12 @@ def test_conv2d_matches_torch(torch, rng, name, dtype, tol):
         assert_close(ours, ref, rtol=tol, atol=tol)
 
 
-def test_conv2d_with_cached_cols_and_without_bias(xp, rng):
+def test_conv2d_with_cached_patches_and_without_bias(xp, rng):
     x, w, _, kw = make(rng, CONFIGS["stride1-same"])
-    y, cols = F.conv._conv2d_forward_with_cols(x, w, None, 1, "same", 1)
+    y, patches = F.conv._conv2d_forward_with_patches(x, w, None, 1, "same", 1)
     assert_close(y, F.conv2d_forward(x, w, **kw))
     dy = ann.asarray(rng.standard_normal(tuple(y.shape)))
-    for a, b in zip(F.conv2d_backward(x, w, dy, **kw, cols=cols), F.conv2d_backward(x, w, dy, **kw)):
+    for a, b in zip(F.conv2d_backward(x, w, dy, **kw, patches=patches), F.conv2d_backward(x, w, dy, **kw)):
         assert_close(a, b)
     assert F.conv2d_backward(x, w, dy, **kw, input_grad=False)[0] is None
 

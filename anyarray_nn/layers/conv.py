@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
-from ..functional.conv import _conv2d_forward_with_cols, _pair, conv_padding
+from ..functional.conv import _conv2d_forward_with_patches, _pair, conv_padding
 from .base import Layer, register
 
 
@@ -14,8 +14,8 @@ class Conv2D(Layer):
     """2-D convolution: weights ``W`` (out_channels, in_channels, kh, kw) and bias ``b``.
 
     ``padding``: int, pair, ``"same"`` (stride 1) or ``"valid"``; ``stride`` and
-    ``dilation``: int or pair. The layer keeps the forward's im2col matrix for the weight
-    gradient, trading memory for one fewer copy per step.
+    ``dilation``: int or pair. The layer keeps the forward's patches (the im2col matrix) for
+    the weight gradient, trading memory for one fewer copy per step.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, *,
@@ -43,14 +43,14 @@ class Conv2D(Layer):
                                                backend, dtype, rng)
 
     def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
-        y, cols = _conv2d_forward_with_cols(x, self.params["W"], self.params.get("b"),
-                                            self.stride, self.padding, self.dilation)
-        return y, (x, cols)
+        y, patches = _conv2d_forward_with_patches(x, self.params["W"], self.params.get("b"),
+                                                  self.stride, self.padding, self.dilation)
+        return y, (x, patches)
 
     def _backward(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
-        x, cols = cache
+        x, patches = cache
         dx, dw, db = F.conv2d_backward(x, self.params["W"], dy, self.stride, self.padding,
-                                       self.dilation, cols=cols, input_grad=input_grad)
+                                       self.dilation, patches=patches, input_grad=input_grad)
         return dx, ({"W": dw, "b": db} if self.bias else {"W": dw})
 
     def get_config(self) -> dict[str, Any]:
