@@ -1,0 +1,283 @@
+"""Benchmark cases: what is timed, how many FLOPs it does, and how to build each side.
+
+A case is one piece of the hot path at one shape: a convolution's forward, dX or dW; a dense
+layer's forward or backward; a max-pool's forward or backward; or a whole training step of
+one of the course networks. Every case can build
+
+* ours: the anyarray_nn kernel, exactly as the layer runs it, on any backend;
+* the reference: the same computation in PyTorch itself (``torch.nn.functional`` and the
+  native backward ops autograd would call), on the CPU or a CUDA device.
+
+Inputs are drawn on the host from a fixed seed, so every side computes on the same data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import backend as _backend
+from .. import functional as F
+from ..functional.conv import _conv2d_forward_with_patches, _conv2d_input_gradient
+from ..losses import SoftmaxCrossEntropy
+from ..networks import NETWORKS
+from ..optim import SGD
+
+INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar10_large": (3, 32, 32)}
+SUITES = ("conv", "dense", "pool", "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One timed piece. ``spec`` holds the layer's sizes; ``piece`` what is timed."""
+
+    suite: str
+    layer: str           # e.g. "mnist.conv2"
+    piece: str           # forward, dX, dW, backward, step
+    spec: tuple          # sizes, see the builders below
+
+    @property
+    def name(self) -> str:
+        return f"{self.suite}/{self.layer}/{self.piece}"
+
+    def shape(self, batch: int) -> str:
+        """A short description of the sizes at this batch size."""
+        if self.suite == "conv":
+            c, o, k, h, w, _ = self.spec
+            return f"{batch}x{c}x{h}x{w} * {o}x{c}x{k}x{k}"
+        if self.suite == "dense":
+            fin, fout = self.spec
+            return f"{batch}x{fin} * {fout}x{fin}"
+        if self.suite == "pool":
+            c, h, w, k = self.spec
+            return f"{batch}x{c}x{h}x{w} / {k}x{k}"
+        return f"{batch}x" + "x".join(map(str, INPUT_SHAPES[self.spec[0]]))
+
+    def flops(self, batch: int) -> int | None:
+        """Floating-point operations of one run (None for pooling, which does no arithmetic)."""
+        if self.suite == "conv":
+            c, o, k, h, w, _ = self.spec
+            return 2 * batch * o * c * k * k * h * w  # "same" padding: Ho, Wo = H, W
+        if self.suite == "dense":
+            fin, fout = self.spec
+            return (2 if self.piece == "forward" else 4) * batch * fin * fout
+        if self.suite == "train":
+            return training_step_flops(self.spec[0], batch)
+        return None
+
+    def build(self, target: str, batch: int, dtype: str) -> Callable[[], Any]:
+        """A no-argument callable running this case once on ``target``.
+
+        ``target`` is a backend name for our kernels, or ``"pytorch"`` / ``"pytorch:cuda"``
+        for the reference.
+        """
+        builders = REFERENCE if target.startswith("pytorch") else OURS
+        return builders[self.suite](self, target, batch, dtype)
+
+
+def _layer_sizes(network: str) -> list[tuple[str, str, tuple]]:
+    """(layer name, suite, spec) of every conv, dense and pool layer in a course network."""
+    c, h, w = INPUT_SHAPES[network]
+    out = []
+    for layer in NETWORKS[network](rng=0):
+        if layer.type_name == "Conv2D":
+            k = layer.kernel_size[0]
+            out.append((layer.name, "conv", (c, layer.out_channels, k, h, w, layer.padding[0])))
+            c = layer.out_channels
+        elif layer.type_name == "MaxPool2D":
+            out.append((layer.name, "pool", (c, h, w, layer.kernel_size[0])))
+            h, w = h // layer.kernel_size[0], w // layer.kernel_size[1]
+        elif layer.type_name == "Dense":
+            out.append((layer.name, "dense", (layer.in_features, layer.out_features)))
+    return out
+
+
+def all_cases() -> list[Case]:
+    """Every case of every suite, each distinct layer shape once (first network that has it)."""
+    pieces = {"conv": ("forward", "dX", "dW"), "dense": ("forward", "backward"),
+              "pool": ("forward", "backward")}
+    cases, seen = [], set()
+    for network in NETWORKS:
+        for name, suite, spec in _layer_sizes(network):
+            if (suite, spec) in seen:
+                continue
+            seen.add((suite, spec))
+            cases += [Case(suite, f"{network}.{name}", piece, spec) for piece in pieces[suite]]
+    cases += [Case("train", network, "step", (network,)) for network in NETWORKS]
+    return cases
+
+
+def training_step_flops(network: str, batch: int) -> int:
+    """FLOPs of forward + backward of the convolutions and dense layers (dX skipped for the
+    first layer, as Sequential.backward does); pooling, activations and the update are not
+    counted."""
+    total = 0
+    for i, (_, suite, spec) in enumerate(_layer_sizes(network)):
+        if suite == "pool":
+            continue
+        case = Case(suite, "", "forward", spec)
+        forward = case.flops(batch)
+        total += forward * (2 if i == 0 else 3)
+    return total
+
+
+# --- ours ---------------------------------------------------------------------------------
+
+def _host(shape: tuple, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def _ours_conv(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any]:
+    c, o, k, h, w, pad = case.spec
+    x, wt, b = (_backend.asarray(_host(s, i), backend=target, dtype=dtype)
+                for i, s in enumerate([(batch, c, h, w), (o, c, k, k), (o,)]))
+    dy = _backend.asarray(_host((batch, o, h, w), 3), backend=target, dtype=dtype)
+    y, patches = _conv2d_forward_with_patches(x, wt, b, 1, pad, 1)
+    xp = _backend.namespace(x)
+    return {
+        "forward": lambda: _conv2d_forward_with_patches(x, wt, b, 1, pad, 1),
+        "dX": lambda: _conv2d_input_gradient(xp, dy, wt, (h, w), (pad,) * 4, (1, 1), (1, 1)),
+        "dW": lambda: F.conv2d_backward(x, wt, dy, 1, pad, 1, patches=patches,
+                                        input_grad=False),
+    }[case.piece]
+
+
+def _ours_dense(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any]:
+    fin, fout = case.spec
+    x, wt, b, dy = (_backend.asarray(_host(s, i), backend=target, dtype=dtype)
+                    for i, s in enumerate([(batch, fin), (fout, fin), (fout,), (batch, fout)]))
+    if case.piece == "forward":
+        return lambda: F.dense_forward(x, wt, b)
+    return lambda: F.dense_backward(x, wt, dy)
+
+
+def _ours_pool(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any]:
+    c, h, w, k = case.spec
+    x = _backend.asarray(np.maximum(_host((batch, c, h, w), 0), 0.0), backend=target,
+                         dtype=dtype)  # ReLU outputs, with the ties they bring
+    if case.piece == "forward":
+        return lambda: F.maxpool2d_forward(x, k)
+    y = F.maxpool2d_forward(x, k)
+    dy = _backend.asarray(_host(tuple(y.shape), 1), backend=target, dtype=dtype)
+    return lambda: F.maxpool2d_backward(x, dy, k, y=y)
+
+
+def _ours_train(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any]:
+    network = case.spec[0]
+    model = NETWORKS[network](rng=0, backend=target, dtype=dtype)
+    x = _backend.asarray(_host((batch, *INPUT_SHAPES[network]), 0), backend=target, dtype=dtype)
+    labels = _backend.asarray(np.arange(batch) % 10, backend=target)
+    loss_fn = SoftmaxCrossEntropy()
+    opt = SGD(model, lr=1e-3, momentum=0.9, weight_decay=1e-3, form="classic")
+
+    def step() -> None:
+        loss_fn.forward(model.forward(x, train=True), labels)
+        model.backward(loss_fn.backward())
+        opt.step()
+    return step
+
+
+OURS = {"conv": _ours_conv, "dense": _ours_dense, "pool": _ours_pool, "train": _ours_train}
+
+
+# --- the PyTorch reference ------------------------------------------------------------------
+
+def _torch_inputs(torch: Any, device: str, dtype: str, shapes: list[tuple]) -> list[Any]:
+    return [torch.tensor(_host(s, i), dtype=getattr(torch, dtype), device=device)
+            for i, s in enumerate(shapes)]
+
+
+def _device(target: str) -> str:
+    return "cuda" if target.endswith("cuda") else "cpu"
+
+
+def _ref_conv(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any]:
+    import torch
+    c, o, k, h, w, pad = case.spec
+    x, wt, b = _torch_inputs(torch, _device(target), dtype, [(batch, c, h, w), (o, c, k, k), (o,)])
+    dy = torch.tensor(_host((batch, o, h, w), 3), dtype=getattr(torch, dtype), device=x.device)
+    backward = torch.ops.aten.convolution_backward
+    args = ([o], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1)
+    return {
+        "forward": lambda: torch.nn.functional.conv2d(x, wt, b, padding=pad),
+        "dX": lambda: backward(dy, x, wt, *args, [True, False, False]),
+        "dW": lambda: backward(dy, x, wt, *args, [False, True, True]),
+    }[case.piece]
+
+
+def _ref_dense(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any]:
+    import torch
+    fin, fout = case.spec
+    x, wt, b, dy = _torch_inputs(torch, _device(target), dtype,
+                                 [(batch, fin), (fout, fin), (fout,), (batch, fout)])
+    if case.piece == "forward":
+        return lambda: torch.nn.functional.linear(x, wt, b)
+    return lambda: (dy @ wt, dy.t() @ x, dy.sum(0))  # what autograd runs for linear
+
+
+def _ref_pool(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any]:
+    import torch
+    c, h, w, k = case.spec
+    x = torch.tensor(np.maximum(_host((batch, c, h, w), 0), 0.0), dtype=getattr(torch, dtype),
+                     device=_device(target))
+    if case.piece == "forward":
+        return lambda: torch.nn.functional.max_pool2d(x, k)
+    y, indices = torch.nn.functional.max_pool2d(x, k, return_indices=True)
+    dy = torch.tensor(_host(tuple(y.shape), 1), dtype=x.dtype, device=x.device)
+    backward = torch.ops.aten.max_pool2d_with_indices_backward
+    return lambda: backward(dy, x, [k, k], [k, k], [0, 0], [1, 1], False, indices)
+
+
+def _ref_train(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any]:
+    import torch
+    network = case.spec[0]
+    model = torch_network(network, torch).to(device=_device(target), dtype=getattr(torch, dtype))
+    x = torch.tensor(_host((batch, *INPUT_SHAPES[network]), 0), dtype=getattr(torch, dtype),
+                     device=_device(target))
+    labels = torch.tensor(np.arange(batch) % 10, device=x.device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-3)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+        opt.step()
+    return step
+
+
+def torch_network(network: str, torch: Any) -> Any:
+    """The course network as a ``torch.nn.Sequential`` with the same initial weights as ours."""
+    nn = torch.nn
+    modules = []
+    for layer in NETWORKS[network](rng=0, dtype="float64"):
+        kind = layer.type_name
+        if kind == "Conv2D":
+            module = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                               padding=layer.padding[0::2])
+        elif kind == "Dense":
+            module = nn.Linear(layer.in_features, layer.out_features)
+        elif kind == "MaxPool2D":
+            module = nn.MaxPool2d(layer.kernel_size, layer.stride)
+        else:
+            module = {"ReLU": nn.ReLU, "Flatten": nn.Flatten}[kind]()
+        if layer.params:
+            with torch.no_grad():
+                module.weight.copy_(torch.from_numpy(_backend.to_host(layer.params["W"])))
+                module.bias.copy_(torch.from_numpy(_backend.to_host(layer.params["b"])))
+        modules.append(module)
+    return nn.Sequential(*modules)
+
+
+REFERENCE = {"conv": _ref_conv, "dense": _ref_dense, "pool": _ref_pool, "train": _ref_train}
+
+
+def select(cases: list[Case], suites: tuple[str, ...] = (), patterns: tuple[str, ...] = ()
+           ) -> list[Case]:
+    """The cases in ``suites`` (all if empty) whose names match one of the glob ``patterns``."""
+    import fnmatch
+    chosen = [c for c in cases if not suites or c.suite in suites]
+    if patterns:
+        chosen = [c for c in chosen if any(fnmatch.fnmatch(c.name, p) for p in patterns)]
+    return chosen
+

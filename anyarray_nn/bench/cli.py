@@ -1,0 +1,184 @@
+"""The ``anyarray-bench`` command.
+
+    anyarray-bench                       # the default suite, every available backend
+    anyarray-bench --quick               # a short run
+    anyarray-bench -s conv -b numpy -n 64 --json conv.json
+    anyarray-bench list                  # the cases
+    anyarray-bench compare old.json new.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from typing import Any, Iterator
+
+import click
+
+from .. import backend as _backend
+from . import cases as _cases
+from . import harness, report
+
+DEFAULT_BATCHES = (16, 64, 256)
+OUR_BACKENDS = ("numpy", "torch", "torch:cuda", "cupy", "array_api_strict")
+
+
+def _available(name: str) -> str | None:
+    """None when the backend can run here, else the reason it cannot."""
+    try:
+        _backend.get_backend(name)
+    except _backend.BackendError as exc:
+        return str(exc).split(". ")[0]
+    return None
+
+
+def _default_backends() -> list[str]:
+    # array_api_strict proves portability, not speed: only on request.
+    return [b for b in ("numpy", "torch", "cupy", "torch:cuda") if _available(b) is None]
+
+
+def _references(backends: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The PyTorch references the chosen backends are compared with, and skipped ones."""
+    refs, skipped = [], []
+    if _available("torch") is not None:
+        return refs, [("pytorch", "PyTorch is not installed: pip install 'anyarray_nn[reference]'")]
+    refs.append(harness.REFERENCE_CPU)
+    if any(harness.device_of(b) == "cuda" for b in backends):
+        if _available("torch:cuda") is None:
+            refs.append(harness.REFERENCE_CUDA)
+        else:
+            skipped.append((harness.REFERENCE_CUDA, "PyTorch has no CUDA device here"))
+    return refs, skipped
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """Limit BLAS/OpenMP pools and PyTorch to ``count`` threads for the block."""
+    if count is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+    torch = sys.modules.get("torch")
+    previous = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(count)
+    try:
+        with threadpool_limits(count):
+            yield
+    finally:
+        if torch and previous:
+            torch.set_num_threads(previous)
+
+
+def _parse_backends(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+                    ) -> tuple[str, ...]:
+    for value in values:
+        base = value.split(":")[0]
+        if base not in _backend.BACKEND_NAMES:
+            raise click.BadParameter(f"unknown backend {value!r}; choose from "
+                                     f"{', '.join(OUR_BACKENDS)}", ctx, param)
+    return values
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-b", "--backend", "backends", multiple=True, callback=_parse_backends,
+              help="Backend for our kernels (repeatable): numpy, torch, torch:cuda, cupy, "
+                   "array_api_strict. Default: every available one but array_api_strict.")
+@click.option("-s", "--suite", "suites", multiple=True, type=click.Choice(_cases.SUITES),
+              help="Suite (repeatable); default: all.")
+@click.option("-c", "--case", "patterns", multiple=True, metavar="GLOB",
+              help="Only cases whose name matches (repeatable), e.g. 'conv/*/dW'.")
+@click.option("-n", "--batch", "batches", multiple=True, type=click.IntRange(min=1),
+              help=f"Batch size (repeatable); default: {', '.join(map(str, DEFAULT_BATCHES))}.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
+              show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for BLAS and PyTorch (default: the libraries' own setting).")
+@click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Timed runs per case and backend, after warm-up.")
+@click.option("--quick", is_flag=True, help="Batch 16 only and 3 repeats: a smoke run.")
+@click.option("--reference/--no-reference", default=True, show_default=True,
+              help="Time PyTorch itself on the same cases.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the full result (rows and environment) to this file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
+              help="Draw GFLOP/s per case and backend to this PNG (needs matplotlib).")
+@click.pass_context
+def main(ctx: click.Context, backends: tuple[str, ...], suites: tuple[str, ...],
+         patterns: tuple[str, ...], batches: tuple[int, ...], dtype: str, threads: int | None,
+         repeats: int, quick: bool, reference: bool, json_path: str | None,
+         plot_path: str | None) -> None:
+    """Benchmark anyarray_nn's conv, dense and pooling kernels and whole training steps
+    against PyTorch, on every available backend. Run without a command to benchmark."""
+    if ctx.invoked_subcommand is not None:
+        return
+    chosen = _cases.select(_cases.all_cases(), suites, patterns)
+    if not chosen:
+        raise click.UsageError(f"no case matches suites {list(suites) or 'all'} and patterns "
+                               f"{list(patterns)}; see 'anyarray-bench list'")
+    skipped: list[tuple[str, str]] = []
+    requested = list(backends) or _default_backends()
+    if not backends:
+        skipped += [(b, r) for b in ("cupy",) if (r := _available(b)) is not None]
+    runnable = []
+    for name in requested:
+        reason = _available(name)
+        if reason is None:
+            runnable.append(_backend.get_backend(name).name)
+        else:
+            skipped.append((name, reason))
+    refs, ref_skips = _references(runnable) if reference and runnable else ([], [])
+    skipped += ref_skips
+    settings = harness.Settings(backends=runnable, references=refs,
+                                batches=[16] if quick and not batches else
+                                list(batches or DEFAULT_BATCHES),
+                                dtype=dtype, repeats=3 if quick else repeats,
+                                blocks=1 if quick else 2, threads=threads)
+    if not runnable:  # reported, not a failure: the same command works on every machine
+        result = harness.empty_result(settings)
+    else:
+        with _threads(threads):
+            result = harness.run(chosen, settings,
+                                 progress=lambda s: click.echo(f"  {s}", err=True))
+    result["skipped"] = [{"backend": b, "reason": r} for b, r in skipped]
+    click.echo(report.table(result) if result["rows"] else
+               "nothing measured: none of the requested backends can run here\n" +
+               "\n".join(f"skipped {s['backend']}: {s['reason']}" for s in result["skipped"]))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+        click.echo(f"\nwrote {json_path}")
+    if plot_path:
+        try:
+            report.plot(result, plot_path)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"wrote {plot_path}")
+
+
+@main.command(name="list")
+def list_cases() -> None:
+    """Show the suites and cases, with their shapes at batch 64."""
+    for case in _cases.all_cases():
+        flops = case.flops(64)
+        size = f"{flops / 1e9:8.3f} GFLOP" if flops else "       - GFLOP"
+        click.echo(f"{case.name:40s} {case.shape(64):32s} {size}")
+
+
+@main.command()
+@click.argument("first", type=click.Path(exists=True, dir_okay=False))
+@click.argument("second", type=click.Path(exists=True, dir_okay=False))
+def compare(first: str, second: str) -> None:
+    """Compare two results written by --json: B's speed-up over A for each common row."""
+    try:
+        a, b = report.load(first), report.load(second)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.compare(a, b, os.path.basename(first), os.path.basename(second)))
+
+
+def run_main(argv: list[str] | None = None) -> Any:
+    """Entry point for ``python -m anyarray_nn.bench``."""
+    return main.main(args=argv, prog_name="anyarray-bench")

@@ -1,0 +1,157 @@
+"""anyarray-bench through click's CliRunner and a real subprocess. Timings are never asserted."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import anyarray_nn as ann
+from anyarray_nn.bench import cases as C
+from anyarray_nn.bench import cli
+
+SMALL = ["-s", "dense", "-c", "dense/mnist.fc/*", "-n", "2", "--repeats", "2"]
+ROW_KEYS = {"case", "suite", "layer", "piece", "batch", "dtype", "backend", "device", "shape",
+            "flops", "repeats", "median_s", "q1_s", "q3_s", "gflops", "images_per_s",
+            "reference", "ratio_to_reference", "peak_fraction"}
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli.main, list(args))
+
+
+def has_torch():
+    return cli._available("torch") is None
+
+
+def test_list_shows_every_suite():
+    out = invoke("list")
+    assert out.exit_code == 0, out.output
+    for name in ("conv/mnist.conv2/dX", "dense/cifar10_large.fc1/backward",
+                 "pool/mnist.maxpool1/forward", "train/cifar10_large/step"):
+        assert name in out.output
+    assert len(out.output.splitlines()) == len(C.all_cases())
+
+
+def test_run_prints_a_table_and_writes_the_json_schema(tmp_path):
+    path = tmp_path / "run.json"
+    out = invoke("-b", "numpy", *SMALL, "--json", str(path))
+    assert out.exit_code == 0, out.output
+    header = out.stdout.splitlines()[0].split()
+    assert header[:4] == ["case", "batch", "backend", "shape"] and "GFLOP/s" in header
+    result = json.loads(path.read_text())
+    assert result["schema"] == "anyarray-bench/1"
+    env = result["environment"]
+    assert {"date", "cpu", "cpu_count", "numpy", "python", "thread_pools"} <= set(env)
+    assert result["settings"]["batches"] == [2] and result["settings"]["repeats"] == 2
+    rows = result["rows"]
+    assert {r["case"] for r in rows} == {"dense/mnist.fc/forward", "dense/mnist.fc/backward"}
+    for row in rows:
+        assert ROW_KEYS <= set(row)
+        assert row["batch"] == 2 and row["repeats"] == 2 and row["dtype"] == "float32"
+        assert row["q1_s"] <= row["median_s"] <= row["q3_s"]
+        assert row["flops"] == (2 if row["piece"] == "forward" else 4) * 2 * 784 * 10
+    if has_torch():
+        assert {r["backend"] for r in rows} == {"numpy", "pytorch"}
+        for row in rows:  # the reference is measured in the same run, its own ratio is 1
+            assert row["ratio_to_reference"] > 0
+            if row["backend"] == "pytorch":
+                assert row["ratio_to_reference"] == 1.0
+        assert result["gemm_peak_gflops"]["cpu"] > 0
+
+
+def test_no_reference_and_float64_and_threads():
+    out = invoke("-b", "numpy", *SMALL, "--no-reference", "--dtype", "float64", "--threads", "1")
+    assert out.exit_code == 0, out.output
+    assert "pytorch" not in out.output and "float64" in out.output
+
+
+def test_training_step_rows_report_images_per_second_and_memory(tmp_path):
+    path = tmp_path / "train.json"
+    out = invoke("-b", "numpy", "-c", "train/mnist/step", "-n", "2", "--repeats", "1",
+                 "--no-reference", "--json", str(path))
+    assert out.exit_code == 0, out.output
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["images_per_s"] > 0 and row["peak_memory_mb"] > 0
+    assert row["flops"] == C.training_step_flops("mnist", 2)
+
+
+def test_compare_two_runs(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for path in (a, b):
+        assert invoke("-b", "numpy", *SMALL, "--no-reference", "--json", str(path)).exit_code == 0
+    out = invoke("compare", str(a), str(b))
+    assert out.exit_code == 0, out.output
+    assert "speed-up b.json vs a.json" in out.output
+    assert "dense/mnist.fc/forward" in out.output and "dense/mnist.fc/backward" in out.output
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"rows": []}))
+    bad = invoke("compare", str(a), str(foreign))
+    assert bad.exit_code == 1 and "foreign.json: expected a result with schema" in bad.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch", "0"], "0 is not in the range x>=1"),
+    (["--dtype", "float16"], "'float16' is not one of"),
+    (["-s", "attention"], "'attention' is not one of"),
+    (["-b", "jaxx"], "unknown backend 'jaxx'"),
+    (["-c", "nothing/*"], "no case matches"),
+    (["--repeats", "-1"], "-1 is not in the range"),
+])
+def test_bad_options_are_usage_errors(args, message):
+    out = invoke(*args)
+    assert out.exit_code == 2
+    assert message in out.output
+
+
+def test_a_missing_backend_is_reported_as_skipped(tmp_path, monkeypatch):
+    real = cli._available
+    monkeypatch.setattr(cli, "_available",
+                        lambda name: "not installed here" if name == "cupy" else real(name))
+    path = tmp_path / "skip.json"
+    out = invoke("-b", "cupy", "-b", "numpy", *SMALL, "--no-reference", "--json", str(path))
+    assert out.exit_code == 0, out.output
+    assert "skipped cupy: not installed here" in out.output
+    result = json.loads(path.read_text())
+    assert result["skipped"] == [{"backend": "cupy", "reason": "not installed here"}]
+    assert {r["backend"] for r in result["rows"]} == {"numpy"}
+    only = invoke("-b", "cupy", *SMALL)
+    assert only.exit_code == 0 and "nothing measured" in only.output
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "gflops.png"
+    out = invoke("-b", "numpy", *SMALL, "--no-reference", "--plot", str(path))
+    assert out.exit_code == 0, out.output
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = invoke("-b", "numpy", *SMALL, "--no-reference", "--plot", str(tmp_path / "x.png"))
+    assert out.exit_code == 1 and "pip install 'anyarray_nn[plot]'" in out.output
+
+
+@pytest.mark.parametrize("backend", ["numpy", "array_api_strict"])
+def test_every_case_builds_and_runs_on_our_kernels(backend):
+    """The suite itself is portable: every case runs once at batch 1 (strict: standard only)."""
+    for case in C.all_cases():
+        case.build(backend, 1, "float32")()
+
+
+def test_every_case_builds_the_pytorch_reference(torch):
+    for case in C.all_cases():
+        case.build("pytorch", 1, "float32")()
+
+
+def test_real_subprocess():
+    cmd = [sys.executable, "-m", "anyarray_nn.bench", "-b", "numpy", "-c", "dense/mnist.fc/forward",
+           "-n", "2", "--repeats", "1", "--no-reference"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "dense/mnist.fc/forward" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "anyarray_nn.bench", "--batch", "x"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "Invalid value for '-n' / '--batch'" in bad.stderr
