@@ -7,7 +7,7 @@ array-api-strict. Start with :func:`set_backend`, build a :class:`Sequential` of
 
 __version__ = "0.1.0"
 
-from . import data, functional, gradcheck, init, layers, losses, networks, optim
+from . import data, functional, gradcheck, init, layers, losses, networks, optim, schedules, train
 from .backend import (
     Backend,
     available_backends,
@@ -23,6 +23,7 @@ from .backend import (
 from .errors import BackendError, BackendMismatchError, InputError
 from .gradcheck import GradCheckReport, check_gradients
 from .model import Sequential
+from .train import History, evaluate, fit
 
 __all__ = [
     "Backend", "available_backends", "asarray", "current_backend", "get_backend", "seed",
@@ -30,4 +31,5 @@ __all__ = [
     "BackendError", "BackendMismatchError", "InputError",
     "GradCheckReport", "check_gradients", "Sequential",
     "data", "functional", "gradcheck", "init", "layers", "losses", "networks", "optim",
+    "schedules", "train", "fit", "evaluate", "History",
 ]

@@ -1,0 +1,194 @@
+"""The data pipeline: split, standardize, shuffle, batch, move to the device, augment.
+
+Data sets stay on the host as NumPy arrays (images as uint8: four times smaller than float32).
+A :class:`DataLoader` cuts them into mini-batches in a seeded order and moves each batch to
+the model's backend, where the preprocessing (scaling, standardization) and the augmentation
+(random crop, flip) run in array-API code. Random choices (the order, crop offsets, flips) are
+drawn on the host from the loader's seeded generator, so a run is reproducible and the same
+batches come out on every backend.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .. import backend as _backend
+
+
+def train_val_split(x: np.ndarray, y: np.ndarray, val_fraction: float = 0.1, *,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split host arrays into a training and a validation part, shuffled with ``seed``.
+
+    Returns ``(x_train, y_train, x_val, y_val)``; the validation part has
+    ``round(val_fraction * N)`` examples.
+    """
+    if len(x) != len(y):
+        raise ValueError(f"train_val_split: x has {len(x)} examples but y has {len(y)}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"train_val_split: expected 0 < val_fraction < 1, got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val = int(round(val_fraction * len(x)))
+    if n_val == 0 or n_val == len(x):
+        raise ValueError(f"train_val_split: val_fraction {val_fraction} of {len(x)} examples "
+                         f"leaves one part empty")
+    val, train = order[:n_val], order[n_val:]
+    return x[train], y[train], x[val], y[val]
+
+
+class Standardize:
+    """Scale, then subtract the mean and divide by the standard deviation of the training data.
+
+    ``Standardize.fit(x_train)`` computes per-channel statistics for (N, C, H, W) images (per
+    feature for (N, D) data) on the host; calling the object on a batch of any backend applies
+    them there. ``scale`` (e.g. 1/255 for uint8 pixels) is applied first, in both places.
+    Compute the statistics from the training data only, then use them for every split.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], scale: float = 1.0) -> None:
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.std = np.asarray(std, dtype=np.float64)
+        if self.mean.shape != self.std.shape or self.mean.ndim != 1:
+            raise ValueError(f"Standardize: mean and std must be 1-D of equal length, got "
+                             f"shapes {self.mean.shape} and {self.std.shape}")
+        if np.any(self.std <= 0):
+            raise ValueError(f"Standardize: std must be positive, got {self.std.tolist()}")
+        self.scale = float(scale)
+        self._on: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    @classmethod
+    def fit(cls, x: np.ndarray, scale: float = 1.0, chunk: int = 10_000) -> "Standardize":
+        """Statistics of host data ``x`` (computed in float64, in chunks to bound memory)."""
+        if x.ndim not in (2, 4):
+            raise ValueError(f"Standardize.fit: expected (N, D) or (N, C, H, W) data, got "
+                             f"shape {x.shape}")
+        axes = (0,) if x.ndim == 2 else (0, 2, 3)
+        count = x.size // x.shape[1]
+        total = np.zeros(x.shape[1])
+        squares = np.zeros(x.shape[1])
+        for start in range(0, len(x), chunk):
+            part = x[start:start + chunk].astype(np.float64) * scale
+            total += part.sum(axis=axes)
+            squares += (part * part).sum(axis=axes)
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+        return cls(mean, np.where(std > 0, std, 1.0), scale)
+
+    def __call__(self, x: Any) -> Any:
+        xp = _backend.namespace(x)
+        key = (_backend.backend_name_of(x), _backend.dtype_name(x.dtype))
+        if key not in self._on:  # move the statistics once per backend and dtype
+            shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
+            self._on[key] = tuple(
+                xp.reshape(_backend.asarray(v, backend=key[0], dtype=key[1]), shape)
+                for v in (self.mean, self.std))
+        mean, std = self._on[key]
+        if x.shape[1] != mean.shape[1]:
+            raise ValueError(f"Standardize: expected {mean.shape[1]} channels, got shape "
+                             f"{tuple(x.shape)}")
+        return (x * self.scale - mean) / std
+
+
+class RandomCrop:
+    """Pad each image by ``padding`` zeros, then crop back to its size at a random offset.
+
+    The offsets come from the loader's generator; the crop itself is two
+    ``take_along_axis`` gathers on the device.
+    """
+
+    def __init__(self, padding: int = 4) -> None:
+        if not isinstance(padding, int) or padding < 1:
+            raise ValueError(f"RandomCrop: expected padding >= 1, got {padding!r}")
+        self.padding = padding
+
+    def __call__(self, x: Any, rng: np.random.Generator) -> Any:
+        xp = _backend.namespace(x)
+        n, c, h, w = x.shape
+        p = self.padding
+        padded = xp.zeros((n, c, h + 2 * p, w + 2 * p), dtype=x.dtype, device=x.device)
+        padded[:, :, p:p + h, p:p + w] = x
+        top = rng.integers(0, 2 * p + 1, n)
+        left = rng.integers(0, 2 * p + 1, n)
+        rows = _backend.asarray(np.broadcast_to((top[:, None] + np.arange(h))[:, None, :, None],
+                                                (n, c, h, w + 2 * p)).copy(),
+                                backend=_backend.backend_name_of(x))
+        cols = _backend.asarray(np.broadcast_to((left[:, None] + np.arange(w))[:, None, None, :],
+                                                (n, c, h, w)).copy(),
+                                backend=_backend.backend_name_of(x))
+        return xp.take_along_axis(xp.take_along_axis(padded, rows, axis=2), cols, axis=3)
+
+
+class RandomFlip:
+    """Mirror each image left to right with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"RandomFlip: expected 0 <= p <= 1, got {p}")
+        self.p = p
+
+    def __call__(self, x: Any, rng: np.random.Generator) -> Any:
+        xp = _backend.namespace(x)
+        flip = _backend.asarray(rng.random(x.shape[0]) < self.p,
+                                backend=_backend.backend_name_of(x))
+        return xp.where(flip[:, None, None, None], xp.flip(x, axis=3), x)
+
+
+class DataLoader:
+    """Mini-batches of host data, moved to a backend, preprocessed and (in training) augmented.
+
+    ``x``/``y``: host arrays with the examples along axis 0. Each epoch visits every example
+    once, in an order drawn from ``seed`` (``shuffle=False`` keeps the order). Batches come
+    out as ``(x_batch, y_batch)`` on ``backend`` (default: the active one): ``x`` cast to
+    ``dtype`` then passed through ``preprocess`` (e.g. a :class:`Standardize`), then, when
+    ``augment`` is given and ``train`` is True, through each augmentation with the loader's
+    generator; ``y`` as int64. ``drop_last`` drops a final smaller batch.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int = 64, *,
+                 shuffle: bool = True, seed: int = 0, backend: Any = None,
+                 dtype: str = "float32", preprocess: Callable[[Any], Any] | None = None,
+                 augment: Sequence[Callable[[Any, np.random.Generator], Any]] = (),
+                 train: bool = True, drop_last: bool = False) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"DataLoader: x has {len(x)} examples but y has {len(y)}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"DataLoader: expected batch_size >= 1, got {batch_size!r}")
+        self.x, self.y = x, np.asarray(y, dtype=np.int64)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.backend = _backend.get_backend(backend).name
+        self.dtype, self.preprocess, self.augment, self.train = dtype, preprocess, augment, train
+        self.rng = np.random.default_rng(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        order = self.rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
+        self.epoch += 1
+        for i in range(len(self)):
+            index = np.sort(order[i * self.batch_size:(i + 1) * self.batch_size])
+            yield self.batch(index)
+
+    def batch(self, index: np.ndarray) -> tuple[Any, Any]:
+        """The examples at ``index`` as a device batch (preprocessed, augmented in training)."""
+        xb = _backend.asarray(self.x[index], backend=self.backend, dtype=self.dtype)
+        if self.preprocess is not None:
+            xb = self.preprocess(xb)
+        if self.train:
+            for transform in self.augment:
+                xb = transform(xb, self.rng)
+        return xb, _backend.asarray(self.y[index], backend=self.backend)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the data order (the generator state and the epoch count)."""
+        return {"epoch": self.epoch, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the data order from :meth:`state_dict` (for exact resume)."""
+        self.epoch = int(state["epoch"])
+        self.rng.bit_generator.state = state["rng"]

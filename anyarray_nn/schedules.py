@@ -1,0 +1,30 @@
+"""Learning-rate schedules: functions of the epoch (or step) index t, starting at 0.
+
+Use one with ``train.LearningRateSchedule(schedule)``, or call it yourself.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+Schedule = Callable[[int], float]
+
+
+def constant(lr: float) -> Schedule:
+    """lr at every t."""
+    return lambda t: lr
+
+
+def step_decay(lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
+    """lr * gamma ** (t // step_size): divide by 1/gamma every ``step_size`` epochs."""
+    if step_size < 1:
+        raise ValueError(f"step_decay: expected step_size >= 1, got {step_size}")
+    return lambda t: lr * gamma ** (t // step_size)
+
+
+def cosine(lr: float, total: int, min_lr: float = 0.0) -> Schedule:
+    """Half a cosine from lr at t = 0 to min_lr at t = total (and min_lr after)."""
+    if total < 1:
+        raise ValueError(f"cosine: expected total >= 1, got {total}")
+    return lambda t: min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))

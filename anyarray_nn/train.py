@@ -1,0 +1,293 @@
+"""The training loop: ``fit`` and ``evaluate``, the History they record, and callbacks.
+
+``fit`` is the loop users write by hand (forward, loss, backward, optimizer step) with the
+bookkeeping around it: epochs or a number of iterations, validation every epoch or every N
+iterations, the loss and accuracy of every iteration and epoch, a progress bar, and
+callbacks (learning-rate schedules, early stopping, periodic hooks such as checkpoints). With
+a fixed seed a run is deterministic on one backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from . import backend as _backend
+
+
+@dataclasses.dataclass
+class History:
+    """What ``fit`` recorded.
+
+    ``iterations``: one dict per training step (``step``, ``epoch``, ``loss``, ``accuracy``,
+    ``lr``). ``epochs``: one dict per finished epoch (``epoch``, ``loss``, ``accuracy``,
+    ``seconds``, ``images_per_second`` and, with validation, ``val_loss`` and
+    ``val_accuracy``). ``validations``: one dict per validation (``step``, ``epoch``,
+    ``val_loss``, ``val_accuracy``), also when it runs every N iterations.
+    """
+
+    iterations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    epochs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    validations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def series(self, key: str, per: str = "epoch") -> list[Any]:
+        """One recorded quantity as a list, e.g. ``history.series("val_accuracy")``."""
+        rows = {"epoch": self.epochs, "iteration": self.iterations,
+                "validation": self.validations}[per]
+        return [row[key] for row in rows if key in row]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy (checkpoints store it)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "History":
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(**{k: list(data.get(k, [])) for k in ("iterations", "epochs", "validations")})
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """What ``evaluate`` returns: mean loss, accuracy, and host arrays of the predictions and
+    the true labels, in the loader's order."""
+
+    loss: float
+    accuracy: float
+    predictions: np.ndarray
+    labels: np.ndarray
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything a callback may read or change while ``fit`` runs."""
+
+    model: Any
+    optimizer: Any
+    history: History
+    epoch: int = 0             # epochs started so far
+    step: int = 0              # optimizer steps so far
+    stop: bool = False         # set to True to end training after the current step
+    last: dict[str, Any] = dataclasses.field(default_factory=dict)  # latest logged values
+
+
+class Callback:
+    """Base class: override the hooks you need. Each receives the :class:`TrainState`."""
+
+    def on_train_begin(self, state: TrainState) -> None:
+        """Before the first step."""
+
+    def on_epoch_begin(self, state: TrainState) -> None:
+        """Before the first step of each epoch."""
+
+    def on_iteration_end(self, state: TrainState) -> None:
+        """After each optimizer step (``state.last`` has its loss and accuracy)."""
+
+    def on_validation_end(self, state: TrainState) -> None:
+        """After each validation (``state.last`` has ``val_loss`` and ``val_accuracy``)."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """After each epoch (its summary is ``state.history.epochs[-1]``)."""
+
+    def on_train_end(self, state: TrainState) -> None:
+        """After the last step."""
+
+
+class LearningRateSchedule(Callback):
+    """Set ``optimizer.lr = schedule(t)`` before each epoch (``per="epoch"``, t counts from 0)
+    or before each step (``per="iteration"``)."""
+
+    def __init__(self, schedule: Callable[[int], float], per: str = "epoch") -> None:
+        if per not in ("epoch", "iteration"):
+            raise ValueError(f"LearningRateSchedule: expected per='epoch' or 'iteration', "
+                             f"got {per!r}")
+        self.schedule, self.per = schedule, per
+
+    def on_train_begin(self, state: TrainState) -> None:
+        if self.per == "iteration":
+            state.optimizer.lr = float(self.schedule(state.step))
+
+    def on_epoch_begin(self, state: TrainState) -> None:
+        if self.per == "epoch":
+            state.optimizer.lr = float(self.schedule(state.epoch - 1))
+
+    def on_iteration_end(self, state: TrainState) -> None:
+        if self.per == "iteration":
+            state.optimizer.lr = float(self.schedule(state.step))
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` (e.g. ``"val_loss"``) has not improved for ``patience``
+    validations; with ``restore_best`` the best parameters are put back at the end."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, mode: str = "min",
+                 min_delta: float = 0.0, restore_best: bool = True) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"EarlyStopping: expected mode 'min' or 'max', got {mode!r}")
+        self.monitor, self.patience, self.mode = monitor, patience, mode
+        self.min_delta, self.restore_best = min_delta, restore_best
+        self.best: float | None = None
+        self.best_params: dict[str, np.ndarray] | None = None
+        self.waited = 0
+
+    def on_validation_end(self, state: TrainState) -> None:
+        value = state.last[self.monitor]
+        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
+                                       else value > self.best + self.min_delta)
+        if better:
+            self.best, self.waited = value, 0
+            if self.restore_best:
+                self.best_params = {k: _backend.to_host(v).copy()
+                                    for k, v in state.model.params().items()}
+            return
+        self.waited += 1
+        if self.waited >= self.patience:
+            state.stop = True
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self.restore_best and self.best_params is not None:
+            for key, value in state.model.params().items():
+                value[...] = _backend.asarray(self.best_params[key],
+                                              backend=_backend.backend_name_of(value),
+                                              dtype=_backend.dtype_name(value.dtype))
+
+
+class Every(Callback):
+    """Call ``fn(state)`` every ``n`` iterations (or epochs, with ``per="epoch"``): the hook
+    periodic work such as checkpoints uses."""
+
+    def __init__(self, n: int, fn: Callable[[TrainState], None], per: str = "iteration") -> None:
+        if n < 1 or per not in ("iteration", "epoch"):
+            raise ValueError(f"Every: expected n >= 1 and per 'iteration' or 'epoch', got "
+                             f"n={n!r}, per={per!r}")
+        self.n, self.fn, self.per = n, fn, per
+
+    def on_iteration_end(self, state: TrainState) -> None:
+        if self.per == "iteration" and state.step % self.n == 0:
+            self.fn(state)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self.per == "epoch" and state.epoch % self.n == 0:
+            self.fn(state)
+
+
+def _accuracy_count(xp: Any, logits: Any, labels: Any) -> Any:
+    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+
+
+def evaluate(model: Any, loss_fn: Any, loader: Iterable[tuple[Any, Any]]) -> EvalResult:
+    """Mean loss and accuracy of ``model`` over ``loader`` (evaluation mode), with the
+    predictions and labels on the host."""
+    total_loss, correct, count = 0.0, 0, 0
+    predictions, labels = [], []
+    for xb, yb in loader:
+        logits = model.forward(xb, train=False)
+        xp = _backend.namespace(logits)
+        n = int(yb.shape[0])
+        total_loss += float(loss_fn.forward(logits, yb)) * n
+        predicted = xp.argmax(logits, axis=1)
+        correct += int(xp.sum(xp.astype(predicted == yb, xp.int64)))
+        count += n
+        predictions.append(_backend.to_host(predicted))
+        labels.append(_backend.to_host(yb))
+    if count == 0:
+        raise ValueError("evaluate: the loader produced no batches")
+    return EvalResult(total_loss / count, correct / count,
+                      np.concatenate(predictions).astype(np.int64),
+                      np.concatenate(labels).astype(np.int64))
+
+
+def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
+        epochs: int | None = None, iterations: int | None = None, val_loader: Any = None,
+        val_every: int | None = None, callbacks: Iterable[Callback] = (),
+        progress: bool = True, history: History | None = None) -> History:
+    """Train ``model`` on ``train_loader`` for ``epochs`` epochs or ``iterations`` steps.
+
+    With ``val_loader``, validation runs after every epoch, or every ``val_every``
+    iterations. ``callbacks`` see every step, validation and epoch. ``progress`` shows a
+    tqdm bar with the running loss and accuracy. Passing a ``history`` continues it.
+    Returns the :class:`History`.
+    """
+    if (epochs is None) == (iterations is None):
+        raise ValueError("fit: give exactly one of epochs= or iterations=")
+    limit = epochs if epochs is not None else iterations
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"fit: expected a positive number of epochs or iterations, got {limit!r}")
+    if val_every is not None and (val_loader is None or val_every < 1):
+        raise ValueError("fit: val_every needs a val_loader and must be >= 1")
+    callbacks = list(callbacks)
+    state = TrainState(model, optimizer, history or History())
+    state.epoch = len(state.history.epochs)
+    state.step = len(state.history.iterations)
+    total_steps = (epochs * len(train_loader) if epochs is not None else iterations)
+    bar = _progress_bar(total_steps, progress)
+    for cb in callbacks:
+        cb.on_train_begin(state)
+    steps_done = 0
+    while not state.stop and steps_done < total_steps:
+        state.epoch += 1
+        for cb in callbacks:
+            cb.on_epoch_begin(state)
+        start, seen, epoch_loss, epoch_correct = time.perf_counter(), 0, 0.0, 0
+        for xb, yb in train_loader:
+            logits = model.forward(xb, train=True)
+            loss = loss_fn.forward(logits, yb)
+            model.backward(loss_fn.backward())
+            optimizer.step()
+            xp = _backend.namespace(logits)
+            n = int(yb.shape[0])
+            loss_value = float(loss)  # the one device-to-host read of a step
+            correct = int(_accuracy_count(xp, logits, yb))
+            state.step += 1
+            steps_done += 1
+            seen, epoch_loss, epoch_correct = seen + n, epoch_loss + loss_value * n, \
+                epoch_correct + correct
+            state.last = {"step": state.step, "epoch": state.epoch, "loss": loss_value,
+                          "accuracy": correct / n, "lr": optimizer.lr}
+            state.history.iterations.append(dict(state.last))
+            for cb in callbacks:
+                cb.on_iteration_end(state)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=state.epoch, loss=f"{loss_value:.4f}",
+                                acc=f"{correct / n:.3f}", refresh=False)
+            if val_every is not None and state.step % val_every == 0:
+                _validate(state, model, loss_fn, val_loader, callbacks)
+            if state.stop or steps_done >= total_steps:
+                break
+        seconds = time.perf_counter() - start
+        summary = {"epoch": state.epoch, "loss": epoch_loss / max(seen, 1),
+                   "accuracy": epoch_correct / max(seen, 1), "seconds": seconds,
+                   "images_per_second": seen / seconds if seconds > 0 else math.inf,
+                   "steps": state.step}
+        if val_loader is not None and val_every is None:
+            summary.update(_validate(state, model, loss_fn, val_loader, callbacks))
+        state.history.epochs.append(summary)
+        for cb in callbacks:
+            cb.on_epoch_end(state)
+    if bar is not None:
+        bar.close()
+    for cb in callbacks:
+        cb.on_train_end(state)
+    return state.history
+
+
+def _validate(state: TrainState, model: Any, loss_fn: Any, loader: Any,
+              callbacks: list[Callback]) -> dict[str, float]:
+    result = evaluate(model, loss_fn, loader)
+    values = {"val_loss": result.loss, "val_accuracy": result.accuracy}
+    state.last = {**state.last, **values}
+    state.history.validations.append({"step": state.step, "epoch": state.epoch, **values})
+    for cb in callbacks:
+        cb.on_validation_end(state)
+    return values
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit="step", dynamic_ncols=True, leave=True)

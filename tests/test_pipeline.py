@@ -1,0 +1,121 @@
+"""The data pipeline: split, standardization, loader order, device batches, augmentation."""
+
+import numpy as np
+import pytest
+
+import anyarray_nn as ann
+from anyarray_nn.backend import backend_name_of, dtype_name
+from anyarray_nn.data.pipeline import (DataLoader, RandomCrop, RandomFlip, Standardize,
+                                       train_val_split)
+from helpers import host
+
+
+def images(n=20, c=3, h=6, w=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, c, h, w), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def test_train_val_split_is_a_seeded_partition():
+    x, y = np.arange(100)[:, None], np.arange(100)
+    xt, yt, xv, yv = train_val_split(x, y, 0.2, seed=3)
+    assert len(xv) == 20 and len(xt) == 80
+    assert sorted(np.concatenate([yt, yv]).tolist()) == list(range(100))
+    again = train_val_split(x, y, 0.2, seed=3)
+    np.testing.assert_array_equal(again[3], yv)
+    with pytest.raises(ValueError, match="x has 3 examples but y has 2"):
+        train_val_split(np.zeros((3, 1)), np.zeros(2))
+    with pytest.raises(ValueError, match="expected 0 < val_fraction < 1, got 1.5"):
+        train_val_split(x, y, 1.5)
+
+
+def test_standardize_uses_per_channel_statistics(xp):
+    x, _ = images(50)
+    st = Standardize.fit(x, scale=1 / 255, chunk=7)  # chunks must not change the result
+    ref = x.astype(np.float64) / 255
+    np.testing.assert_allclose(st.mean, ref.mean(axis=(0, 2, 3)))
+    np.testing.assert_allclose(st.std, ref.std(axis=(0, 2, 3)))
+    out = host(st(ann.asarray(x, dtype="float64")))
+    np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0.0, atol=1e-12)
+    np.testing.assert_allclose(out.std(axis=(0, 2, 3)), 1.0, rtol=1e-12)
+    with pytest.raises(ValueError, match="expected 3 channels, got shape"):
+        st(ann.asarray(np.zeros((2, 4, 2, 2)), dtype="float64"))
+    with pytest.raises(ValueError, match="std must be positive"):
+        Standardize([0.0], [0.0])
+
+
+def test_loader_visits_every_example_once_per_epoch_in_a_seeded_order(xp, backend_name):
+    x, y = np.arange(23, dtype=np.float64)[:, None], np.arange(23)
+    loader = DataLoader(x, y, 5, seed=1)
+    assert len(loader) == 5
+    epochs = []
+    for _ in range(2):
+        batches = list(loader)
+        assert [int(b[1].shape[0]) for b in batches] == [5, 5, 5, 5, 3]
+        xb, yb = batches[0]
+        assert backend_name_of(xb) == backend_name and dtype_name(xb.dtype) == "float32"
+        assert dtype_name(yb.dtype) == "int64"
+        seen = np.concatenate([host(b[1]) for b in batches])
+        assert sorted(seen.tolist()) == list(range(23))
+        epochs.append(seen)
+    assert not np.array_equal(epochs[0], epochs[1])  # a new order every epoch
+    again = DataLoader(x, y, 5, seed=1)
+    np.testing.assert_array_equal(np.concatenate([host(b[1]) for b in again]), epochs[0])
+
+
+def test_loader_options():
+    x, y = np.arange(10, dtype=np.float64)[:, None], np.arange(10)
+    assert [host(b[1]).tolist() for b in DataLoader(x, y, 4, shuffle=False)] == \
+        [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert len(list(DataLoader(x, y, 4, drop_last=True))) == 2
+    doubled = DataLoader(x, y, 10, shuffle=False, preprocess=lambda b: b * 2)
+    assert host(next(iter(doubled))[0])[:, 0].tolist() == [2.0 * i for i in range(10)]
+    calls = []
+    augmented = DataLoader(x, y, 10, augment=[lambda b, rng: calls.append(1) or b], train=False)
+    list(augmented)
+    assert calls == []  # no augmentation outside training
+    with pytest.raises(ValueError, match="expected batch_size >= 1"):
+        DataLoader(x, y, 0)
+
+
+def test_loader_state_resumes_the_same_order():
+    x, y = np.arange(30, dtype=np.float64)[:, None], np.arange(30)
+    loader = DataLoader(x, y, 7, seed=5)
+    list(loader)
+    state = loader.state_dict()
+    expected = [host(b[1]).tolist() for b in loader]
+    resumed = DataLoader(x, y, 7, seed=99)
+    resumed.load_state_dict(state)
+    assert [host(b[1]).tolist() for b in resumed] == expected and resumed.epoch == 2
+
+
+def test_random_crop_takes_a_window_of_the_padded_image(xp):
+    x, _ = images(4, 2, 5, 6)
+    out = host(RandomCrop(2)(ann.asarray(x, dtype="float32"), np.random.default_rng(7)))
+    rng = np.random.default_rng(7)
+    top, left = rng.integers(0, 5, 4), rng.integers(0, 5, 4)
+    padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2))).astype(np.float32)
+    for i in range(4):
+        np.testing.assert_array_equal(out[i], padded[i, :, top[i]:top[i] + 5, left[i]:left[i] + 6])
+
+
+def test_random_flip(xp):
+    x, _ = images(6)
+    xb = ann.asarray(x, dtype="float32")
+    np.testing.assert_array_equal(host(RandomFlip(0.0)(xb, np.random.default_rng(0))), x)
+    np.testing.assert_array_equal(host(RandomFlip(1.0)(xb, np.random.default_rng(0))), x[..., ::-1])
+    mixed = host(RandomFlip(0.5)(xb, np.random.default_rng(3)))
+    flips = np.random.default_rng(3).random(6) < 0.5
+    assert 0 < flips.sum() < 6
+    for i in range(6):
+        np.testing.assert_array_equal(mixed[i], x[i, ..., ::-1] if flips[i] else x[i])
+
+
+def test_the_same_batches_on_every_backend(xp):
+    x, y = images(16)
+    st = Standardize.fit(x, scale=1 / 255)
+    augment = [RandomCrop(2), RandomFlip()]
+    here = [host(b[0]) for b in DataLoader(x, y, 5, seed=2, preprocess=st, augment=augment)]
+    with ann.using("numpy"):
+        ref = [b[0] for b in DataLoader(x, y, 5, seed=2, preprocess=st, augment=augment)]
+    for a, b in zip(here, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

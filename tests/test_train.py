@@ -1,0 +1,119 @@
+"""fit / evaluate: learning on every backend, determinism, History, callbacks, errors."""
+
+import numpy as np
+import pytest
+
+import anyarray_nn as ann
+from anyarray_nn import train
+from anyarray_nn.data.pipeline import DataLoader, Standardize, train_val_split
+from anyarray_nn.layers import Dense, Tanh
+from helpers import host
+
+
+def setup(seed=0, n=600):
+    x, y = ann.data.make_circles(n, noise=0.1, seed=seed)
+    xt, yt, xv, yv = train_val_split(x, y, 0.25, seed=seed)
+    st = Standardize.fit(xt)
+    model = ann.Sequential([Dense(2, 16, init="glorot", rng=seed), Tanh(),
+                            Dense(16, 2, init="glorot", rng=seed + 1)])
+    return (model, ann.losses.SoftmaxCrossEntropy(), DataLoader(xt, yt, 32, seed=seed, preprocess=st),
+            DataLoader(xv, yv, 100, shuffle=False, preprocess=st, train=False))
+
+
+def test_fit_learns_on_every_backend(xp):
+    model, loss_fn, tl, vl = setup()
+    history = train.fit(model, loss_fn, ann.optim.Adam(model, lr=0.02), tl, epochs=12,
+                        val_loader=vl, progress=False)
+    losses = history.series("loss")
+    assert losses[-1] < 0.5 * losses[0]
+    assert history.epochs[-1]["val_accuracy"] > 0.9  # chance is 0.5
+    result = train.evaluate(model, loss_fn, vl)
+    assert result.accuracy == history.epochs[-1]["val_accuracy"]
+    assert result.predictions.shape == result.labels.shape == (150,)
+
+
+def test_fit_is_deterministic_for_a_seed():
+    runs = []
+    for _ in range(2):
+        model, loss_fn, tl, vl = setup()
+        h = train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.1, momentum=0.9), tl, epochs=3,
+                      val_loader=vl, progress=False)
+        runs.append((h.series("loss", per="iteration"), {k: host(v) for k, v in model.params().items()}))
+    assert runs[0][0] == runs[1][0]
+    for key in runs[0][1]:
+        np.testing.assert_array_equal(runs[0][1][key], runs[1][1][key])
+
+
+def test_iterations_validation_every_n_and_history():
+    model, loss_fn, tl, vl = setup()
+    h = train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.1), tl, iterations=20,
+                  val_loader=vl, val_every=5, progress=False)
+    assert len(h.iterations) == 20 and [v["step"] for v in h.validations] == [5, 10, 15, 20]
+    assert set(h.iterations[0]) == {"step", "epoch", "loss", "accuracy", "lr"}
+    assert h.epochs[-1]["steps"] == 20 and len(h.epochs) == 2  # 15 steps per epoch
+    assert train.History.from_dict(h.to_dict()) == h
+    more = train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.1), tl, iterations=5,
+                     history=h, progress=False)
+    assert [r["step"] for r in more.iterations][-6:] == [20, 21, 22, 23, 24, 25]
+
+
+def test_learning_rate_schedule_per_epoch_and_per_iteration():
+    model, loss_fn, tl, _ = setup()
+    opt = ann.optim.SGD(model, lr=1.0)
+    h = train.fit(model, loss_fn, opt, tl, epochs=3, progress=False,
+                  callbacks=[train.LearningRateSchedule(ann.schedules.step_decay(0.1, 1, 0.5))])
+    assert sorted({r["lr"] for r in h.iterations}) == [0.025, 0.05, 0.1]
+    h2 = train.fit(model, loss_fn, opt, tl, iterations=4, progress=False,
+                   callbacks=[train.LearningRateSchedule(lambda t: 0.01 * (t + 1), per="iteration")])
+    assert [r["lr"] for r in h2.iterations] == pytest.approx([0.01, 0.02, 0.03, 0.04])
+
+
+def test_early_stopping_stops_and_restores_the_best_parameters():
+    model, loss_fn, tl, vl = setup()
+    snapshots = []
+
+    class Worsen(train.Callback):  # makes val_loss rise after the first validation
+        def on_validation_end(self, state):
+            snapshots.append({k: host(v).copy() for k, v in state.model.params().items()})
+            state.last["val_loss"] = len(snapshots)
+
+    stopper = train.EarlyStopping(patience=2)
+    h = train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.5), tl, epochs=20, val_loader=vl,
+                  callbacks=[Worsen(), stopper], progress=False)
+    assert len(h.epochs) == 3 and stopper.best == 1
+    for key, value in model.params().items():
+        np.testing.assert_array_equal(host(value), snapshots[0][key])
+
+
+def test_every_calls_its_hook():
+    model, loss_fn, tl, _ = setup()
+    steps, epochs = [], []
+    train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.1), tl, epochs=2, progress=False,
+              callbacks=[train.Every(7, lambda s: steps.append(s.step)),
+                         train.Every(1, lambda s: epochs.append(s.epoch), per="epoch")])
+    assert steps == [7, 14, 21, 28] and epochs == [1, 2]
+
+
+def test_progress_bar_can_be_shown(capsys):
+    model, loss_fn, tl, _ = setup()
+    train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.1), tl, iterations=3, progress=True)
+    assert "3/3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({}, "exactly one of epochs= or iterations="),
+    ({"epochs": 1, "iterations": 1}, "exactly one"),
+    ({"epochs": 0}, "positive number"),
+    ({"epochs": 1, "val_every": 3}, "val_every needs a val_loader"),
+])
+def test_fit_errors(kwargs, match):
+    model, loss_fn, tl, _ = setup()
+    with pytest.raises(ValueError, match=match):
+        train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.1), tl, progress=False, **kwargs)
+
+
+def test_schedules_by_hand():
+    assert ann.schedules.step_decay(1.0, 2, 0.1)(3) == pytest.approx(0.1)
+    cos = ann.schedules.cosine(1.0, 10, min_lr=0.1)
+    assert cos(0) == 1.0 and cos(10) == pytest.approx(0.1) and cos(5) == pytest.approx(0.55)
+    assert cos(50) == pytest.approx(0.1)
