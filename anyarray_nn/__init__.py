@@ -7,7 +7,7 @@ array-api-strict. Start with :func:`set_backend`, build a :class:`Sequential` of
 
 __version__ = "0.1.0"
 
-from . import data, functional, gradcheck, init, layers, losses, networks, optim, schedules, train
+from . import data, functional, gradcheck, init, layers, losses, metrics, networks, optim, schedules, train
 from .backend import (
     Backend,
     available_backends,
@@ -30,6 +30,6 @@ __all__ = [
     "set_backend", "synchronize", "to_host", "using",
     "BackendError", "BackendMismatchError", "InputError",
     "GradCheckReport", "check_gradients", "Sequential",
-    "data", "functional", "gradcheck", "init", "layers", "losses", "networks", "optim",
+    "data", "functional", "gradcheck", "init", "layers", "losses", "metrics", "networks", "optim",
     "schedules", "train", "fit", "evaluate", "History",
 ]
