@@ -1,0 +1,71 @@
+"""One experiment on real data, shared by the MNIST and CIFAR-10 examples: load, split,
+standardize, train with validation, evaluate on the test set, print the course-style report."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+import anyarray_nn as ann
+from anyarray_nn import metrics, train
+from anyarray_nn.data.pipeline import DataLoader, Standardize, train_val_split
+
+
+def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
+        build: Callable[..., ann.Sequential], data: str | None, backend: str | None,
+        epochs: int, batch_size: int, lr: float, weight_decay: float,
+        augment: Sequence[Any] = (), class_names: Sequence[str] | None = None,
+        seed: int = 0, progress: bool = True, val_fraction: float = 0.1,
+        limit: int | None = None) -> dict[str, Any]:
+    """Train ``build()`` on a data set and print the report; returns the numbers as a dict.
+
+    SGD with momentum 0.9 (PyTorch's form) and a cosine learning-rate decay over the epochs;
+    the validation split is taken from the training set, standardization from the rest.
+    ``limit`` trains on the first ``limit`` training examples (a quick smoke run).
+    """
+    wall = time.perf_counter()
+    be = ann.get_backend(backend)
+    x, y = load(data, "train")
+    x_test, y_test = load(data, "test")
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    x_train, y_train, x_val, y_val = train_val_split(x, y, val_fraction, seed=seed)
+    standardize = Standardize.fit(x_train, scale=1 / 255)
+    train_loader = DataLoader(x_train, y_train, batch_size, seed=seed, backend=be.name,
+                              preprocess=standardize, augment=augment)
+    evaluation = dict(batch_size=500, shuffle=False, backend=be.name, preprocess=standardize,
+                      train=False)
+    val_loader = DataLoader(x_val, y_val, **evaluation)
+    test_loader = DataLoader(x_test, y_test, **evaluation)
+
+    model = build(rng=seed, backend=be.name)
+    model.summary()
+    loss_fn = ann.losses.SoftmaxCrossEntropy()
+    opt = ann.optim.SGD(model, lr=lr, momentum=0.9, weight_decay=weight_decay, form="classic")
+    history = train.fit(model, loss_fn, opt, train_loader, epochs=epochs, val_loader=val_loader,
+                        callbacks=[train.LearningRateSchedule(ann.schedules.cosine(lr, epochs))],
+                        progress=progress)
+    test = train.evaluate(model, loss_fn, test_loader)
+    train_seconds = sum(e["seconds"] for e in history.epochs)
+    cm = metrics.confusion_matrix(test.labels, test.predictions, len(class_names or []) or None)
+
+    print(f"\n{name} on {be.name}: {epochs} epochs, batch {batch_size}")
+    for e in history.epochs:
+        print(f"  epoch {e['epoch']:2d}  loss {e['loss']:.4f}  train acc {e['accuracy']:.4f}  "
+              f"val acc {e['val_accuracy']:.4f}  {e['images_per_second']:.0f} img/s")
+    print(f"\nconfusion matrix (rows: true class, columns: predicted)\n"
+          f"{metrics.format_confusion_matrix(cm, class_names)}\n")
+    print(metrics.classification_report(test.labels, test.predictions, class_names))
+    images_per_second = len(x_train) * epochs / train_seconds
+    summary = {"experiment": name, "backend": be.name, "epochs": epochs,
+               "batch_size": batch_size, "test_accuracy": test.accuracy,
+               "test_loss": test.loss, "val_accuracy": history.epochs[-1]["val_accuracy"],
+               "train_seconds": train_seconds, "images_per_second": images_per_second,
+               "wall_seconds": time.perf_counter() - wall, "parameters": model.num_params()}
+    print(f"\ntest accuracy {test.accuracy:.4f}  ({images_per_second:.0f} img/s training, "
+          f"{train_seconds:.0f} s training, {summary['wall_seconds']:.0f} s wall)")
+    print("summary " + json.dumps(summary))
+    return summary

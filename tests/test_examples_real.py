@@ -1,0 +1,35 @@
+"""The MNIST and CIFAR-10 examples on the real data (skipped without ANYARRAY_NN_DATA)."""
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+DATA = os.environ.get("ANYARRAY_NN_DATA")
+pytestmark = pytest.mark.skipif(not DATA, reason="set ANYARRAY_NN_DATA to the folder with "
+                                                 "MNIST and CIFAR-10 to run the real-data examples")
+
+
+def summary(output):
+    line = next(l for l in output.splitlines() if l.startswith("summary "))
+    return json.loads(line[len("summary "):])
+
+
+def test_mnist_example_learns_from_a_few_thousand_images():
+    from anyarray_nn.examples import mnist
+    out = CliRunner().invoke(mnist.main, ["--limit", "5000", "--epochs", "2", "--no-progress"])
+    assert out.exit_code == 0, out.output
+    result = summary(out.output)
+    assert result["test_accuracy"] > 0.8  # chance is 0.1
+    assert "confusion matrix" in out.output and "precision" in out.output
+
+
+def test_cifar10_example_learns_from_a_few_thousand_images():
+    from anyarray_nn.examples import cifar10
+    out = CliRunner().invoke(cifar10.main, ["--network", "baseline", "--limit", "3000",
+                                            "--epochs", "2", "--no-progress"])
+    assert out.exit_code == 0, out.output
+    result = summary(out.output)
+    assert result["test_accuracy"] > 0.25  # chance is 0.1
+    assert "airplane" in out.output
