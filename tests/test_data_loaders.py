@@ -282,28 +282,15 @@ def test_mnist_wrong_magic_swapped_files(tmp_path):
     assert "swapped" in message
 
 
-def test_mnist_wrong_image_size(tmp_path):
-    write(tmp_path / "mnist" / "train-images-idx3-ubyte",
-          idx_bytes(np.zeros((2, 27, 28)), 0x803))
-    write(tmp_path / "mnist" / "train-labels-idx1-ubyte", idx_bytes(np.zeros(2), 0x801))
-    with pytest.raises(DataFormatError, match="expected 28x28 images.*27x28"):
-        load_mnist(tmp_path)
-
-
-def test_mnist_count_mismatch(tmp_path):
-    write(tmp_path / "mnist" / "train-images-idx3-ubyte",
-          idx_bytes(np.zeros((3, 28, 28)), 0x803))
-    write(tmp_path / "mnist" / "train-labels-idx1-ubyte", idx_bytes(np.zeros(4), 0x801))
-    with pytest.raises(DataFormatError, match="3 images but .* 4 labels"):
-        load_mnist(tmp_path)
-
-
-def test_mnist_label_out_of_range(tmp_path):
-    write(tmp_path / "mnist" / "train-images-idx3-ubyte",
-          idx_bytes(np.zeros((3, 28, 28)), 0x803))
-    label_path = write(tmp_path / "mnist" / "train-labels-idx1-ubyte",
-                       idx_bytes(np.array([1, 2, 10]), 0x801))
-    with pytest.raises(DataFormatError, match=f"{label_path}.*0..9.*label 2 is 10"):
+@pytest.mark.parametrize("image_shape,labels,match", [
+    ((2, 27, 28), [0, 0], "expected 28x28 images.*27x28"),
+    ((3, 28, 28), [0, 0, 0, 0], "3 images but .* 4 labels"),
+    ((3, 28, 28), [1, 2, 10], r"train-labels-idx1-ubyte.*0\.\.9.*label 2 is 10"),
+])
+def test_mnist_bad_contents(tmp_path, image_shape, labels, match):
+    write(tmp_path / "mnist" / "train-images-idx3-ubyte", idx_bytes(np.zeros(image_shape), 0x803))
+    write(tmp_path / "mnist" / "train-labels-idx1-ubyte", idx_bytes(np.array(labels), 0x801))
+    with pytest.raises(DataFormatError, match=match):
         load_mnist(tmp_path)
 
 
