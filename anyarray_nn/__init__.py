@@ -22,6 +22,7 @@ from .backend import (
 )
 from .errors import BackendError, BackendMismatchError, InputError
 from .gradcheck import GradCheckReport, check_gradients
+from .checkpoint import load_checkpoint, load_model, save_checkpoint, warm_start
 from .model import Sequential
 from .train import History, evaluate, fit
 
@@ -30,6 +31,7 @@ __all__ = [
     "set_backend", "synchronize", "to_host", "using",
     "BackendError", "BackendMismatchError", "InputError",
     "GradCheckReport", "check_gradients", "Sequential",
+    "save_checkpoint", "load_checkpoint", "warm_start", "load_model", "checkpoint",
     "data", "functional", "gradcheck", "init", "layers", "losses", "metrics", "networks", "optim",
     "schedules", "train", "fit", "evaluate", "History",
 ]

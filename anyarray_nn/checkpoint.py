@@ -1,0 +1,431 @@
+"""HDF5 checkpoints: save, exact resume, warm starts into changed models, rebuilding models.
+
+Layout (``format_version`` 1), readable by any HDF5 tool under the layers' own names::
+
+    /                               attrs: format="anyarray_nn", format_version, library_version,
+                                           created (ISO 8601, UTC)
+    /model                          attrs: config (JSON: layer types, names, hyper-parameters)
+    /model/<layer>/<param>          datasets, e.g. /model/conv1/W, stored from the host
+    /optimizer                      attrs: config (JSON: type and hyper-parameters), step
+    /optimizer/<layer>/<param>/<slot>   datasets, e.g. /optimizer/conv1/W/momentum
+    /train                          attrs: epoch, step, state (JSON: the data loader's position
+                                           and the global generator), history (JSON)
+
+Writes are atomic: the file is written under a temporary name in the same folder and renamed
+over the old one only when complete, so a crash or a kill during a save leaves the previous
+checkpoint intact. Loading is strict: every parameter must be present with its shape and
+dtype, and nothing is assigned until everything has been checked. A warm start into a changed
+model reports what it loaded, skipped and resized, and refuses to load partially unless asked.
+Nothing named in a file is ever imported or evaluated: models are rebuilt only from registered
+layer types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import __version__
+from . import backend as _backend
+from .model import Sequential
+from .train import Every, History
+
+FORMAT = "anyarray_nn"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: not HDF5, foreign, too new, incomplete or not
+    matching the model. The message names the file and the key."""
+
+
+def _h5py() -> Any:
+    import h5py
+    return h5py
+
+
+# --- saving ---------------------------------------------------------------------------------
+
+def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any = None, *,
+                    epoch: int | None = None, step: int | None = None, history: Any = None,
+                    loader: Any = None) -> pathlib.Path:
+    """Write ``model`` (and optionally the optimizer and the training position) to ``path``.
+
+    ``epoch``, ``step`` and ``history`` (a :class:`~anyarray_nn.train.History`) record where
+    training stands; ``loader`` (a DataLoader) records the position in the data order. The
+    global generator of :func:`anyarray_nn.seed` is saved too. The write is atomic.
+    """
+    path = pathlib.Path(path)
+    h5py = _h5py()
+    folder = path.parent if str(path.parent) else pathlib.Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp_name, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["library_version"] = __version__
+            f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+            group = f.create_group("model")
+            group.attrs["config"] = json.dumps(model.get_config())
+            for key, value in model.params().items():
+                group.create_dataset(key.replace(".", "/"), data=_backend.to_host(value))
+            if optimizer is not None:
+                _write_optimizer(f, optimizer)
+            train = f.create_group("train")
+            train.attrs["epoch"] = -1 if epoch is None else int(epoch)
+            train.attrs["step"] = -1 if step is None else int(step)
+            train.attrs["history"] = json.dumps(history.to_dict() if history is not None else None)
+            state = {"global_rng": _backend.host_rng().bit_generator.state,
+                     "loader": loader.state_dict() if loader is not None else None}
+            train.attrs["state"] = json.dumps(state, default=_json_default)
+        with open(tmp_name, "rb+") as raw:  # the bytes are on disk before the rename
+            os.fsync(raw.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+        raise
+    return path
+
+
+def _write_optimizer(f: Any, optimizer: Any) -> None:
+    state = optimizer.state_dict()
+    group = f.create_group("optimizer")
+    group.attrs["config"] = json.dumps({"type": state["type"], **state["config"]})
+    group.attrs["step"] = int(state["step"])
+    for key, slots in state["state"].items():
+        for slot, value in slots.items():
+            group.create_dataset(f"{key.replace('.', '/')}/{slot}", data=_backend.to_host(value))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint")
+
+
+# --- reading --------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class CheckpointInfo:
+    """What :func:`load_checkpoint` restored besides the arrays."""
+
+    path: pathlib.Path
+    format_version: int
+    created: str
+    epoch: int | None
+    step: int | None
+    history: Any
+
+
+def _open(path: str | os.PathLike) -> Any:
+    """Open a checkpoint for reading and check that it is one this version understands."""
+    h5py = _h5py()
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise CheckpointError(f"{path}: not a readable HDF5 file (truncated or corrupt?): "
+                              f"{exc}") from None
+    fmt = f.attrs.get("format")
+    if fmt != FORMAT:
+        f.close()
+        raise CheckpointError(f"{path}: expected attribute format={FORMAT!r}, got {fmt!r}: "
+                              f"not an anyarray_nn checkpoint")
+    version = int(f.attrs.get("format_version", -1))
+    if not 1 <= version <= FORMAT_VERSION:
+        f.close()
+        raise CheckpointError(f"{path}: format_version {version} is not supported by this "
+                              f"version of anyarray_nn ({__version__}, reads 1 to "
+                              f"{FORMAT_VERSION}); upgrade anyarray_nn to read it")
+    return f
+
+
+def _json_attr(f: Any, where: str, name: str, path: Any) -> Any:
+    try:
+        return json.loads(f[where].attrs[name])
+    except KeyError:
+        raise CheckpointError(f"{path}: missing {where}/{name}") from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {where}/{name} is not valid JSON ({exc})") from None
+
+
+def _read_arrays(group: Any, path: Any, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+    """Every dataset below ``group`` as ("layer.param[.slot]", host array)."""
+    h5py = _h5py()
+    for name in group:
+        key = f"{prefix}.{name}" if prefix else name
+        try:
+            item = group[name]
+            if isinstance(item, h5py.Dataset):
+                value = item[()]
+                if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+                    raise CheckpointError(f"{path}: {item.name}: expected a floating-point "
+                                          f"array, got {getattr(value, 'dtype', type(value))}")
+                yield key, value
+                continue
+        except (OSError, KeyError, RuntimeError) as exc:  # h5py's errors for damaged data
+            raise CheckpointError(f"{path}: cannot read {group.name}/{name}: {exc}") from None
+        yield from _read_arrays(item, path, key)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Everything in a checkpoint as host data: ``model_config``, ``params`` ({"conv1.W":
+    array}), ``optimizer`` (a state dict or None), ``epoch``, ``step``, ``history``, ``state``,
+    ``format_version``, ``created``. Errors name the file and the key."""
+    with _open(path) as f:
+        if "model" not in f:
+            raise CheckpointError(f"{path}: missing the group /model")
+        out = {"format_version": int(f.attrs["format_version"]),
+               "created": str(f.attrs.get("created", "")),
+               "model_config": _json_attr(f, "model", "config", path),
+               "params": dict(_read_arrays(f["model"], path)), "optimizer": None,
+               "epoch": None, "step": None, "history": None, "state": None}
+        if "optimizer" in f:
+            config = _json_attr(f, "optimizer", "config", path)
+            slots: dict[str, dict[str, np.ndarray]] = {}
+            for key, value in _read_arrays(f["optimizer"], path):
+                param, _, slot = key.rpartition(".")
+                slots.setdefault(param, {})[slot] = value
+            out["optimizer"] = {"type": config.pop("type"), "config": config,
+                                "step": int(f["optimizer"].attrs.get("step", 0)), "state": slots}
+        if "train" in f:
+            train = f["train"].attrs
+            out["epoch"] = None if int(train.get("epoch", -1)) < 0 else int(train["epoch"])
+            out["step"] = None if int(train.get("step", -1)) < 0 else int(train["step"])
+            out["history"] = _json_attr(f, "train", "history", path)
+            out["state"] = _json_attr(f, "train", "state", path)
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any = None, *,
+                    loader: Any = None, convert_dtype: bool = False) -> CheckpointInfo:
+    """Restore ``model`` (and the optimizer, the loader's position and the global generator)
+    from ``path``, strictly.
+
+    Every parameter of the model must be in the file with its shape, and the file may hold no
+    other; dtypes must match unless ``convert_dtype=True`` (e.g. float64 into float32).
+    Arrays go to the model's backend, whichever backend wrote them. Nothing is assigned
+    until everything has been checked. Returns a :class:`CheckpointInfo`.
+    """
+    data = read_checkpoint(path)
+    params = model.params()
+    stored = data["params"]
+    missing = sorted(set(params) - set(stored))
+    unexpected = sorted(set(stored) - set(params))
+    problems = [f"missing in the file: {', '.join(missing)}"] if missing else []
+    if unexpected:
+        problems.append(f"not in the model: {', '.join(unexpected)}")
+    for key in sorted(set(params) & set(stored)):
+        want, got = params[key], stored[key]
+        if tuple(want.shape) != got.shape:
+            problems.append(f"{key}: the model has shape {tuple(want.shape)}, the file "
+                            f"{got.shape}")
+        elif _backend.dtype_name(want.dtype) != str(got.dtype) and not convert_dtype:
+            problems.append(f"{key}: the model is {_backend.dtype_name(want.dtype)}, the file "
+                            f"{got.dtype} (pass convert_dtype=True to cast)")
+    if problems:
+        raise CheckpointError(f"{path}: does not match the model: " + "; ".join(problems) +
+                              ". For a changed architecture use warm_start().")
+    if optimizer is not None and data["optimizer"] is None:
+        raise CheckpointError(f"{path}: holds no optimizer state (/optimizer is missing)")
+    state = data["state"] or {}
+    if loader is not None and not state.get("loader"):
+        raise CheckpointError(f"{path}: holds no data loader position (train/state)")
+    new_params = {key: _backend.asarray(stored[key], backend=_backend.backend_name_of(value),
+                                        dtype=_backend.dtype_name(value.dtype))
+                  for key, value in params.items()}
+    if optimizer is not None:
+        try:
+            optimizer.load_state_dict(data["optimizer"])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{path}: optimizer state: {exc}") from None
+    _assign(model, new_params)
+    if loader is not None:
+        loader.load_state_dict(state["loader"])
+    if state.get("global_rng"):
+        _backend.host_rng().bit_generator.state = state["global_rng"]
+    history = History.from_dict(data["history"]) if data["history"] else None
+    return CheckpointInfo(pathlib.Path(path), data["format_version"], data["created"],
+                          data["epoch"], data["step"], history)
+
+
+def _assign(model: Sequential, values: dict[str, Any]) -> None:
+    for layer in model.layers:
+        for name in layer.params:
+            key = f"{layer.name}.{name}"
+            if key in values:
+                layer.params[name] = values[key]
+        layer.grads = {}
+
+
+def load_model(path: str | os.PathLike, *, backend: Any = None,
+               dtype: str | None = None) -> Sequential:
+    """Rebuild the model stored in ``path`` from its JSON architecture and load its weights.
+
+    Only registered layer types can be built; a type name in the file selects one of them and
+    nothing else. ``backend`` defaults to the active one; ``dtype`` to the stored one.
+    """
+    data = read_checkpoint(path)
+    stored_dtype = next((str(v.dtype) for v in data["params"].values()), "float32")
+    try:
+        model = Sequential.from_config(data["model_config"], backend=backend,
+                                       dtype=dtype or stored_dtype)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: model/config cannot be rebuilt: {exc}") from None
+    load_checkpoint(path, model, convert_dtype=dtype is not None)
+    return model
+
+
+# --- warm starts ----------------------------------------------------------------------------
+
+class WarmStartError(CheckpointError):
+    """A strict warm start that would have loaded only part of the model or of the file."""
+
+
+@dataclasses.dataclass
+class WarmStartReport:
+    """What a warm start did, key by key.
+
+    ``loaded``: (file key, model key) pairs copied whole. ``resized``: (file key, model key,
+    file shape, model shape) copied as their overlapping block. ``skipped``: (file key, model
+    key, reason) matched but not copied. ``missing``: model keys that kept their values.
+    ``unexpected``: file keys no model parameter matched.
+    """
+
+    loaded: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    resized: list[tuple[str, str, tuple, tuple]] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    missing: list[str] = dataclasses.field(default_factory=list)
+    unexpected: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when every model parameter was loaded whole and every file key was used."""
+        return not (self.resized or self.skipped or self.missing or self.unexpected)
+
+    def __str__(self) -> str:
+        lines = [f"loaded    {len(self.loaded):3d}: " + ", ".join(
+            a if a == b else f"{a} -> {b}" for a, b in self.loaded)]
+        lines.append(f"resized   {len(self.resized):3d}: " + ", ".join(
+            f"{a} -> {b} {s} -> {t}" for a, b, s, t in self.resized))
+        lines.append(f"skipped   {len(self.skipped):3d}: " + ", ".join(
+            f"{a} -> {b} ({why})" for a, b, why in self.skipped))
+        lines.append(f"missing   {len(self.missing):3d}: " + ", ".join(self.missing))
+        lines.append(f"unexpected {len(self.unexpected):2d}: " + ", ".join(self.unexpected))
+        return "\n".join(line.rstrip(": ") for line in lines)
+
+
+def warm_start(model: Sequential, path: str | os.PathLike, *, by_position: bool = False,
+               resize: bool = False, strict: bool = True,
+               print_report: bool = False) -> WarmStartReport:
+    """Load what fits from a checkpoint into ``model``, possibly of another architecture.
+
+    Layers are matched by name, then (``by_position=True``) the remaining ones by their order
+    among layers of the same type. Parameters of the same shape load; others are skipped, or
+    with ``resize=True`` their overlapping block is copied (e.g. a dense layer with more
+    outputs keeps the old rows). Arrays are cast to the model's backend and dtype.
+
+    Strict by default: unless everything matches, nothing is loaded and
+    :class:`WarmStartError` shows the report; pass ``strict=False`` to load the part that
+    fits. Returns the :class:`WarmStartReport` (printed with ``print_report=True``).
+    """
+    data = read_checkpoint(path)
+    file_layers = [(e["config"].get("name"), e["type"]) for e in data["model_config"]["layers"]]
+    pairs = _match_layers(file_layers, [(layer.name, layer.type_name) for layer in model],
+                          by_position)
+    params, stored = model.params(), data["params"]
+    report = WarmStartReport()
+    updates: dict[str, Any] = {}
+    used: set[str] = set()
+    for file_name, model_name in pairs:
+        layer = model[model_name]
+        for pname, current in layer.params.items():
+            key, file_key = f"{model_name}.{pname}", f"{file_name}.{pname}"
+            if file_key not in stored:
+                continue
+            used.add(file_key)
+            source = stored[file_key]
+            if source.shape == tuple(current.shape):
+                updates[key] = source
+                report.loaded.append((file_key, key))
+            elif resize and source.ndim == current.ndim:
+                block = tuple(slice(0, min(a, b)) for a, b in zip(source.shape, current.shape))
+                merged = _backend.to_host(current).astype(source.dtype, copy=True)
+                merged[block] = source[block]
+                updates[key] = merged
+                report.resized.append((file_key, key, source.shape, tuple(current.shape)))
+            else:
+                report.skipped.append((file_key, key, f"shape {source.shape} in the file, "
+                                                      f"{tuple(current.shape)} in the model"))
+    report.missing = [k for k in params if k not in updates]
+    report.unexpected = [k for k in stored if k not in used]
+    if strict and not report.complete:
+        raise WarmStartError(f"{path}: a strict warm start loads all or nothing, and this one "
+                             f"would be partial (pass strict=False to load what fits):\n{report}")
+    _assign(model, {k: _backend.asarray(v, backend=_backend.backend_name_of(params[k]),
+                                        dtype=_backend.dtype_name(params[k].dtype))
+                    for k, v in updates.items()})
+    if print_report:
+        print(report)
+    return report
+
+
+def _match_layers(file_layers: list[tuple[str, str]], model_layers: list[tuple[str, str]],
+                  by_position: bool) -> list[tuple[str, str]]:
+    """(file layer, model layer) name pairs: same name and type first, then by position."""
+    model_types = dict(model_layers)
+    pairs = [(name, name) for name, kind in file_layers if model_types.get(name) == kind]
+    if by_position:
+        taken = {name for name, _ in pairs}
+        for kind in dict.fromkeys(k for _, k in model_layers):
+            rest_file = [n for n, k in file_layers if k == kind and n not in taken]
+            rest_model = [n for n, k in model_layers if k == kind and n not in taken]
+            pairs += list(zip(rest_file, rest_model))
+    return pairs
+
+
+# --- periodic checkpoints -----------------------------------------------------------------
+
+class CheckpointEvery(Every):
+    """A ``fit`` callback: save a checkpoint every ``n`` epochs (or iterations, with
+    ``per="iteration"``) into ``folder`` as ``ckpt-<step>.h5``, keeping the last ``keep``.
+
+    Pass the training ``loader`` so that its position in the data order is saved too.
+    Checkpoints taken at the end of an epoch resume exactly (docs/checkpoints.md).
+    """
+
+    def __init__(self, folder: str | os.PathLike, n: int = 1, *, per: str = "epoch",
+                 keep: int = 3, loader: Any = None) -> None:
+        if keep < 1:
+            raise ValueError(f"CheckpointEvery: expected keep >= 1, got {keep}")
+        super().__init__(n, self.save, per=per)
+        self.folder, self.keep, self.loader = pathlib.Path(folder), keep, loader
+
+    def save(self, state: Any) -> pathlib.Path:
+        """Write the checkpoint of ``state`` and delete the oldest beyond ``keep``."""
+        target = self.folder / f"ckpt-{state.step:09d}.h5"
+        save_checkpoint(target, state.model, state.optimizer, epoch=state.epoch,
+                        step=state.step, history=state.history, loader=self.loader)
+        for old in sorted(self.folder.glob("ckpt-*.h5"))[:-self.keep]:
+            old.unlink()
+        return target
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> pathlib.Path | None:
+    """The newest ``ckpt-<step>.h5`` written by :class:`CheckpointEvery` (None if none)."""
+    found = sorted(pathlib.Path(folder).glob("ckpt-*.h5"))
+    return found[-1] if found else None

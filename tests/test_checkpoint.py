@@ -1,0 +1,307 @@
+"""HDF5 checkpoints: round trips on every backend, exact resume in a new process, warm starts,
+atomic writes under SIGKILL, damaged and foreign files, hand-written files."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+import anyarray_nn as ann
+from anyarray_nn import checkpoint as ck
+from anyarray_nn import train
+from anyarray_nn.data.pipeline import DataLoader
+from anyarray_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Tanh
+from helpers import host
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def trained_mnist_net(steps=2):
+    model = ann.networks.mnist_net(rng=0)
+    opt = ann.optim.Adam(model, lr=1e-3)
+    rng = np.random.default_rng(0)
+    loss = ann.losses.SoftmaxCrossEntropy()
+    for _ in range(steps):
+        x = ann.asarray(rng.standard_normal((4, 1, 28, 28)), dtype="float32")
+        loss.forward(model.forward(x, train=True), ann.asarray(rng.integers(0, 10, 4)))
+        model.backward(loss.backward())
+        opt.step()
+    return model, opt
+
+
+def same_params(a, b):
+    assert list(a.params()) == list(b.params())
+    for key in a.params():
+        np.testing.assert_array_equal(host(a.params()[key]), host(b.params()[key]))
+
+
+def test_round_trip_on_every_backend(xp, backend_name, tmp_path):
+    model, opt = trained_mnist_net()
+    path = ck.save_checkpoint(tmp_path / "a.h5", model, opt, epoch=3, step=7)
+    other = ann.networks.mnist_net(rng=9)   # built on the active backend
+    other_opt = ann.optim.Adam(other, lr=0.5)
+    info = ann.load_checkpoint(path, other, other_opt)
+    assert (info.epoch, info.step, info.format_version) == (3, 7, 1)
+    assert other.backend == backend_name
+    same_params(model, other)
+    assert other_opt.step_count == 2 and other_opt.lr == 1e-3
+    for key, slots in opt.state.items():
+        for slot, value in slots.items():
+            np.testing.assert_array_equal(host(other_opt.state[key][slot]), host(value))
+    rebuilt = ann.load_model(path)
+    assert rebuilt.get_config() == model.get_config() and rebuilt.backend == backend_name
+    same_params(model, rebuilt)
+
+
+def test_layout_is_readable_with_plain_h5py(tmp_path):
+    model, opt = trained_mnist_net()
+    path = ck.save_checkpoint(tmp_path / "a.h5", model, opt)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == "anyarray_nn" and f.attrs["format_version"] == 1
+        np.testing.assert_array_equal(f["model/conv1/W"][()], host(model.params()["conv1.W"]))
+        assert f["optimizer/fc/b/m"].shape == (10,)
+        assert json.loads(f["model"].attrs["config"])["layers"][0]["type"] == "Conv2D"
+        assert json.loads(f["optimizer"].attrs["config"])["type"] == "Adam"
+
+
+def test_a_file_written_by_hand_in_the_documented_layout_loads(tmp_path):
+    model = ann.Sequential([Dense(3, 2, name="fc")])
+    path = tmp_path / "by_hand.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "anyarray_nn"
+        f.attrs["format_version"] = 1
+        group = f.create_group("model")
+        group.attrs["config"] = json.dumps(model.get_config())
+        group["fc/W"] = np.arange(6, dtype=np.float32).reshape(2, 3)
+        group["fc/b"] = np.array([1.0, -1.0], dtype=np.float32)
+    ann.load_checkpoint(path, model)
+    assert host(model.params()["fc.W"]).tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert ann.load_model(path).get_config() == model.get_config()
+
+
+def test_strict_load_refuses_a_different_model_and_changes_nothing(tmp_path):
+    model, _ = trained_mnist_net()
+    path = ck.save_checkpoint(tmp_path / "a.h5", model)
+    wider = ann.Sequential([*ann.networks.mnist_net(rng=1).layers[:-1], Dense(784, 20, name="fc")])
+    before = {k: host(v).copy() for k, v in wider.params().items()}
+    with pytest.raises(ck.CheckpointError, match=r"a\.h5: does not match the model: fc\.W: the "
+                                                 r"model has shape \(20, 784\), the file \(10, 784\)"):
+        ann.load_checkpoint(path, wider)
+    for key, value in wider.params().items():
+        np.testing.assert_array_equal(host(value), before[key])
+    with pytest.raises(ck.CheckpointError, match="holds no optimizer state"):
+        ann.load_checkpoint(path, ann.networks.mnist_net(), ann.optim.SGD(ann.networks.mnist_net()))
+
+
+def test_dtype_conversion_only_on_request(tmp_path):
+    model = ann.networks.mnist_net(rng=0, dtype="float64")
+    path = ck.save_checkpoint(tmp_path / "a.h5", model)
+    target = ann.networks.mnist_net(rng=1)
+    with pytest.raises(ck.CheckpointError, match="conv1.W: the model is float32, the file float64"):
+        ann.load_checkpoint(path, target)
+    ann.load_checkpoint(path, target, convert_dtype=True)
+    assert target.dtype == "float32"
+    np.testing.assert_allclose(host(target.params()["fc.W"]), host(model.params()["fc.W"]), rtol=1e-6)
+    assert ann.load_model(path, dtype="float32").dtype == "float32"
+
+
+RESUME = r"""
+import sys
+import numpy as np
+import anyarray_nn as ann
+from anyarray_nn import train, checkpoint as ck
+from anyarray_nn.data.pipeline import DataLoader, RandomFlip
+
+def setup():
+    x, y = ann.data.make_circles(300, seed=0)
+    loader = DataLoader(x[:, :, None, None], y, 16, seed=1, augment=[RandomFlip()])
+    model = ann.Sequential([ann.layers.Flatten(), ann.layers.Dense(2, 8, init="glorot", rng=0),
+                            ann.layers.Tanh(), ann.layers.Dense(8, 2, init="glorot", rng=1)])
+    opt = ann.optim.Adam(model, lr=0.01)
+    sched = train.LearningRateSchedule(ann.schedules.cosine(0.01, 5))
+    return loader, model, opt, sched
+
+mode, path = sys.argv[1], sys.argv[2]
+loader, model, opt, sched = setup()
+loss = ann.losses.SoftmaxCrossEntropy()
+if mode == "straight":
+    train.fit(model, loss, opt, loader, epochs=5, callbacks=[sched], progress=False)
+elif mode == "first":
+    train.fit(model, loss, opt, loader, epochs=2, progress=False,
+              callbacks=[sched, ck.CheckpointEvery(path, per="epoch", loader=loader)])
+    sys.exit(0)
+else:
+    info = ck.load_checkpoint(ck.latest_checkpoint(path), model, opt, loader=loader)
+    train.fit(model, loss, opt, loader, epochs=3, callbacks=[sched], history=info.history,
+              progress=False)
+np.savez(sys.argv[3], **{k: ann.to_host(v) for k, v in model.params().items()})
+"""
+
+
+def test_exact_resume_in_a_new_process(tmp_path):
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def run(*args):
+        done = subprocess.run([sys.executable, str(script), *map(str, args)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+
+    run("straight", tmp_path / "unused", tmp_path / "straight.npz")
+    run("first", tmp_path / "ckpts", "-")
+    run("resume", tmp_path / "ckpts", tmp_path / "resumed.npz")
+    straight, resumed = np.load(tmp_path / "straight.npz"), np.load(tmp_path / "resumed.npz")
+    assert set(straight.files) == set(resumed.files)
+    for key in straight.files:  # bitwise, not approximately
+        np.testing.assert_array_equal(straight[key], resumed[key])
+
+
+def test_checkpoint_every_keeps_the_last_k(tmp_path):
+    x, y = ann.data.make_circles(200, seed=0)
+    model = ann.Sequential([Dense(2, 4, rng=0), Tanh(), Dense(4, 2, rng=1)])
+    loader = DataLoader(x, y, 20, seed=0)
+    train.fit(model, ann.losses.SoftmaxCrossEntropy(), ann.optim.SGD(model, lr=0.1), loader,
+              iterations=25, progress=False,
+              callbacks=[ck.CheckpointEvery(tmp_path, 5, per="iteration", keep=2)])
+    names = sorted(p.name for p in tmp_path.glob("ckpt-*.h5"))
+    assert names == ["ckpt-000000020.h5", "ckpt-000000025.h5"]
+    assert ck.latest_checkpoint(tmp_path).name == "ckpt-000000025.h5"
+    assert ck.read_checkpoint(ck.latest_checkpoint(tmp_path))["step"] == 25
+
+
+def variant(**kw):
+    """The MNIST network with an extra 3x3 conv and a wider dense layer (32 outputs)."""
+    return ann.Sequential([
+        Conv2D(1, 16, 5, padding=2, name="conv1", **kw), ReLU(), MaxPool2D(2),
+        Conv2D(16, 16, 5, padding=2, name="conv2", **kw), ReLU(),
+        Conv2D(16, 16, 3, padding=1, name="conv_extra", **kw), ReLU(), MaxPool2D(2),
+        Flatten(), Dense(784, 32, name="fc", **kw), ReLU(), Dense(32, 10, name="out", **kw)])
+
+
+def test_warm_start_into_a_changed_architecture_reports_everything(tmp_path):
+    source, _ = trained_mnist_net()
+    path = ck.save_checkpoint(tmp_path / "mnist.h5", source)
+    model = variant(rng=3)
+    untouched = {k: host(v).copy() for k, v in model.params().items()}
+    with pytest.raises(ck.WarmStartError, match="strict warm start loads all or nothing"):
+        ann.warm_start(model, path)
+    for key, value in model.params().items():  # nothing loaded by the refused call
+        np.testing.assert_array_equal(host(value), untouched[key])
+
+    report = ann.warm_start(model, path, strict=False)
+    assert report.loaded == [("conv1.W", "conv1.W"), ("conv1.b", "conv1.b"),
+                             ("conv2.W", "conv2.W"), ("conv2.b", "conv2.b")]
+    assert [(a, b) for a, b, _ in report.skipped] == [("fc.W", "fc.W"), ("fc.b", "fc.b")]
+    assert "shape (10, 784) in the file, (32, 784) in the model" in report.skipped[0][2]
+    assert report.missing == ["conv_extra.W", "conv_extra.b", "fc.W", "fc.b", "out.W", "out.b"]
+    assert report.unexpected == [] and report.resized == []
+    same = {k for k, _ in report.loaded}
+    for key in same:
+        np.testing.assert_array_equal(host(model.params()[key]), host(source.params()[key]))
+    np.testing.assert_array_equal(host(model.params()["fc.W"]), untouched["fc.W"])
+
+    resized = ann.warm_start(variant(rng=3), path, strict=False, resize=True)
+    assert resized.resized == [("fc.W", "fc.W", (10, 784), (32, 784)),
+                               ("fc.b", "fc.b", (10,), (32,))]
+    assert "fc.W" not in resized.missing
+    text = str(resized)
+    assert "resized     2: fc.W -> fc.W (10, 784) -> (32, 784)" in text
+
+
+def test_warm_start_by_position_and_complete_strict_load(tmp_path, capsys):
+    source = ann.Sequential([Dense(3, 4, name="a", rng=0), Tanh(), Dense(4, 2, name="b", rng=1)])
+    path = ck.save_checkpoint(tmp_path / "s.h5", source)
+    renamed = ann.Sequential([Dense(3, 4, name="first", rng=5), Tanh(), Dense(4, 2, name="second", rng=6)])
+    report = ann.warm_start(renamed, path, by_position=True, print_report=True)
+    assert report.complete and report.loaded[0] == ("a.W", "first.W")
+    assert "a.W -> first.W" in capsys.readouterr().out
+    np.testing.assert_array_equal(host(renamed.params()["second.W"]), host(source.params()["b.W"]))
+
+
+def test_saved_from_torch_loads_on_array_api_strict(torch, tmp_path):
+    source = ann.networks.mnist_net(rng=0, backend="torch")
+    path = ck.save_checkpoint(tmp_path / "t.h5", source)
+    with ann.using("array_api_strict"):
+        model = ann.load_model(path)
+        assert model.backend == "array_api_strict"
+        report = ann.warm_start(ann.networks.mnist_net(rng=4), path)
+    assert report.complete
+    same_params(source, model)
+
+
+def test_a_killed_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    model, _ = trained_mnist_net()
+    path = ck.save_checkpoint(tmp_path / "ck.h5", model)
+    script = tmp_path / "slow_save.py"
+    script.write_text(f"""
+import sys, time, numpy as np
+sys.path.insert(0, {str(ROOT)!r})
+import anyarray_nn as ann
+from anyarray_nn import checkpoint as ck
+model = ann.Sequential([ann.layers.Dense(4000, 4000, name="fc", rng=0)])  # 64 MB of weights
+original = ck._write_optimizer
+def slow(*args):
+    print("writing", flush=True)
+    time.sleep(30)
+ck._write_optimizer = slow
+ck.save_checkpoint({str(path)!r}, model, ann.optim.SGD(model, lr=0.1))
+""")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"  # in the middle of the save
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    reloaded = ann.networks.mnist_net(rng=7)
+    ann.load_checkpoint(path, reloaded)
+    same_params(model, reloaded)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".ck.h5.")]
+    assert len(leftovers) == 1  # the killed process's temporary file, never the checkpoint
+
+
+def test_damaged_and_foreign_files_name_the_file_and_key(tmp_path):
+    model, _ = trained_mnist_net()
+    good = ck.save_checkpoint(tmp_path / "good.h5", model)
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(ck.CheckpointError, match=r"truncated\.h5: not a readable HDF5 file"):
+        ann.load_checkpoint(truncated, model)
+    text = tmp_path / "text.h5"
+    text.write_text("hello")
+    with pytest.raises(ck.CheckpointError, match=r"text\.h5: not a readable HDF5 file"):
+        ann.load_model(text)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["weights"] = np.zeros(3)
+    with pytest.raises(ck.CheckpointError, match=r"foreign\.h5: expected attribute format='anyarray_nn', got None"):
+        ann.load_checkpoint(foreign, model)
+    newer = tmp_path / "newer.h5"
+    newer.write_bytes(good.read_bytes())
+    with h5py.File(newer, "a") as f:
+        f.attrs["format_version"] = 99
+    with pytest.raises(ck.CheckpointError, match=r"newer\.h5: format_version 99 is not supported"):
+        ann.load_checkpoint(newer, model)
+    missing = tmp_path / "missing.h5"
+    missing.write_bytes(good.read_bytes())
+    with h5py.File(missing, "a") as f:
+        del f["model/conv2/b"]
+    with pytest.raises(ck.CheckpointError, match=r"missing\.h5: does not match the model: missing in the file: conv2\.b"):
+        ann.load_checkpoint(missing, model)
+    with pytest.raises(FileNotFoundError, match="nowhere.h5: no such checkpoint"):
+        ann.load_checkpoint(tmp_path / "nowhere.h5", model)
+
+
+def test_load_model_builds_only_registered_layer_types(tmp_path):
+    model = ann.Sequential([Dense(2, 2, name="fc")])
+    path = ck.save_checkpoint(tmp_path / "a.h5", model)
+    with h5py.File(path, "a") as f:
+        config = json.loads(f["model"].attrs["config"])
+        config["layers"][0]["type"] = "os.system"
+        f["model"].attrs["config"] = json.dumps(config)
+    with pytest.raises(ck.CheckpointError, match=r"a\.h5: model/config cannot be rebuilt: unknown layer type 'os.system'"):
+        ann.load_model(path)
