@@ -16,13 +16,17 @@ def summary(output):
     return json.loads(line[len("summary "):])
 
 
-def test_mnist_example_learns_from_a_few_thousand_images():
+def test_mnist_example_learns_from_a_few_thousand_images(tmp_path):
     from anyarray_nn.examples import mnist
-    out = CliRunner().invoke(mnist.main, ["--limit", "5000", "--epochs", "2", "--no-progress"])
+    saved = tmp_path / "mnist.h5"
+    out = CliRunner().invoke(mnist.main, ["--limit", "5000", "--epochs", "2", "--no-progress",
+                                          "--save", str(saved)])
     assert out.exit_code == 0, out.output
     result = summary(out.output)
     assert result["test_accuracy"] > 0.8  # chance is 0.1
     assert "confusion matrix" in out.output and "precision" in out.output
+    import anyarray_nn as ann
+    assert ann.load_model(saved).num_params() == 14_682
 
 
 def test_cifar10_example_learns_from_a_few_thousand_images():

@@ -39,14 +39,16 @@ NETWORKS = {
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(min=100), default=None,
               help="Train on the first N training images only (a quick run).")
+@click.option("--save", type=click.Path(dir_okay=False), default=None,
+              help="Write the trained model to this HDF5 checkpoint (see docs/checkpoints.md).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def main(network, data, backend, epochs, batch_size, lr, seed, limit, progress) -> None:
+def main(network, data, backend, epochs, batch_size, lr, seed, limit, save, progress) -> None:
     """Train a CIFAR-10 network and report its test accuracy."""
     build, augment, default_epochs, default_lr, weight_decay = NETWORKS[network]
     experiment.run(f"CIFAR-10, {network} network", load_cifar10, build=build, data=data,
                    backend=backend, epochs=epochs or default_epochs, batch_size=batch_size,
                    lr=lr or default_lr, weight_decay=weight_decay, augment=augment,
-                   class_names=CIFAR10_CLASSES, seed=seed, progress=progress, limit=limit)
+                   class_names=CIFAR10_CLASSES, seed=seed, progress=progress, limit=limit, save=save)
 
 
 if __name__ == "__main__":

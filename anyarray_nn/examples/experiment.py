@@ -19,12 +19,13 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
         epochs: int, batch_size: int, lr: float, weight_decay: float,
         augment: Sequence[Any] = (), class_names: Sequence[str] | None = None,
         seed: int = 0, progress: bool = True, val_fraction: float = 0.1,
-        limit: int | None = None) -> dict[str, Any]:
+        limit: int | None = None, save: str | None = None) -> dict[str, Any]:
     """Train ``build()`` on a data set and print the report; returns the numbers as a dict.
 
     SGD with momentum 0.9 (PyTorch's form) and a cosine learning-rate decay over the epochs;
     the validation split is taken from the training set, standardization from the rest.
-    ``limit`` trains on the first ``limit`` training examples (a quick smoke run).
+    ``limit`` trains on the first ``limit`` training examples (a quick smoke run); ``save``
+    writes the trained model, optimizer and history to an HDF5 checkpoint at that path.
     """
     wall = time.perf_counter()
     be = ann.get_backend(backend)
@@ -48,6 +49,9 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
     history = train.fit(model, loss_fn, opt, train_loader, epochs=epochs, val_loader=val_loader,
                         callbacks=[train.LearningRateSchedule(ann.schedules.cosine(lr, epochs))],
                         progress=progress)
+    if save:
+        ann.save_checkpoint(save, model, opt, epoch=len(history.epochs),
+                            step=len(history.iterations), history=history, loader=train_loader)
     test = train.evaluate(model, loss_fn, test_loader)
     train_seconds = sum(e["seconds"] for e in history.epochs)
     cm = metrics.confusion_matrix(test.labels, test.predictions, len(class_names or []) or None)

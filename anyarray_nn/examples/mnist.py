@@ -26,13 +26,15 @@ from . import experiment
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(min=100), default=None,
               help="Train on the first N training images only (a quick run).")
+@click.option("--save", type=click.Path(dir_okay=False), default=None,
+              help="Write the trained model to this HDF5 checkpoint (see docs/checkpoints.md).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def main(data, backend, epochs, batch_size, lr, seed, limit, progress) -> None:
+def main(data, backend, epochs, batch_size, lr, seed, limit, save, progress) -> None:
     """Train the course MNIST network (14,682 parameters) and report its test accuracy."""
     experiment.run("MNIST, course network", load_mnist, build=mnist_net, data=data,
                    backend=backend, epochs=epochs, batch_size=batch_size, lr=lr,
                    weight_decay=5e-4, class_names=[str(d) for d in range(10)], seed=seed,
-                   progress=progress, limit=limit)
+                   progress=progress, limit=limit, save=save)
 
 
 if __name__ == "__main__":
