@@ -68,6 +68,9 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
+    umask = os.umask(0)  # mkstemp makes the file private; give it the usual permissions
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)
     try:
         with h5py.File(tmp_name, "w") as f:
             f.attrs["format"] = FORMAT
@@ -77,7 +80,7 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
             group = f.create_group("model")
             group.attrs["config"] = json.dumps(model.get_config())
             for key, value in model.params().items():
-                group.create_dataset(key.replace(".", "/"), data=_backend.to_host(value))
+                _write_array(group, key.replace(".", "/"), value)
             if optimizer is not None:
                 _write_optimizer(f, optimizer)
             train = f.create_group("train")
@@ -90,11 +93,33 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
         with open(tmp_name, "rb+") as raw:  # the bytes are on disk before the rename
             os.fsync(raw.fileno())
         os.replace(tmp_name, path)
+        _fsync_folder(folder)
     except BaseException:
         if os.path.exists(tmp_name):
             os.remove(tmp_name)
         raise
     return path
+
+
+def _write_array(group: Any, name: str, value: Any) -> None:
+    # Fletcher-32 checksums (a standard HDF5 filter) make damaged bytes an error on reading
+    # instead of silently wrong weights.
+    host = _backend.to_host(value)
+    group.create_dataset(name, data=host, fletcher32=host.ndim > 0 and host.size > 0)
+
+
+def _fsync_folder(folder: pathlib.Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_optimizer(f: Any, optimizer: Any) -> None:
@@ -104,7 +129,7 @@ def _write_optimizer(f: Any, optimizer: Any) -> None:
     group.attrs["step"] = int(state["step"])
     for key, slots in state["state"].items():
         for slot, value in slots.items():
-            group.create_dataset(f"{key.replace('.', '/')}/{slot}", data=_backend.to_host(value))
+            _write_array(group, f"{key.replace('.', '/')}/{slot}", value)
 
 
 def _json_default(value: Any) -> Any:
@@ -140,17 +165,21 @@ def _open(path: str | os.PathLike) -> Any:
     except OSError as exc:
         raise CheckpointError(f"{path}: not a readable HDF5 file (truncated or corrupt?): "
                               f"{exc}") from None
-    fmt = f.attrs.get("format")
-    if fmt != FORMAT:
+    try:
+        fmt = f.attrs.get("format")
+        if fmt != FORMAT:
+            raise CheckpointError(f"{path}: expected attribute format={FORMAT!r}, got "
+                                  f"{fmt!r}: not an anyarray_nn checkpoint")
+        version = int(f.attrs.get("format_version", -1))
+        if not 1 <= version <= FORMAT_VERSION:
+            raise CheckpointError(f"{path}: format_version {version} is not supported by this "
+                                  f"version of anyarray_nn ({__version__}, reads 1 to "
+                                  f"{FORMAT_VERSION}); upgrade anyarray_nn to read it")
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
         f.close()
-        raise CheckpointError(f"{path}: expected attribute format={FORMAT!r}, got {fmt!r}: "
-                              f"not an anyarray_nn checkpoint")
-    version = int(f.attrs.get("format_version", -1))
-    if not 1 <= version <= FORMAT_VERSION:
-        f.close()
-        raise CheckpointError(f"{path}: format_version {version} is not supported by this "
-                              f"version of anyarray_nn ({__version__}, reads 1 to "
-                              f"{FORMAT_VERSION}); upgrade anyarray_nn to read it")
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: damaged file attributes: {exc}") from None
     return f
 
 
@@ -166,20 +195,17 @@ def _json_attr(f: Any, where: str, name: str, path: Any) -> Any:
 def _read_arrays(group: Any, path: Any, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
     """Every dataset below ``group`` as ("layer.param[.slot]", host array)."""
     h5py = _h5py()
-    for name in group:
+    for name in list(group):
         key = f"{prefix}.{name}" if prefix else name
-        try:
-            item = group[name]
-            if isinstance(item, h5py.Dataset):
-                value = item[()]
-                if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
-                    raise CheckpointError(f"{path}: {item.name}: expected a floating-point "
-                                          f"array, got {getattr(value, 'dtype', type(value))}")
-                yield key, value
-                continue
-        except (OSError, KeyError, RuntimeError) as exc:  # h5py's errors for damaged data
-            raise CheckpointError(f"{path}: cannot read {group.name}/{name}: {exc}") from None
-        yield from _read_arrays(item, path, key)
+        item = group[name]
+        if isinstance(item, h5py.Dataset):
+            value = item[()]
+            if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+                raise CheckpointError(f"{path}: {item.name}: expected a floating-point "
+                                      f"array, got {getattr(value, 'dtype', type(value))}")
+            yield key, value
+        else:
+            yield from _read_arrays(item, path, key)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -187,34 +213,47 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     array}), ``optimizer`` (a state dict or None), ``epoch``, ``step``, ``history``, ``state``,
     ``format_version``, ``created``. Errors name the file and the key."""
     with _open(path) as f:
-        if "model" not in f:
-            raise CheckpointError(f"{path}: missing the group /model")
-        out = {"format_version": int(f.attrs["format_version"]),
-               "created": str(f.attrs.get("created", "")),
-               "model_config": _json_attr(f, "model", "config", path),
-               "params": dict(_read_arrays(f["model"], path)), "optimizer": None,
-               "epoch": None, "step": None, "history": None, "state": None}
-        if "optimizer" in f:
-            config = _json_attr(f, "optimizer", "config", path)
-            slots: dict[str, dict[str, np.ndarray]] = {}
-            for key, value in _read_arrays(f["optimizer"], path):
-                param, _, slot = key.rpartition(".")
-                slots.setdefault(param, {})[slot] = value
-            out["optimizer"] = {"type": config.pop("type"), "config": config,
-                                "step": int(f["optimizer"].attrs.get("step", 0)), "state": slots}
-        if "train" in f:
-            train = f["train"].attrs
-            out["epoch"] = None if int(train.get("epoch", -1)) < 0 else int(train["epoch"])
-            out["step"] = None if int(train.get("step", -1)) < 0 else int(train["step"])
-            out["history"] = _json_attr(f, "train", "history", path)
-            out["state"] = _json_attr(f, "train", "state", path)
+        try:
+            return _read_open_file(f, path)
+        except (OSError, KeyError, RuntimeError) as exc:  # h5py's errors for damaged data
+            raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc}); "
+                                  f"a checksum or the file structure does not match") from None
+
+
+def _read_open_file(f: Any, path: Any) -> dict[str, Any]:
+    """read_checkpoint's work on an open file (h5py errors are translated by the caller)."""
+    if "model" not in f:
+        raise CheckpointError(f"{path}: missing the group /model")
+    out = {"format_version": int(f.attrs["format_version"]),
+           "created": str(f.attrs.get("created", "")),
+           "model_config": _json_attr(f, "model", "config", path),
+           "params": dict(_read_arrays(f["model"], path)), "optimizer": None,
+           "epoch": None, "step": None, "history": None, "state": None}
+    if "optimizer" in f:
+        config = _json_attr(f, "optimizer", "config", path)
+        slots: dict[str, dict[str, np.ndarray]] = {}
+        for key, value in _read_arrays(f["optimizer"], path):
+            param, _, slot = key.rpartition(".")
+            slots.setdefault(param, {})[slot] = value
+        out["optimizer"] = {"type": config.pop("type"), "config": config,
+                            "step": int(f["optimizer"].attrs.get("step", 0)), "state": slots}
+    if "train" in f:
+        train = f["train"].attrs
+        out["epoch"] = None if int(train.get("epoch", -1)) < 0 else int(train["epoch"])
+        out["step"] = None if int(train.get("step", -1)) < 0 else int(train["step"])
+        out["history"] = _json_attr(f, "train", "history", path)
+        out["state"] = _json_attr(f, "train", "state", path)
     return out
 
 
 def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any = None, *,
-                    loader: Any = None, convert_dtype: bool = False) -> CheckpointInfo:
+                    loader: Any = None, convert_dtype: bool = False,
+                    restore_rng: bool = True) -> CheckpointInfo:
     """Restore ``model`` (and the optimizer, the loader's position and the global generator)
     from ``path``, strictly.
+
+    ``restore_rng=False`` leaves the generator of :func:`anyarray_nn.seed` alone (it is
+    restored by default, for an exact resume).
 
     Every parameter of the model must be in the file with its shape, and the file may hold no
     other; dtypes must match unless ``convert_dtype=True`` (e.g. float64 into float32).
@@ -239,7 +278,7 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
                             f"{got.dtype} (pass convert_dtype=True to cast)")
     if problems:
         raise CheckpointError(f"{path}: does not match the model: " + "; ".join(problems) +
-                              ". For a changed architecture use warm_start().")
+                              ". If the architecture changed on purpose, use warm_start().")
     if optimizer is not None and data["optimizer"] is None:
         raise CheckpointError(f"{path}: holds no optimizer state (/optimizer is missing)")
     state = data["state"] or {}
@@ -256,7 +295,7 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
     _assign(model, new_params)
     if loader is not None:
         loader.load_state_dict(state["loader"])
-    if state.get("global_rng"):
+    if restore_rng and state.get("global_rng"):
         _backend.host_rng().bit_generator.state = state["global_rng"]
     history = History.from_dict(data["history"]) if data["history"] else None
     return CheckpointInfo(pathlib.Path(path), data["format_version"], data["created"],
@@ -282,11 +321,13 @@ def load_model(path: str | os.PathLike, *, backend: Any = None,
     data = read_checkpoint(path)
     stored_dtype = next((str(v.dtype) for v in data["params"].values()), "float32")
     try:
+        # The stored weights replace the initial ones at once: draw those from a private
+        # generator so that rebuilding leaves the global one (anyarray_nn.seed) untouched.
         model = Sequential.from_config(data["model_config"], backend=backend,
-                                       dtype=dtype or stored_dtype)
+                                       dtype=dtype or stored_dtype, rng=np.random.default_rng(0))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: model/config cannot be rebuilt: {exc}") from None
-    load_checkpoint(path, model, convert_dtype=dtype is not None)
+    load_checkpoint(path, model, convert_dtype=dtype is not None, restore_rng=False)
     return model
 
 
@@ -318,12 +359,14 @@ class WarmStartReport:
         return not (self.resized or self.skipped or self.missing or self.unexpected)
 
     def __str__(self) -> str:
-        lines = [f"loaded    {len(self.loaded):3d}: " + ", ".join(
-            a if a == b else f"{a} -> {b}" for a, b in self.loaded)]
+        def pair(a: str, b: str) -> str:
+            return a if a == b else f"{a} -> {b}"
+
+        lines = [f"loaded    {len(self.loaded):3d}: " + ", ".join(pair(a, b) for a, b in self.loaded)]
         lines.append(f"resized   {len(self.resized):3d}: " + ", ".join(
-            f"{a} -> {b} {s} -> {t}" for a, b, s, t in self.resized))
+            f"{pair(a, b)} {s} -> {t}" for a, b, s, t in self.resized))
         lines.append(f"skipped   {len(self.skipped):3d}: " + ", ".join(
-            f"{a} -> {b} ({why})" for a, b, why in self.skipped))
+            f"{pair(a, b)} ({why})" for a, b, why in self.skipped))
         lines.append(f"missing   {len(self.missing):3d}: " + ", ".join(self.missing))
         lines.append(f"unexpected {len(self.unexpected):2d}: " + ", ".join(self.unexpected))
         return "\n".join(line.rstrip(": ") for line in lines)
@@ -418,14 +461,24 @@ class CheckpointEvery(Every):
     def save(self, state: Any) -> pathlib.Path:
         """Write the checkpoint of ``state`` and delete the oldest beyond ``keep``."""
         target = self.folder / f"ckpt-{state.step:09d}.h5"
-        save_checkpoint(target, state.model, state.optimizer, epoch=state.epoch,
-                        step=state.step, history=state.history, loader=self.loader)
-        for old in sorted(self.folder.glob("ckpt-*.h5"))[:-self.keep]:
-            old.unlink()
+        # epoch counts the epochs completed, as the history does (an iteration checkpoint on
+        # the last step of an epoch comes before that epoch's summary).
+        save_checkpoint(target, state.model, state.optimizer,
+                        epoch=len(state.history.epochs), step=state.step,
+                        history=state.history, loader=self.loader)
+        for old in _by_age(self.folder)[:-self.keep]:
+            if old != target:
+                old.unlink()
         return target
 
 
+def _by_age(folder: pathlib.Path) -> list[pathlib.Path]:
+    # By write time, not name: a run restarted without its history counts steps from 0 again.
+    return sorted(pathlib.Path(folder).glob("ckpt-*.h5"),
+                  key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
 def latest_checkpoint(folder: str | os.PathLike) -> pathlib.Path | None:
-    """The newest ``ckpt-<step>.h5`` written by :class:`CheckpointEvery` (None if none)."""
-    found = sorted(pathlib.Path(folder).glob("ckpt-*.h5"))
+    """The most recently written ``ckpt-<step>.h5`` of :class:`CheckpointEvery` (or None)."""
+    found = _by_age(pathlib.Path(folder))
     return found[-1] if found else None

@@ -10,7 +10,6 @@ a fixed seed a run is deterministic on one backend.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any, Callable, Iterable
 
@@ -261,7 +260,7 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
         seconds = time.perf_counter() - start
         summary = {"epoch": state.epoch, "loss": epoch_loss / max(seen, 1),
                    "accuracy": epoch_correct / max(seen, 1), "seconds": seconds,
-                   "images_per_second": seen / seconds if seconds > 0 else math.inf,
+                   "images_per_second": seen / seconds if seconds > 0 else None,
                    "steps": state.step}
         if val_loader is not None and val_every is None:
             summary.update(_validate(state, model, loss_fn, val_loader, callbacks))

@@ -54,6 +54,7 @@ def rng():
 def _restore_global_state():
     """Tests (and doc examples) may call set_backend or seed: undo both afterwards."""
     from anyarray_nn import backend as B
-    default, generator = B._default, B._rng
+    default, generator, state = B._default, B._rng, B._rng.bit_generator.state
     yield
     B._default, B._rng = default, generator
+    generator.bit_generator.state = state  # loading a checkpoint sets it in place

@@ -212,7 +212,7 @@ def test_warm_start_into_a_changed_architecture_reports_everything(tmp_path):
                                ("fc.b", "fc.b", (10,), (32,))]
     assert "fc.W" not in resized.missing
     text = str(resized)
-    assert "resized     2: fc.W -> fc.W (10, 784) -> (32, 784)" in text
+    assert "resized     2: fc.W (10, 784) -> (32, 784), fc.b (10,) -> (32,)" in text
 
 
 def test_warm_start_by_position_and_complete_strict_load(tmp_path, capsys):
@@ -305,3 +305,50 @@ def test_load_model_builds_only_registered_layer_types(tmp_path):
         f["model"].attrs["config"] = json.dumps(config)
     with pytest.raises(ck.CheckpointError, match=r"a\.h5: model/config cannot be rebuilt: unknown layer type 'os.system'"):
         ann.load_model(path)
+
+
+def test_changed_bytes_in_an_array_are_detected_by_the_checksums(tmp_path):
+    model, _ = trained_mnist_net()
+    path = ck.save_checkpoint(tmp_path / "a.h5", model)
+    with h5py.File(path, "r") as f:
+        offset = f["model/fc/W"].id.get_offset()
+        if offset is None:  # chunked storage: find the first chunk
+            offset = f["model/fc/W"].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[offset + 100:offset + 140] = b"\xff" * 40
+    path.write_bytes(bytes(data))
+    with pytest.raises(ck.CheckpointError, match=r"a\.h5: damaged checkpoint.*checksum"):
+        ann.load_checkpoint(path, ann.networks.mnist_net())
+
+
+def test_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = ck.save_checkpoint(tmp_path / "a.h5", ann.Sequential([Dense(2, 2)]))
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_load_model_leaves_the_global_generator_alone(tmp_path):
+    path = ck.save_checkpoint(tmp_path / "a.h5", ann.Sequential([Dense(2, 2, rng=0)]))
+    ann.seed(5)
+    expected = np.random.default_rng(5).standard_normal()
+    ann.load_model(path)
+    assert ann.backend.host_rng().standard_normal() == expected
+
+
+def test_iteration_checkpoints_record_completed_epochs_and_never_delete_the_new_file(tmp_path):
+    x, y = ann.data.make_circles(100, seed=0)
+    loader = DataLoader(x, y, 25, seed=0)  # 4 steps per epoch
+    model = ann.Sequential([Dense(2, 4, rng=0), Tanh(), Dense(4, 2, rng=1)])
+    saver = ck.CheckpointEvery(tmp_path, 4, per="iteration", keep=1)
+    h = train.fit(model, ann.losses.SoftmaxCrossEntropy(), ann.optim.SGD(model, lr=0.1), loader,
+                  iterations=8, callbacks=[saver], progress=False)
+    data = ck.read_checkpoint(ck.latest_checkpoint(tmp_path))
+    assert data["step"] == 8 and data["epoch"] == 1 and len(data["history"]["epochs"]) == 1
+    # a restarted run (without its history) counts steps from 0 again: keep its new file
+    train.fit(model, ann.losses.SoftmaxCrossEntropy(), ann.optim.SGD(model, lr=0.1), loader,
+              iterations=4, callbacks=[saver], progress=False)
+    assert [p.name for p in tmp_path.glob("ckpt-*.h5")] == ["ckpt-000000004.h5"]
+    assert ck.read_checkpoint(ck.latest_checkpoint(tmp_path))["step"] == 4
