@@ -6,10 +6,12 @@ Layout (``format_version`` 1), readable by any HDF5 tool under the layers' own n
                                            created (ISO 8601, UTC)
     /model                          attrs: config (JSON: layer types, names, hyper-parameters)
     /model/<layer>/<param>          datasets, e.g. /model/conv1/W, stored from the host
+    /buffers/<layer>/<buffer>       state that is not trained, e.g. /buffers/bn1/running_mean
     /optimizer                      attrs: config (JSON: type and hyper-parameters), step
     /optimizer/<layer>/<param>/<slot>   datasets, e.g. /optimizer/conv1/W/momentum
-    /train                          attrs: epoch, step, state (JSON: the data loader's position
-                                           and the global generator), history (JSON)
+    /train                          attrs: epoch, step, state (JSON: the data loader's position,
+                                           the global generator and the dropout layers'
+                                           generators), history (JSON)
 
 Writes are atomic: the file is written under a temporary name in the same folder and renamed
 over the old one only when complete, so a crash or a kill during a save leaves the previous
@@ -81,6 +83,11 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
             group.attrs["config"] = json.dumps(model.get_config())
             for key, value in model.params().items():
                 _write_array(group, key.replace(".", "/"), value)
+            buffers = model.buffers()
+            if buffers:
+                group = f.create_group("buffers")
+                for key, value in buffers.items():
+                    _write_array(group, key.replace(".", "/"), value)
             if optimizer is not None:
                 _write_optimizer(f, optimizer)
             train = f.create_group("train")
@@ -88,6 +95,8 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
             train.attrs["step"] = -1 if step is None else int(step)
             train.attrs["history"] = json.dumps(history.to_dict() if history is not None else None)
             state = {"global_rng": _backend.host_rng().bit_generator.state,
+                     "layer_rngs": {layer.name: layer.rng.bit_generator.state
+                                    for layer in model if hasattr(layer, "rng")},
                      "loader": loader.state_dict() if loader is not None else None}
             train.attrs["state"] = json.dumps(state, default=_json_default)
         with open(tmp_name, "rb+") as raw:  # the bytes are on disk before the rename
@@ -210,7 +219,8 @@ def _read_arrays(group: Any, path: Any, prefix: str = "") -> Iterator[tuple[str,
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Everything in a checkpoint as host data: ``model_config``, ``params`` ({"conv1.W":
-    array}), ``optimizer`` (a state dict or None), ``epoch``, ``step``, ``history``, ``state``,
+    array}), ``buffers`` (likewise), ``optimizer`` (a state dict or None), ``epoch``, ``step``,
+    ``history``, ``state``,
     ``format_version``, ``created``. Errors name the file and the key."""
     with _open(path) as f:
         try:
@@ -227,7 +237,9 @@ def _read_open_file(f: Any, path: Any) -> dict[str, Any]:
     out = {"format_version": int(f.attrs["format_version"]),
            "created": str(f.attrs.get("created", "")),
            "model_config": _json_attr(f, "model", "config", path),
-           "params": dict(_read_arrays(f["model"], path)), "optimizer": None,
+           "params": dict(_read_arrays(f["model"], path)),
+           "buffers": dict(_read_arrays(f["buffers"], path)) if "buffers" in f else {},
+           "optimizer": None,
            "epoch": None, "step": None, "history": None, "state": None}
     if "optimizer" in f:
         config = _json_attr(f, "optimizer", "config", path)
@@ -261,8 +273,8 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
     until everything has been checked. Returns a :class:`CheckpointInfo`.
     """
     data = read_checkpoint(path)
-    params = model.params()
-    stored = data["params"]
+    params = {**model.params(), **model.buffers()}
+    stored = {**data["params"], **data["buffers"]}
     missing = sorted(set(params) - set(stored))
     unexpected = sorted(set(stored) - set(params))
     problems = [f"missing in the file: {', '.join(missing)}"] if missing else []
@@ -297,17 +309,24 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
         loader.load_state_dict(state["loader"])
     if restore_rng and state.get("global_rng"):
         _backend.host_rng().bit_generator.state = state["global_rng"]
+    if restore_rng:
+        for name, rng_state in (state.get("layer_rngs") or {}).items():
+            layer = next((l for l in model if l.name == name and hasattr(l, "rng")), None)
+            if layer is not None:
+                layer.rng.bit_generator.state = rng_state
     history = History.from_dict(data["history"]) if data["history"] else None
     return CheckpointInfo(pathlib.Path(path), data["format_version"], data["created"],
                           data["epoch"], data["step"], history)
 
 
 def _assign(model: Sequential, values: dict[str, Any]) -> None:
+    """Put arrays keyed "layer.name" into the layers' parameters and buffers."""
     for layer in model.layers:
-        for name in layer.params:
-            key = f"{layer.name}.{name}"
-            if key in values:
-                layer.params[name] = values[key]
+        for store in (layer.params, layer.buffers):
+            for name in store:
+                key = f"{layer.name}.{name}"
+                if key in values:
+                    store[name] = values[key]
         layer.grads = {}
 
 
@@ -390,13 +409,14 @@ def warm_start(model: Sequential, path: str | os.PathLike, *, by_position: bool 
     file_layers = [(e["config"].get("name"), e["type"]) for e in data["model_config"]["layers"]]
     pairs = _match_layers(file_layers, [(layer.name, layer.type_name) for layer in model],
                           by_position)
-    params, stored = model.params(), data["params"]
+    params = {**model.params(), **model.buffers()}
+    stored = {**data["params"], **data["buffers"]}
     report = WarmStartReport()
     updates: dict[str, Any] = {}
     used: set[str] = set()
     for file_name, model_name in pairs:
         layer = model[model_name]
-        for pname, current in layer.params.items():
+        for pname, current in {**layer.params, **layer.buffers}.items():
             key, file_key = f"{model_name}.{pname}", f"{file_name}.{pname}"
             if file_key not in stored:
                 continue

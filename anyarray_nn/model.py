@@ -60,6 +60,11 @@ class Sequential:
         return {f"{layer.name}.{key}": value
                 for layer in self.layers for key, value in layer.params.items()}
 
+    def buffers(self) -> dict[str, Any]:
+        """Non-trained state (BatchNorm running statistics) as ``{"layer.name": array}``."""
+        return {f"{layer.name}.{key}": value
+                for layer in self.layers for key, value in layer.buffers.items()}
+
     def grads(self) -> dict[str, Any]:
         """The gradients of the last ``backward``, keyed like :meth:`params`."""
         out = {}

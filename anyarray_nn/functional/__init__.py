@@ -25,6 +25,14 @@ from .loss import (
     softmax_cross_entropy_forward,
     softmax_forward,
 )
+from .norm import (
+    batchnorm_backward,
+    batchnorm_forward,
+    batchnorm_inference,
+    batchnorm_update_running,
+    dropout_backward,
+    dropout_forward,
+)
 from .pool import (
     avgpool2d_backward,
     avgpool2d_forward,
@@ -40,6 +48,8 @@ __all__ = [
     "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
     "global_avgpool2d_forward", "global_avgpool2d_backward",
+    "batchnorm_forward", "batchnorm_backward", "batchnorm_inference", "batchnorm_update_running",
+    "dropout_forward", "dropout_backward",
     "relu_forward", "relu_backward",
     "leaky_relu_forward", "leaky_relu_backward",
     "tanh_forward", "tanh_backward",

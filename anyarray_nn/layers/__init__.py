@@ -4,7 +4,9 @@ from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
 from .base import Layer, layer_class, register
 from .conv import AvgPool2D, Conv2D, GlobalAvgPool2D, MaxPool2D
 from .dense import Dense
+from .norm import BatchNorm1D, BatchNorm2D, Dropout
 from .reshape import Flatten
 
 __all__ = ["Layer", "register", "layer_class", "Dense", "ReLU", "LeakyReLU", "Tanh",
-           "Sigmoid", "Flatten", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D"]
+           "Sigmoid", "Flatten", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm1D", "BatchNorm2D",
+           "Dropout"]

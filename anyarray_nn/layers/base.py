@@ -55,6 +55,7 @@ class Layer:
         self.name = name
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
+        self.buffers: dict[str, Any] = {}  # state that is not trained (running statistics)
         self._cache: Any = None
 
     # --- the public protocol -------------------------------------------------------------
@@ -116,11 +117,12 @@ class Layer:
         return f"{self.type_name}({args})"
 
     def to(self, backend: str | None = None, dtype: str | None = None) -> "Layer":
-        """Move parameters to ``backend`` and/or cast them to ``dtype``; returns ``self``."""
+        """Move parameters and buffers to ``backend`` and/or cast them to ``dtype``."""
         target = _backend.get_backend(backend) if backend is not None else None
-        for key, value in self.params.items():
-            self.params[key] = _backend.asarray(
-                value, backend=target or _backend.backend_name_of(value), dtype=dtype)
+        for store in (self.params, self.buffers):
+            for key, value in store.items():
+                store[key] = _backend.asarray(
+                    value, backend=target or _backend.backend_name_of(value), dtype=dtype)
         self.grads = {}
         self._cache = None
         return self

@@ -1,0 +1,114 @@
+"""Regularization layers: batch normalization and dropout."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import backend as _backend
+from .. import functional as F
+from .base import Layer, register
+
+
+class _BatchNorm(Layer):
+    """Shared code of BatchNorm1D and BatchNorm2D (they differ in the input rank only)."""
+
+    ndim = 2
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
+                 name: str | None = None, backend: Any = None, dtype: str | None = None,
+                 rng: Any = None) -> None:
+        super().__init__(name)
+        if not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"{type(self).__name__}: expected num_features to be a positive "
+                             f"int, got {num_features!r}")
+        if not 0.0 <= momentum <= 1.0 or eps <= 0:
+            raise ValueError(f"{type(self).__name__}: expected 0 <= momentum <= 1 and eps > 0, "
+                             f"got momentum={momentum}, eps={eps}")
+        self.num_features, self.eps, self.momentum = num_features, float(eps), float(momentum)
+        ones = lambda shape, *_: np.ones(shape)  # noqa: E731 - an initializer
+        zeros = "zeros"
+        self.params["gamma"] = self._new_param(ones, (num_features,), 1, 1, backend, dtype, rng)
+        self.params["beta"] = self._new_param(zeros, (num_features,), 1, 1, backend, dtype, rng)
+        self.buffers["running_mean"] = self._new_param(zeros, (num_features,), 1, 1, backend,
+                                                       dtype, rng)
+        self.buffers["running_var"] = self._new_param(ones, (num_features,), 1, 1, backend,
+                                                      dtype, rng)
+
+    def _check_rank(self, x: Any) -> None:
+        if x.ndim != self.ndim:
+            layout = "(N, C)" if self.ndim == 2 else "(N, C, H, W)"
+            from ..errors import InputError
+            raise InputError(f"x: expected a {self.ndim}-D array {layout}, got shape "
+                             f"{tuple(x.shape)}")
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        self._check_rank(x)
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        if not train:
+            return F.batchnorm_inference(x, gamma, beta, self.buffers["running_mean"],
+                                         self.buffers["running_var"], self.eps), None
+        y, mean, var = F.batchnorm_forward(x, gamma, beta, self.eps)
+        count = math.prod(x.shape) // x.shape[1]
+        self.buffers["running_mean"], self.buffers["running_var"] = F.batchnorm_update_running(
+            self.buffers["running_mean"], self.buffers["running_var"], mean, var, count,
+            self.momentum)
+        return y, x
+
+    def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        dx, dgamma, dbeta = F.batchnorm_backward(x, self.params["gamma"], dy, self.eps)
+        return dx, {"gamma": dgamma, "beta": dbeta}
+
+    def get_config(self) -> dict[str, Any]:
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "name": self.name}
+
+
+@register
+class BatchNorm1D(_BatchNorm):
+    """Batch normalization of (N, C) activations: parameters ``gamma`` (scale, starts at 1)
+    and ``beta`` (shift, 0); buffers ``running_mean`` and ``running_var`` used in evaluation
+    and saved in checkpoints."""
+
+    ndim = 2
+
+
+@register
+class BatchNorm2D(_BatchNorm):
+    """Batch normalization of (N, C, H, W) activations, per channel (statistics over N, H, W);
+    otherwise as :class:`BatchNorm1D`."""
+
+    ndim = 4
+
+
+@register
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each activation with probability ``p`` and scale
+    the rest by 1 / (1 - p); the identity in evaluation.
+
+    Masks are drawn on the host from the layer's own generator (seeded by ``rng``, else from
+    the global seed), so runs are reproducible on every backend; checkpoints save its state.
+    """
+
+    def __init__(self, p: float = 0.5, *, name: str | None = None, rng: Any = None) -> None:
+        super().__init__(name)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: expected 0 <= p < 1, got {p!r}")
+        self.p = float(p)
+        self.rng = np.random.default_rng(_backend.host_rng(rng).integers(2**63))
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        if not train or self.p == 0.0:
+            return x, None
+        keep = self.rng.random(tuple(x.shape)) >= self.p
+        mask = _backend.asarray(keep, backend=_backend.backend_name_of(x),
+                                dtype=_backend.dtype_name(x.dtype))
+        return F.dropout_forward(x, mask, self.p), mask
+
+    def _backward(self, dy: Any, mask: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        return (dy if mask is None else F.dropout_backward(mask, dy, self.p)), {}
+
+    def get_config(self) -> dict[str, Any]:
+        return {"p": self.p, "name": self.name}

@@ -1,0 +1,134 @@
+"""Dropout and batch normalization: finite differences, PyTorch agreement, strict, checkpoints."""
+
+import numpy as np
+import pytest
+
+import anyarray_nn as ann
+from anyarray_nn import functional as F
+from anyarray_nn.gradcheck import check_function
+from anyarray_nn.layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, ReLU
+from helpers import assert_close, host
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (3, 2, 4, 5)])
+def test_batchnorm_gradients_float64(xp, rng, shape):
+    inputs = {"x": ann.asarray(rng.standard_normal(shape)),
+              "gamma": ann.asarray(rng.standard_normal(shape[1])),
+              "beta": ann.asarray(rng.standard_normal(shape[1]))}
+
+    def backward(dy, x, gamma, beta):
+        dx, dgamma, dbeta = F.batchnorm_backward(x, gamma, dy)
+        return {"x": dx, "gamma": dgamma, "beta": dbeta}
+
+    # eps=1e-5: BatchNorm's x-gradient sums many cancelling terms; a smaller step is roundoff
+    report = check_function(lambda x, gamma, beta: F.batchnorm_forward(x, gamma, beta)[0],
+                            backward, inputs, eps=1e-5, max_checks=80)
+    assert report.passed, str(report)
+
+
+def test_dropout_gradient_float64_with_a_fixed_mask(xp, rng):
+    mask = ann.asarray((rng.random((4, 5)) > 0.3).astype(np.float64))
+    report = check_function(lambda x: F.dropout_forward(x, mask, 0.3),
+                            lambda dy, x: {"x": F.dropout_backward(mask, dy, 0.3)},
+                            {"x": ann.asarray(rng.standard_normal((4, 5)))})
+    assert report.passed, str(report)
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (4, 3, 5, 6)])
+def test_batchnorm_matches_torch_in_both_modes(torch, rng, shape):
+    x, g, b, dy = (rng.standard_normal(s) for s in (shape, shape[1], shape[1], shape))
+    tx, tg, tb = (torch.tensor(a, requires_grad=True) for a in (x, g, b))
+    rm, rv = torch.zeros(shape[1], dtype=torch.float64), torch.ones(shape[1], dtype=torch.float64)
+    ty = torch.nn.functional.batch_norm(tx, rm, rv, tg, tb, training=True, momentum=0.1)
+    ty.backward(torch.tensor(dy))
+    y, mean, var = F.batchnorm_forward(x, g, b)
+    dx, dg, db = F.batchnorm_backward(x, g, dy)
+    new_mean, new_var = F.batchnorm_update_running(np.zeros(shape[1]), np.ones(shape[1]), mean,
+                                                   var, x.size // shape[1], 0.1)
+    for ours, ref in [(y, ty), (dx, tx.grad), (dg, tg.grad), (db, tb.grad),
+                      (new_mean, rm), (new_var, rv)]:
+        assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    te = torch.nn.functional.batch_norm(torch.tensor(x), rm, rv, torch.tensor(g), torch.tensor(b),
+                                        training=False)
+    assert_close(F.batchnorm_inference(x, g, b, new_mean, new_var), te, rtol=1e-10, atol=1e-12)
+
+
+def test_batchnorm_layer_tracks_running_statistics_like_torch(torch, rng):
+    layer = BatchNorm2D(3, momentum=0.2, dtype="float64")
+    reference = torch.nn.BatchNorm2d(3, momentum=0.2, dtype=torch.float64)
+    for _ in range(4):
+        x = rng.standard_normal((5, 3, 4, 4)) * 3 + 1
+        layer.forward(x, train=True)
+        reference(torch.tensor(x))
+    assert_close(layer.buffers["running_mean"], reference.running_mean, rtol=1e-12)
+    assert_close(layer.buffers["running_var"], reference.running_var, rtol=1e-12)
+    reference.eval()
+    x = rng.standard_normal((2, 3, 4, 4))
+    assert_close(layer.forward(x, train=False), reference(torch.tensor(x)), rtol=1e-10, atol=1e-12)
+
+
+def test_batchnorm_layers_on_every_backend(xp, rng):
+    for layer, shape in [(BatchNorm1D(4, dtype="float64"), (6, 4)),
+                         (BatchNorm2D(2, dtype="float64"), (3, 2, 3, 3))]:
+        report = ann.check_gradients(layer, ann.asarray(rng.standard_normal(shape)), eps=1e-5)
+        assert report.passed, str(report)
+        y = host(layer.forward(ann.asarray(rng.standard_normal(shape)), train=False))
+        assert y.shape == shape
+
+
+def test_dropout_statistics_match_torch(torch):
+    x = np.ones((200, 500))
+    ours = host(Dropout(0.3, rng=0).forward(x, train=True))
+    theirs = torch.nn.functional.dropout(torch.tensor(x), 0.3, training=True).numpy()
+    for y in (ours, theirs):
+        assert set(np.unique(y)) == {0.0, 1 / 0.7}
+        assert abs((y == 0).mean() - 0.3) < 0.01 and abs(y.mean() - 1.0) < 0.02
+
+
+def test_dropout_layer(xp):
+    x = ann.asarray(np.arange(1.0, 13.0).reshape(3, 4))
+    layer = Dropout(0.5, rng=3)
+    assert host(layer.forward(x, train=False)).tolist() == host(x).tolist()
+    y = host(layer.forward(x, train=True))
+    kept = y != 0
+    np.testing.assert_allclose(y[kept], host(x)[kept] * 2)
+    dx = host(layer.backward(ann.asarray(np.ones((3, 4)))))
+    np.testing.assert_array_equal(dx, kept * 2.0)
+    again = Dropout(0.5, rng=3)
+    np.testing.assert_array_equal(host(again.forward(x, train=True)), y)  # seeded
+    with pytest.raises(ValueError, match="Dropout: expected 0 <= p < 1, got 1.0"):
+        Dropout(1.0)
+
+
+def test_errors_name_the_layer():
+    with pytest.raises(ann.InputError, match=r"BatchNorm2D 'bn': x: expected a 4-D array \(N, C, H, W\), got shape \(2, 3\)"):
+        BatchNorm2D(3, name="bn").forward(np.zeros((2, 3), np.float32), train=True)
+    with pytest.raises(ann.InputError, match=r"BatchNorm1D 'bn': gamma: expected shape \(5,\)"):
+        BatchNorm1D(3, name="bn").forward(np.zeros((2, 5), np.float32), train=True)
+    with pytest.raises(ann.InputError, match="at least 2 values per feature"):
+        BatchNorm1D(3).forward(np.zeros((1, 3), np.float32), train=True)
+
+
+def bn_net(**kw):
+    return ann.Sequential([Conv2D(3, 4, 3, padding=1, name="conv", **kw), BatchNorm2D(4, name="bn"),
+                           ReLU(), Flatten(), Dropout(0.5, name="drop", rng=1),
+                           Dense(4 * 4 * 4, 2, name="fc", **kw), BatchNorm1D(2, name="bn_out")])
+
+
+def test_checkpoint_restores_running_statistics_and_dropout_state(tmp_path, rng):
+    model = bn_net(rng=0)
+    x = rng.standard_normal((6, 3, 4, 4)).astype(np.float32)
+    for _ in range(3):
+        model.forward(x, train=True)
+    path = ann.save_checkpoint(tmp_path / "bn.h5", model)
+    expected_next = host(model.forward(x, train=True))  # uses the saved dropout generator state
+    restored = bn_net(rng=5)
+    ann.load_checkpoint(path, restored)
+    for key, value in model.buffers().items():
+        np.testing.assert_array_equal(host(restored.buffers()[key]), host(ann.load_model(path).buffers()[key]))
+    np.testing.assert_array_equal(host(restored.forward(x, train=True)), expected_next)
+    with pytest.raises(ann.checkpoint.CheckpointError, match="missing in the file: bn.running_mean"):
+        import h5py
+        with h5py.File(path, "a") as f:
+            del f["buffers/bn/running_mean"]
+        ann.load_checkpoint(path, bn_net())
