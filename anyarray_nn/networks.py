@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from .layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 from .model import Sequential
 
 
@@ -43,6 +43,22 @@ def cifar10_large_net(**kw: Any) -> Sequential:
         Flatten(), Dense(128 * 4 * 4, 256, name="fc1", **kw), ReLU(),
         Dense(256, 10, name="fc2", **kw),
     ])
+
+
+def cifar10_bn_net(**kw: Any) -> Sequential:
+    """The larger CIFAR-10 network with batch normalization after every convolution and the
+    hidden dense layer, and dropout before each dense layer (the strong recipe)."""
+    layers = []
+    channels = 3
+    for i, width in enumerate((32, 64, 128), start=1):
+        layers += [Conv2D(channels, width, 3, padding=1, bias=False, name=f"conv{i}", **kw),
+                   BatchNorm2D(width, name=f"bn{i}", **kw), ReLU(), MaxPool2D(2)]
+        channels = width
+    rng = kw.get("rng")
+    return Sequential(layers + [
+        Flatten(), Dropout(0.25, name="drop1", rng=rng),
+        Dense(128 * 4 * 4, 256, bias=False, name="fc1", **kw), BatchNorm1D(256, name="bn4", **kw),
+        ReLU(), Dropout(0.5, name="drop2", rng=rng), Dense(256, 10, name="fc2", **kw)])
 
 
 NETWORKS = {"mnist": mnist_net, "cifar10": cifar10_net, "cifar10_large": cifar10_large_net}

@@ -17,6 +17,9 @@ AdamW (decoupled weight decay, as ``torch.optim.AdamW``)
 RMSProp (as ``torch.optim.RMSprop``)
     g = g + lambda w;   v = rho v + (1 - rho) g^2;   w = w - alpha g / (sqrt(v) + eps)
 
+Every optimizer takes ``no_decay``: parameter names (the part after the layer name) that get
+no weight decay, e.g. ``no_decay=("b", "gamma", "beta")`` for biases and normalization.
+
 ``state_dict()`` / ``load_state_dict()`` save and restore hyper-parameters, the step count and
 every per-parameter slot (``momentum``, ``m``, ``v``).
 """
@@ -34,10 +37,12 @@ class Optimizer:
 
     slots: tuple[str, ...] = ()
 
-    def __init__(self, model: Any, lr: float, weight_decay: float = 0.0) -> None:
+    def __init__(self, model: Any, lr: float, weight_decay: float = 0.0,
+                 no_decay: tuple[str, ...] = ()) -> None:
         self.model = model
         self.lr = lr
         self.weight_decay = weight_decay
+        self.no_decay = tuple(no_decay)  # parameter names without decay, e.g. ("b", "gamma")
         self.step_count = 0
         self.state: dict[str, dict[str, Any]] = {}
 
@@ -45,6 +50,7 @@ class Optimizer:
         """Check the hyper-parameters (at construction and after ``load_state_dict``)."""
         self._check_hyper("lr", self.lr, low=0.0, low_open=True)
         self._check_hyper("weight_decay", self.weight_decay, low=0.0)
+        self.no_decay = tuple(self.no_decay)
 
     def step(self) -> None:
         """Apply one update to every parameter from the gradients of the last backward.
@@ -62,7 +68,8 @@ class Optimizer:
             if state is None:
                 xp = _backend.namespace(w)
                 state = self.state[key] = {s: xp.zeros_like(w) for s in self.slots}
-            self._update(w, grads[key], state)
+            decay = 0.0 if key.rsplit(".", 1)[-1] in self.no_decay else self.weight_decay
+            self._update(w, grads[key], state, decay)
 
     def _check_state(self, key: str, w: Any) -> None:
         for slot, value in self.state[key].items():
@@ -75,12 +82,13 @@ class Optimizer:
                     f"{there[1]} {tuple(w.shape)}. After model.to(...), move the state with "
                     f"opt.load_state_dict(opt.state_dict()), or create the optimizer afterwards")
 
-    def _update(self, w: Any, g: Any, state: dict[str, Any]) -> None:
+    def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float) -> None:
+        """Update ``w`` in place; ``wd`` is this parameter's weight decay."""
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
         """Hyper-parameters as JSON-ready data (what ``state_dict()["config"]`` holds)."""
-        return {"lr": self.lr, "weight_decay": self.weight_decay}
+        return {"lr": self.lr, "weight_decay": self.weight_decay, "no_decay": list(self.no_decay)}
 
     def state_dict(self) -> dict[str, Any]:
         """``{"type", "config", "step", "state": {param key: {slot: array}}}``.
@@ -157,8 +165,9 @@ class SGD(Optimizer):
     FORMS = ("ema", "classic", "nesterov")
 
     def __init__(self, model: Any, lr: float = 0.01, momentum: float = 0.0,
-                 weight_decay: float = 0.0, form: str = "ema") -> None:
-        super().__init__(model, lr, weight_decay)
+                 weight_decay: float = 0.0, form: str = "ema",
+                 no_decay: tuple[str, ...] = ()) -> None:
+        super().__init__(model, lr, weight_decay, no_decay)
         self.momentum, self.form = momentum, form
         self._validate()
 
@@ -168,8 +177,8 @@ class SGD(Optimizer):
         if self.form not in self.FORMS:
             raise ValueError(f"SGD: expected form in {self.FORMS}, got {self.form!r}")
 
-    def _update(self, w: Any, g: Any, state: dict[str, Any]) -> None:
-        m, mu, wd = state["momentum"], self.momentum, self.weight_decay
+    def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float) -> None:
+        m, mu = state["momentum"], self.momentum
         if self.form == "ema":
             m *= mu
             m += (1.0 - mu) * g
@@ -192,8 +201,9 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, model: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
-        super().__init__(model, lr, weight_decay)
+                 eps: float = 1e-8, weight_decay: float = 0.0,
+                 no_decay: tuple[str, ...] = ()) -> None:
+        super().__init__(model, lr, weight_decay, no_decay)
         self.betas, self.eps = betas, eps
         self._validate()
 
@@ -207,14 +217,14 @@ class Adam(Optimizer):
         self._check_hyper("betas[1]", self.betas[1], low=0.0, high=1.0)
         self._check_hyper("eps", self.eps, low=0.0)
 
-    def _update(self, w: Any, g: Any, state: dict[str, Any]) -> None:
+    def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float) -> None:
         xp = _backend.namespace(w)
         b1, b2 = self.betas
-        if self.weight_decay:
+        if wd:
             if self.decoupled:
-                w *= 1.0 - self.lr * self.weight_decay
+                w *= 1.0 - self.lr * wd
             else:
-                g = g + self.weight_decay * w
+                g = g + wd * w
         m, v, t = state["m"], state["v"], self.step_count
         m *= b1
         m += (1.0 - b1) * g
@@ -233,8 +243,9 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, model: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
-        super().__init__(model, lr, betas, eps, weight_decay)
+                 eps: float = 1e-8, weight_decay: float = 0.01,
+                 no_decay: tuple[str, ...] = ()) -> None:
+        super().__init__(model, lr, betas, eps, weight_decay, no_decay)
 
 
 class RMSProp(Optimizer):
@@ -243,8 +254,8 @@ class RMSProp(Optimizer):
     slots = ("v",)
 
     def __init__(self, model: Any, lr: float = 0.01, rho: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0) -> None:
-        super().__init__(model, lr, weight_decay)
+                 weight_decay: float = 0.0, no_decay: tuple[str, ...] = ()) -> None:
+        super().__init__(model, lr, weight_decay, no_decay)
         self.rho, self.eps = rho, eps
         self._validate()
 
@@ -253,10 +264,10 @@ class RMSProp(Optimizer):
         self._check_hyper("rho", self.rho, low=0.0, high=1.0)
         self._check_hyper("eps", self.eps, low=0.0)
 
-    def _update(self, w: Any, g: Any, state: dict[str, Any]) -> None:
+    def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float) -> None:
         xp = _backend.namespace(w)
-        if self.weight_decay:
-            g = g + self.weight_decay * w
+        if wd:
+            g = g + wd * w
         v = state["v"]
         v *= self.rho
         v += (1.0 - self.rho) * (g * g)

@@ -1,6 +1,8 @@
 """Learning-rate schedules: functions of the epoch (or step) index t, starting at 0.
 
-Use one with ``train.LearningRateSchedule(schedule)``, or call it yourself.
+Use one with ``train.LearningRateSchedule(schedule)``, or call it yourself. Reducing the rate
+when the validation loss stops improving depends on training, so it is a callback:
+``train.ReduceOnPlateau``.
 """
 
 from __future__ import annotations
@@ -28,3 +30,25 @@ def cosine(lr: float, total: int, min_lr: float = 0.0) -> Schedule:
     if total < 1:
         raise ValueError(f"cosine: expected total >= 1, got {total}")
     return lambda t: min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+
+
+def exponential(lr: float, gamma: float) -> Schedule:
+    """lr * gamma ** t."""
+    if not 0 < gamma <= 1:
+        raise ValueError(f"exponential: expected 0 < gamma <= 1, got {gamma}")
+    return lambda t: lr * gamma ** t
+
+
+def warmup(schedule: Schedule, steps: int, start_factor: float = 0.1) -> Schedule:
+    """Ramp linearly from ``start_factor * schedule(0)`` up to ``schedule(steps)`` over the
+    first ``steps`` values of t, then follow ``schedule``."""
+    if steps < 1 or not 0 <= start_factor <= 1:
+        raise ValueError(f"warmup: expected steps >= 1 and 0 <= start_factor <= 1, got "
+                         f"steps={steps}, start_factor={start_factor}")
+
+    def warmed(t: int) -> float:
+        if t >= steps:
+            return schedule(t)
+        start = start_factor * schedule(0)
+        return start + (schedule(steps) - start) * t / steps
+    return warmed

@@ -118,6 +118,33 @@ class LearningRateSchedule(Callback):
             state.optimizer.lr = float(self.schedule(state.step))
 
 
+class ReduceOnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` (default ``"val_loss"``) has
+    not improved for ``patience`` validations, down to ``min_lr``."""
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 3,
+                 mode: str = "min", min_lr: float = 0.0, min_delta: float = 0.0) -> None:
+        if not 0 < factor < 1 or mode not in ("min", "max"):
+            raise ValueError(f"ReduceOnPlateau: expected 0 < factor < 1 and mode 'min' or "
+                             f"'max', got factor={factor}, mode={mode!r}")
+        self.monitor, self.factor, self.patience = monitor, factor, patience
+        self.mode, self.min_lr, self.min_delta = mode, min_lr, min_delta
+        self.best: float | None = None
+        self.waited = 0
+
+    def on_validation_end(self, state: TrainState) -> None:
+        value = state.last[self.monitor]
+        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
+                                       else value > self.best + self.min_delta)
+        if better:
+            self.best, self.waited = value, 0
+            return
+        self.waited += 1
+        if self.waited >= self.patience:
+            state.optimizer.lr = max(self.min_lr, state.optimizer.lr * self.factor)
+            self.waited = 0
+
+
 class EarlyStopping(Callback):
     """Stop when ``monitor`` (e.g. ``"val_loss"``) has not improved for ``patience``
     validations; with ``restore_best`` the best parameters are put back at the end."""

@@ -205,3 +205,22 @@ def test_updates_are_in_place_so_held_references_stay_current():
     model.backward(model.forward(np.ones((1, 2)), train=True))
     ann.optim.SGD(model, lr=0.1).step()
     assert model.params()["dense1.W"] is held and not np.array_equal(held, before)
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: ann.optim.SGD(m, lr=0.1, weight_decay=0.5, no_decay=("b",)),
+    lambda m: ann.optim.Adam(m, lr=0.1, weight_decay=0.5, no_decay=("b",)),
+    lambda m: ann.optim.AdamW(m, lr=0.1, weight_decay=0.5, no_decay=("b",)),
+    lambda m: ann.optim.RMSProp(m, lr=0.1, weight_decay=0.5, no_decay=("b",)),
+])
+def test_no_decay_leaves_the_named_parameters_without_weight_decay(make):
+    """With zero gradients, only weight decay moves a parameter."""
+    model = ann.Sequential([Dense(3, 2, dtype="float64", rng=0)])
+    model.layers[0].params["b"][...] = 1.0
+    opt = make(model)
+    model.backward(model.forward(np.zeros((1, 3)), train=True) * 0.0)
+    w_before = model.params()["dense1.W"].copy()
+    opt.step()
+    assert np.all(model.params()["dense1.b"] == 1.0)
+    assert not np.allclose(model.params()["dense1.W"], w_before)
+    assert opt.state_dict()["config"]["no_decay"] == ["b"]

@@ -117,3 +117,27 @@ def test_schedules_by_hand():
     cos = ann.schedules.cosine(1.0, 10, min_lr=0.1)
     assert cos(0) == 1.0 and cos(10) == pytest.approx(0.1) and cos(5) == pytest.approx(0.55)
     assert cos(50) == pytest.approx(0.1)
+
+
+def test_more_schedules_by_hand():
+    assert ann.schedules.exponential(1.0, 0.5)(3) == pytest.approx(0.125)
+    warm = ann.schedules.warmup(ann.schedules.constant(1.0), 4, start_factor=0.2)
+    assert [warm(t) for t in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
+    with pytest.raises(ValueError, match="warmup: expected steps >= 1"):
+        ann.schedules.warmup(ann.schedules.constant(1.0), 0)
+
+
+def test_reduce_on_plateau_lowers_the_rate_after_patience():
+    model, loss_fn, tl, vl = setup()
+    opt = ann.optim.SGD(model, lr=1.0)
+
+    class Flat(train.Callback):  # a validation loss that never improves after the first
+        def on_validation_end(self, state):
+            state.last["val_loss"] = 1.0
+
+    reducer = train.ReduceOnPlateau(factor=0.5, patience=2, min_lr=0.2)
+    h = train.fit(model, loss_fn, opt, tl, epochs=7, val_loader=vl, progress=False,
+                  callbacks=[Flat(), reducer])
+    per_epoch = [h.iterations[i * len(tl)]["lr"] for i in range(7)]
+    assert per_epoch == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25])
+    assert opt.lr == pytest.approx(0.2)  # floored at min_lr after the last reduction

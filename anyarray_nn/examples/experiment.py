@@ -19,13 +19,16 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
         epochs: int, batch_size: int, lr: float, weight_decay: float,
         augment: Sequence[Any] = (), class_names: Sequence[str] | None = None,
         seed: int = 0, progress: bool = True, val_fraction: float = 0.1,
-        limit: int | None = None, save: str | None = None) -> dict[str, Any]:
+        limit: int | None = None, save: str | None = None, warmup_epochs: int = 0,
+        no_decay: Sequence[str] = ()) -> dict[str, Any]:
     """Train ``build()`` on a data set and print the report; returns the numbers as a dict.
 
     SGD with momentum 0.9 (PyTorch's form) and a cosine learning-rate decay over the epochs;
     the validation split is taken from the training set, standardization from the rest.
     ``limit`` trains on the first ``limit`` training examples (a quick smoke run); ``save``
-    writes the trained model, optimizer and history to an HDF5 checkpoint at that path.
+    writes the trained model, optimizer and history to an HDF5 checkpoint at that path;
+    ``warmup_epochs`` ramps the learning rate up linearly first; ``no_decay`` names the
+    parameters without weight decay.
     """
     wall = time.perf_counter()
     be = ann.get_backend(backend)
@@ -45,10 +48,13 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
     model = build(rng=seed, backend=be.name)
     model.summary()
     loss_fn = ann.losses.SoftmaxCrossEntropy()
-    opt = ann.optim.SGD(model, lr=lr, momentum=0.9, weight_decay=weight_decay, form="classic")
+    opt = ann.optim.SGD(model, lr=lr, momentum=0.9, weight_decay=weight_decay, form="classic",
+                        no_decay=tuple(no_decay))
+    schedule = ann.schedules.cosine(lr, epochs)
+    if warmup_epochs:
+        schedule = ann.schedules.warmup(schedule, warmup_epochs)
     history = train.fit(model, loss_fn, opt, train_loader, epochs=epochs, val_loader=val_loader,
-                        callbacks=[train.LearningRateSchedule(ann.schedules.cosine(lr, epochs))],
-                        progress=progress)
+                        callbacks=[train.LearningRateSchedule(schedule)], progress=progress)
     if save:
         ann.save_checkpoint(save, model, opt, epoch=len(history.epochs),
                             step=len(history.iterations), history=history, loader=train_loader)
