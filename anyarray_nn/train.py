@@ -118,31 +118,42 @@ class LearningRateSchedule(Callback):
             state.optimizer.lr = float(self.schedule(state.step))
 
 
+class _Monitor:
+    """Tracks the best value of a logged quantity and how many validations since it improved."""
+
+    def __init__(self, owner: str, monitor: str, mode: str, min_delta: float) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"{owner}: expected mode 'min' or 'max', got {mode!r}")
+        self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
+        self.best: float | None = None
+        self.waited = 0
+
+    def improved(self, state: TrainState) -> bool:
+        """Read the monitored value from ``state.last``; True if it is a new best."""
+        value = state.last[self.monitor]
+        if self.best is None or (value < self.best - self.min_delta if self.mode == "min"
+                                 else value > self.best + self.min_delta):
+            self.best, self.waited = value, 0
+            return True
+        self.waited += 1
+        return False
+
+
 class ReduceOnPlateau(Callback):
     """Multiply the learning rate by ``factor`` when ``monitor`` (default ``"val_loss"``) has
     not improved for ``patience`` validations, down to ``min_lr``."""
 
     def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 3,
                  mode: str = "min", min_lr: float = 0.0, min_delta: float = 0.0) -> None:
-        if not 0 < factor < 1 or mode not in ("min", "max"):
-            raise ValueError(f"ReduceOnPlateau: expected 0 < factor < 1 and mode 'min' or "
-                             f"'max', got factor={factor}, mode={mode!r}")
-        self.monitor, self.factor, self.patience = monitor, factor, patience
-        self.mode, self.min_lr, self.min_delta = mode, min_lr, min_delta
-        self.best: float | None = None
-        self.waited = 0
+        if not 0 < factor < 1:
+            raise ValueError(f"ReduceOnPlateau: expected 0 < factor < 1, got {factor}")
+        self.tracker = _Monitor("ReduceOnPlateau", monitor, mode, min_delta)
+        self.factor, self.patience, self.min_lr = factor, patience, min_lr
 
     def on_validation_end(self, state: TrainState) -> None:
-        value = state.last[self.monitor]
-        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
-                                       else value > self.best + self.min_delta)
-        if better:
-            self.best, self.waited = value, 0
-            return
-        self.waited += 1
-        if self.waited >= self.patience:
+        if not self.tracker.improved(state) and self.tracker.waited >= self.patience:
             state.optimizer.lr = max(self.min_lr, state.optimizer.lr * self.factor)
-            self.waited = 0
+            self.tracker.waited = 0
 
 
 class EarlyStopping(Callback):
@@ -151,26 +162,21 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, mode: str = "min",
                  min_delta: float = 0.0, restore_best: bool = True) -> None:
-        if mode not in ("min", "max"):
-            raise ValueError(f"EarlyStopping: expected mode 'min' or 'max', got {mode!r}")
-        self.monitor, self.patience, self.mode = monitor, patience, mode
-        self.min_delta, self.restore_best = min_delta, restore_best
-        self.best: float | None = None
+        self.tracker = _Monitor("EarlyStopping", monitor, mode, min_delta)
+        self.patience, self.restore_best = patience, restore_best
         self.best_params: dict[str, np.ndarray] | None = None
-        self.waited = 0
+
+    @property
+    def best(self) -> float | None:
+        """The best monitored value so far."""
+        return self.tracker.best
 
     def on_validation_end(self, state: TrainState) -> None:
-        value = state.last[self.monitor]
-        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
-                                       else value > self.best + self.min_delta)
-        if better:
-            self.best, self.waited = value, 0
+        if self.tracker.improved(state):
             if self.restore_best:
                 self.best_params = {k: _backend.to_host(v).copy()
                                     for k, v in state.model.params().items()}
-            return
-        self.waited += 1
-        if self.waited >= self.patience:
+        elif self.tracker.waited >= self.patience:
             state.stop = True
 
     def on_train_end(self, state: TrainState) -> None:

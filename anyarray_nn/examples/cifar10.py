@@ -31,20 +31,11 @@ NETWORKS = {
 @click.command()
 @click.option("--network", type=click.Choice(sorted(NETWORKS)), default="baseline",
               show_default=True)
-@click.option("--data", type=click.Path(file_okay=False), default=None,
-              help="Folder with the CIFAR-10 files (default: $ANYARRAY_NN_DATA).")
-@click.option("--backend", default=None, help="numpy, torch, cupy, ... (default: the active one)")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Default: 10 (baseline), 20 (improved).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+              help="Default: 10 (baseline), 20 (improved), 15 (strong).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Initial learning rate, decayed along a cosine. Default: 0.02 / 0.05.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--limit", type=click.IntRange(min=100), default=None,
-              help="Train on the first N training images only (a quick run).")
-@click.option("--save", type=click.Path(dir_okay=False), default=None,
-              help="Write the trained model to this HDF5 checkpoint (see docs/checkpoints.md).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+              help="Initial learning rate, decayed along a cosine. Default: 0.02, 0.05, 0.1.")
+@experiment.common_options
 def main(network, data, backend, epochs, batch_size, lr, seed, limit, save, progress) -> None:
     """Train a CIFAR-10 network and report its test accuracy."""
     build, augment, default_epochs, default_lr, weight_decay = NETWORKS[network]

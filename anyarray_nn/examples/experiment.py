@@ -7,11 +7,33 @@ import json
 import time
 from typing import Any, Callable, Sequence
 
+import click
 import numpy as np
 
 import anyarray_nn as ann
 from anyarray_nn import metrics, train
 from anyarray_nn.data.pipeline import DataLoader, Standardize, train_val_split
+
+
+def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The command-line options every real-data example shares."""
+    options = [
+        click.option("--data", type=click.Path(file_okay=False), default=None,
+                     help="Folder with the data files (default: $ANYARRAY_NN_DATA)."),
+        click.option("--backend", default=None,
+                     help="numpy, torch, cupy, ... (default: the active one)"),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--limit", type=click.IntRange(min=100), default=None,
+                     help="Train on the first N training images only (a quick run)."),
+        click.option("--save", type=click.Path(dir_okay=False), default=None,
+                     help="Write the trained model to this HDF5 checkpoint "
+                          "(see docs/checkpoints.md)."),
+        click.option("--progress/--no-progress", default=True, show_default=True),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,

@@ -17,18 +17,9 @@ from . import experiment
 
 
 @click.command()
-@click.option("--data", type=click.Path(file_okay=False), default=None,
-              help="Folder with the MNIST files (default: $ANYARRAY_NN_DATA).")
-@click.option("--backend", default=None, help="numpy, torch, cupy, ... (default: the active one)")
 @click.option("--epochs", type=click.IntRange(min=1), default=6, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--limit", type=click.IntRange(min=100), default=None,
-              help="Train on the first N training images only (a quick run).")
-@click.option("--save", type=click.Path(dir_okay=False), default=None,
-              help="Write the trained model to this HDF5 checkpoint (see docs/checkpoints.md).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@experiment.common_options
 def main(data, backend, epochs, batch_size, lr, seed, limit, save, progress) -> None:
     """Train the course MNIST network (14,682 parameters) and report its test accuracy."""
     experiment.run("MNIST, course network", load_mnist, build=mnist_net, data=data,
