@@ -29,6 +29,9 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--save", type=click.Path(dir_okay=False), default=None,
                      help="Write the trained model to this HDF5 checkpoint "
                           "(see docs/checkpoints.md)."),
+        click.option("--report", type=click.Path(file_okay=False), default=None,
+                     help="Write figures and a Markdown report into this folder "
+                          "(needs matplotlib: the plot extra)."),
         click.option("--progress/--no-progress", default=True, show_default=True),
     ]
     for option in reversed(options):
@@ -41,16 +44,15 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
         epochs: int, batch_size: int, lr: float, weight_decay: float,
         augment: Sequence[Any] = (), class_names: Sequence[str] | None = None,
         seed: int = 0, progress: bool = True, val_fraction: float = 0.1,
-        limit: int | None = None, save: str | None = None, warmup_epochs: int = 0,
-        no_decay: Sequence[str] = ()) -> dict[str, Any]:
+        limit: int | None = None, save: str | None = None,
+        report: str | None = None) -> dict[str, Any]:
     """Train ``build()`` on a data set and print the report; returns the numbers as a dict.
 
     SGD with momentum 0.9 (PyTorch's form) and a cosine learning-rate decay over the epochs;
     the validation split is taken from the training set, standardization from the rest.
     ``limit`` trains on the first ``limit`` training examples (a quick smoke run); ``save``
     writes the trained model, optimizer and history to an HDF5 checkpoint at that path;
-    ``warmup_epochs`` ramps the learning rate up linearly first; ``no_decay`` names the
-    parameters without weight decay.
+    ``report`` writes figures and a Markdown summary there.
     """
     wall = time.perf_counter()
     be = ann.get_backend(backend)
@@ -70,13 +72,10 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
     model = build(rng=seed, backend=be.name)
     model.summary()
     loss_fn = ann.losses.SoftmaxCrossEntropy()
-    opt = ann.optim.SGD(model, lr=lr, momentum=0.9, weight_decay=weight_decay, form="classic",
-                        no_decay=tuple(no_decay))
-    schedule = ann.schedules.cosine(lr, epochs)
-    if warmup_epochs:
-        schedule = ann.schedules.warmup(schedule, warmup_epochs)
+    opt = ann.optim.SGD(model, lr=lr, momentum=0.9, weight_decay=weight_decay, form="classic")
     history = train.fit(model, loss_fn, opt, train_loader, epochs=epochs, val_loader=val_loader,
-                        callbacks=[train.LearningRateSchedule(schedule)], progress=progress)
+                        callbacks=[train.LearningRateSchedule(ann.schedules.cosine(lr, epochs))],
+                        progress=progress)
     if save:
         ann.save_checkpoint(save, model, opt, epoch=len(history.epochs),
                             step=len(history.iterations), history=history, loader=train_loader)
@@ -100,4 +99,10 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
     print(f"\ntest accuracy {test.accuracy:.4f}  ({images_per_second:.0f} img/s training, "
           f"{train_seconds:.0f} s training, {summary['wall_seconds']:.0f} s wall)")
     print("summary " + json.dumps(summary))
+    if report:
+        from anyarray_nn import plots
+        path = plots.write_report(report, title=name, model=model, history=history, test=test,
+                                  test_images=x_test, class_names=class_names, summary=summary,
+                                  preprocess=standardize)
+        print(f"report: {path}")
     return summary

@@ -1,0 +1,229 @@
+"""Figures of what a network learned, and a Markdown report that links them.
+
+Every function takes arrays of any backend (they are moved to the host here), returns the
+matplotlib Figure and, given ``path``, saves it as a PNG. Needs the optional extra ``plot``
+(matplotlib); without it, a clear error says how to install it.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import backend as _backend
+from . import metrics
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # files, not windows: works on machines without a display
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("anyarray_nn.plots needs matplotlib: pip install "
+                          "'anyarray_nn[plot]'") from None
+    return plt
+
+
+def _finish(fig: Any, path: str | pathlib.Path | None) -> Any:
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def learning_curves(history: Any, path: str | pathlib.Path | None = None) -> Any:
+    """Loss (left) and accuracy (right) per iteration (thin) and per epoch (markers), with the
+    validation values where the History has them."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = history.series("step", per="iteration")
+    per_epoch_steps = history.series("steps")
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
+        ax.plot(steps, history.series(key, per="iteration"), lw=0.6, alpha=0.5,
+                label=f"train {label} (iteration)")
+        ax.plot(per_epoch_steps, history.series(key), "o-", label=f"train {label} (epoch)")
+        val = [v for v in history.validations if f"val_{key}" in v]
+        if val:
+            ax.plot([v["step"] for v in val], [v[f"val_{key}"] for v in val], "s-",
+                    label=f"validation {label}")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_loss.set_yscale("log")
+    return _finish(fig, path)
+
+
+def _grid(images: np.ndarray, titles: Sequence[str] | None, columns: int, path: Any,
+          cell: float = 1.3) -> Any:
+    """Images (N, C, H, W) with C in {1, 3} as a grid; each one scaled to [0, 1] by itself."""
+    plt = _pyplot()
+    n = len(images)
+    rows = max(1, math.ceil(n / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell, rows * (cell + 0.25)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        image = images[i].astype(np.float64)
+        image = (image - image.min()) / max(image.max() - image.min(), 1e-12)
+        if image.shape[0] == 3:
+            ax.imshow(np.transpose(image, (1, 2, 0)))
+        else:
+            ax.imshow(image[0], cmap="gray")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=7)
+    return _finish(fig, path)
+
+
+def filters(model: Any, path: str | pathlib.Path | None = None, layer: str | None = None,
+            columns: int = 8) -> Any:
+    """The weights of the first convolution (or ``layer``) as an image grid: grayscale for
+    one input channel, RGB for three (other counts: the first channel)."""
+    conv = model[layer] if layer else next(
+        (l for l in model if l.type_name == "Conv2D"), None)
+    if conv is None or "W" not in conv.params or conv.params["W"].ndim != 4:
+        raise ValueError("filters: the model has no convolution layer"
+                         + (f" named {layer!r}" if layer else ""))
+    w = _backend.to_host(conv.params["W"])
+    if w.shape[1] not in (1, 3):
+        w = w[:, :1]
+    return _grid(w, [f"{conv.name} #{i}" for i in range(len(w))], columns, path)
+
+
+def misclassified(images: Any, labels: Any, predictions: Any, path: str | pathlib.Path | None = None,
+                  class_names: Sequence[str] | None = None, count: int = 24,
+                  columns: int = 8) -> Any:
+    """Up to ``count`` test images the model got wrong, titled "true / predicted"."""
+    images = _backend.to_host(images)
+    labels, predictions = _backend.to_host(labels), _backend.to_host(predictions)
+    wrong = np.flatnonzero(labels != predictions)[:count]
+    if len(wrong) == 0:
+        raise ValueError("misclassified: every prediction is right; nothing to show")
+    name = (lambda c: class_names[c]) if class_names else str
+    titles = [f"{name(labels[i])} / {name(predictions[i])}" for i in wrong]
+    return _grid(images[wrong], titles, columns, path)
+
+
+def confusion_matrix(cm: Any, path: str | pathlib.Path | None = None,
+                     class_names: Sequence[str] | None = None) -> Any:
+    """The confusion matrix (rows: true class, columns: predicted) as an annotated heatmap."""
+    plt = _pyplot()
+    cm = np.asarray(_backend.to_host(cm))
+    n = cm.shape[0]
+    names = list(class_names) if class_names else [str(i) for i in range(n)]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
+    shown = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(shown, ax=ax, fraction=0.046)
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = cm.max() / 2 if cm.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > threshold else "black")
+    return _finish(fig, path)
+
+
+def feature_maps(model: Any, x: Any, layer: str, path: str | pathlib.Path | None = None,
+                 columns: int = 8) -> Any:
+    """The output channels of ``layer`` for one input ``x`` of shape (1, C, H, W)."""
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"feature_maps: expected one input of shape (1, C, H, W), got "
+                         f"{tuple(x.shape)}")
+    for item in model:
+        x = item.forward(x, train=False)
+        if item.name == layer:
+            break
+    else:
+        raise KeyError(f"feature_maps: no layer named {layer!r}")
+    maps = _backend.to_host(x)
+    if maps.ndim != 4:
+        raise ValueError(f"feature_maps: {layer!r} gives shape {maps.shape}, not feature maps")
+    return _grid(maps[0][:, None], [f"{layer} #{i}" for i in range(maps.shape[1])], columns, path)
+
+
+def parameter_table(model: Any, path: str | pathlib.Path | None = None) -> Any:
+    """The model's parameter table (model.summary()) as a figure."""
+    plt = _pyplot()
+    text = model.summary(print_fn=None)
+    lines = text.splitlines()
+    fig = plt.figure(figsize=(0.085 * max(len(l) for l in lines), 0.22 * len(lines) + 0.3))
+    fig.text(0.01, 0.98, text, family="monospace", fontsize=9, va="top")
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def parameter_table_markdown(model: Any) -> str:
+    """The parameter table as a Markdown table."""
+    rows = ["| layer | type | weights | biases | total |", "| --- | --- | ---: | ---: | ---: |"]
+    for layer in model:
+        sizes = {k: math.prod(v.shape) for k, v in layer.params.items()}
+        biases = sizes.get("b", 0)
+        weights = sum(sizes.values()) - biases
+        rows.append(f"| {layer.name} | {layer.type_name} | {weights:,} | {biases:,} | "
+                    f"{weights + biases:,} |")
+    rows.append(f"| **total** | | | | **{model.num_params():,}** |")
+    return "\n".join(rows)
+
+
+def write_report(folder: str | pathlib.Path, *, title: str, model: Any, history: Any,
+                 test: Any, test_images: Any, class_names: Sequence[str] | None = None,
+                 summary: dict[str, Any] | None = None, preprocess: Any = None) -> pathlib.Path:
+    """Write the figures and a Markdown summary (``report.md``) into ``folder``.
+
+    ``test`` is the result of :func:`anyarray_nn.train.evaluate` on ``test_images`` (in the
+    same order; shown as they are). ``preprocess`` (e.g. the Standardize used in training)
+    prepares the image whose feature maps are drawn. The summary gives the accuracy,
+    per-class precision and recall, the parameter table and the timing from ``summary``,
+    and links every figure.
+    """
+    plt = _pyplot()
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cm = metrics.confusion_matrix(test.labels, test.predictions,
+                                  len(class_names) if class_names else None)
+    first_conv = next((l.name for l in model if l.type_name == "Conv2D"), None)
+    figures = {"learning_curves.png": lambda p: learning_curves(history, p),
+               "confusion_matrix.png": lambda p: confusion_matrix(cm, p, class_names),
+               "misclassified.png": lambda p: misclassified(test_images, test.labels,
+                                                            test.predictions, p, class_names),
+               "parameters.png": lambda p: parameter_table(model, p)}
+    if first_conv:
+        figures["filters.png"] = lambda p: filters(model, p)
+        sample = _backend.asarray(np.asarray(_backend.to_host(test_images))[:1],
+                                  backend=model.backend, dtype=model.dtype)
+        if preprocess is not None:
+            sample = preprocess(sample)
+        figures["feature_maps.png"] = lambda p: feature_maps(model, sample, first_conv, p)
+    for name, draw in figures.items():
+        plt.close(draw(folder / name))
+    lines = [f"# {title}", "", f"Test accuracy: **{test.accuracy:.2%}** "
+             f"({len(test.labels):,} images), test loss {test.loss:.4f}."]
+    if summary:
+        lines += ["", "| | |", "| --- | --- |"]
+        lines += [f"| {k.replace('_', ' ')} | {v:.4g} |" if isinstance(v, float) else
+                  f"| {k.replace('_', ' ')} | {v} |" for k, v in summary.items()]
+    lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)",
+              "", "## Confusion matrix", "", "![confusion matrix](confusion_matrix.png)",
+              "", "## Precision and recall", "", "```text",
+              metrics.classification_report(test.labels, test.predictions, class_names),
+              "```", "", "## Misclassified test images (true / predicted)", "",
+              "![misclassified](misclassified.png)"]
+    if first_conv:
+        lines += ["", f"## Filters of {first_conv}", "", "![filters](filters.png)", "",
+                  f"## Feature maps of {first_conv} for the first test image", "",
+                  "![feature maps](feature_maps.png)"]
+    lines += ["", "## Parameters", "", parameter_table_markdown(model), "",
+              "![parameter table](parameters.png)", ""]
+    report = folder / "report.md"
+    report.write_text("\n".join(lines))
+    return report
