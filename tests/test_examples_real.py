@@ -20,13 +20,15 @@ def test_mnist_example_learns_from_a_few_thousand_images(tmp_path):
     from anyarray_nn.examples import mnist
     saved = tmp_path / "mnist.h5"
     out = CliRunner().invoke(mnist.main, ["--limit", "5000", "--epochs", "2", "--no-progress",
-                                          "--save", str(saved)])
+                                          "--save", str(saved), "--report", str(tmp_path / "r")])
     assert out.exit_code == 0, out.output
     result = summary(out.output)
     assert result["test_accuracy"] > 0.8  # chance is 0.1
     assert "confusion matrix" in out.output and "precision" in out.output
     import anyarray_nn as ann
     assert ann.load_model(saved).num_params() == 14_682
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "Test accuracy" in report and len(list((tmp_path / "r").glob("*.png"))) == 6
 
 
 def test_cifar10_example_learns_from_a_few_thousand_images():
