@@ -11,7 +11,7 @@ Names accepted wherever a layer takes ``init=``:
 ``"glorot"`` / ``"glorot_uniform"``  uniform on +-sqrt(6 / (fan_in + fan_out))  (tanh, sigmoid)
 ``"glorot_normal"``           normal, std = sqrt(2 / (fan_in + fan_out))
 ``"normal"``                  the course's scaled normal: 0.01 * N(0, 1); see :func:`normal`
-``"zeros"``                   all zeros
+``"zeros"`` / ``"ones"``      all zeros / all ones
 
 A callable ``f(shape, fan_in, fan_out, rng) -> numpy.ndarray`` is accepted too.
 """
@@ -53,6 +53,11 @@ def zeros(shape: tuple, fan_in: int, fan_out: int, rng: np.random.Generator) -> 
     return np.zeros(shape)
 
 
+def ones(shape: tuple, fan_in: int, fan_out: int, rng: np.random.Generator) -> np.ndarray:
+    """All ones (batch normalization's scale)."""
+    return np.ones(shape)
+
+
 def normal(std: float = 0.01) -> Initializer:
     """The scaled normal ``std * N(0, 1)``, as in the course framework (std 0.01 by default)."""
     if not std > 0:
@@ -74,6 +79,7 @@ INITIALIZERS: dict[str, Initializer] = {
     "glorot_normal": glorot_normal,
     "normal": normal(0.01),
     "zeros": zeros,
+    "ones": ones,
 }
 
 

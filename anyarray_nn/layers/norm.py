@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import backend as _backend
 from .. import functional as F
+from ..errors import InputError
 from .base import Layer, register
 
 
@@ -28,19 +29,14 @@ class _BatchNorm(Layer):
             raise ValueError(f"{type(self).__name__}: expected 0 <= momentum <= 1 and eps > 0, "
                              f"got momentum={momentum}, eps={eps}")
         self.num_features, self.eps, self.momentum = num_features, float(eps), float(momentum)
-        ones = lambda shape, *_: np.ones(shape)  # noqa: E731 - an initializer
-        zeros = "zeros"
-        self.params["gamma"] = self._new_param(ones, (num_features,), 1, 1, backend, dtype, rng)
-        self.params["beta"] = self._new_param(zeros, (num_features,), 1, 1, backend, dtype, rng)
-        self.buffers["running_mean"] = self._new_param(zeros, (num_features,), 1, 1, backend,
-                                                       dtype, rng)
-        self.buffers["running_var"] = self._new_param(ones, (num_features,), 1, 1, backend,
-                                                      dtype, rng)
+        for store, name, init in ((self.params, "gamma", "ones"), (self.params, "beta", "zeros"),
+                                  (self.buffers, "running_mean", "zeros"),
+                                  (self.buffers, "running_var", "ones")):
+            store[name] = self._new_param(init, (num_features,), 1, 1, backend, dtype, rng)
 
     def _check_rank(self, x: Any) -> None:
         if x.ndim != self.ndim:
             layout = "(N, C)" if self.ndim == 2 else "(N, C, H, W)"
-            from ..errors import InputError
             raise InputError(f"x: expected a {self.ndim}-D array {layout}, got shape "
                              f"{tuple(x.shape)}")
 
