@@ -7,7 +7,6 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-import anyarray_nn as ann
 from anyarray_nn.bench import cases as C
 from anyarray_nn.bench import cli
 

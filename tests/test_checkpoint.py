@@ -343,8 +343,8 @@ def test_iteration_checkpoints_record_completed_epochs_and_never_delete_the_new_
     loader = DataLoader(x, y, 25, seed=0)  # 4 steps per epoch
     model = ann.Sequential([Dense(2, 4, rng=0), Tanh(), Dense(4, 2, rng=1)])
     saver = ck.CheckpointEvery(tmp_path, 4, per="iteration", keep=1)
-    h = train.fit(model, ann.losses.SoftmaxCrossEntropy(), ann.optim.SGD(model, lr=0.1), loader,
-                  iterations=8, callbacks=[saver], progress=False)
+    train.fit(model, ann.losses.SoftmaxCrossEntropy(), ann.optim.SGD(model, lr=0.1), loader,
+              iterations=8, callbacks=[saver], progress=False)
     data = ck.read_checkpoint(ck.latest_checkpoint(tmp_path))
     assert data["step"] == 8 and data["epoch"] == 1 and len(data["history"]["epochs"]) == 1
     # a restarted run (without its history) counts steps from 0 again: keep its new file

@@ -14,6 +14,7 @@ Inputs are drawn on the host from a fixed seed, so every side computes on the sa
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -77,7 +78,8 @@ class Case:
         return builders[self.suite](self, target, batch, dtype)
 
 
-def _layer_sizes(network: str) -> list[tuple[str, str, tuple]]:
+@functools.lru_cache(maxsize=None)  # building a network to read its shapes is not free
+def _layer_sizes(network: str) -> tuple[tuple[str, str, tuple], ...]:
     """(layer name, suite, spec) of every conv, dense and pool layer in a course network."""
     c, h, w = INPUT_SHAPES[network]
     out = []
@@ -91,7 +93,7 @@ def _layer_sizes(network: str) -> list[tuple[str, str, tuple]]:
             h, w = h // layer.kernel_size[0], w // layer.kernel_size[1]
         elif layer.type_name == "Dense":
             out.append((layer.name, "dense", (layer.in_features, layer.out_features)))
-    return out
+    return tuple(out)
 
 
 def all_cases() -> list[Case]:
