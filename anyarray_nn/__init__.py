@@ -24,13 +24,14 @@ from .errors import BackendError, BackendMismatchError, InputError
 from .gradcheck import GradCheckReport, check_gradients
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, warm_start
 from .model import Sequential
+from .parallel import DataParallel
 from .train import History, evaluate, fit
 
 __all__ = [
     "Backend", "available_backends", "asarray", "current_backend", "get_backend", "seed",
     "set_backend", "synchronize", "to_host", "using",
     "BackendError", "BackendMismatchError", "InputError",
-    "GradCheckReport", "check_gradients", "Sequential",
+    "GradCheckReport", "check_gradients", "Sequential", "DataParallel",
     "save_checkpoint", "load_checkpoint", "warm_start", "load_model", "checkpoint",
     "data", "functional", "gradcheck", "init", "layers", "losses", "metrics", "networks", "optim",
     "schedules", "train", "fit", "evaluate", "History",

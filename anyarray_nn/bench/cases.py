@@ -25,6 +25,7 @@ from ..functional.conv import _conv2d_forward_with_patches, _conv2d_input_gradie
 from ..losses import SoftmaxCrossEntropy
 from ..networks import NETWORKS
 from ..optim import SGD
+from ..parallel import DataParallel
 
 INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar10_large": (3, 32, 32)}
 SUITES = ("conv", "dense", "pool", "train")
@@ -36,7 +37,7 @@ class Case:
 
     suite: str
     layer: str           # e.g. "mnist.conv2"
-    piece: str           # forward, dX, dW, backward, step
+    piece: str           # forward, dX, dW, backward, step, step-threads
     spec: tuple          # sizes, see the builders below
 
     @property
@@ -72,7 +73,7 @@ class Case:
         """A no-argument callable running this case once on ``target``.
 
         ``target`` is a backend name for our kernels, or ``"pytorch"`` / ``"pytorch:cuda"``
-        for the reference.
+        for the reference. None: this case does not run on ``target``.
         """
         builders = REFERENCE if target.startswith("pytorch") else OURS
         return builders[self.suite](self, target, batch, dtype)
@@ -107,7 +108,9 @@ def all_cases() -> list[Case]:
                 continue
             seen.add((suite, spec))
             cases += [Case(suite, f"{network}.{name}", piece, spec) for piece in pieces[suite]]
-    cases += [Case("train", network, "step", (network,)) for network in NETWORKS]
+    # "step-threads": the same step through DataParallel (one batch slice per core; NumPy).
+    cases += [Case("train", network, piece, (network,))
+              for network in NETWORKS for piece in ("step", "step-threads")]
     return cases
 
 
@@ -166,9 +169,14 @@ def _ours_pool(case: Case, target: str, batch: int, dtype: str) -> Callable[[], 
     return lambda: F.maxpool2d_backward(x, dy, k, y=y)
 
 
-def _ours_train(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any]:
+def _ours_train(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any] | None:
     network = case.spec[0]
+    threaded = case.piece == "step-threads"
+    if threaded and target != "numpy":  # torch has its own thread pool; a GPU needs none
+        return None
     model = NETWORKS[network](rng=0, backend=target, dtype=dtype)
+    if threaded:  # every batch size threaded, to show where it pays (DataParallel's min_batch is 32)
+        model = DataParallel(model, min_batch=1)
     x = _backend.asarray(_host((batch, *INPUT_SHAPES[network]), 0), backend=target, dtype=dtype)
     labels = _backend.asarray(np.arange(batch) % 10, backend=target)
     loss_fn = SoftmaxCrossEntropy()

@@ -218,9 +218,10 @@ def run(cases: list[Case], settings: Settings,
             if progress:
                 progress(f"{case.name} batch {batch}")
             calls = {t: case.build(t, batch, settings.dtype) for t in targets}
+            calls = {t: call for t, call in calls.items() if call is not None}
             times = time_targets(calls, settings.repeats, settings.blocks)
-            medians = {t: summarize(times[t])[0] for t in targets}
-            for target in targets:
+            medians = {t: summarize(times[t])[0] for t in calls}
+            for target in calls:
                 row = _row(case, batch, target, times[target], medians, peaks, settings)
                 if case.suite == "train":
                     row["peak_memory_mb"] = peak_memory_mb(calls[target], target)

@@ -50,6 +50,10 @@ def check_layer_name(name: str | None) -> None:
 class Layer:
     """Base class of every layer: ``forward(x, *, train)`` then ``backward(dy) -> dx``."""
 
+    #: Whether each sample's output and gradients depend only on that sample, so that slices
+    #: of a batch can run separately (:class:`anyarray_nn.parallel.DataParallel`).
+    batch_separable = True
+
     def __init__(self, name: str | None = None) -> None:
         check_layer_name(name)
         self.name = name

@@ -16,6 +16,8 @@ from .base import Layer, register
 class _BatchNorm(Layer):
     """Shared code of BatchNorm1D and BatchNorm2D (they differ in the input rank only)."""
 
+    batch_separable = False  # training statistics come from the whole batch
+
     ndim = 2
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
@@ -87,6 +89,8 @@ class Dropout(Layer):
     Masks are drawn on the host from the layer's own generator (seeded by ``rng``, else from
     the global seed), so runs are reproducible on every backend; checkpoints save its state.
     """
+
+    batch_separable = False  # masks are drawn in call order from one generator
 
     def __init__(self, p: float = 0.5, *, name: str | None = None, rng: Any = None) -> None:
         super().__init__(name)

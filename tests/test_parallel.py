@@ -1,0 +1,112 @@
+"""DataParallel: slices of the batch on threads give the full batch's outputs and gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import anyarray_nn as ann
+from anyarray_nn.data.pipeline import DataLoader
+from anyarray_nn.errors import InputError
+from anyarray_nn.losses import SoftmaxCrossEntropy
+from anyarray_nn.networks import cifar10_bn_net, mnist_net
+from anyarray_nn.optim import SGD
+
+from helpers import assert_close, host
+
+
+def _step(model, loss_fn, x, labels, input_grad=False):
+    loss = loss_fn.forward(model.forward(x, train=True), labels)
+    dx = model.backward(loss_fn.backward(), input_grad=input_grad)
+    return loss, dx
+
+
+@pytest.mark.parametrize("threads, batch", [(2, 8), (3, 7)])
+def test_gradients_and_input_gradient_equal_one_thread(xp, rng, threads, batch):
+    serial = mnist_net(rng=0, dtype="float64")
+    parallel = ann.DataParallel(mnist_net(rng=0, dtype="float64"), threads=threads, min_batch=1)
+    x = ann.asarray(rng.standard_normal((batch, 1, 28, 28)), dtype="float64")
+    labels = ann.asarray(np.arange(batch) % 10)
+    loss_a, dx_a = _step(serial, SoftmaxCrossEntropy(), x, labels, input_grad=True)
+    loss_b, dx_b = _step(parallel, SoftmaxCrossEntropy(), x, labels, input_grad=True)
+    assert parallel._bounds is not None and len(parallel._bounds) == threads  # really split
+    assert_close(loss_b, loss_a)
+    assert_close(dx_b, dx_a)
+    grads_a, grads_b = serial.grads(), parallel.grads()
+    assert grads_a.keys() == grads_b.keys()
+    for key in grads_a:
+        assert_close(grads_b[key], grads_a[key])
+
+
+def test_training_with_an_optimizer_follows_one_thread(rng):
+    serial = mnist_net(rng=0, dtype="float64")
+    parallel = ann.DataParallel(mnist_net(rng=0, dtype="float64"), threads=2, min_batch=1)
+    opt_a = SGD(serial, lr=0.1, momentum=0.9)
+    opt_b = SGD(parallel, lr=0.1, momentum=0.9)
+    x = rng.standard_normal((12, 1, 28, 28))
+    labels = np.arange(12) % 10
+    for _ in range(3):
+        _step(serial, SoftmaxCrossEntropy(), x, labels)
+        opt_a.step()
+        _step(parallel, SoftmaxCrossEntropy(), x, labels)
+        opt_b.step()
+    for key, value in serial.params().items():
+        assert_close(parallel.params()[key], value, rtol=1e-9, atol=1e-12)
+    # The copies share the wrapped model's parameters: the update reached them too.
+    copy_w = parallel._copies[0].layers[0].params["W"]
+    assert copy_w is parallel.model.layers[0].params["W"]
+
+
+def test_small_batches_run_on_the_calling_thread(rng):
+    parallel = ann.DataParallel(mnist_net(rng=0), threads=2, min_batch=32)
+    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+    out = parallel.forward(x, train=True)
+    assert parallel._bounds is None
+    np.testing.assert_array_equal(out, parallel.model.forward(x))
+    parallel.forward(np.concatenate([x] * 8), train=True)
+    assert parallel._bounds == [(0, 16), (16, 32)]
+
+
+def test_models_whose_samples_interact_are_refused():
+    with pytest.raises(ValueError, match=r"BatchNorm2D 'bn1'.*without DataParallel"):
+        ann.DataParallel(cifar10_bn_net(rng=0))
+    with pytest.raises(ValueError, match="threads >= 1"):
+        ann.DataParallel(mnist_net(rng=0), threads=0)
+    with pytest.raises(TypeError, match="Sequential"):
+        ann.DataParallel([ann.layers.ReLU()])
+
+
+def test_an_error_on_a_worker_thread_reaches_the_caller(rng):
+    parallel = ann.DataParallel(mnist_net(rng=0), threads=2, min_batch=1)
+    x = rng.standard_normal((4, 3, 28, 28)).astype(np.float32)  # 3 channels, conv1 wants 1
+    with pytest.raises(InputError, match=r"Conv2D 'conv1'.*channels"):
+        parallel.forward(x, train=True)
+
+
+def test_fit_evaluate_and_checkpoints_take_the_wrapper(tmp_path, rng):
+    parallel = ann.DataParallel(mnist_net(rng=0), threads=2, min_batch=1)
+    x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+    y = (np.arange(64) % 10).astype(np.int64)
+    loader = DataLoader(x, y, batch_size=32, shuffle=False)
+    opt = SGD(parallel, lr=0.01)
+    history = ann.fit(parallel, SoftmaxCrossEntropy(), opt, loader, epochs=1, progress=False)
+    assert len(history.iterations) == 2
+    before = ann.evaluate(parallel, SoftmaxCrossEntropy(), loader)
+    ann.save_checkpoint(tmp_path / "dp.h5", parallel, opt)
+    fresh = mnist_net(rng=1)
+    ann.load_checkpoint(tmp_path / "dp.h5", fresh)
+    for key, value in parallel.params().items():
+        np.testing.assert_array_equal(host(fresh.params()[key]), host(value))
+    after = ann.evaluate(ann.DataParallel(fresh, threads=2, min_batch=1), SoftmaxCrossEntropy(),
+                         loader)
+    assert after.loss == pytest.approx(before.loss, rel=1e-6)
+    assert after.accuracy == before.accuracy
+
+
+def test_moving_the_wrapped_model_moves_every_copy(rng):
+    parallel = ann.DataParallel(mnist_net(rng=0), threads=2, min_batch=1)
+    parallel.to(dtype="float64")
+    assert parallel.dtype == "float64"
+    assert parallel._copies[0].layers[0].params["W"].dtype == np.float64
+    out = parallel.forward(rng.standard_normal((4, 1, 28, 28)))
+    assert out.dtype == np.float64 and out.shape == (4, 10)
