@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import os
 import threading
@@ -221,6 +222,8 @@ def namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Any:
     :class:`BackendMismatchError` naming both (``names`` labels the arguments in the message).
     """
     present = [(i, a) for i, a in enumerate(arrays) if a is not None]
+    if present and all(type(a) is np.ndarray for _, a in present):
+        return _numpy_namespace()  # the common case, without array_api_compat's full search
     kinds = [backend_name_of(a) for _, a in present]
     if len(set(kinds)) > 1:
         labels = [names[i] if names else f"argument {i}" for i, _ in present]
@@ -290,10 +293,17 @@ def resolve_dtype(xp: Any, dtype: Any) -> Any:
     return dtype
 
 
+@functools.lru_cache(maxsize=64)
 def dtype_name(dtype: Any) -> str:
     """The standard name of a dtype object of any backend (``"float32"``)."""
     text = str(dtype)
     return text.rsplit(".", 1)[-1]
+
+
+@functools.cache
+def _numpy_namespace() -> Any:
+    import array_api_compat.numpy as xp
+    return xp
 
 
 def synchronize(backend: str | Backend | None = None) -> None:
