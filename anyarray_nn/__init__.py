@@ -7,7 +7,7 @@ array-api-strict. Start with :func:`set_backend`, build a :class:`Sequential` of
 
 __version__ = "0.1.0"
 
-from . import data, functional, host_memory, gradcheck, init, layers, losses, metrics, networks, optim, schedules, train
+from . import data, functional, gradcheck, init, layers, losses, metrics, networks, optim, schedules, train
 from .backend import (
     Backend,
     available_backends,
@@ -36,5 +36,3 @@ __all__ = [
     "data", "functional", "gradcheck", "init", "layers", "losses", "metrics", "networks", "optim",
     "schedules", "train", "fit", "evaluate", "History",
 ]
-
-host_memory.keep_freed_memory()  # reuse freed step buffers instead of page-faulting them in
