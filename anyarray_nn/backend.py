@@ -293,11 +293,16 @@ def resolve_dtype(xp: Any, dtype: Any) -> Any:
     return dtype
 
 
-@functools.lru_cache(maxsize=64)
 def dtype_name(dtype: Any) -> str:
     """The standard name of a dtype object of any backend (``"float32"``)."""
-    text = str(dtype)
-    return text.rsplit(".", 1)[-1]
+    # Keyed by type first, so the cache never compares dtypes of two libraries (array-api-
+    # strict warns when its dtypes meet NumPy's).
+    return _dtype_name(type(dtype), dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype_name(kind: type, dtype: Any) -> str:
+    return str(dtype).rsplit(".", 1)[-1]
 
 
 @functools.cache
