@@ -101,6 +101,10 @@ def test_fit_evaluate_and_checkpoints_take_the_wrapper(tmp_path, rng):
                          loader)
     assert after.loss == pytest.approx(before.loss, rel=1e-6)
     assert after.accuracy == before.accuracy
+    # Loading into a wrapper reaches its thread copies: they compute with the loaded weights.
+    wrapped = ann.DataParallel(mnist_net(rng=2), threads=2, min_batch=1)
+    ann.load_checkpoint(tmp_path / "dp.h5", wrapped)
+    np.testing.assert_allclose(wrapped.forward(x[:8]), parallel.forward(x[:8]), rtol=1e-6)
 
 
 def test_moving_the_wrapped_model_moves_every_copy(rng):
