@@ -131,6 +131,13 @@ class Layer:
         self._cache = None
         return self
 
+    def _check_sizes(self, **sizes: Any) -> None:
+        """Raise ValueError naming the layer type unless every size is a positive int."""
+        for label, value in sizes.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{self.type_name}: expected {label} to be a positive int, "
+                                 f"got {value!r}")
+
     @staticmethod
     def _init_name(init: Any) -> str | None:
         """How a config records an initializer: its name, or None for a callable.

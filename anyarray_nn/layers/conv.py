@@ -23,9 +23,7 @@ class Conv2D(Layer):
                  init: Any = "he", name: str | None = None, backend: Any = None,
                  dtype: str | None = None, rng: Any = None) -> None:
         super().__init__(name)
-        for label, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Conv2D: expected {label} to be a positive int, got {value!r}")
+        self._check_sizes(in_channels=in_channels, out_channels=out_channels)
         kh, kw = _pair(kernel_size, "kernel_size")
         if kh < 1 or kw < 1:
             raise ValueError(f"Conv2D: expected kernel_size >= 1, got {kernel_size!r}")

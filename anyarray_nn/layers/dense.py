@@ -23,9 +23,7 @@ class Dense(Layer):
                  init: Any = "he", name: str | None = None, backend: Any = None,
                  dtype: str | None = None, rng: Any = None) -> None:
         super().__init__(name)
-        for label, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Dense: expected {label} to be a positive int, got {value!r}")
+        self._check_sizes(in_features=in_features, out_features=out_features)
         self.in_features, self.out_features, self.bias = in_features, out_features, bias
         self.init = self._init_name(init)
         self.params["W"] = self._new_param(init, (out_features, in_features), in_features,

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import backend as _backend
 from .. import functional as F
-from ..errors import InputError
+from ..functional._checks import check_ndim
 from .base import Layer, register
 
 
@@ -17,16 +17,13 @@ class _BatchNorm(Layer):
     """Shared code of BatchNorm1D and BatchNorm2D (they differ in the input rank only)."""
 
     batch_separable = False  # training statistics come from the whole batch
-
-    ndim = 2
+    ndim: int  # the input rank, set by each subclass
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
                  name: str | None = None, backend: Any = None, dtype: str | None = None,
                  rng: Any = None) -> None:
         super().__init__(name)
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"{type(self).__name__}: expected num_features to be a positive "
-                             f"int, got {num_features!r}")
+        self._check_sizes(num_features=num_features)
         if not 0.0 <= momentum <= 1.0 or eps <= 0:
             raise ValueError(f"{type(self).__name__}: expected 0 <= momentum <= 1 and eps > 0, "
                              f"got momentum={momentum}, eps={eps}")
@@ -36,14 +33,8 @@ class _BatchNorm(Layer):
                                   (self.buffers, "running_var", "ones")):
             store[name] = self._new_param(init, (num_features,), 1, 1, backend, dtype, rng)
 
-    def _check_rank(self, x: Any) -> None:
-        if x.ndim != self.ndim:
-            layout = "(N, C)" if self.ndim == 2 else "(N, C, H, W)"
-            raise InputError(f"x: expected a {self.ndim}-D array {layout}, got shape "
-                             f"{tuple(x.shape)}")
-
     def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
-        self._check_rank(x)
+        check_ndim(x, self.ndim, "x", "(N, C)" if self.ndim == 2 else "(N, C, H, W)")
         gamma, beta = self.params["gamma"], self.params["beta"]
         if not train:
             return F.batchnorm_inference(x, gamma, beta, self.buffers["running_mean"],
