@@ -274,6 +274,12 @@ def asarray(data: Any, backend: str | Backend | None = None, dtype: str | None =
     return out
 
 
+def asarray_like(data: Any, like: Any, copy: bool = False) -> Any:
+    """``data`` as an array of ``like``'s backend, device and dtype (e.g. stored weights put
+    where a parameter lives)."""
+    return asarray(data, backend=backend_name_of(like), dtype=dtype_name(like.dtype), copy=copy)
+
+
 def _is_array(x: Any) -> bool:
     return (array_api_compat.is_numpy_array(x) or array_api_compat.is_cupy_array(x)
             or array_api_compat.is_torch_array(x) or _is_strict(x))

@@ -296,9 +296,7 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
     state = data["state"] or {}
     if loader is not None and not state.get("loader"):
         raise CheckpointError(f"{path}: holds no data loader position (train/state)")
-    new_params = {key: _backend.asarray(stored[key], backend=_backend.backend_name_of(value),
-                                        dtype=_backend.dtype_name(value.dtype))
-                  for key, value in params.items()}
+    new_params = {key: _backend.asarray_like(stored[key], value) for key, value in params.items()}
     if optimizer is not None:
         try:
             optimizer.load_state_dict(data["optimizer"])
@@ -439,9 +437,7 @@ def warm_start(model: Sequential, path: str | os.PathLike, *, by_position: bool 
     if strict and not report.complete:
         raise WarmStartError(f"{path}: a strict warm start loads all or nothing, and this one "
                              f"would be partial (pass strict=False to load what fits):\n{report}")
-    _assign(model, {k: _backend.asarray(v, backend=_backend.backend_name_of(params[k]),
-                                        dtype=_backend.dtype_name(params[k].dtype))
-                    for k, v in updates.items()})
+    _assign(model, {k: _backend.asarray_like(v, params[k]) for k, v in updates.items()})
     if print_report:
         print(report)
     return report

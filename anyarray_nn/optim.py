@@ -124,9 +124,7 @@ class Optimizer:
                 if tuple(value.shape) != tuple(w.shape):
                     raise ValueError(f"{name}.load_state_dict: {key}/{slot} has shape "
                                      f"{tuple(value.shape)}, expected {tuple(w.shape)}")
-                new_state[key][slot] = _backend.asarray(
-                    value, backend=_backend.backend_name_of(w),
-                    dtype=_backend.dtype_name(w.dtype), copy=True)
+                new_state[key][slot] = _backend.asarray_like(value, w, copy=True)
         config = state_dict.get("config", {})
         unknown = sorted(set(config) - set(self.get_config()))
         if unknown:

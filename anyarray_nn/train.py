@@ -182,9 +182,7 @@ class EarlyStopping(Callback):
     def on_train_end(self, state: TrainState) -> None:
         if self.restore_best and self.best_params is not None:
             for key, value in state.model.params().items():
-                value[...] = _backend.asarray(self.best_params[key],
-                                              backend=_backend.backend_name_of(value),
-                                              dtype=_backend.dtype_name(value.dtype))
+                value[...] = _backend.asarray_like(self.best_params[key], value)
 
 
 class Every(Callback):

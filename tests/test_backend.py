@@ -74,6 +74,14 @@ def test_asarray_moves_between_backends_and_casts(xp, backend_name):
     np.testing.assert_array_equal(ann.to_host(a), back)
 
 
+def test_asarray_like_takes_the_backend_and_dtype_of_another_array(xp, backend_name):
+    like = ann.asarray(np.zeros(3), dtype="float64")
+    host = np.array([1, 2, 3], dtype=np.int32)
+    out = B.asarray_like(host, like, copy=True)
+    assert B.backend_name_of(out) == backend_name and B.dtype_name(out.dtype) == "float64"
+    np.testing.assert_array_equal(ann.to_host(out), [1.0, 2.0, 3.0])
+
+
 def test_asarray_rejects_unknown_dtype():
     with pytest.raises(ValueError, match="unsupported dtype 'float8'"):
         ann.asarray([1.0], dtype="float8")

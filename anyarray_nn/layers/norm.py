@@ -94,8 +94,7 @@ class Dropout(Layer):
         if not train or self.p == 0.0:
             return x, None
         keep = self.rng.random(tuple(x.shape)) >= self.p
-        mask = _backend.asarray(keep, backend=_backend.backend_name_of(x),
-                                dtype=_backend.dtype_name(x.dtype))
+        mask = _backend.asarray_like(keep, x)
         return F.dropout_forward(x, mask, self.p), mask
 
     def _backward(self, dy: Any, mask: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
