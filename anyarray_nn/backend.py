@@ -215,6 +215,12 @@ def backend_name_of(x: Any) -> str:
         f"got {type(x).__module__}.{type(x).__name__}")
 
 
+def on_gpu(name: str) -> bool:
+    """Whether a backend name (``backend_name_of`` output, or a benchmark target such as
+    ``"pytorch:cuda"``) runs on a GPU."""
+    return name.startswith("cupy") or ":cuda" in name
+
+
 def namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Any:
     """The array namespace shared by ``arrays`` (``None`` entries are ignored).
 

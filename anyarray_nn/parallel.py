@@ -64,7 +64,8 @@ class DataParallel:
         # all); each keeps its own cache and gradients.
         self._copies = [Sequential([copy.copy(layer) for layer in model.layers])
                         for _ in range(threads - 1)]
-        self._pool = ThreadPoolExecutor(max(threads - 1, 1), thread_name_prefix="anyarray_nn")
+        self._pool = (ThreadPoolExecutor(threads - 1, thread_name_prefix="anyarray_nn")
+                      if threads > 1 else None)
         self._bounds: list[tuple[int, int]] | None = None
 
     # --- running -------------------------------------------------------------------------
@@ -72,9 +73,8 @@ class DataParallel:
     def forward(self, x: Any, *, train: bool = False) -> Any:
         """The model's output for ``x``, each slice of the batch computed on its own thread."""
         n = x.shape[0]
-        where = _backend.backend_name_of(x)
-        on_gpu = where.startswith("cupy") or "cuda" in where
-        if self.threads == 1 or n < max(self.min_batch, self.threads) or on_gpu:
+        if (self.threads == 1 or n < max(self.min_batch, self.threads)
+                or _backend.on_gpu(_backend.backend_name_of(x))):
             self._bounds = None
             return self.model.forward(x, train=train)
         self._bounds = [(n * i // self.threads, n * (i + 1) // self.threads)
@@ -89,8 +89,8 @@ class DataParallel:
         dxs = self._run(lambda net, lo, hi: net.backward(dy[lo:hi, ...], input_grad=input_grad))
         for i, layer in enumerate(self.model.layers):
             if layer.params:
-                layer.grads = {key: _sum([layer.grads[key]] +
-                                         [c.layers[i].grads[key] for c in self._copies])
+                layer.grads = {key: sum((c.layers[i].grads[key] for c in self._copies),
+                                        layer.grads[key])
                                for key in layer.params}
         return _backend.namespace(dy).concat(dxs, axis=0) if input_grad else None
 
@@ -110,12 +110,9 @@ class DataParallel:
                 raise r
         return [first] + results
 
-    def __call__(self, x: Any, *, train: bool = False) -> Any:
-        return self.forward(x, train=train)
-
-    def predict(self, x: Any) -> Any:
-        """Class indices of the largest output per row (evaluation mode)."""
-        return _backend.namespace(x).argmax(self.forward(x, train=False), axis=1)
+    # Sequential's own, running through this class's forward.
+    __call__ = Sequential.__call__
+    predict = Sequential.predict
 
     # --- everything else is the wrapped model's ------------------------------------------
 
@@ -135,10 +132,3 @@ class DataParallel:
 
     def __repr__(self) -> str:
         return f"DataParallel({self.model!r}, threads={self.threads}, min_batch={self.min_batch})"
-
-
-def _sum(arrays: list[Any]) -> Any:
-    total = arrays[0]
-    for a in arrays[1:]:
-        total = total + a
-    return total

@@ -63,8 +63,14 @@ def test_small_batches_run_on_the_calling_thread(rng):
     out = parallel.forward(x, train=True)
     assert parallel._bounds is None
     np.testing.assert_array_equal(out, parallel.model.forward(x))
-    parallel.forward(np.concatenate([x] * 8), train=True)
+    batch = np.concatenate([x] * 8)
+    parallel.forward(batch, train=True)
     assert parallel._bounds == [(0, 16), (16, 32)]
+    np.testing.assert_array_equal(parallel.predict(batch), parallel.model.predict(batch))
+    np.testing.assert_allclose(parallel(batch), parallel.model(batch), rtol=1e-6)
+    one = ann.DataParallel(mnist_net(rng=0), threads=1, min_batch=1)
+    one.forward(batch, train=True)
+    assert one._bounds is None and one._pool is None
 
 
 def test_models_whose_samples_interact_are_refused():

@@ -45,8 +45,7 @@ class Settings:
 
 def device_of(target: str) -> str:
     """"cuda" for targets that run on a GPU, "cpu" otherwise."""
-    return "cuda" if target in ("cupy", REFERENCE_CUDA) or ":cuda" in target \
-        or target.startswith("cupy:") else "cpu"
+    return "cuda" if _backend.on_gpu(target) else "cpu"
 
 
 def synchronizer(target: str) -> Callable[[], None]:
