@@ -204,8 +204,9 @@ class Every(Callback):
             self.fn(state)
 
 
-def _accuracy_count(xp: Any, logits: Any, labels: Any) -> Any:
-    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+def _correct_count(xp: Any, predicted: Any, labels: Any) -> int:
+    """How many predicted class indices equal the labels (a device-to-host read)."""
+    return int(xp.sum(xp.astype(predicted == labels, xp.int64)))
 
 
 def evaluate(model: Any, loss_fn: Any, loader: Iterable[tuple[Any, Any]]) -> EvalResult:
@@ -219,7 +220,7 @@ def evaluate(model: Any, loss_fn: Any, loader: Iterable[tuple[Any, Any]]) -> Eva
         n = int(yb.shape[0])
         total_loss += float(loss_fn.forward(logits, yb)) * n
         predicted = xp.argmax(logits, axis=1)
-        correct += int(xp.sum(xp.astype(predicted == yb, xp.int64)))
+        correct += _correct_count(xp, predicted, yb)
         count += n
         predictions.append(_backend.to_host(predicted))
         labels.append(_backend.to_host(yb))
@@ -269,12 +270,13 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
             optimizer.step()
             xp = _backend.namespace(logits)
             n = int(yb.shape[0])
-            loss_value = float(loss)  # the one device-to-host read of a step
-            correct = int(_accuracy_count(xp, logits, yb))
+            loss_value = float(loss)  # with the count below, a step's two device-to-host reads
+            correct = _correct_count(xp, xp.argmax(logits, axis=1), yb)
             state.step += 1
             steps_done += 1
-            seen, epoch_loss, epoch_correct = seen + n, epoch_loss + loss_value * n, \
-                epoch_correct + correct
+            seen += n
+            epoch_loss += loss_value * n
+            epoch_correct += correct
             state.last = {"step": state.step, "epoch": state.epoch, "loss": loss_value,
                           "accuracy": correct / n, "lr": optimizer.lr}
             state.history.iterations.append(dict(state.last))
