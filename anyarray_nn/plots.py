@@ -17,14 +17,15 @@ from . import backend as _backend
 from . import metrics
 
 
-def _pyplot() -> Any:
+def pyplot(user: str = "anyarray_nn.plots") -> Any:
+    """matplotlib.pyplot on the file-only Agg backend, or an ImportError naming ``user`` and
+    the ``plot`` extra that installs matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")  # files, not windows: works on machines without a display
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("anyarray_nn.plots needs matplotlib: pip install "
-                          "'anyarray_nn[plot]'") from None
+        raise ImportError(f"{user} needs matplotlib: pip install 'anyarray_nn[plot]'") from None
     return plt
 
 
@@ -38,7 +39,7 @@ def _finish(fig: Any, path: str | pathlib.Path | None) -> Any:
 def learning_curves(history: Any, path: str | pathlib.Path | None = None) -> Any:
     """Loss (left) and accuracy (right) per iteration (thin) and per epoch (markers), with the
     validation values where the History has them."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     steps = history.series("step", per="iteration")
     per_epoch_steps = history.series("steps")
@@ -61,7 +62,7 @@ def learning_curves(history: Any, path: str | pathlib.Path | None = None) -> Any
 def _grid(images: np.ndarray, titles: Sequence[str] | None, columns: int, path: Any,
           cell: float = 1.3) -> Any:
     """Images (N, C, H, W) with C in {1, 3} as a grid; each one scaled to [0, 1] by itself."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(images)
     rows = max(1, math.ceil(n / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * cell, rows * (cell + 0.25)),
@@ -113,7 +114,7 @@ def misclassified(images: Any, labels: Any, predictions: Any, path: str | pathli
 def confusion_matrix(cm: Any, path: str | pathlib.Path | None = None,
                      class_names: Sequence[str] | None = None) -> Any:
     """The confusion matrix (rows: true class, columns: predicted) as an annotated heatmap."""
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(_backend.to_host(cm))
     n = cm.shape[0]
     names = list(class_names) if class_names else [str(i) for i in range(n)]
@@ -152,7 +153,7 @@ def feature_maps(model: Any, x: Any, layer: str, path: str | pathlib.Path | None
 
 def parameter_table(model: Any, path: str | pathlib.Path | None = None) -> Any:
     """The model's parameter table (model.summary()) as a figure."""
-    plt = _pyplot()
+    plt = pyplot()
     text = model.summary(print_fn=None)
     lines = text.splitlines()
     fig = plt.figure(figsize=(0.085 * max(len(l) for l in lines), 0.22 * len(lines) + 0.3))
@@ -186,7 +187,7 @@ def write_report(folder: str | pathlib.Path, *, title: str, model: Any, history:
     per-class precision and recall, the parameter table and the timing from ``summary``,
     and links every figure.
     """
-    plt = _pyplot()
+    plt = pyplot()
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cm = metrics.confusion_matrix(test.labels, test.predictions,

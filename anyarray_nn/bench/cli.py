@@ -153,7 +153,7 @@ def main(ctx: click.Context, backends: tuple[str, ...], suites: tuple[str, ...],
     if plot_path:
         try:
             report.plot(result, plot_path)
-        except RuntimeError as exc:
+        except ImportError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"wrote {plot_path}")
 

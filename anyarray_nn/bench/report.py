@@ -100,12 +100,8 @@ def compare(a: dict[str, Any], b: dict[str, Any], a_name: str = "A", b_name: str
 
 def plot(result: dict[str, Any], path: str) -> None:
     """A bar chart of GFLOP/s per case and backend (one panel per batch size) saved to path."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RuntimeError("plotting needs matplotlib: pip install 'anyarray_nn[plot]'") from None
+    from ..plots import pyplot
+    plt = pyplot("plotting")
     rows = [r for r in result["rows"] if r["gflops"] is not None]
     batches = sorted({r["batch"] for r in rows})
     cases = list(dict.fromkeys(r["case"] for r in rows))
