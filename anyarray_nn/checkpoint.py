@@ -81,13 +81,10 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
             f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
             group = f.create_group("model")
             group.attrs["config"] = json.dumps(model.get_config())
-            for key, value in model.params().items():
-                _write_array(group, key.replace(".", "/"), value)
+            _write_arrays(group, model.params())
             buffers = model.buffers()
             if buffers:
-                group = f.create_group("buffers")
-                for key, value in buffers.items():
-                    _write_array(group, key.replace(".", "/"), value)
+                _write_arrays(f.create_group("buffers"), buffers)
             if optimizer is not None:
                 _write_optimizer(f, optimizer)
             train = f.create_group("train")
@@ -110,11 +107,14 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
     return path
 
 
-def _write_array(group: Any, name: str, value: Any) -> None:
-    # Fletcher-32 checksums (a standard HDF5 filter) make damaged bytes an error on reading
-    # instead of silently wrong weights.
-    host = _backend.to_host(value)
-    group.create_dataset(name, data=host, fletcher32=host.ndim > 0 and host.size > 0)
+def _write_arrays(group: Any, arrays: dict[str, Any]) -> None:
+    """Arrays keyed "layer.param[.slot]" as datasets group/layer/param[/slot]."""
+    for key, value in arrays.items():
+        host = _backend.to_host(value)
+        # Fletcher-32 checksums (a standard HDF5 filter) make damaged bytes an error on
+        # reading instead of silently wrong weights.
+        group.create_dataset(key.replace(".", "/"), data=host,
+                             fletcher32=host.ndim > 0 and host.size > 0)
 
 
 def _fsync_folder(folder: pathlib.Path) -> None:
@@ -136,9 +136,8 @@ def _write_optimizer(f: Any, optimizer: Any) -> None:
     group = f.create_group("optimizer")
     group.attrs["config"] = json.dumps({"type": state["type"], **state["config"]})
     group.attrs["step"] = int(state["step"])
-    for key, slots in state["state"].items():
-        for slot, value in slots.items():
-            _write_array(group, f"{key.replace('.', '/')}/{slot}", value)
+    _write_arrays(group, {f"{key}.{slot}": value for key, slots in state["state"].items()
+                          for slot, value in slots.items()})
 
 
 def _json_default(value: Any) -> Any:
