@@ -1,4 +1,12 @@
-"""Sequential: a list of layers run forward in order and backward in reverse."""
+"""Sequential: a list of layers run forward in order and backward in reverse.
+
+One reordering is made, because it is exact and saves a pass over the largest arrays: a ReLU
+directly followed by a MaxPool2D runs after the pooling. Max-pooling commutes with ReLU
+(relu(max(a, b)) = max(relu(a), relu(b))), so the output is the same, and the ReLU then
+works on the pooled array, a quarter of the size for 2x2 pooling. The gradients are the same
+too: where the window's maximum m is positive, the first arg-max of x is the first arg-max of
+relu(x) and both paths pass dy; where m <= 0, ReLU's gradient is 0 on both paths.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,9 @@ import math
 from typing import Any, Callable, Iterator
 
 from . import backend as _backend
+from .layers.activation import ReLU
 from .layers.base import Layer, layer_class
+from .layers.conv import MaxPool2D
 
 
 class Sequential:
@@ -29,9 +39,13 @@ class Sequential:
     # --- running -------------------------------------------------------------------------
 
     def forward(self, x: Any, *, train: bool = False) -> Any:
-        """Run every layer in order. ``train=True`` keeps the caches that backward needs."""
-        for layer in self.layers:
-            x = layer.forward(x, train=train)
+        """Run every layer in order. ``train=True`` keeps the caches that backward needs.
+
+        A ReLU directly followed by a MaxPool2D runs after it (same result, see the module
+        docstring).
+        """
+        for i in execution_order(self.layers):
+            x = self.layers[i].forward(x, train=train)
         return x
 
     def backward(self, dy: Any, *, input_grad: bool = False) -> Any:
@@ -41,8 +55,9 @@ class Sequential:
         data is skipped unless ``input_grad=True`` (then it is returned; otherwise None):
         for a first convolution it costs as much as the rest of the backward pass.
         """
-        for i in range(len(self.layers) - 1, -1, -1):
-            dy = self.layers[i].backward(dy, input_grad=input_grad or i > 0)
+        order = execution_order(self.layers)
+        for position in range(len(order) - 1, -1, -1):
+            dy = self.layers[order[position]].backward(dy, input_grad=input_grad or position > 0)
         return dy
 
     def __call__(self, x: Any, *, train: bool = False) -> Any:
@@ -159,6 +174,20 @@ class Sequential:
             extra = kwargs if _creates_params(layer_cls) else {}
             layers.append(layer_cls.from_config(entry["config"], **extra))
         return cls(layers)
+
+
+def execution_order(layers: list[Layer]) -> list[int]:
+    """Indices of ``layers`` in the order Sequential runs them: as listed, except that a ReLU
+    directly followed by a MaxPool2D swaps places with it (see the module docstring)."""
+    order = list(range(len(layers)))
+    i = 0
+    while i < len(layers) - 1:
+        if type(layers[i]) is ReLU and type(layers[i + 1]) is MaxPool2D:
+            order[i], order[i + 1] = i + 1, i
+            i += 2
+        else:
+            i += 1
+    return order
 
 
 def _creates_params(layer_cls: type[Layer]) -> bool:

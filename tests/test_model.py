@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import anyarray_nn as ann
-from anyarray_nn.layers import Dense, Flatten, ReLU, Tanh
+from anyarray_nn.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Tanh
+from anyarray_nn.model import execution_order
 from helpers import host
 
 
@@ -122,3 +123,43 @@ def test_input_gradient_only_on_request(rng):
     assert dx.shape == x.shape
     for key, value in model.grads().items():  # skipping dx changes no parameter gradient
         np.testing.assert_array_equal(value, grads[key])
+
+
+# --- ReLU before MaxPool2D runs after it -----------------------------------------------------
+
+def test_a_relu_directly_before_a_max_pool_runs_after_it():
+    layers = [Conv2D(1, 2, 3, rng=0), ReLU(), MaxPool2D(2), ReLU(), AvgPool2D(2), ReLU(),
+              ReLU(), MaxPool2D(2), MaxPool2D(2), Tanh(), MaxPool2D(2)]
+    assert execution_order(layers) == [0, 2, 1, 3, 4, 5, 7, 6, 8, 9, 10]
+    assert execution_order([]) == [] and execution_order([ReLU()]) == [0]
+
+
+@pytest.mark.parametrize("window", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)],
+                         ids=["2x2", "3x3-stride2-pad1"])
+def test_swapping_relu_and_max_pool_changes_neither_output_nor_gradients(xp, rng, window):
+    """Against the layers run one by one in the listed order, exactly, with many ties: small
+    integers make whole windows of zeros and of equal negative and positive maxima."""
+    def build():
+        return ann.Sequential([Conv2D(2, 3, 3, padding=1, dtype="float64", rng=0), ReLU(),
+                               MaxPool2D(**window), Flatten(),
+                               Dense(3 * 3 * 3, 2, dtype="float64", rng=1)])
+    model, listed = build(), build()
+    x_host = rng.integers(-2, 3, (4, 2, 6, 6)).astype(np.float64)
+    model.params()["conv1.W"][...] = ann.asarray(np.round(host(model.params()["conv1.W"]) * 2),
+                                                 dtype="float64")
+    listed.params()["conv1.W"][...] = model.params()["conv1.W"]
+    x = ann.asarray(x_host, dtype="float64")
+    y = model.forward(x, train=True)
+    out = x
+    for layer in listed:
+        out = layer.forward(out, train=True)
+    np.testing.assert_array_equal(host(y), host(out))
+    dy = ann.asarray(rng.standard_normal(tuple(y.shape)), dtype="float64")
+    dx = model.backward(dy, input_grad=True)
+    for layer in reversed(listed.layers):
+        dy = layer.backward(dy)
+    np.testing.assert_array_equal(host(dx), host(dy))
+    for key, grad in listed.grads().items():
+        np.testing.assert_array_equal(host(model.grads()[key]), host(grad), err_msg=key)
+    assert model["relu1"]._cache.shape == model["maxpool1"].forward(
+        model["conv1"].forward(x)).shape  # the ReLU really ran on the pooled array
