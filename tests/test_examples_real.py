@@ -25,7 +25,7 @@ def test_mnist_example_learns_from_a_few_thousand_images(tmp_path):
                                           "--report", str(tmp_path / "r")])
     assert out.exit_code == 0, out.output
     result = summary(out.output)
-    assert result["test_accuracy"] > 0.8  # chance is 0.1
+    assert result["test_accuracy"] > 0.9  # chance is 0.1; the old default lr 0.05 gave 0.85
     assert result["threads"] == 2 and "batch split over 2 threads" in out.output
     assert "confusion matrix" in out.output and "precision" in out.output
     import anyarray_nn as ann

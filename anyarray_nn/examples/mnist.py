@@ -18,7 +18,7 @@ from . import experiment
 
 @click.command()
 @click.option("--epochs", type=click.IntRange(min=1), default=6, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True)
 @experiment.common_options
 def main(data, backend, epochs, batch_size, lr, seed, limit, save, report, threads,
          progress) -> None:
