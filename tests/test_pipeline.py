@@ -41,6 +41,9 @@ def test_standardize_uses_per_channel_statistics(xp):
         st(ann.asarray(np.zeros((2, 4, 2, 2)), dtype="float64"))
     with pytest.raises(ValueError, match="std must be positive"):
         Standardize([0.0], [0.0])
+    with pytest.raises(ValueError, match="Standardize: expected a float32 or float64 batch, "
+                                         "got dtype uint8"):
+        st(x)
 
 
 def test_loader_visits_every_example_once_per_epoch_in_a_seeded_order(xp, backend_name):

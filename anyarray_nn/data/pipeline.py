@@ -79,6 +79,10 @@ class Standardize:
     def __call__(self, x: Any) -> Any:
         xp = _backend.namespace(x)
         key = (_backend.backend_name_of(x), _backend.dtype_name(x.dtype))
+        if key[1] not in _backend.DTYPES:
+            raise ValueError(f"Standardize: expected a float32 or float64 batch, got dtype "
+                             f"{key[1]}; convert it first (the DataLoader does), e.g. "
+                             f"ann.asarray(x, dtype='float32')")
         if key not in self._on:  # move the statistics once per backend and dtype
             shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
             self._on[key] = tuple(
