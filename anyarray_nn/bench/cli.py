@@ -92,7 +92,7 @@ def _parse_backends(ctx: click.Context, param: click.Parameter, values: tuple[st
               help="Only cases whose name matches (repeatable), e.g. 'conv/*/dW'.")
 @click.option("-n", "--batch", "batches", multiple=True, type=click.IntRange(min=1),
               help=f"Batch size (repeatable); default: {', '.join(map(str, DEFAULT_BATCHES))}.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
+@click.option("--dtype", type=click.Choice(_backend.DTYPES), default=_backend.DEFAULT_DTYPE,
               show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads for BLAS and PyTorch (default: the libraries' own setting).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import dtype_name
+from ..backend import DTYPES, dtype_name
 from ..errors import InputError
 
 
@@ -58,4 +58,4 @@ def check_gradient(x: Any, dy: Any, y_shape: tuple[int, ...], what: str = "dy") 
 
 
 def _is_real_floating(x: Any) -> bool:
-    return dtype_name(x.dtype) in ("float32", "float64")
+    return dtype_name(x.dtype) in DTYPES
