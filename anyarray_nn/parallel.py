@@ -2,13 +2,27 @@
 
 NumPy runs each element-wise pass (pooling, ReLU, the im2col copies) on one core; only the
 matrix products use them all. :class:`DataParallel` splits a batch into one slice per
-thread, runs the forward and backward pass of each slice on its own thread (NumPy and
-PyTorch release the GIL while they compute) with one BLAS thread each, and adds the slices'
-gradients. Because the loss is computed on the joined output, the result is the full batch's
-gradient; only the order of the floating-point additions differs from one thread.
+worker, runs the forward and backward pass of each slice at the same time with one BLAS
+thread each, and adds the slices' gradients. Because the loss is computed on the joined
+output, the result is the full batch's gradient; only the order of the floating-point
+additions differs from one worker.
+
+The calling thread always computes the first slice. The others run either
+
+* in helper **processes** (NumPy models on Linux and macOS; the default there). Each holds
+  a copy of the model whose parameters are views of memory shared with this process: before
+  every forward pass the current parameters are copied in, so whatever changed them (an
+  optimizer, a checkpoint load) reaches the workers. Each worker writes its gradients to its
+  own shared region. Only the slices of x and dy and the slices' outputs travel through a
+  socket. The helpers start at the first split batch (about a second) and stop with the
+  wrapper, with :meth:`DataParallel.close`, or when this process ends.
+* or on **threads**, each through a shallow copy of the model that shares its parameters
+  (any CPU backend). Threads of one interpreter take turns at the GIL between NumPy calls,
+  which made every layer 10-40% slower than in a process of its own (docs/benchmarks.md).
 
 On the project's 2-core machine this made a course network's training step at batch 64
-1.4-1.55x faster and small batches slower (docs/benchmarks.md), hence ``min_batch``.
+1.4-1.6x faster with threads and up to 1.55x with processes, and small batches slower
+(docs/benchmarks.md), hence ``min_batch``.
 
 Layers whose output for one sample depends on the others (BatchNorm's batch statistics) or
 that draw random numbers in call order (Dropout) would compute something else on slices,
@@ -18,9 +32,19 @@ so a model with them is refused.
 from __future__ import annotations
 
 import copy
+import mmap
 import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import traceback
+import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from multiprocessing.connection import Connection
+from typing import Any, Callable, Iterator
 
 from threadpoolctl import ThreadpoolController
 
@@ -28,6 +52,9 @@ from . import backend as _backend
 from .model import Sequential
 
 _blas = ThreadpoolController()
+
+#: Whether helper processes can be started here (they inherit a socket and shared memory).
+PROCESSES_SUPPORTED = os.name == "posix"
 
 
 def cpu_count() -> int:
@@ -39,15 +66,19 @@ def cpu_count() -> int:
 
 
 class DataParallel:
-    """Wraps a :class:`Sequential` so that forward and backward split the batch over threads.
+    """Wraps a :class:`Sequential` so that forward and backward split the batch over workers.
 
-    ``threads`` defaults to the number of cores; batches smaller than ``min_batch`` (and
-    models on a GPU) run on the calling thread as usual. Everything else (``params()``,
-    ``grads()``, ``summary()``, ``to()``, checkpoints) is the wrapped model's: optimizers,
-    :func:`anyarray_nn.fit` and :func:`anyarray_nn.evaluate` take the wrapper in its place.
+    ``workers`` (default: the number of cores) is the number of slices; the calling thread
+    computes one. ``processes``: run the other slices in helper processes (True), on threads
+    (False), or in processes where possible (None: NumPy models on POSIX systems). Batches
+    smaller than ``min_batch`` (and models on a GPU) run on the calling thread as usual.
+    Everything else (``params()``, ``grads()``, ``summary()``, ``to()``, checkpoints) is the
+    wrapped model's: optimizers, :func:`anyarray_nn.fit` and :func:`anyarray_nn.evaluate`
+    take the wrapper in its place.
     """
 
-    def __init__(self, model: Sequential, threads: int | None = None, min_batch: int = 32) -> None:
+    def __init__(self, model: Sequential, workers: int | None = None, *,
+                 processes: bool | None = None, min_batch: int = 32) -> None:
         if not isinstance(model, Sequential):
             raise TypeError(f"DataParallel: expected a Sequential model, got {type(model).__name__}")
         for layer in model.layers:
@@ -56,59 +87,90 @@ class DataParallel:
                     f"DataParallel: {layer.describe()} does not treat samples independently "
                     f"(batch statistics or random masks drawn in order), so slices of a batch "
                     f"would train differently; train this model without DataParallel")
-        threads = cpu_count() if threads is None else threads
-        if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"DataParallel: expected threads >= 1, got {threads!r}")
-        self.model, self.threads, self.min_batch = model, threads, min_batch
-        # Shallow copies share each layer's params dict (so updates, loads and moves apply to
-        # all); each keeps its own cache and gradients.
-        self._copies = [Sequential([copy.copy(layer) for layer in model.layers])
-                        for _ in range(threads - 1)]
-        self._pool = (ThreadPoolExecutor(threads - 1, thread_name_prefix="anyarray_nn")
-                      if threads > 1 else None)
+        workers = cpu_count() if workers is None else workers
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"DataParallel: expected workers >= 1, got {workers!r}")
+        if processes and not PROCESSES_SUPPORTED:
+            raise ValueError(f"DataParallel: processes=True needs a POSIX system, this is "
+                             f"{os.name!r}; use processes=False (threads)")
+        self.model, self.workers, self.min_batch = model, workers, min_batch
+        self.processes = processes
+        self._helpers: _Threads | _Processes | None = None
+        self._stop_helpers: Callable[[], Any] | None = None
         self._bounds: list[tuple[int, int]] | None = None
 
     # --- running -------------------------------------------------------------------------
 
     def forward(self, x: Any, *, train: bool = False) -> Any:
-        """The model's output for ``x``, each slice of the batch computed on its own thread."""
+        """The model's output for ``x``, the slices of the batch computed at the same time."""
         n = x.shape[0]
-        if (self.threads == 1 or n < max(self.min_batch, self.threads)
+        if (self.workers == 1 or n < max(self.min_batch, self.workers)
                 or _backend.on_gpu(_backend.backend_name_of(x))):
             self._bounds = None
             return self.model.forward(x, train=train)
-        self._bounds = [(n * i // self.threads, n * (i + 1) // self.threads)
-                        for i in range(self.threads)]
-        outs = self._run(lambda net, lo, hi: net.forward(x[lo:hi, ...], train=train))
+        self._bounds = [(n * i // self.workers, n * (i + 1) // self.workers)
+                        for i in range(self.workers)]
+        outs = self._run("forward", x, train)
         return _backend.namespace(x).concat(outs, axis=0)
 
     def backward(self, dy: Any, *, input_grad: bool = False) -> Any:
-        """Back-propagate each slice on its thread, then add the slices' gradients."""
+        """Back-propagate each slice on its worker, then add the slices' gradients."""
         if self._bounds is None:
             return self.model.backward(dy, input_grad=input_grad)
-        dxs = self._run(lambda net, lo, hi: net.backward(dy[lo:hi, ...], input_grad=input_grad))
+        dxs = self._run("backward", dy, input_grad)
+        helpers = self._helpers
         for i, layer in enumerate(self.model.layers):
             if layer.params:
-                layer.grads = {key: sum((c.layers[i].grads[key] for c in self._copies),
+                layer.grads = {key: sum((helpers.grad(k, i, key) for k in range(self.workers - 1)),
                                         layer.grads[key])
                                for key in layer.params}
         return _backend.namespace(dy).concat(dxs, axis=0) if input_grad else None
 
-    def _run(self, work: Any) -> list[Any]:
-        """``work(network, lo, hi)`` for every slice: the first on this thread, the others on
-        the pool, each with one BLAS thread. Waits for all before raising any error."""
-        nets = [self.model] + self._copies
+    def close(self) -> None:
+        """Stop the helper processes or threads (they start again if the wrapper is used)."""
+        if self._stop_helpers is not None:
+            self._stop_helpers()
+        self._helpers = self._stop_helpers = None
+
+    def _run(self, op: str, array: Any, flag: bool) -> list[Any]:
+        """``op`` ("forward" or "backward") on every slice of ``array``: the first on this
+        thread, the others on the helpers, each with one BLAS thread. Waits for all before
+        raising any error."""
+        helpers = self._ensure_helpers(array)
+        parts = [array[lo:hi, ...] for lo, hi in self._bounds]
         with _blas.limit(limits=1, user_api="blas"):
-            futures = [self._pool.submit(work, net, lo, hi)
-                       for net, (lo, hi) in zip(nets[1:], self._bounds[1:])]
             try:
-                first = work(nets[0], *self._bounds[0])
+                helpers.start(op, parts[1:], flag)
+            except BaseException:  # a helper died: start afresh next time
+                self.close()
+                raise
+            try:
+                first = _apply(self.model, op, parts[0], flag)
             finally:
-                results = [f.exception() or f.result() for f in futures]
+                try:
+                    results = helpers.finish()
+                except BaseException:  # interrupted or a helper died: start afresh next time
+                    self.close()
+                    raise
         for r in results:
             if isinstance(r, BaseException):
                 raise r
         return [first] + results
+
+    def _ensure_helpers(self, x: Any) -> "_Threads | _Processes":
+        """The helpers for this call, started (or restarted, if the model changed) as needed."""
+        on_numpy = _backend.backend_name_of(x) == "numpy"
+        if self.processes and not on_numpy:
+            raise ValueError(f"DataParallel: processes=True needs a NumPy model, got "
+                             f"{_backend.backend_name_of(x)} arrays; use processes=False")
+        use_processes = on_numpy and PROCESSES_SUPPORTED and self.processes is not False
+        kind = _Processes if use_processes else _Threads
+        if not (isinstance(self._helpers, kind) and self._helpers.fits(self.model)):
+            self.close()
+            helpers = kind(self.model, self.workers - 1)
+            self._helpers = helpers
+            self._stop_helpers = weakref.finalize(self, helpers.close)
+        return self._helpers
 
     # Sequential's own, running through this class's forward.
     __call__ = Sequential.__call__
@@ -131,4 +193,212 @@ class DataParallel:
         return self.model[key]
 
     def __repr__(self) -> str:
-        return f"DataParallel({self.model!r}, threads={self.threads}, min_batch={self.min_batch})"
+        return (f"DataParallel({self.model!r}, workers={self.workers}, "
+                f"processes={self.processes}, min_batch={self.min_batch})")
+
+
+def _apply(model: Sequential, op: str, array: Any, flag: bool) -> Any:
+    if op == "forward":
+        return model.forward(array, train=flag)
+    return model.backward(array, input_grad=flag)
+
+
+def _bare_copy(model: Sequential) -> Sequential:
+    """A copy sharing the layers' params dicts, with its own caches and gradients."""
+    copies = [copy.copy(layer) for layer in model.layers]
+    for layer in copies:
+        layer.grads, layer._cache = {}, None
+    return Sequential(copies)
+
+
+class _Threads:
+    """Slices 2.. on a thread pool, each through a copy of the model sharing its parameters."""
+
+    def __init__(self, model: Sequential, count: int) -> None:
+        self.copies = [_bare_copy(model) for _ in range(count)]
+        self.pool = ThreadPoolExecutor(count, thread_name_prefix="anyarray_nn")
+        self.futures: list[Any] = []
+
+    def fits(self, model: Sequential) -> bool:
+        return True  # the copies share the params dicts, so they follow every change
+
+    def start(self, op: str, parts: list[Any], flag: bool) -> None:
+        self.futures = [self.pool.submit(_apply, net, op, part, flag)
+                        for net, part in zip(self.copies, parts)]
+
+    def finish(self) -> list[Any]:
+        return [f.exception() or f.result() for f in self.futures]
+
+    def grad(self, k: int, i: int, key: str) -> Any:
+        return self.copies[k].layers[i].grads[key]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+# --- helper processes --------------------------------------------------------------------
+
+_ALIGN = 64  # bytes: each parameter starts on a cache line
+
+# Each helper is a fresh interpreter (not a fork of this possibly multi-threaded process),
+# and it imports only anyarray_nn, never the user's script.
+_HELPER_CODE = ("import sys; from anyarray_nn.parallel import serve_slices; "
+                "serve_slices(int(sys.argv[1]), int(sys.argv[2]))")
+
+
+def _param_layout(model: Sequential) -> tuple[list[tuple], int]:
+    """``[(layer index, key, byte offset, shape, dtype)]`` and the size of one region."""
+    entries, offset = [], 0
+    for i, layer in enumerate(model.layers):
+        for key, value in layer.params.items():
+            entries.append((i, key, offset, tuple(value.shape), _backend.dtype_name(value.dtype)))
+            offset += -(-value.nbytes // _ALIGN) * _ALIGN
+    return entries, offset
+
+
+def _views(memory: Any, layout: list[tuple], base: int) -> dict[tuple[int, str], Any]:
+    return {(i, key): _backend.host_view(memory, shape, dtype, base + offset)
+            for i, key, offset, shape, dtype in layout}
+
+
+class _Processes:
+    """Slices 2.. in helper processes. Shared memory holds one region of parameters, written
+    here before every forward pass, and one region of gradients per helper, written there."""
+
+    def __init__(self, model: Sequential, count: int) -> None:
+        self.model = model
+        self.layout, region = _param_layout(model)
+        size = max(region * (count + 1), 1)
+        with _shared_file(size) as fd:
+            self.memory = mmap.mmap(fd, size)
+            self.params = _views(self.memory, self.layout, 0)
+            self.grads = [_views(self.memory, self.layout, region * (k + 1)) for k in range(count)]
+            self.procs, self.conns = [], []
+            try:
+                for k in range(count):
+                    self._spawn(fd, (_bare_copy(model), self.layout, region * (k + 1), size))
+                for k in range(count):  # wait until each is ready, so a failure shows here
+                    self._receive(k)
+            except BaseException:
+                self.close()
+                raise
+        self.replies = 0
+
+    def _spawn(self, fd: int, setup: tuple) -> None:
+        ours, theirs = socket.socketpair()
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [package_root,
+                                                            os.environ.get("PYTHONPATH")])))
+        with theirs:
+            proc = subprocess.Popen([sys.executable, "-c", _HELPER_CODE, str(theirs.fileno()),
+                                     str(fd)], pass_fds=(theirs.fileno(), fd), env=env)
+        self.procs.append(proc)
+        self.conns.append(Connection(ours.detach()))
+        self.conns[-1].send(setup)
+
+    def fits(self, model: Sequential) -> bool:
+        return model is self.model and _param_layout(model)[0] == self.layout
+
+    def start(self, op: str, parts: list[Any], flag: bool) -> None:
+        if op == "forward":  # the helpers compute with the parameters as they are now
+            for (i, key), view in self.params.items():
+                view[...] = self.model.layers[i].params[key]
+        self.replies = 0
+        for k, part in enumerate(parts):
+            try:
+                self.conns[k].send((op, part, flag))
+            except OSError:
+                raise self._stopped(k) from None
+            self.replies += 1
+
+    def finish(self) -> list[Any]:
+        results = [self._receive(k) for k in range(self.replies)]
+        self.replies = 0
+        return results
+
+    def _receive(self, k: int) -> Any:
+        """Helper ``k``'s reply: its result, or the exception it raised (raised by the caller
+        once every helper has answered)."""
+        try:
+            _status, value = self.conns[k].recv()
+        except (EOFError, OSError):
+            raise self._stopped(k) from None
+        return value
+
+    def _stopped(self, k: int) -> RuntimeError:
+        proc = self.procs[k]
+        try:
+            code = proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            code = None
+        return RuntimeError(f"DataParallel: helper process {k + 1} (pid {proc.pid}) stopped "
+                            f"(exit code {code}); its error, if any, is printed above. The "
+                            f"helpers start again at the next call.")
+
+    def grad(self, k: int, i: int, key: str) -> Any:
+        return self.grads[k][(i, key)]
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()  # the helper sees the end of its input and exits
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.conns, self.procs = [], []
+
+
+class _shared_file:
+    """A file descriptor of ``size`` bytes of memory with no name to clean up (memfd on Linux,
+    an already deleted temporary file elsewhere), closed on exit."""
+
+    def __init__(self, size: int) -> None:
+        if hasattr(os, "memfd_create"):
+            self.fd = os.memfd_create("anyarray_nn-data-parallel")
+        else:
+            self.fd = os.dup(tempfile.TemporaryFile().fileno())
+        os.ftruncate(self.fd, size)
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)
+
+
+def serve_slices(sock_fd: int, memory_fd: int) -> None:
+    """The main loop of a helper process of :class:`DataParallel` (not for direct use).
+
+    Receives the model copy and the shared-memory layout, then answers ``forward`` and
+    ``backward`` requests on its slice until the socket closes. Data come only from the
+    process that started this one, over an inherited socket pair.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    conn = Connection(sock_fd)
+    model, layout, grads_at, size = conn.recv()
+    memory = mmap.mmap(memory_fd, size)
+    os.close(memory_fd)
+    for (i, key), view in _views(memory, layout, 0).items():
+        model.layers[i].params[key] = view
+    grads = _views(memory, layout, grads_at)
+    conn.send(("ok", None))
+    while True:
+        try:
+            op, part, flag = conn.recv()
+        except EOFError:
+            return
+        try:
+            reply = ("ok", _apply(model, op, part, flag))
+            if op == "backward":
+                for (i, key), view in grads.items():
+                    view[...] = model.layers[i].grads[key]
+        except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
+            reply = ("error", exc)
+        try:
+            conn.send(reply)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            conn.send(("error", RuntimeError(f"DataParallel helper: {traceback.format_exc()}")))

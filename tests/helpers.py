@@ -22,3 +22,16 @@ def away_from_zero(rng, shape, margin=0.05):
     """Standard-normal values with |v| >= margin, so kinks (ReLU at 0) stay out of reach of eps."""
     v = rng.standard_normal(shape)
     return np.where(np.abs(v) < margin, np.sign(v + 1e-12) * margin, v)
+
+
+class FailsOnNegativeFirstValue(ann.layers.Layer):
+    """Identity that raises ValueError when its batch starts with a negative value: lets a
+    test make one slice of a DataParallel batch fail (importable by helper processes)."""
+
+    def _forward(self, x, train):
+        if float(x[0, ...].reshape(-1)[0]) < 0:
+            raise ValueError("first value is negative")
+        return x, None
+
+    def _backward(self, dy, cache, input_grad):
+        return dy, {}

@@ -136,10 +136,10 @@ def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):
 @pytest.mark.parametrize("backend", ["numpy", "array_api_strict"])
 def test_every_case_builds_and_runs_on_our_kernels(backend):
     """The suite itself is portable: every case runs once at batch 1 (strict: standard only).
-    Only the threaded step is NumPy's alone."""
+    Only the DataParallel steps are NumPy's alone."""
     for case in C.all_cases():
         call = case.build(backend, 1, "float32")
-        if case.piece == "step-threads" and backend != "numpy":
+        if case.piece in C.PARALLEL_STEPS and backend != "numpy":
             assert call is None
         else:
             call()
@@ -161,10 +161,11 @@ def test_real_subprocess():
     assert bad.returncode == 2 and "Invalid value for '-n' / '--batch'" in bad.stderr
 
 
-def test_the_threaded_step_runs_on_numpy_only(tmp_path):
-    path = tmp_path / "threads.json"
-    out = invoke("-b", "numpy", "-b", "array_api_strict", "-c", "train/mnist/step-threads",
-                 "-n", "2", "--repeats", "1", "--no-reference", "--json", str(path))
+def test_the_data_parallel_steps_run_on_numpy_only(tmp_path):
+    path = tmp_path / "parallel.json"
+    out = invoke("-b", "numpy", "-b", "array_api_strict", "-c", "train/mnist/step-*",
+                 "-n", "4", "--repeats", "1", "--no-reference", "--json", str(path))
     assert out.exit_code == 0, out.output
     rows = json.loads(path.read_text())["rows"]
-    assert [(r["case"], r["backend"]) for r in rows] == [("train/mnist/step-threads", "numpy")]
+    assert [(r["case"], r["backend"]) for r in rows] == [
+        ("train/mnist/step-threads", "numpy"), ("train/mnist/step-processes", "numpy")]

@@ -17,16 +17,16 @@ def summary(output):
 
 
 def test_mnist_example_learns_from_a_few_thousand_images(tmp_path):
-    """Trained through DataParallel (--threads 2), saved, reported."""
+    """Trained through DataParallel (--workers 2), saved, reported."""
     from anyarray_nn.examples import mnist
     saved = tmp_path / "mnist.h5"
     out = CliRunner().invoke(mnist.main, ["--limit", "5000", "--epochs", "2", "--no-progress",
-                                          "--threads", "2", "--save", str(saved),
+                                          "--workers", "2", "--save", str(saved),
                                           "--report", str(tmp_path / "r")])
     assert out.exit_code == 0, out.output
     result = summary(out.output)
     assert result["test_accuracy"] > 0.9  # chance is 0.1; the old default lr 0.05 gave 0.85
-    assert result["threads"] == 2 and "batch split over 2 threads" in out.output
+    assert result["workers"] == 2 and "batch split over 2 workers" in out.output
     assert "confusion matrix" in out.output and "precision" in out.output
     import anyarray_nn as ann
     assert ann.load_model(saved).num_params() == 14_682
@@ -44,9 +44,9 @@ def test_cifar10_example_learns_from_a_few_thousand_images():
     assert "airplane" in out.output
 
 
-def test_threads_are_refused_for_a_network_with_batch_normalization():
+def test_workers_are_refused_for_a_network_with_batch_normalization():
     from anyarray_nn.examples import cifar10
     out = CliRunner().invoke(cifar10.main, ["--network", "strong", "--limit", "100",
-                                            "--epochs", "1", "--threads", "2", "--no-progress"])
+                                            "--epochs", "1", "--workers", "2", "--no-progress"])
     assert out.exit_code == 2
-    assert "--threads 2" in out.output and "BatchNorm2D 'bn1'" in out.output
+    assert "--workers 2" in out.output and "BatchNorm2D 'bn1'" in out.output

@@ -1,6 +1,9 @@
-"""DataParallel: slices of the batch on threads give the full batch's outputs and gradients."""
+"""DataParallel: slices of the batch on threads or in helper processes give the full batch's
+outputs and gradients."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from anyarray_nn.losses import SoftmaxCrossEntropy
 from anyarray_nn.networks import cifar10_bn_net, mnist_net
 from anyarray_nn.optim import SGD
 
-from helpers import assert_close, host
+from helpers import FailsOnNegativeFirstValue, assert_close, host
 
 
 def _step(model, loss_fn, x, labels, input_grad=False):
@@ -21,15 +24,18 @@ def _step(model, loss_fn, x, labels, input_grad=False):
     return loss, dx
 
 
-@pytest.mark.parametrize("threads, batch", [(2, 8), (3, 7)])
-def test_gradients_and_input_gradient_equal_one_thread(xp, rng, threads, batch):
+@pytest.mark.parametrize("workers, batch", [(2, 8), (3, 7)])
+def test_gradients_and_input_gradient_equal_one_thread(xp, rng, workers, batch):
     serial = mnist_net(rng=0, dtype="float64")
-    parallel = ann.DataParallel(mnist_net(rng=0, dtype="float64"), threads=threads, min_batch=1)
+    parallel = ann.DataParallel(mnist_net(rng=0, dtype="float64"), workers, min_batch=1)
     x = ann.asarray(rng.standard_normal((batch, 1, 28, 28)), dtype="float64")
     labels = ann.asarray(np.arange(batch) % 10)
     loss_a, dx_a = _step(serial, SoftmaxCrossEntropy(), x, labels, input_grad=True)
     loss_b, dx_b = _step(parallel, SoftmaxCrossEntropy(), x, labels, input_grad=True)
-    assert parallel._bounds is not None and len(parallel._bounds) == threads  # really split
+    assert parallel._bounds is not None and len(parallel._bounds) == workers  # really split
+    # Helper processes for NumPy (the default there), threads for every other backend.
+    expected = "_Processes" if isinstance(x, np.ndarray) else "_Threads"
+    assert type(parallel._helpers).__name__ == expected
     assert_close(loss_b, loss_a)
     assert_close(dx_b, dx_a)
     grads_a, grads_b = serial.grads(), parallel.grads()
@@ -38,9 +44,11 @@ def test_gradients_and_input_gradient_equal_one_thread(xp, rng, threads, batch):
         assert_close(grads_b[key], grads_a[key])
 
 
-def test_training_with_an_optimizer_follows_one_thread(rng):
+@pytest.mark.parametrize("processes", [False, True])
+def test_training_with_an_optimizer_follows_one_thread(rng, processes):
     serial = mnist_net(rng=0, dtype="float64")
-    parallel = ann.DataParallel(mnist_net(rng=0, dtype="float64"), threads=2, min_batch=1)
+    parallel = ann.DataParallel(mnist_net(rng=0, dtype="float64"), 2, processes=processes,
+                                min_batch=1)
     opt_a = SGD(serial, lr=0.1, momentum=0.9)
     opt_b = SGD(parallel, lr=0.1, momentum=0.9)
     x = rng.standard_normal((12, 1, 28, 28))
@@ -52,13 +60,13 @@ def test_training_with_an_optimizer_follows_one_thread(rng):
         opt_b.step()
     for key, value in serial.params().items():
         assert_close(parallel.params()[key], value, rtol=1e-9, atol=1e-12)
-    # The copies share the wrapped model's parameters: the update reached them too.
-    copy_w = parallel._copies[0].layers[0].params["W"]
-    assert copy_w is parallel.model.layers[0].params["W"]
+    # Every step used the updated weights on every slice: the gradients still agree.
+    for key, value in serial.grads().items():
+        assert_close(parallel.grads()[key], value, rtol=1e-9, atol=1e-12)
 
 
 def test_small_batches_run_on_the_calling_thread(rng):
-    parallel = ann.DataParallel(mnist_net(rng=0), threads=2, min_batch=32)
+    parallel = ann.DataParallel(mnist_net(rng=0), 2, min_batch=32)
     x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
     out = parallel.forward(x, train=True)
     assert parallel._bounds is None
@@ -68,29 +76,68 @@ def test_small_batches_run_on_the_calling_thread(rng):
     assert parallel._bounds == [(0, 16), (16, 32)]
     np.testing.assert_array_equal(parallel.predict(batch), parallel.model.predict(batch))
     np.testing.assert_allclose(parallel(batch), parallel.model(batch), rtol=1e-6)
-    one = ann.DataParallel(mnist_net(rng=0), threads=1, min_batch=1)
+    one = ann.DataParallel(mnist_net(rng=0), 1, min_batch=1)
     one.forward(batch, train=True)
-    assert one._bounds is None and one._pool is None
+    assert one._bounds is None and one._helpers is None
 
 
 def test_models_whose_samples_interact_are_refused():
     with pytest.raises(ValueError, match=r"BatchNorm2D 'bn1'.*without DataParallel"):
         ann.DataParallel(cifar10_bn_net(rng=0))
-    with pytest.raises(ValueError, match="threads >= 1"):
-        ann.DataParallel(mnist_net(rng=0), threads=0)
+    with pytest.raises(ValueError, match="workers >= 1, got 0"):
+        ann.DataParallel(mnist_net(rng=0), 0)
     with pytest.raises(TypeError, match="Sequential"):
         ann.DataParallel([ann.layers.ReLU()])
 
 
-def test_an_error_on_a_worker_thread_reaches_the_caller(rng):
-    parallel = ann.DataParallel(mnist_net(rng=0), threads=2, min_batch=1)
-    x = rng.standard_normal((4, 3, 28, 28)).astype(np.float32)  # 3 channels, conv1 wants 1
-    with pytest.raises(InputError, match=r"Conv2D 'conv1'.*channels"):
+@pytest.mark.parametrize("processes", [False, True])
+def test_an_error_on_any_slice_reaches_the_caller(rng, processes, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # helpers import tests/helpers.py
+    model = ann.Sequential([FailsOnNegativeFirstValue(), *mnist_net(rng=0).layers])
+    parallel = ann.DataParallel(model, 2, processes=processes, min_batch=1)
+    x = np.abs(rng.standard_normal((4, 1, 28, 28))).astype(np.float32)
+    x[2, 0, 0, 0] = -1.0  # the first value of the second slice
+    with pytest.raises(ValueError, match="first value is negative"):
         parallel.forward(x, train=True)
+    x[2, 0, 0, 0] = 1.0
+    x[0, 0, 0, 0] = -1.0  # now the calling thread's own slice
+    with pytest.raises(ValueError, match="first value is negative"):
+        parallel.forward(x, train=True)
+    x[0, 0, 0, 0] = 1.0
+    assert parallel.forward(x).shape == (4, 10)  # every helper still in step
+    x3 = rng.standard_normal((4, 3, 28, 28)).astype(np.float32)  # conv1 wants 1 channel
+    with pytest.raises(InputError, match=r"Conv2D 'conv1'.*channels"):
+        parallel.forward(np.abs(x3), train=True)
+
+
+def test_a_helper_process_that_dies_gives_a_clear_error_then_restarts(rng):
+    parallel = ann.DataParallel(mnist_net(rng=0), 2, processes=True, min_batch=1)
+    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+    expected = parallel.forward(x)
+    helper = parallel._helpers.procs[0]
+    helper.kill()
+    helper.wait()
+    with pytest.raises(RuntimeError, match=r"DataParallel: helper process 1 .* stopped"):
+        parallel.forward(x)
+    np.testing.assert_array_equal(parallel.forward(x), expected)  # started again
+    procs = parallel._helpers.procs
+    parallel.close()
+    assert parallel._helpers is None and all(p.poll() is not None for p in procs)
+
+
+def test_processes_need_numpy_arrays():
+    model = mnist_net(rng=0, backend="array_api_strict")
+    parallel = ann.DataParallel(model, 2, processes=True, min_batch=1)
+    x = ann.asarray(np.zeros((4, 1, 28, 28)), backend="array_api_strict", dtype="float32")
+    with pytest.raises(ValueError, match="processes=True needs a NumPy model, got array_api_strict"):
+        parallel.forward(x)
+    threads = ann.DataParallel(model, 2, min_batch=1)  # the default picks threads there
+    assert threads.forward(x).shape == (4, 10)
+    assert type(threads._helpers).__name__ == "_Threads"
 
 
 def test_fit_evaluate_and_checkpoints_take_the_wrapper(tmp_path, rng):
-    parallel = ann.DataParallel(mnist_net(rng=0), threads=2, min_batch=1)
+    parallel = ann.DataParallel(mnist_net(rng=0), 2, min_batch=1)
     x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
     y = (np.arange(64) % 10).astype(np.int64)
     loader = DataLoader(x, y, batch_size=32, shuffle=False)
@@ -103,20 +150,22 @@ def test_fit_evaluate_and_checkpoints_take_the_wrapper(tmp_path, rng):
     ann.load_checkpoint(tmp_path / "dp.h5", fresh)
     for key, value in parallel.params().items():
         np.testing.assert_array_equal(host(fresh.params()[key]), host(value))
-    after = ann.evaluate(ann.DataParallel(fresh, threads=2, min_batch=1), SoftmaxCrossEntropy(),
-                         loader)
+    after = ann.evaluate(ann.DataParallel(fresh, 2, min_batch=1), SoftmaxCrossEntropy(), loader)
     assert after.loss == pytest.approx(before.loss, rel=1e-6)
     assert after.accuracy == before.accuracy
-    # Loading into a wrapper reaches its thread copies: they compute with the loaded weights.
-    wrapped = ann.DataParallel(mnist_net(rng=2), threads=2, min_batch=1)
+    # Loading into a wrapper reaches its helpers: they compute with the loaded weights.
+    wrapped = ann.DataParallel(mnist_net(rng=2), 2, min_batch=1)
     ann.load_checkpoint(tmp_path / "dp.h5", wrapped)
     np.testing.assert_allclose(wrapped.forward(x[:8]), parallel.forward(x[:8]), rtol=1e-6)
 
 
-def test_moving_the_wrapped_model_moves_every_copy(rng):
-    parallel = ann.DataParallel(mnist_net(rng=0), threads=2, min_batch=1)
+@pytest.mark.parametrize("processes", [False, True])
+def test_moving_the_wrapped_model_moves_every_helper(rng, processes):
+    parallel = ann.DataParallel(mnist_net(rng=0), 2, processes=processes, min_batch=1)
+    x = rng.standard_normal((4, 1, 28, 28))
+    assert parallel.forward(x.astype(np.float32)).dtype == np.float32
     parallel.to(dtype="float64")
     assert parallel.dtype == "float64"
-    assert parallel._copies[0].layers[0].params["W"].dtype == np.float64
-    out = parallel.forward(rng.standard_normal((4, 1, 28, 28)))
+    out = parallel.forward(x)
     assert out.dtype == np.float64 and out.shape == (4, 10)
+    np.testing.assert_allclose(out, parallel.model.forward(x), rtol=1e-12)

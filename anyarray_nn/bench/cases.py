@@ -29,6 +29,7 @@ from ..parallel import DataParallel
 
 INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar10_large": (3, 32, 32)}
 SUITES = ("conv", "dense", "pool", "train")
+PARALLEL_STEPS = {"step-threads": False, "step-processes": True}  # piece -> processes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Case:
 
     suite: str
     layer: str           # e.g. "mnist.conv2"
-    piece: str           # forward, dX, dW, backward, step, step-threads
+    piece: str           # forward, dX, dW, backward, step, step-threads, step-processes
     spec: tuple          # sizes, see the builders below
 
     @property
@@ -108,9 +109,10 @@ def all_cases() -> list[Case]:
                 continue
             seen.add((suite, spec))
             cases += [Case(suite, f"{network}.{name}", piece, spec) for piece in pieces[suite]]
-    # "step-threads": the same step through DataParallel (one batch slice per core; NumPy).
+    # The same step through DataParallel, one batch slice per core (NumPy): the other slices
+    # on threads ("step-threads") or in helper processes ("step-processes").
     cases += [Case("train", network, piece, (network,))
-              for network in NETWORKS for piece in ("step", "step-threads")]
+              for network in NETWORKS for piece in ("step", *PARALLEL_STEPS)]
     return cases
 
 
@@ -171,12 +173,12 @@ def _ours_pool(case: Case, target: str, batch: int, dtype: str) -> Callable[[], 
 
 def _ours_train(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any] | None:
     network = case.spec[0]
-    threaded = case.piece == "step-threads"
-    if threaded and target != "numpy":  # torch has its own thread pool; a GPU needs none
+    split = case.piece in PARALLEL_STEPS
+    if split and target != "numpy":  # torch has its own thread pool; a GPU needs none
         return None
     model = NETWORKS[network](rng=0, backend=target, dtype=dtype)
-    if threaded:  # every batch size threaded, to show where it pays (DataParallel's min_batch is 32)
-        model = DataParallel(model, min_batch=1)
+    if split:  # every batch size split, to show where it pays (DataParallel's min_batch is 32)
+        model = DataParallel(model, processes=PARALLEL_STEPS[case.piece], min_batch=1)
     x = _backend.asarray(_host((batch, *INPUT_SHAPES[network]), 0), backend=target, dtype=dtype)
     labels = _backend.asarray(np.arange(batch) % 10, backend=target)
     loss_fn = SoftmaxCrossEntropy()

@@ -35,7 +35,7 @@ NETWORKS = {
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Initial learning rate, decayed along a cosine. Default: 0.02, 0.05, 0.1.")
 @experiment.common_options
-def main(network, data, backend, epochs, batch_size, lr, seed, limit, save, report, threads,
+def main(network, data, backend, epochs, batch_size, lr, seed, limit, save, report, workers,
          progress) -> None:
     """Train a CIFAR-10 network and report its test accuracy."""
     build, augment, default_epochs, default_lr, weight_decay = NETWORKS[network]
@@ -43,7 +43,7 @@ def main(network, data, backend, epochs, batch_size, lr, seed, limit, save, repo
                    backend=backend, epochs=epochs or default_epochs, batch_size=batch_size,
                    lr=lr or default_lr, weight_decay=weight_decay, augment=augment,
                    class_names=CIFAR10_CLASSES, seed=seed, progress=progress, limit=limit,
-                   save=save, report=report, threads=threads)
+                   save=save, report=report, workers=workers)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,10 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--report", type=click.Path(file_okay=False), default=None,
                      help="Write figures and a Markdown report into this folder "
                           "(needs matplotlib: the plot extra)."),
-        click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
-                     help="Train with DataParallel: the batch split over this many threads "
-                          "(0: one per core). Not for networks with BatchNorm or Dropout."),
+        click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
+                     help="Train with DataParallel: the batch split over this many workers, "
+                          "helper processes on NumPy (0: one per core). Not for networks "
+                          "with BatchNorm or Dropout."),
         click.option("--progress/--no-progress", default=True, show_default=True),
     ]
     for option in reversed(options):
@@ -48,15 +49,15 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
         augment: Sequence[Any] = (), class_names: Sequence[str] | None = None,
         seed: int = 0, progress: bool = True, val_fraction: float = 0.1,
         limit: int | None = None, save: str | None = None,
-        report: str | None = None, threads: int = 1) -> dict[str, Any]:
+        report: str | None = None, workers: int = 1) -> dict[str, Any]:
     """Train ``build()`` on a data set and print the report; returns the numbers as a dict.
 
     SGD with momentum 0.9 (PyTorch's form) and a cosine learning-rate decay over the epochs;
     the validation split is taken from the training set, standardization from the rest.
     ``limit`` trains on the first ``limit`` training examples (a quick smoke run); ``save``
     writes the trained model, optimizer and history to an HDF5 checkpoint at that path;
-    ``report`` writes figures and a Markdown summary there. ``threads`` != 1 trains through
-    :class:`anyarray_nn.DataParallel` (0: one thread per core).
+    ``report`` writes figures and a Markdown summary there. ``workers`` != 1 trains through
+    :class:`anyarray_nn.DataParallel` (0: one worker per core).
     """
     wall = time.perf_counter()
     be = ann.get_backend(backend)
@@ -75,12 +76,12 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
 
     model = build(rng=seed, backend=be.name)
     model.summary()
-    if threads != 1:
+    if workers != 1:
         try:
-            model = ann.DataParallel(model, threads=threads or None)
+            model = ann.DataParallel(model, workers or None)
         except ValueError as exc:
-            raise click.UsageError(f"--threads {threads}: {exc}") from exc
-    used_threads = getattr(model, "threads", 1)
+            raise click.UsageError(f"--workers {workers}: {exc}") from exc
+    used_workers = getattr(model, "workers", 1)
     loss_fn = ann.losses.SoftmaxCrossEntropy()
     opt = ann.optim.SGD(model, lr=lr, momentum=0.9, weight_decay=weight_decay, form="classic")
     history = train.fit(model, loss_fn, opt, train_loader, epochs=epochs, val_loader=val_loader,
@@ -93,7 +94,7 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
     train_seconds = sum(e["seconds"] for e in history.epochs)
     cm = metrics.confusion_matrix(test.labels, test.predictions, len(class_names or []) or None)
 
-    split = f", batch split over {used_threads} threads" if used_threads > 1 else ""
+    split = f", batch split over {used_workers} workers" if used_workers > 1 else ""
     print(f"\n{name} on {be.name}: {epochs} epochs, batch {batch_size}{split}")
     for e in history.epochs:
         print(f"  epoch {e['epoch']:2d}  loss {e['loss']:.4f}  train acc {e['accuracy']:.4f}  "
@@ -103,7 +104,7 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
     print(metrics.classification_report(test.labels, test.predictions, class_names))
     images_per_second = len(x_train) * epochs / train_seconds
     summary = {"experiment": name, "backend": be.name, "epochs": epochs,
-               "batch_size": batch_size, "threads": used_threads,
+               "batch_size": batch_size, "workers": used_workers,
                "test_accuracy": test.accuracy,
                "test_loss": test.loss, "val_accuracy": history.epochs[-1]["val_accuracy"],
                "train_seconds": train_seconds, "images_per_second": images_per_second,
