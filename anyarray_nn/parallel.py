@@ -20,9 +20,10 @@ The calling thread always computes the first slice. The others run either
   (any CPU backend). Threads of one interpreter take turns at the GIL between NumPy calls,
   which made every layer 10-40% slower than in a process of its own (docs/benchmarks.md).
 
-On the project's 2-core machine this made a course network's training step at batch 64
-1.4-1.6x faster with threads and up to 1.55x with processes, and small batches slower
-(docs/benchmarks.md), hence ``min_batch``.
+On the project's 2-core machine (docs/benchmarks.md) helper processes made the course
+networks' training step at batch 64 1.46-1.51x faster than unsplit, threads 1.21-1.43x; at
+batch 16 processes still gained up to 1.33x where threads were up to 1.44x slower, hence
+the default ``min_batch`` of 16 with processes and 32 with threads.
 
 Layers whose output for one sample depends on the others (BatchNorm's batch statistics) or
 that draw random numbers in call order (Dropout) would compute something else on slices,
@@ -71,14 +72,15 @@ class DataParallel:
     ``workers`` (default: the number of cores) is the number of slices; the calling thread
     computes one. ``processes``: run the other slices in helper processes (True), on threads
     (False), or in processes where possible (None: NumPy models on POSIX systems). Batches
-    smaller than ``min_batch`` (and models on a GPU) run on the calling thread as usual.
+    smaller than ``min_batch`` (default: 16 with processes, 32 with threads) and models on a
+    GPU run on the calling thread as usual.
     Everything else (``params()``, ``grads()``, ``summary()``, ``to()``, checkpoints) is the
     wrapped model's: optimizers, :func:`anyarray_nn.fit` and :func:`anyarray_nn.evaluate`
     take the wrapper in its place.
     """
 
     def __init__(self, model: Sequential, workers: int | None = None, *,
-                 processes: bool | None = None, min_batch: int = 32) -> None:
+                 processes: bool | None = None, min_batch: int | None = None) -> None:
         if not isinstance(model, Sequential):
             raise TypeError(f"DataParallel: expected a Sequential model, got {type(model).__name__}")
         for layer in model.layers:
@@ -104,8 +106,13 @@ class DataParallel:
     def forward(self, x: Any, *, train: bool = False) -> Any:
         """The model's output for ``x``, the slices of the batch computed at the same time."""
         n = x.shape[0]
-        if (self.workers == 1 or n < max(self.min_batch, self.workers)
-                or _backend.on_gpu(_backend.backend_name_of(x))):
+        split = self.workers > 1 and not _backend.on_gpu(_backend.backend_name_of(x))
+        if split:
+            min_batch = self.min_batch
+            if min_batch is None:
+                min_batch = 16 if self._use_processes(x) else 32
+            split = n >= max(min_batch, self.workers)
+        if not split:
             self._bounds = None
             return self.model.forward(x, train=train)
         self._bounds = [(n * i // self.workers, n * (i + 1) // self.workers)
@@ -159,18 +166,20 @@ class DataParallel:
 
     def _ensure_helpers(self, x: Any) -> "_Threads | _Processes":
         """The helpers for this call, started (or restarted, if the model changed) as needed."""
-        on_numpy = _backend.backend_name_of(x) == "numpy"
-        if self.processes and not on_numpy:
-            raise ValueError(f"DataParallel: processes=True needs a NumPy model, got "
-                             f"{_backend.backend_name_of(x)} arrays; use processes=False")
-        use_processes = on_numpy and PROCESSES_SUPPORTED and self.processes is not False
-        kind = _Processes if use_processes else _Threads
+        kind = _Processes if self._use_processes(x) else _Threads
         if not (isinstance(self._helpers, kind) and self._helpers.fits(self.model)):
             self.close()
             helpers = kind(self.model, self.workers - 1)
             self._helpers = helpers
             self._stop_helpers = weakref.finalize(self, helpers.close)
         return self._helpers
+
+    def _use_processes(self, x: Any) -> bool:
+        on_numpy = _backend.backend_name_of(x) == "numpy"
+        if self.processes and not on_numpy:
+            raise ValueError(f"DataParallel: processes=True needs a NumPy model, got "
+                             f"{_backend.backend_name_of(x)} arrays; use processes=False")
+        return on_numpy and PROCESSES_SUPPORTED and self.processes is not False
 
     # Sequential's own, running through this class's forward.
     __call__ = Sequential.__call__

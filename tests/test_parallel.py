@@ -65,15 +65,17 @@ def test_training_with_an_optimizer_follows_one_thread(rng, processes):
         assert_close(parallel.grads()[key], value, rtol=1e-9, atol=1e-12)
 
 
-def test_small_batches_run_on_the_calling_thread(rng):
-    parallel = ann.DataParallel(mnist_net(rng=0), 2, min_batch=32)
-    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+@pytest.mark.parametrize("processes, default_min_batch", [(True, 16), (False, 32)])
+def test_small_batches_run_on_the_calling_thread(rng, processes, default_min_batch):
+    parallel = ann.DataParallel(mnist_net(rng=0), 2, processes=processes)
+    x = rng.standard_normal((default_min_batch - 1, 1, 28, 28)).astype(np.float32)
     out = parallel.forward(x, train=True)
-    assert parallel._bounds is None
+    assert parallel._bounds is None and parallel._helpers is None
     np.testing.assert_array_equal(out, parallel.model.forward(x))
-    batch = np.concatenate([x] * 8)
+    batch = np.concatenate([x, x[:1]])
     parallel.forward(batch, train=True)
-    assert parallel._bounds == [(0, 16), (16, 32)]
+    half = default_min_batch // 2
+    assert parallel._bounds == [(0, half), (half, default_min_batch)]
     np.testing.assert_array_equal(parallel.predict(batch), parallel.model.predict(batch))
     np.testing.assert_allclose(parallel(batch), parallel.model(batch), rtol=1e-6)
     one = ann.DataParallel(mnist_net(rng=0), 1, min_batch=1)
