@@ -275,7 +275,7 @@ class _Processes:
     here before every forward pass, and one region of gradients per helper, written there."""
 
     def __init__(self, model: Sequential, count: int) -> None:
-        self.model = model
+        self.model, self.replies = model, 0  # replies: requests sent and not yet answered
         self.layout, region = _param_layout(model)
         size = max(region * (count + 1), 1)
         with _shared_file(size) as fd:
@@ -291,7 +291,6 @@ class _Processes:
             except BaseException:
                 self.close()
                 raise
-        self.replies = 0
 
     def _spawn(self, fd: int, setup: tuple) -> None:
         ours, theirs = socket.socketpair()
@@ -308,7 +307,7 @@ class _Processes:
         self.conns[-1].send(setup)
 
     def fits(self, model: Sequential) -> bool:
-        return model is self.model and _param_layout(model)[0] == self.layout
+        return _param_layout(model)[0] == self.layout  # else the shared memory is laid out wrong
 
     def start(self, op: str, parts: list[Any], flag: bool) -> None:
         if op == "forward":  # the helpers compute with the parameters as they are now
