@@ -14,11 +14,12 @@ The calling thread always computes the first slice. The others run either
   every forward pass the current parameters are copied in, so whatever changed them (an
   optimizer, a checkpoint load) reaches the workers. Each worker writes its gradients to its
   own shared region. Only the slices of x and dy and the slices' outputs travel through a
-  socket. The helpers start at the first split batch (about a second) and stop with the
+  socket. The helpers start at the first split batch (about 0.2 s) and stop with the
   wrapper, with :meth:`DataParallel.close`, or when this process ends.
 * or on **threads**, each through a shallow copy of the model that shares its parameters
   (any CPU backend). Threads of one interpreter take turns at the GIL between NumPy calls,
-  which made every layer 10-40% slower than in a process of its own (docs/benchmarks.md).
+  which made the MNIST network's layers 33-38% slower in all than in a process of its own
+  (docs/benchmarks.md).
 
 On the project's 2-core machine (docs/benchmarks.md) helper processes made the course
 networks' training step at batch 64 1.46-1.51x faster than unsplit, threads 1.21-1.43x; at

@@ -177,7 +177,7 @@ def _ours_train(case: Case, target: str, batch: int, dtype: str) -> Callable[[],
     if split and target != "numpy":  # torch has its own thread pool; a GPU needs none
         return None
     model = NETWORKS[network](rng=0, backend=target, dtype=dtype)
-    if split:  # every batch size split, to show where it pays (DataParallel's min_batch is 32)
+    if split:  # every batch size split, to show where it pays (DataParallel's min_batch: 16 or 32)
         model = DataParallel(model, processes=PARALLEL_STEPS[case.piece], min_batch=1)
     x = _backend.asarray(_host((batch, *INPUT_SHAPES[network]), 0), backend=target, dtype=dtype)
     labels = _backend.asarray(np.arange(batch) % 10, backend=target)
