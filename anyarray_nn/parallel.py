@@ -106,18 +106,18 @@ class DataParallel:
 
     def forward(self, x: Any, *, train: bool = False) -> Any:
         """The model's output for ``x``, the slices of the batch computed at the same time."""
-        n = x.shape[0]
-        split = self.workers > 1 and not _backend.on_gpu(_backend.backend_name_of(x))
-        if split:
-            min_batch = self.min_batch
-            if min_batch is None:
-                min_batch = 16 if self._use_processes(x) else 32
-            split = n >= max(min_batch, self.workers)
-        if not split:
+        n, name = x.shape[0], _backend.backend_name_of(x)
+        on_gpu = _backend.on_gpu(name)
+        use_processes = not on_gpu and self._use_processes(name)
+        min_batch = self.min_batch
+        if min_batch is None:
+            min_batch = 16 if use_processes else 32
+        if self.workers == 1 or n < max(min_batch, self.workers) or on_gpu:
             self._bounds = None
             return self.model.forward(x, train=train)
         self._bounds = [(n * i // self.workers, n * (i + 1) // self.workers)
                         for i in range(self.workers)]
+        self._start_helpers(use_processes)
         outs = self._run("forward", x, train)
         return _backend.namespace(x).concat(outs, axis=0)
 
@@ -144,7 +144,10 @@ class DataParallel:
         """``op`` ("forward" or "backward") on every slice of ``array``: the first on this
         thread, the others on the helpers, each with one BLAS thread. Waits for all before
         raising any error."""
-        helpers = self._ensure_helpers(array)
+        helpers = self._helpers
+        if helpers is None:  # close() (or a failure) came between forward and backward
+            raise RuntimeError("DataParallel: the helpers holding the other slices' forward "
+                               "pass were stopped; run forward(x, train=True) again")
         parts = [array[lo:hi, ...] for lo, hi in self._bounds]
         with _blas.limit(limits=1, user_api="blas"):
             try:
@@ -165,21 +168,21 @@ class DataParallel:
                 raise r
         return [first] + results
 
-    def _ensure_helpers(self, x: Any) -> "_Threads | _Processes":
-        """The helpers for this call, started (or restarted, if the model changed) as needed."""
-        kind = _Processes if self._use_processes(x) else _Threads
+    def _start_helpers(self, use_processes: bool) -> None:
+        """Start the helpers for a split forward pass, or restart them if the model changed."""
+        kind = _Processes if use_processes else _Threads
         if not (isinstance(self._helpers, kind) and self._helpers.fits(self.model)):
             self.close()
             helpers = kind(self.model, self.workers - 1)
             self._helpers = helpers
             self._stop_helpers = weakref.finalize(self, helpers.close)
-        return self._helpers
 
-    def _use_processes(self, x: Any) -> bool:
-        on_numpy = _backend.backend_name_of(x) == "numpy"
+    def _use_processes(self, backend_name: str) -> bool:
+        """Whether the other slices of arrays of ``backend_name`` go to helper processes."""
+        on_numpy = backend_name == "numpy"
         if self.processes and not on_numpy:
             raise ValueError(f"DataParallel: processes=True needs a NumPy model, got "
-                             f"{_backend.backend_name_of(x)} arrays; use processes=False")
+                             f"{backend_name} arrays; use processes=False")
         return on_numpy and PROCESSES_SUPPORTED and self.processes is not False
 
     # Sequential's own, running through this class's forward.
@@ -331,10 +334,9 @@ class _Processes:
         """Helper ``k``'s reply: its result, or the exception it raised (raised by the caller
         once every helper has answered)."""
         try:
-            _status, value = self.conns[k].recv()
+            return self.conns[k].recv()
         except (EOFError, OSError):
             raise self._stopped(k) from None
-        return value
 
     def _stopped(self, k: int) -> RuntimeError:
         proc = self.procs[k]
@@ -394,20 +396,20 @@ def serve_slices(sock_fd: int, memory_fd: int) -> None:
     for (i, key), view in _views(memory, layout, 0).items():
         model.layers[i].params[key] = view
     grads = _views(memory, layout, grads_at)
-    conn.send(("ok", None))
+    conn.send(None)  # ready
     while True:
         try:
             op, part, flag = conn.recv()
         except EOFError:
             return
-        try:
-            reply = ("ok", _apply(model, op, part, flag))
+        try:  # the reply is the result, or the exception the caller will raise
+            reply = _apply(model, op, part, flag)
             if op == "backward":
                 for (i, key), view in grads.items():
                     view[...] = model.layers[i].grads[key]
         except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
-            reply = ("error", exc)
+            reply = exc
         try:
             conn.send(reply)
         except (pickle.PicklingError, TypeError, AttributeError):
-            conn.send(("error", RuntimeError(f"DataParallel helper: {traceback.format_exc()}")))
+            conn.send(RuntimeError(f"DataParallel helper: {traceback.format_exc()}"))

@@ -122,9 +122,12 @@ def test_a_helper_process_that_dies_gives_a_clear_error_then_restarts(rng):
     with pytest.raises(RuntimeError, match=r"DataParallel: helper process 1 .* stopped"):
         parallel.forward(x)
     np.testing.assert_array_equal(parallel.forward(x), expected)  # started again
+    parallel.forward(x, train=True)
     procs = parallel._helpers.procs
     parallel.close()
     assert parallel._helpers is None and all(p.poll() is not None for p in procs)
+    with pytest.raises(RuntimeError, match=r"were stopped; run forward\(x, train=True\) again"):
+        parallel.backward(np.ones((4, 10), dtype=np.float32))
 
 
 def test_processes_need_numpy_arrays():
