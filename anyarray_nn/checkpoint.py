@@ -29,7 +29,7 @@ import datetime
 import json
 import os
 import pathlib
-import tempfile
+import secrets
 from typing import Any, Iterator
 
 import numpy as np
@@ -62,17 +62,16 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
 
     ``epoch``, ``step`` and ``history`` (a :class:`~anyarray_nn.train.History`) record where
     training stands; ``loader`` (a DataLoader) records the position in the data order. The
-    global generator of :func:`anyarray_nn.seed` is saved too. The write is atomic.
+    global generator of :func:`anyarray_nn.seed` is saved too. The write is atomic. A symbolic
+    link at ``path`` is followed: the file it points to is replaced.
     """
     path = pathlib.Path(path)
+    if path.is_symlink():  # replace the file the link points to, and keep the link
+        path = path.resolve()
     h5py = _h5py()
     folder = path.parent if str(path.parent) else pathlib.Path(".")
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    umask = os.umask(0)  # mkstemp makes the file private; give it the usual permissions
-    os.umask(umask)
-    os.chmod(tmp_name, 0o666 & ~umask)
+    tmp_name = _new_temporary_file(folder, path.name)
     try:
         with h5py.File(tmp_name, "w") as f:
             f.attrs["format"] = FORMAT
@@ -107,10 +106,25 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
     return path
 
 
+def _new_temporary_file(folder: pathlib.Path, name: str) -> str:
+    """Create an empty ``.<name>.<random>.tmp`` in ``folder``, with the permissions any new
+    file gets there (the umask's), and return its path."""
+    while True:
+        tmp_name = str(folder / f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp_name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp_name
+        except FileExistsError:
+            continue
+
+
 def _write_arrays(group: Any, arrays: dict[str, Any]) -> None:
     """Arrays keyed "layer.param[.slot]" as datasets group/layer/param[/slot]."""
     for key, value in arrays.items():
         host = _backend.to_host(value)
+        if host.dtype.kind != "f":  # what loading accepts, and what a model computes with
+            raise ValueError(f"cannot save {key!r}: checkpoints hold floating-point arrays, "
+                             f"this one is {host.dtype}")
         # Fletcher-32 checksums (a standard HDF5 filter) make damaged bytes an error on
         # reading instead of silently wrong weights.
         group.create_dataset(key.replace(".", "/"), data=host,
@@ -205,15 +219,40 @@ def _read_arrays(group: Any, path: Any, prefix: str = "") -> Iterator[tuple[str,
     h5py = _h5py()
     for name in list(group):
         key = f"{prefix}.{name}" if prefix else name
+        link = group.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink):  # soft and external links point elsewhere
+            raise CheckpointError(f"{path}: {group.name.rstrip('/')}/{name}: a "
+                                  f"{type(link).__name__}; a checkpoint keeps its arrays in the "
+                                  f"file itself")
         item = group[name]
         if isinstance(item, h5py.Dataset):
-            value = item[()]
-            if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
-                raise CheckpointError(f"{path}: {item.name}: expected a floating-point "
-                                      f"array, got {getattr(value, 'dtype', type(value))}")
-            yield key, value
+            yield key, _read_dataset(item, path)
         else:
             yield from _read_arrays(item, path, key)
+
+
+def _read_dataset(item: Any, path: Any) -> np.ndarray:
+    """One dataset as a host array, after checking that its bytes are in this file."""
+    where = f"{path}: {item.name}"
+    if item.dtype.kind != "f":
+        raise CheckpointError(f"{where}: expected a floating-point array, got {item.dtype}")
+    if item.external or item.is_virtual:
+        raise CheckpointError(f"{where}: its data are stored in other files; a checkpoint "
+                              f"keeps its arrays in the file itself")
+    if item.compression is not None or item.scaleoffset is not None:
+        raise CheckpointError(f"{where}: stored with the {item.compression or 'scaleoffset'} "
+                              f"filter, which anyarray_nn never writes")
+    # Every byte of an uncompressed array is in the file: a header alone cannot make the
+    # reader allocate more memory than the file holds.
+    needed, stored = item.size * item.dtype.itemsize, item.id.get_storage_size()
+    if stored < needed:
+        raise CheckpointError(f"{where}: shape {item.shape} needs {needed} bytes, the file "
+                              f"holds {stored}: incomplete or damaged")
+    try:
+        return np.asarray(item[()])
+    except (OSError, RuntimeError) as exc:  # h5py's errors for damaged data
+        raise CheckpointError(f"{where}: damaged, cannot read it ({exc}); a checksum or the "
+                              f"file structure does not match") from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -235,26 +274,58 @@ def _read_open_file(f: Any, path: Any) -> dict[str, Any]:
         raise CheckpointError(f"{path}: missing the group /model")
     out = {"format_version": int(f.attrs["format_version"]),
            "created": str(f.attrs.get("created", "")),
-           "model_config": _json_attr(f, "model", "config", path),
+           "model_config": _model_config(f, path),
            "params": dict(_read_arrays(f["model"], path)),
            "buffers": dict(_read_arrays(f["buffers"], path)) if "buffers" in f else {},
            "optimizer": None,
            "epoch": None, "step": None, "history": None, "state": None}
     if "optimizer" in f:
         config = _json_attr(f, "optimizer", "config", path)
+        if not (isinstance(config, dict) and isinstance(config.get("type"), str)):
+            raise CheckpointError(f"{path}: optimizer/config: expected an object with a "
+                                  f"\"type\", got {_shorten(config)}")
         slots: dict[str, dict[str, np.ndarray]] = {}
         for key, value in _read_arrays(f["optimizer"], path):
             param, _, slot = key.rpartition(".")
             slots.setdefault(param, {})[slot] = value
         out["optimizer"] = {"type": config.pop("type"), "config": config,
-                            "step": int(f["optimizer"].attrs.get("step", 0)), "state": slots}
+                            "step": _int_attr(f, "optimizer", "step", path, 0), "state": slots}
     if "train" in f:
-        train = f["train"].attrs
-        out["epoch"] = None if int(train.get("epoch", -1)) < 0 else int(train["epoch"])
-        out["step"] = None if int(train.get("step", -1)) < 0 else int(train["step"])
+        epoch, step = (_int_attr(f, "train", name, path, -1) for name in ("epoch", "step"))
+        out["epoch"] = None if epoch < 0 else epoch
+        out["step"] = None if step < 0 else step
         out["history"] = _json_attr(f, "train", "history", path)
         out["state"] = _json_attr(f, "train", "state", path)
+        for name, expected in (("history", "an object"), ("state", "an object")):
+            if out[name] is not None and not isinstance(out[name], dict):
+                raise CheckpointError(f"{path}: train/{name}: expected {expected} or null, "
+                                      f"got {_shorten(out[name])}")
     return out
+
+
+def _model_config(f: Any, path: Any) -> dict[str, Any]:
+    """model/config, checked to be {"layers": [{"type": str, "config": {...}}, ...]}."""
+    config = _json_attr(f, "model", "config", path)
+    layers = config.get("layers") if isinstance(config, dict) else None
+    if not isinstance(layers, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("type"), str)
+            and isinstance(e.get("config"), dict) for e in layers):
+        raise CheckpointError(f"{path}: model/config: expected {{\"layers\": [{{\"type\": ..., "
+                              f"\"config\": {{...}}}}, ...]}}, got {_shorten(config)}")
+    return config
+
+
+def _int_attr(f: Any, where: str, name: str, path: Any, default: int) -> int:
+    value = f[where].attrs.get(name, default)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise CheckpointError(f"{path}: {where}/{name}: expected an integer, got "
+                              f"{_shorten(value)}")
+    return int(value)
+
+
+def _shorten(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any = None, *,
@@ -295,25 +366,67 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
     state = data["state"] or {}
     if loader is not None and not state.get("loader"):
         raise CheckpointError(f"{path}: holds no data loader position (train/state)")
+    try:
+        history = History.from_dict(data["history"]) if data["history"] else None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: train/history cannot be read: {exc}") from None
     new_params = {key: _backend.asarray_like(stored[key], value) for key, value in params.items()}
-    if optimizer is not None:
-        try:
+    # Everything is restored or nothing: a failure in any part puts every part back.
+    undo = _snapshot(model, optimizer, loader)
+    part = "optimizer state"
+    try:
+        if optimizer is not None:
             optimizer.load_state_dict(data["optimizer"])
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"{path}: optimizer state: {exc}") from None
-    _assign(model, new_params)
-    if loader is not None:
-        loader.load_state_dict(state["loader"])
-    if restore_rng and state.get("global_rng"):
-        _backend.host_rng().bit_generator.state = state["global_rng"]
-    if restore_rng:
-        for name, rng_state in (state.get("layer_rngs") or {}).items():
-            layer = next((l for l in model if l.name == name and hasattr(l, "rng")), None)
-            if layer is not None:
-                layer.rng.bit_generator.state = rng_state
-    history = History.from_dict(data["history"]) if data["history"] else None
+        _assign(model, new_params)
+        part = "train/state (the data loader's position)"
+        if loader is not None:
+            loader.load_state_dict(state["loader"])
+        part = "train/state (the random generators)"
+        if restore_rng:
+            _restore_generators(model, state)
+    except Exception as exc:
+        undo()
+        raise CheckpointError(f"{path}: {part}: {exc}; the model, optimizer and loader were "
+                              f"left as they were") from None
     return CheckpointInfo(pathlib.Path(path), data["format_version"], data["created"],
                           data["epoch"], data["step"], history)
+
+
+def _generators(model: Sequential) -> list[Any]:
+    """The generators a checkpoint restores: the global one and each dropout layer's."""
+    return [_backend.host_rng()] + [layer.rng for layer in model if hasattr(layer, "rng")]
+
+
+def _restore_generators(model: Sequential, state: dict[str, Any]) -> None:
+    if state.get("global_rng"):
+        _backend.host_rng().bit_generator.state = state["global_rng"]
+    for name, rng_state in (state.get("layer_rngs") or {}).items():
+        layer = next((l for l in model if l.name == name and hasattr(l, "rng")), None)
+        if layer is not None:
+            layer.rng.bit_generator.state = rng_state
+
+
+def _snapshot(model: Sequential, optimizer: Any, loader: Any) -> Any:
+    """A function that puts back what :func:`load_checkpoint` may change."""
+    arrays = {layer: (dict(layer.params), dict(layer.buffers), layer.grads)
+              for layer in model.layers}
+    optimizer_attrs = dict(vars(optimizer)) if optimizer is not None else None
+    loader_state = loader.state_dict() if loader is not None else None
+    generators = [(g.bit_generator, g.bit_generator.state) for g in _generators(model)]
+
+    def undo() -> None:
+        for layer, (params, buffers, grads) in arrays.items():
+            layer.params.update(params)  # in place: DataParallel's copies share these dicts
+            layer.buffers.update(buffers)
+            layer.grads = grads
+        if optimizer is not None:
+            vars(optimizer).clear()
+            vars(optimizer).update(optimizer_attrs)
+        if loader is not None:
+            loader.load_state_dict(loader_state)
+        for bit_generator, generator_state in generators:
+            bit_generator.state = generator_state
+    return undo
 
 
 def _assign(model: Sequential, values: dict[str, Any]) -> None:
@@ -341,7 +454,7 @@ def load_model(path: str | os.PathLike, *, backend: Any = None,
         # generator so that rebuilding leaves the global one (anyarray_nn.seed) untouched.
         model = Sequential.from_config(data["model_config"], backend=backend,
                                        dtype=dtype or stored_dtype, rng=np.random.default_rng(0))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, MemoryError) as exc:
         raise CheckpointError(f"{path}: model/config cannot be rebuilt: {exc}") from None
     load_checkpoint(path, model, convert_dtype=dtype is not None, restore_rng=False)
     return model
@@ -424,7 +537,7 @@ def warm_start(model: Sequential, path: str | os.PathLike, *, by_position: bool 
                 report.loaded.append((file_key, key))
             elif resize and source.ndim == current.ndim:
                 block = tuple(slice(0, min(a, b)) for a, b in zip(source.shape, current.shape))
-                merged = _backend.to_host(current).astype(source.dtype, copy=True)
+                merged = np.array(_backend.to_host(current), copy=True)  # the model's dtype
                 merged[block] = source[block]
                 updates[key] = merged
                 report.resized.append((file_key, key, source.shape, tuple(current.shape)))

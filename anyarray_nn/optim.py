@@ -42,7 +42,7 @@ class Optimizer:
         self.model = model
         self.lr = lr
         self.weight_decay = weight_decay
-        self.no_decay = tuple(no_decay)  # parameter names without decay, e.g. ("b", "gamma")
+        self.no_decay = no_decay  # parameter names without decay, e.g. ("b", "gamma")
         self.step_count = 0
         self.state: dict[str, dict[str, Any]] = {}
 
@@ -50,6 +50,9 @@ class Optimizer:
         """Check the hyper-parameters (at construction and after ``load_state_dict``)."""
         self._check_hyper("lr", self.lr, low=0.0, low_open=True)
         self._check_hyper("weight_decay", self.weight_decay, low=0.0)
+        if isinstance(self.no_decay, str) or not all(isinstance(n, str) for n in self.no_decay):
+            raise ValueError(f"{type(self).__name__}: expected no_decay to be a sequence of "
+                             f"parameter names, e.g. ('b',), got {self.no_decay!r}")
         self.no_decay = tuple(self.no_decay)
 
     def step(self) -> None:
@@ -109,6 +112,15 @@ class Optimizer:
         if state_dict.get("type") != name:
             raise ValueError(f"{name}.load_state_dict: expected the state of an {name} "
                              f"optimizer, got {state_dict.get('type')!r}")
+        previous = dict(vars(self))
+        try:
+            self._load_state(name, state_dict)
+        except Exception:
+            vars(self).clear()  # leave the optimizer exactly as it was
+            vars(self).update(previous)
+            raise
+
+    def _load_state(self, name: str, state_dict: dict[str, Any]) -> None:
         params = self.model.params()
         new_state = {}
         for key, slots in state_dict["state"].items():
@@ -129,20 +141,17 @@ class Optimizer:
         unknown = sorted(set(config) - set(self.get_config()))
         if unknown:
             raise ValueError(f"{name}.load_state_dict: unknown hyper-parameters {unknown}")
-        previous = self.get_config()
         for attr, value in config.items():
             setattr(self, attr, value)
-        try:
-            self._validate()
-        except ValueError:
-            for attr, value in previous.items():  # leave the optimizer as it was
-                setattr(self, attr, value)
-            raise
+        self._validate()
         self.step_count = int(state_dict.get("step", 0))
         self.state = new_state
 
     def _check_hyper(self, label: str, value: float, low: float, high: float | None = None,
                      low_open: bool = False, high_open: bool = True) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{type(self).__name__}: expected {label} to be a number, got "
+                             f"{value!r} ({type(value).__name__})")
         ok = (value > low if low_open else value >= low) and (
             high is None or (value < high if high_open else value <= high))
         if not ok:
@@ -207,7 +216,7 @@ class Adam(Optimizer):
 
     def _validate(self) -> None:
         super()._validate()
-        if len(self.betas) != 2:
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
             raise ValueError(f"{type(self).__name__}: expected betas to be a pair, got "
                              f"{self.betas!r}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))

@@ -317,7 +317,7 @@ def test_changed_bytes_in_an_array_are_detected_by_the_checksums(tmp_path):
     data = bytearray(path.read_bytes())
     data[offset + 100:offset + 140] = b"\xff" * 40
     path.write_bytes(bytes(data))
-    with pytest.raises(ck.CheckpointError, match=r"a\.h5: damaged checkpoint.*checksum"):
+    with pytest.raises(ck.CheckpointError, match=r"a\.h5: /model/fc/W: damaged.*checksum"):
         ann.load_checkpoint(path, ann.networks.mnist_net())
 
 
@@ -352,3 +352,150 @@ def test_iteration_checkpoints_record_completed_epochs_and_never_delete_the_new_
               iterations=4, callbacks=[saver], progress=False)
     assert [p.name for p in tmp_path.glob("ckpt-*.h5")] == ["ckpt-000000004.h5"]
     assert ck.read_checkpoint(ck.latest_checkpoint(tmp_path))["step"] == 4
+
+
+# --- all or nothing, and files that lie ------------------------------------------------------
+
+def small_trained(tmp_path):
+    """A trained dense model, its optimizer and loader, and a full checkpoint of them."""
+    model = ann.Sequential([Dense(2, 4, name="fc", rng=0), Tanh(), Dense(4, 2, name="out", rng=1)])
+    opt = ann.optim.Adam(model, lr=0.01, betas=(0.8, 0.9))
+    x, y = ann.data.make_circles(40, seed=0)
+    loader = DataLoader(x, y, 10, seed=0)
+    history = train.fit(model, ann.losses.SoftmaxCrossEntropy(), opt, loader, epochs=1,
+                        progress=False)
+    path = ck.save_checkpoint(tmp_path / "a.h5", model, opt, epoch=1, step=4, history=history,
+                              loader=loader)
+    return path
+
+
+def fresh_state():
+    model = ann.Sequential([Dense(2, 4, name="fc", rng=7), Tanh(), Dense(4, 2, name="out", rng=8)])
+    opt = ann.optim.Adam(model, lr=0.5, betas=(0.7, 0.95))
+    loader = DataLoader(*ann.data.make_circles(40, seed=0), 10, seed=123)
+    return model, opt, loader
+
+
+def edit_json_attr(path, where, name, change):
+    with h5py.File(path, "a") as f:
+        f[where].attrs[name] = json.dumps(change(json.loads(f[where].attrs[name])))
+
+
+def break_loader_rng(state):
+    state["loader"]["rng"] = {"bit_generator": "MT19937"}
+    return state
+
+
+def break_global_rng(state):
+    state["global_rng"] = {"bit_generator": "Philox"}
+    return state
+
+
+@pytest.mark.parametrize("where, name, change, message", [
+    ("train", "state", break_loader_rng, "data loader's position"),
+    ("train", "state", break_global_rng, "random generators"),
+    ("train", "history", lambda history: {"epochs": 5}, "train/history"),
+    ("optimizer", "config", lambda config: dict(config, lr="0.01"), "expected lr to be a number"),
+    ("optimizer", "config", lambda config: dict(config, betas=5), "betas to be a pair"),
+    ("optimizer", "config", lambda config: dict(config, eps=None), "expected eps to be a number"),
+])
+def test_a_load_that_fails_in_any_part_changes_nothing(tmp_path, where, name, change, message):
+    path = small_trained(tmp_path)
+    edit_json_attr(path, where, name, change)
+    model, opt, loader = fresh_state()
+    params = {k: host(v).copy() for k, v in model.params().items()}
+    opt_attrs, loader_state = dict(vars(opt)), loader.state_dict()
+    global_state = ann.backend.host_rng().bit_generator.state
+    with pytest.raises(ck.CheckpointError, match=f"a\\.h5: .*{message}"):
+        ann.load_checkpoint(path, model, opt, loader=loader)
+    for key, value in model.params().items():
+        np.testing.assert_array_equal(host(value), params[key])
+    assert vars(opt) == opt_attrs and opt.betas == (0.7, 0.95) and opt.step_count == 0
+    assert loader.state_dict() == loader_state
+    assert ann.backend.host_rng().bit_generator.state == global_state
+
+
+def test_an_optimizer_refuses_bad_hyper_parameters_and_stays_as_it_was():
+    model = ann.Sequential([Dense(2, 2, rng=0)])
+    opt = ann.optim.Adam(model, lr=0.1, betas=(0.8, 0.9))
+    state = opt.state_dict()
+    for config, message in [({"lr": "0.1"}, "lr to be a number"), ({"betas": [0.9, 2.0]}, "betas"),
+                            ({"no_decay": "b"}, "no_decay")]:
+        before = dict(vars(opt))
+        with pytest.raises(ValueError, match=message):
+            opt.load_state_dict(dict(state, config=dict(state["config"], **config)))
+        assert vars(opt) == before and type(opt.betas) is tuple
+    with pytest.raises(ValueError, match="no_decay"):
+        ann.optim.SGD(model, lr=0.1, no_decay="bias")  # would have meant ('b', 'i', 'a', 's')
+
+
+@pytest.mark.parametrize("where, name, value", [
+    ("train", "epoch", "abc"), ("optimizer", "step", "x"), ("model", "config", "[]"),
+    ("model", "config", '{"layers": [{"type": "Dense"}]}'), ("optimizer", "config", "[1]"),
+])
+def test_damaged_attributes_are_named(tmp_path, where, name, value):
+    path = small_trained(tmp_path)
+    with h5py.File(path, "a") as f:
+        f[where].attrs[name] = value
+    model, opt, _ = fresh_state()
+    for load in (lambda: ann.load_checkpoint(path, model, opt), lambda: ann.warm_start(model, path)):
+        with pytest.raises(ck.CheckpointError, match=f"a\\.h5: {where}/{name}"):
+            load()
+
+
+def replace_dataset(path, key, **create):
+    with h5py.File(path, "a") as f:
+        del f[key]
+        f.create_dataset(key, **create)
+
+
+def test_an_array_declared_without_its_bytes_is_refused_before_reading(tmp_path):
+    path = small_trained(tmp_path)
+    replace_dataset(path, "model/fc/W", shape=(10**6, 10**6), dtype="f4")  # 4 TB, nothing stored
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ck.CheckpointError, match=r"/model/fc/W: shape \(1000000, 1000000\) needs "
+                                                 r"4000000000000 bytes, the file holds 0"):
+        ann.load_checkpoint(path, fresh_state()[0])
+
+
+def test_arrays_stored_outside_the_file_are_refused(tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(8, dtype=np.float32).tobytes())
+    path = small_trained(tmp_path)
+    replace_dataset(path, "model/fc/W", shape=(4, 2), dtype="f4", external=[(str(secret), 0, 32)])
+    with pytest.raises(ck.CheckpointError, match="fc/W: its data are stored in other files"):
+        ann.load_checkpoint(path, fresh_state()[0])
+    other = ck.save_checkpoint(tmp_path / "b.h5", fresh_state()[0])
+    path = small_trained(tmp_path)
+    with h5py.File(path, "a") as f:
+        del f["model/fc/W"]
+        f["model/fc/W"] = h5py.ExternalLink(str(other), "/model/fc/W")
+    with pytest.raises(ck.CheckpointError, match="/model/fc/W: a ExternalLink"):
+        ann.load_checkpoint(path, fresh_state()[0])
+
+
+def test_only_floating_point_arrays_are_saved_and_nothing_is_left_behind(tmp_path):
+    model = ann.Sequential([Dense(2, 2, name="fc", rng=0)])
+    model["fc"].params["b"] = np.zeros(2, dtype=np.int64)
+    with pytest.raises(ValueError, match="cannot save 'fc.b': .* int64"):
+        ck.save_checkpoint(tmp_path / "a.h5", model)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_symbolic_link_stays_a_link_to_the_new_checkpoint(tmp_path):
+    target = ck.save_checkpoint(tmp_path / "run1.h5", ann.Sequential([Dense(2, 2, rng=0)]))
+    link = tmp_path / "best.h5"
+    link.symlink_to(target.name)
+    model = ann.Sequential([Dense(2, 2, rng=5)])
+    ck.save_checkpoint(link, model)
+    assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["best.h5", "run1.h5"]
+    loaded = ann.load_model(target)
+    same_params(model, loaded)
+
+
+def test_a_resized_warm_start_into_float64_keeps_the_other_rows_exactly(tmp_path):
+    path = ck.save_checkpoint(tmp_path / "a.h5", ann.Sequential([Dense(2, 4, name="fc", rng=0)]))
+    model = ann.Sequential([Dense(2, 6, name="fc", rng=1, dtype="float64")])
+    before = host(model.params()["fc.W"]).copy()
+    ann.warm_start(model, path, resize=True, strict=False)
+    np.testing.assert_array_equal(host(model.params()["fc.W"])[4:], before[4:])
