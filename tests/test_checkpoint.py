@@ -499,3 +499,12 @@ def test_a_resized_warm_start_into_float64_keeps_the_other_rows_exactly(tmp_path
     before = host(model.params()["fc.W"]).copy()
     ann.warm_start(model, path, resize=True, strict=False)
     np.testing.assert_array_equal(host(model.params()["fc.W"])[4:], before[4:])
+
+
+def test_a_0_d_parameter_loads_back(tmp_path):
+    model = ann.Sequential([Dense(2, 2, name="fc", rng=0)])
+    model["fc"].params["b"] = ann.asarray(np.array(1.5), dtype="float32")  # a 0-d parameter
+    path = ck.save_checkpoint(tmp_path / "a.h5", model)
+    model["fc"].params["b"] = ann.asarray(np.array(0.0), dtype="float32")
+    ann.load_checkpoint(path, model)
+    assert tuple(model.params()["fc.b"].shape) == () and float(model.params()["fc.b"]) == 1.5
