@@ -16,6 +16,7 @@ class Loss:
 
     def forward(self, prediction: Any, target: Any) -> Any:
         """Return the loss as a 0-d array of the prediction's backend."""
+        self._inputs = None  # a failed forward must not leave the last batch for backward
         with errors_named(type(self).__name__):
             loss = self._forward(prediction, target)
         self._inputs = (prediction, target)

@@ -15,7 +15,11 @@ The calling thread always computes the first slice. The others run either
   optimizer, a checkpoint load) reaches the workers. Each worker writes its gradients to its
   own shared region. Only the slices of x and dy and the slices' outputs travel through a
   socket. The helpers start at the first split batch (about 0.2 s) and stop with the
-  wrapper, with :meth:`DataParallel.close`, or when this process ends.
+  wrapper, with :meth:`DataParallel.close`, or when this process ends. A helper is a fresh
+  interpreter with this process's import path (``sys.path``): it imports the classes of the
+  model's layers from their modules, so a layer class defined in the main script
+  (``__main__``) or inside a function, which it cannot import, makes the default use threads.
+  A helper that cannot load the model sends its error back, and the caller raises it.
 * or on **threads**, each through a shallow copy of the model that shares its parameters
   (any CPU backend). Threads of one interpreter take turns at the GIL between NumPy calls,
   which made the MNIST network's layers 33-38% slower in all than in a process of its own
@@ -51,6 +55,8 @@ from typing import Any, Callable, Iterator
 from threadpoolctl import ThreadpoolController
 
 from . import backend as _backend
+from .errors import InputError
+from .layers.base import _NO_CACHE
 from .model import Sequential
 
 _blas = ThreadpoolController()
@@ -72,12 +78,14 @@ class DataParallel:
 
     ``workers`` (default: the number of cores) is the number of slices; the calling thread
     computes one. ``processes``: run the other slices in helper processes (True), on threads
-    (False), or in processes where possible (None: NumPy models on POSIX systems). Batches
-    smaller than ``min_batch`` (default: 16 with processes, 32 with threads) and models on a
-    GPU run on the calling thread as usual.
-    Everything else (``params()``, ``grads()``, ``summary()``, ``to()``, checkpoints) is the
-    wrapped model's: optimizers, :func:`anyarray_nn.fit` and :func:`anyarray_nn.evaluate`
-    take the wrapper in its place.
+    (False), or in processes where possible (None: NumPy models on POSIX systems whose layer
+    classes a helper process can import, i.e. none is defined in the main script or inside a
+    function; ``processes=True`` refuses such a model with a ValueError). Batches smaller than
+    ``min_batch`` (default: 16 with processes, 32 with threads) and models on a GPU run on the
+    calling thread as usual.
+    Everything else (``params()``, ``grads()``, ``summary()``, checkpoints) is the wrapped
+    model's, and ``to()`` moves it: optimizers, :func:`anyarray_nn.fit` and
+    :func:`anyarray_nn.evaluate` take the wrapper in its place.
     """
 
     def __init__(self, model: Sequential, workers: int | None = None, *,
@@ -125,6 +133,10 @@ class DataParallel:
         """Back-propagate each slice on its worker, then add the slices' gradients."""
         if self._bounds is None:
             return self.model.backward(dy, input_grad=input_grad)
+        batch = self._bounds[-1][1]
+        if tuple(dy.shape)[:1] != (batch,):  # checked here, before any slice names its own size
+            raise InputError(f"DataParallel: dy: expected a batch of {batch} (the forward "
+                             f"input's), got shape {tuple(dy.shape)}")
         dxs = self._run("backward", dy, input_grad)
         helpers = self._helpers
         for i, layer in enumerate(self.model.layers):
@@ -133,6 +145,15 @@ class DataParallel:
                                         layer.grads[key])
                                for key in layer.params}
         return _backend.namespace(dy).concat(dxs, axis=0) if input_grad else None
+
+    def to(self, backend: str | None = None, dtype: str | None = None) -> "DataParallel":
+        """Move and/or cast the wrapped model (:meth:`Sequential.to`); returns this wrapper.
+
+        The helpers follow: processes restart with the new layout at the next split batch.
+        """
+        self.model.to(backend, dtype)
+        self._bounds = None  # to() dropped the caches: nothing to go back through
+        return self
 
     def close(self) -> None:
         """Stop the helper processes or threads (they start again if the wrapper is used)."""
@@ -183,7 +204,19 @@ class DataParallel:
         if self.processes and not on_numpy:
             raise ValueError(f"DataParallel: processes=True needs a NumPy model, got "
                              f"{backend_name} arrays; use processes=False")
-        return on_numpy and PROCESSES_SUPPORTED and self.processes is not False
+        if self.processes is False or not (on_numpy and PROCESSES_SUPPORTED):
+            return False
+        for layer in self.model.layers:
+            where = _unimportable(type(layer))
+            if where is None:
+                continue
+            if self.processes is None:
+                return False  # the default: threads, which need no import
+            raise ValueError(
+                f"DataParallel: {layer.describe()} is of class {type(layer).__qualname__}, "
+                f"defined {where}, which helper processes cannot import; use "
+                f"processes=False (threads) or move the class into a module")
+        return True
 
     # Sequential's own, running through this class's forward.
     __call__ = Sequential.__call__
@@ -210,6 +243,20 @@ class DataParallel:
                 f"processes={self.processes}, min_batch={self.min_batch})")
 
 
+def _unimportable(cls: type) -> str | None:
+    """Where ``cls`` is defined, if a fresh interpreter cannot import it from there, else None.
+
+    A helper process unpickles each layer by importing its class from the class's module:
+    impossible for the main script (``__main__`` is a different script there) and for a class
+    defined inside a function.
+    """
+    if cls.__module__ == "__main__":
+        return "in the main script (__main__)"
+    if "<locals>" in cls.__qualname__:
+        return f"inside a function ({cls.__module__}.{cls.__qualname__})"
+    return None
+
+
 def _apply(model: Sequential, op: str, array: Any, flag: bool) -> Any:
     if op == "forward":
         return model.forward(array, train=flag)
@@ -220,7 +267,7 @@ def _bare_copy(model: Sequential) -> Sequential:
     """A copy sharing the layers' params dicts, with its own caches and gradients."""
     copies = [copy.copy(layer) for layer in model.layers]
     for layer in copies:
-        layer.grads, layer._cache = {}, None
+        layer.grads, layer._cache = {}, _NO_CACHE
     return Sequential(copies)
 
 
@@ -254,7 +301,8 @@ class _Threads:
 _ALIGN = 64  # bytes: each parameter starts on a cache line
 
 # Each helper is a fresh interpreter (not a fork of this possibly multi-threaded process),
-# and it imports only anyarray_nn, never the user's script.
+# with this process's import path. It imports anyarray_nn and the modules of the model's layer
+# classes, never the user's script.
 _HELPER_CODE = ("import sys; from anyarray_nn.parallel import serve_slices; "
                 "serve_slices(int(sys.argv[1]), int(sys.argv[2]))")
 
@@ -291,7 +339,11 @@ class _Processes:
                 for k in range(count):
                     self._spawn(fd, (_bare_copy(model), self.layout, region * (k + 1), size))
                 for k in range(count):  # wait until each is ready, so a failure shows here
-                    self._receive(k)
+                    error = self._receive(k)  # None, or why the helper could not load the model
+                    if error is not None:
+                        proc = self.procs[k]
+                        raise RuntimeError(f"DataParallel: helper process {k + 1} (pid "
+                                           f"{proc.pid}) could not load the model: {error}")
             except BaseException:
                 self.close()
                 raise
@@ -299,10 +351,13 @@ class _Processes:
     def _spawn(self, fd: int, setup: tuple) -> None:
         ours, theirs = socket.socketpair()
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # This process's import path ("" is the working directory), so that the helper finds
+        # every module a layer class of the model comes from.
+        import_path = [package_root, *(os.path.abspath(entry) for entry in sys.path),
+                       os.environ.get("PYTHONPATH")]
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                    MKL_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [package_root,
-                                                            os.environ.get("PYTHONPATH")])))
+                   PYTHONPATH=os.pathsep.join(filter(None, import_path)))
         with theirs:
             proc = subprocess.Popen([sys.executable, "-c", _HELPER_CODE, str(theirs.fileno()),
                                      str(fd)], pass_fds=(theirs.fileno(), fd), env=env)
@@ -386,16 +441,21 @@ def serve_slices(sock_fd: int, memory_fd: int) -> None:
 
     Receives the model copy and the shared-memory layout, then answers ``forward`` and
     ``backward`` requests on its slice until the socket closes. Data come only from the
-    process that started this one, over an inherited socket pair.
+    process that started this one, over an inherited socket pair. If loading the model
+    fails (a layer class it cannot import), it sends the error's text back and exits.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     conn = Connection(sock_fd)
-    model, layout, grads_at, size = conn.recv()
-    memory = mmap.mmap(memory_fd, size)
-    os.close(memory_fd)
-    for (i, key), view in _views(memory, layout, 0).items():
-        model.layers[i].params[key] = view
-    grads = _views(memory, layout, grads_at)
+    try:
+        model, layout, grads_at, size = conn.recv()
+        memory = mmap.mmap(memory_fd, size)
+        os.close(memory_fd)
+        for (i, key), view in _views(memory, layout, 0).items():
+            model.layers[i].params[key] = view
+        grads = _views(memory, layout, grads_at)
+    except Exception as exc:  # noqa: BLE001 - the caller raises it with its own message
+        conn.send(f"{type(exc).__name__}: {exc}")
+        return
     conn.send(None)  # ready
     while True:
         try:

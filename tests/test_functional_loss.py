@@ -83,3 +83,19 @@ def test_cross_entropy_errors(xp):
 def test_mse_refuses_to_broadcast(xp):
     with pytest.raises(ann.InputError, match=r"target: expected shape \(4, 1\).*got \(4,\)"):
         F.mse_forward(ann.asarray(np.zeros((4, 1))), ann.asarray(np.zeros(4)))
+
+
+@pytest.mark.parametrize("make, good, bad", [
+    (ann.losses.SoftmaxCrossEntropy, (np.array([[1.0, 2.0], [0.5, 0.1]]), np.array([0, 1])),
+     (np.array([[np.nan, 0.0], [1.0, 1.0], [3.0, 1.0]]), np.array([0, 1, 0]))),
+    (ann.losses.MSE, (np.zeros((2, 2)), np.ones((2, 2))), (np.zeros((3, 2)), np.ones(3))),
+], ids=["SoftmaxCrossEntropy", "MSE"])
+def test_backward_after_a_failed_forward_is_an_error(make, good, bad):
+    loss_fn, name = make(), make.__name__
+    loss_fn.forward(*good)
+    assert loss_fn.backward().shape == good[0].shape
+    with pytest.raises(ann.InputError, match=f"{name}: "):
+        loss_fn.forward(*bad)
+    # Not the gradient of the previous batch: the failed forward left nothing to go back to.
+    with pytest.raises(RuntimeError, match=rf"{name}: backward\(\) needs a preceding forward"):
+        loss_fn.backward()

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import anyarray_nn as ann
-from anyarray_nn.layers import (AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, LeakyReLU,
-                                MaxPool2D, ReLU, Sigmoid, Tanh)
+from anyarray_nn.layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
+                                LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh)
 from helpers import away_from_zero, host
 
 LAYERS = {
@@ -50,6 +50,46 @@ def test_backward_before_forward_is_an_error():
     layer.forward(np.zeros((1, 2), dtype=np.float32), train=False)
     with pytest.raises(RuntimeError, match="preceding forward"):
         layer.backward(np.zeros((1, 2), dtype=np.float32))
+
+
+
+class Double(ann.layers.Layer):
+    """y = 2 x: backward needs nothing from forward, so the cache is None. Refuses 1-D x."""
+
+    def _forward(self, x, train):
+        if x.ndim != 2:
+            raise ann.InputError(f"x: expected a 2-D array, got shape {tuple(x.shape)}")
+        return 2 * x, None
+
+    def _backward(self, dy, cache, input_grad):
+        return 2 * dy, {}
+
+
+@pytest.mark.parametrize("make, factor", [(lambda: Dropout(0.0, name="drop"), 1.0),
+                                          (lambda: Double(name="drop"), 2.0)],
+                         ids=["Dropout-p0", "cache-None"])
+def test_a_layer_whose_cache_is_none_runs_backward(make, factor):
+    layer = make()
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    layer.forward(x, train=True)
+    np.testing.assert_array_equal(layer.backward(np.ones_like(x)), np.full((2, 3), factor))
+    model = ann.Sequential([Dense(3, 3, rng=0, name="fc"), make(), Dense(3, 2, rng=1)])
+    y = model.forward(x, train=True)
+    assert model.backward(np.ones_like(y), input_grad=True).shape == (2, 3)
+    # The errors for a backward with nothing to go back through stay: no forward yet, an
+    # evaluation forward after the training one, a failed forward after the training one.
+    fresh = make()
+    with pytest.raises(RuntimeError, match=r"'drop': backward\(\) needs a preceding forward"):
+        fresh.backward(np.ones_like(x))
+    fresh.forward(x, train=True)
+    fresh.forward(x, train=False)
+    with pytest.raises(RuntimeError, match=r"'drop': backward\(\) needs a preceding forward"):
+        fresh.backward(np.ones_like(x))
+    fresh.forward(x, train=True)
+    with pytest.raises(ann.InputError, match="'drop': x: expected"):
+        fresh.forward(np.ones(3, np.int64), train=True)  # leaves nothing to go back through
+    with pytest.raises(RuntimeError, match=r"'drop': backward\(\) needs a preceding forward"):
+        fresh.backward(np.ones_like(x))
 
 
 def test_dense_errors_name_the_layer(xp):

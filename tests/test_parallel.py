@@ -3,6 +3,8 @@ outputs and gradients."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -169,8 +171,94 @@ def test_moving_the_wrapped_model_moves_every_helper(rng, processes):
     parallel = ann.DataParallel(mnist_net(rng=0), 2, processes=processes, min_batch=1)
     x = rng.standard_normal((4, 1, 28, 28))
     assert parallel.forward(x.astype(np.float32)).dtype == np.float32
-    parallel.to(dtype="float64")
+    assert parallel.to(dtype="float64") is parallel  # the wrapper, not the model inside it
     assert parallel.dtype == "float64"
     out = parallel.forward(x)
     assert out.dtype == np.float64 and out.shape == (4, 10)
     np.testing.assert_allclose(out, parallel.model.forward(x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_a_gradient_for_another_batch_size_is_refused(rng, processes):
+    serial = mnist_net(rng=0, dtype="float64")
+    parallel = ann.DataParallel(mnist_net(rng=0, dtype="float64"), 2, processes=processes,
+                                min_batch=1)
+    x = rng.standard_normal((20, 1, 28, 28))
+    y = parallel.forward(x, train=True)
+    with pytest.raises(InputError, match=r"DataParallel: dy: expected a batch of 20 \(the "
+                                         r"forward input's\), got shape \(19, 10\)"):
+        parallel.backward(np.ones((19, 10)))
+    parallel.backward(np.ones_like(y))  # the forward pass is still there to go back through
+    serial.forward(x, train=True)
+    serial.backward(np.ones_like(y))
+    for key, value in serial.grads().items():
+        assert_close(parallel.grads()[key], value)
+    parallel.close()
+
+
+def _with_mnist_net(layer):
+    return ann.Sequential([layer, *mnist_net(rng=0, dtype="float64").layers])
+
+
+def test_helper_processes_import_layer_classes_from_this_process_import_path(rng, monkeypatch):
+    # tests/helpers.py is importable here because tests/ is on sys.path (not on PYTHONPATH):
+    # the helpers search the same path.
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    serial = _with_mnist_net(FailsOnNegativeFirstValue())
+    parallel = ann.DataParallel(_with_mnist_net(FailsOnNegativeFirstValue()), 2,
+                                processes=True, min_batch=1)
+    x = np.abs(rng.standard_normal((4, 1, 28, 28)))
+    labels = np.arange(4)
+    _step(serial, SoftmaxCrossEntropy(), x, labels)
+    _step(parallel, SoftmaxCrossEntropy(), x, labels)
+    assert type(parallel._helpers).__name__ == "_Processes"
+    for key, value in serial.grads().items():
+        assert_close(parallel.grads()[key], value)
+    parallel.close()
+
+
+class MainScriptLayer(FailsOnNegativeFirstValue):
+    """Stands for a layer class written in the user's script: a helper process is a fresh
+    interpreter, which cannot import the classes of another one's ``__main__``."""
+
+    __module__ = "__main__"
+
+
+def test_a_layer_class_of_the_main_script_runs_on_threads(rng):
+    serial = _with_mnist_net(MainScriptLayer(name="mine"))
+    parallel = ann.DataParallel(_with_mnist_net(MainScriptLayer(name="mine")), 2, min_batch=1)
+    x = np.abs(rng.standard_normal((4, 1, 28, 28)))
+    labels = np.arange(4)
+    _step(serial, SoftmaxCrossEntropy(), x, labels)
+    _step(parallel, SoftmaxCrossEntropy(), x, labels)
+    assert type(parallel._helpers).__name__ == "_Threads"  # the default falls back to threads
+    for key, value in serial.grads().items():
+        assert_close(parallel.grads()[key], value)
+    parallel.close()
+    insisting = ann.DataParallel(_with_mnist_net(MainScriptLayer(name="mine")), 2,
+                                 processes=True, min_batch=1)
+    with pytest.raises(ValueError, match=r"DataParallel: MainScriptLayer 'mine' is of class "
+                                         r"MainScriptLayer, defined in the main script "
+                                         r"\(__main__\).*processes=False.*module"):
+        insisting.forward(x)
+    assert insisting._helpers is None
+
+
+def test_a_helper_process_that_cannot_load_the_model_says_why(rng, tmp_path, monkeypatch):
+    # A module loaded from a file outside the import path: this process has it, the helpers
+    # cannot find it.
+    path = tmp_path / "layers_only_here.py"
+    path.write_text("from anyarray_nn.layers import ReLU\n\n\nclass ReLUOnlyHere(ReLU):\n"
+                    "    pass\n")
+    spec = importlib.util.spec_from_file_location("layers_only_here", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "layers_only_here", module)  # removed after the test
+    spec.loader.exec_module(module)
+    parallel = ann.DataParallel(_with_mnist_net(module.ReLUOnlyHere()), 2, min_batch=1)
+    x = rng.standard_normal((4, 1, 28, 28))
+    for _ in range(2):  # every call starts the helpers afresh, and they fail the same way
+        with pytest.raises(RuntimeError, match=r"DataParallel: helper process 1 \(pid \d+\) "
+                                               r"could not load the model: ModuleNotFoundError: "
+                                               r"No module named 'layers_only_here'"):
+            parallel.forward(x)
+        assert parallel._helpers is None

@@ -103,8 +103,16 @@ def test_dropout_layer(xp):
 def test_errors_name_the_layer():
     with pytest.raises(ann.InputError, match=r"BatchNorm2D 'bn': x: expected a 4-D array \(N, C, H, W\), got shape \(2, 3\)"):
         BatchNorm2D(3, name="bn").forward(np.zeros((2, 3), np.float32), train=True)
-    with pytest.raises(ann.InputError, match=r"BatchNorm1D 'bn': gamma: expected shape \(5,\)"):
-        BatchNorm1D(3, name="bn").forward(np.zeros((2, 5), np.float32), train=True)
+    # x is what does not fit the layer, not gamma: say so, as Dense and Conv2D do.
+    with pytest.raises(ann.InputError, match=r"BatchNorm1D 'bn': x: expected 3 features \(gamma "
+                                             r"has shape \(3,\)\), got shape \(8, 4\)"):
+        BatchNorm1D(3, name="bn").forward(np.zeros((8, 4), np.float32), train=True)
+    with pytest.raises(ann.InputError, match=r"BatchNorm2D 'bn': x: expected 3 channels \(gamma "
+                                             r"has shape \(3,\)\), got shape \(2, 4, 5, 5\)"):
+        BatchNorm2D(3, name="bn").forward(np.zeros((2, 4, 5, 5), np.float32))
+    with pytest.raises(ann.InputError, match=r"BatchNorm1D 'bn': x: expected dtype float64 \(the "
+                                             r"dtype of gamma\), got float32"):
+        BatchNorm1D(3, name="bn", dtype="float64").forward(np.zeros((8, 3), np.float32))
     with pytest.raises(ann.InputError, match="at least 2 values per feature"):
         BatchNorm1D(3).forward(np.zeros((1, 3), np.float32), train=True)
 
@@ -132,3 +140,20 @@ def test_checkpoint_restores_running_statistics_and_dropout_state(tmp_path, rng)
         with h5py.File(path, "a") as f:
             del f["buffers/bn/running_mean"]
         ann.load_checkpoint(path, bn_net())
+
+
+def test_dropout_errors_name_the_layer_and_the_argument():
+    layer = Dropout(0.5, name="drop", rng=0)
+    layer.forward(np.ones((2, 3), np.float32), train=True)
+    with pytest.raises(ann.InputError, match=r"Dropout 'drop': dy: expected shape \(2, 3\) \(the "
+                                             r"forward output\), got \(2, 4\)"):
+        layer.backward(np.ones((2, 4), np.float32))
+    with pytest.raises(ann.InputError, match=r"Dropout 'drop': dy: expected dtype float32"):
+        layer.backward(np.ones((2, 3), np.float64))
+    state = layer.rng.bit_generator.state
+    with pytest.raises(ann.InputError, match=r"Dropout 'drop': x: expected a floating dtype "
+                                             r"\(float32 or float64\), got int64"):
+        layer.forward(np.ones((2, 3), np.int64), train=True)
+    assert layer.rng.bit_generator.state == state  # a refused input draws no mask
+    with pytest.raises(ann.InputError, match="Dropout 'drop': x: expected a floating dtype"):
+        Dropout(0.0, name="drop").forward(np.ones((2, 3), np.int64), train=True)

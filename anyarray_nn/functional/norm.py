@@ -40,6 +40,15 @@ def _per_feature(v: Any, x: Any) -> Any:
 
 
 def _check_features(x: Any, vectors: dict[str, Any]) -> None:
+    """Raise unless x fits the per-feature vectors, the first (gamma) being the reference: x
+    must have its dtype and its number of features (as Dense blames x, not W, for a mismatch);
+    then every vector must have shape (C,) and x's dtype."""
+    ref_name, ref = next(iter(vectors.items()))
+    check_same_dtype(x, ref, "x", ref_name)
+    if ref.ndim == 1 and x.shape[1] != ref.shape[0]:
+        unit = "features" if x.ndim == 2 else "channels"
+        raise InputError(f"x: expected {ref.shape[0]} {unit} ({ref_name} has shape "
+                         f"{tuple(ref.shape)}), got shape {tuple(x.shape)}")
     for name, v in vectors.items():
         check_same_dtype(v, x, name, "x")
         if tuple(v.shape) != (x.shape[1],):
@@ -114,6 +123,7 @@ def dropout_forward(x: Any, mask: Any, p: float) -> Any:
 def dropout_backward(mask: Any, dy: Any, p: float) -> Any:
     """The gradient of :func:`dropout_forward`: ``dy * mask / (1 - p)``."""
     namespace(mask, dy, names=("mask", "dy"))
+    check_gradient(mask, dy, tuple(mask.shape))  # the mask has the forward's shape and dtype
     _check_mask(dy, mask, p)
     return dy * mask * (1.0 / (1.0 - p))
 

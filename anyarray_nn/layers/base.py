@@ -21,6 +21,22 @@ from ..init import get_initializer
 _REGISTRY: dict[str, type["Layer"]] = {}
 
 
+class _NoCache:
+    """The type of ``_NO_CACHE``: a layer's cache when no training forward is there to go back
+    through. None cannot mean that: ``_forward`` may return None as its cache (a layer that
+    needs nothing from the forward pass, Dropout with p=0). Pickles as the one instance, so a
+    layer copied into a DataParallel helper process keeps the meaning."""
+
+    def __repr__(self) -> str:
+        return "_NO_CACHE"
+
+    def __reduce__(self) -> str:
+        return "_NO_CACHE"
+
+
+_NO_CACHE = _NoCache()
+
+
 def register(cls: type["Layer"]) -> type["Layer"]:
     """Class decorator: make a layer type known to ``load_model`` and checkpoints."""
     if cls.__name__ in _REGISTRY and _REGISTRY[cls.__name__] is not cls:
@@ -60,16 +76,16 @@ class Layer:
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
         self.buffers: dict[str, Any] = {}  # state that is not trained (running statistics)
-        self._cache: Any = None
+        self._cache: Any = _NO_CACHE  # what backward needs; _NO_CACHE: no training forward
 
     # --- the public protocol -------------------------------------------------------------
 
     def forward(self, x: Any, *, train: bool = False) -> Any:
         """Compute the layer's output. With ``train=True`` keep what ``backward`` needs."""
-        self._cache = None  # a failed forward must not leave an old cache for backward
+        self._cache = _NO_CACHE  # a failed forward must not leave an old cache for backward
         with errors_named(self.describe()):
             out, cache = self._forward(x, train)
-        self._cache = cache if train else None
+        self._cache = cache if train else _NO_CACHE
         return out
 
     def backward(self, dy: Any, *, input_grad: bool = True) -> Any:
@@ -78,7 +94,7 @@ class Layer:
         With ``input_grad=False`` the layer may skip computing dL/dx (a network's first
         layer: nobody needs the gradient of the data) and returns None.
         """
-        if self._cache is None:
+        if self._cache is _NO_CACHE:
             raise RuntimeError(f"{self.describe()}: backward() needs a preceding "
                                f"forward(x, train=True)")
         with errors_named(self.describe()):
@@ -128,7 +144,7 @@ class Layer:
                 store[key] = _backend.asarray(
                     value, backend=target or _backend.backend_name_of(value), dtype=dtype)
         self.grads = {}
-        self._cache = None
+        self._cache = _NO_CACHE
         return self
 
     def _check_sizes(self, **sizes: Any) -> None:

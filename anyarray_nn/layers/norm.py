@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import backend as _backend
 from .. import functional as F
-from ..functional._checks import check_ndim
+from ..functional._checks import check_floating, check_ndim
 from .base import Layer, register
 
 
@@ -91,7 +91,10 @@ class Dropout(Layer):
         self.rng = np.random.default_rng(_backend.host_rng(rng).integers(2**63))
 
     def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
-        if not train or self.p == 0.0:
+        if not train:
+            return x, None
+        check_floating(x, "x")  # before the mask is drawn, or cast to x's dtype
+        if self.p == 0.0:
             return x, None
         keep = self.rng.random(tuple(x.shape)) >= self.p
         mask = _backend.asarray_like(keep, x)
