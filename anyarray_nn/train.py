@@ -71,6 +71,7 @@ class TrainState:
     step: int = 0              # optimizer steps so far
     stop: bool = False         # set to True to end training after the current step
     last: dict[str, Any] = dataclasses.field(default_factory=dict)  # latest logged values
+    validates: bool = False    # whether fit was given a val_loader
 
 
 class Callback:
@@ -124,12 +125,24 @@ class _Monitor:
     def __init__(self, owner: str, monitor: str, mode: str, min_delta: float) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"{owner}: expected mode 'min' or 'max', got {mode!r}")
-        self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
+        self.owner, self.monitor, self.mode, self.min_delta = owner, monitor, mode, min_delta
         self.best: float | None = None
         self.waited = 0
 
+    def start(self, state: TrainState) -> None:
+        """Forget any earlier run (a callback may be reused) and check that this one validates:
+        the monitored value is read after each validation, so without one nothing happens."""
+        self.best, self.waited = None, 0
+        if not state.validates:
+            raise ValueError(f"{self.owner}: monitor={self.monitor!r} is checked after each "
+                             f"validation, but fit was given no val_loader; pass "
+                             f"val_loader=... to fit")
+
     def improved(self, state: TrainState) -> bool:
         """Read the monitored value from ``state.last``; True if it is a new best."""
+        if self.monitor not in state.last:
+            raise ValueError(f"{self.owner}: monitor={self.monitor!r} is not logged; available: "
+                             f"{', '.join(map(repr, sorted(state.last)))}")
         value = state.last[self.monitor]
         if self.best is None or (value < self.best - self.min_delta if self.mode == "min"
                                  else value > self.best + self.min_delta):
@@ -150,6 +163,9 @@ class ReduceOnPlateau(Callback):
         self.tracker = _Monitor("ReduceOnPlateau", monitor, mode, min_delta)
         self.factor, self.patience, self.min_lr = factor, patience, min_lr
 
+    def on_train_begin(self, state: TrainState) -> None:
+        self.tracker.start(state)
+
     def on_validation_end(self, state: TrainState) -> None:
         if not self.tracker.improved(state) and self.tracker.waited >= self.patience:
             state.optimizer.lr = max(self.min_lr, state.optimizer.lr * self.factor)
@@ -158,31 +174,48 @@ class ReduceOnPlateau(Callback):
 
 class EarlyStopping(Callback):
     """Stop when ``monitor`` (e.g. ``"val_loss"``) has not improved for ``patience``
-    validations; with ``restore_best`` the best parameters are put back at the end."""
+    validations; with ``restore_best`` the best parameters and buffers (BatchNorm's running
+    statistics) are put back at the end. Each ``fit`` run starts afresh."""
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, mode: str = "min",
                  min_delta: float = 0.0, restore_best: bool = True) -> None:
         self.tracker = _Monitor("EarlyStopping", monitor, mode, min_delta)
         self.patience, self.restore_best = patience, restore_best
         self.best_params: dict[str, np.ndarray] | None = None
+        self.best_buffers: dict[str, np.ndarray] | None = None
 
     @property
     def best(self) -> float | None:
         """The best monitored value so far."""
         return self.tracker.best
 
+    def on_train_begin(self, state: TrainState) -> None:
+        self.tracker.start(state)
+        self.best_params = self.best_buffers = None
+
     def on_validation_end(self, state: TrainState) -> None:
         if self.tracker.improved(state):
             if self.restore_best:
-                self.best_params = {k: _backend.to_host(v).copy()
-                                    for k, v in state.model.params().items()}
+                self.best_params = _host_copy(state.model.params())
+                self.best_buffers = _host_copy(state.model.buffers())
         elif self.tracker.waited >= self.patience:
             state.stop = True
 
     def on_train_end(self, state: TrainState) -> None:
         if self.restore_best and self.best_params is not None:
-            for key, value in state.model.params().items():
-                value[...] = _backend.asarray_like(self.best_params[key], value)
+            _copy_into(state.model.params(), self.best_params)
+            _copy_into(state.model.buffers(), self.best_buffers)
+
+
+def _host_copy(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Host copies of a model's ``params()`` or ``buffers()``."""
+    return {key: _backend.to_host(value).copy() for key, value in arrays.items()}
+
+
+def _copy_into(arrays: dict[str, Any], saved: dict[str, np.ndarray]) -> None:
+    """Write ``saved`` host copies back into the model's arrays, in place."""
+    for key, value in arrays.items():
+        value[...] = _backend.asarray_like(saved[key], value)
 
 
 class Every(Callback):
@@ -249,14 +282,16 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
         raise ValueError(f"fit: expected a positive number of epochs or iterations, got {limit!r}")
     if val_every is not None and (val_loader is None or val_every < 1):
         raise ValueError("fit: val_every needs a val_loader and must be >= 1")
+    if hasattr(train_loader, "__len__") and len(train_loader) == 0:
+        raise ValueError(_no_batches_message(train_loader))
     callbacks = list(callbacks)
-    state = TrainState(model, optimizer, history or History())
+    state = TrainState(model, optimizer, history or History(), validates=val_loader is not None)
     state.epoch = len(state.history.epochs)
     state.step = len(state.history.iterations)
     total_steps = (epochs * len(train_loader) if epochs is not None else iterations)
-    bar = _progress_bar(total_steps, progress)
     for cb in callbacks:
         cb.on_train_begin(state)
+    bar = _progress_bar(total_steps, progress)
     steps_done = 0
     while not state.stop and steps_done < total_steps:
         state.epoch += 1
@@ -290,6 +325,8 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
                 _validate(state, model, loss_fn, val_loader, callbacks)
             if state.stop or steps_done >= total_steps:
                 break
+        if seen == 0:  # a loader without __len__ that yields nothing would loop forever
+            raise ValueError(_no_batches_message(train_loader))
         seconds = time.perf_counter() - start
         summary = {"epoch": state.epoch, "loss": epoch_loss / max(seen, 1),
                    "accuracy": epoch_correct / max(seen, 1), "seconds": seconds,
@@ -305,6 +342,19 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
     for cb in callbacks:
         cb.on_train_end(state)
     return state.history
+
+
+def _no_batches_message(loader: Any) -> str:
+    """Why ``fit`` cannot train on ``loader``: it yields no batches (with the sizes a
+    DataLoader exposes)."""
+    message = "fit: the training loader yields no batches"
+    if all(hasattr(loader, name) for name in ("x", "batch_size", "drop_last")):
+        n = len(loader.x)
+        message += f" ({n} examples, batch_size {loader.batch_size}, drop_last={loader.drop_last})"
+        if n > 0 and loader.drop_last:
+            message += (f": drop_last drops the one partial batch; use a batch_size <= {n} "
+                        f"or drop_last=False")
+    return message
 
 
 def _validate(state: TrainState, model: Any, loss_fn: Any, loader: Any,

@@ -692,3 +692,21 @@ def test_real_cifar10(real_cifar):
     assert np.bincount(y_test, minlength=10).tolist() == [1000] * 10
     assert y_train[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
     assert y_test[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+
+
+def test_missing_data_says_the_folder_came_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "nowhere"))
+    for load in (load_mnist, load_cifar10):
+        with pytest.raises(FileNotFoundError, match=rf"the data folder {tmp_path / 'nowhere'}, "
+                                                    rf"named by the environment variable "
+                                                    rf"{ENV_VAR}, does not exist"):
+            load(split="test")
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))      # the folder exists, the files do not
+    for load in (load_mnist, load_cifar10):
+        with pytest.raises(FileNotFoundError, match=rf"the data folder {tmp_path} is the one "
+                                                    rf"the environment variable {ENV_VAR} names"):
+            load(split="test")
+    for load in (load_mnist, load_cifar10):           # root given: the variable is not used
+        with pytest.raises(FileNotFoundError) as info:
+            load(tmp_path / "elsewhere", "test")
+        assert ENV_VAR not in str(info.value)

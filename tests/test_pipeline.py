@@ -122,3 +122,67 @@ def test_the_same_batches_on_every_backend(xp):
         ref = [b[0] for b in DataLoader(x, y, 5, seed=2, preprocess=st, augment=augment)]
     for a, b in zip(here, ref):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0.1, 1 / 3, 123.456, -7.0])
+def test_standardize_treats_a_constant_feature_as_constant(value):
+    rng = np.random.default_rng(0)
+    x = np.column_stack([np.full(1000, value), rng.normal(size=1000),
+                         0.1 + 1e-3 * rng.normal(size=1000)])   # small but real variation
+    st = Standardize.fit(x, chunk=64)
+    assert st.std[0] == 1.0 and st.mean[0] == pytest.approx(value, rel=1e-15)
+    np.testing.assert_allclose(st.std[1:], x[:, 1:].std(axis=0), rtol=1e-12)
+    out = st(ann.asarray(np.array([[value + 0.1, 0.0, 0.1]]), backend="numpy", dtype="float64"))
+    assert out[0, 0] == pytest.approx(0.1, rel=1e-6)
+
+
+def test_standardize_applies_statistics_by_the_batch_layout(xp):
+    st = Standardize([0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0])
+    flat = host(st(ann.asarray(np.zeros((2, 4)), dtype="float64")))
+    np.testing.assert_array_equal(flat, [[0.0, -1.0, -2.0, -3.0]] * 2)
+    images = host(st(ann.asarray(np.zeros((1, 4, 1, 3)), dtype="float64")))
+    np.testing.assert_array_equal(images[0, :, 0, :], [[0.0] * 3, [-1.0] * 3, [-2.0] * 3,
+                                                       [-3.0] * 3])      # per channel, not per W
+    with pytest.raises(ValueError, match=r"Standardize: expected \(N, D\) or \(N, C, H, W\) "
+                                         r"data, got shape \(2, 4, 3\)"):
+        st(ann.asarray(np.zeros((2, 4, 3)), dtype="float64"))
+
+
+def test_loader_labels_must_be_class_indices():
+    x = np.zeros((4, 2))
+    whole = DataLoader(x, np.array([0.0, 1.0, 2.0, 1.0]), 4, shuffle=False)
+    assert host(next(iter(whole))[1]).tolist() == [0, 1, 2, 1]
+    assert DataLoader(x, [0, 1, 2, 1]).y.dtype == np.int64
+    with pytest.raises(ValueError, match=r"DataLoader: expected integer class labels, got "
+                                         r"float64 labels that are not whole numbers "
+                                         r"\(e.g. y\[0\] = 0.9\)"):
+        DataLoader(x, np.array([0.9, 1.7, 2.5, -0.5]))
+    with pytest.raises(ValueError, match="y\\[1\\] = nan"):
+        DataLoader(x, np.array([1.0, np.nan, 0.0, 0.0]))
+    with pytest.raises(ValueError, match=r"DataLoader: expected y of shape \(N,\) \(one class "
+                                         r"index per example\), got shape \(4, 3\)"):
+        DataLoader(x, np.eye(3)[[0, 1, 2, 1]])          # one-hot labels
+    with pytest.raises(ValueError, match="got <U1 labels"):
+        DataLoader(x, np.array(["a", "b", "a", "b"]))
+
+
+def test_loader_refuses_a_bad_state_and_stays_unchanged():
+    x, y = np.arange(30, dtype=np.float64)[:, None], np.arange(30)
+    loader = DataLoader(x, y, 7, seed=5)
+    list(loader)
+    good = loader.state_dict()
+    bad_rng = {**good["rng"], "state": {"state": "x", "inc": 1}}
+    for state, match in [
+        ({"epoch": 3}, r"missing 'rng'"),
+        ({**good, "extra": 1}, r"unexpected 'extra'"),
+        ({**good, "epoch": "3"}, r"expected 'epoch' to be an integer >= 0, got '3'"),
+        ({**good, "epoch": -1}, r"got -1"),
+        ({"epoch": 7, "rng": bad_rng}, r"'rng' is not a PCG64 generator state"),
+        ({"epoch": 7, "rng": {**good["rng"], "bit_generator": "MT19937"}}, r"not a PCG64"),
+        ([1, 2], r"expected a dict with 'epoch' and 'rng', got list"),
+    ]:
+        with pytest.raises(ValueError, match=f"DataLoader.load_state_dict: .*{match}"):
+            loader.load_state_dict(state)
+        assert loader.state_dict() == good  # nothing changed
+    loader.load_state_dict({**good, "epoch": np.int64(4)})
+    assert loader.epoch == 4 and type(loader.epoch) is int

@@ -141,3 +141,75 @@ def test_reduce_on_plateau_lowers_the_rate_after_patience():
     per_epoch = [h.iterations[i * len(tl)]["lr"] for i in range(7)]
     assert per_epoch == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25])
     assert opt.lr == pytest.approx(0.2)  # floored at min_lr after the last reduction
+
+
+class Scripted(train.Callback):
+    """Replaces each validation's ``val_loss`` by the next of ``values``."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def on_validation_end(self, state):
+        state.last["val_loss"] = self.values.pop(0)
+
+
+def test_callbacks_start_afresh_when_reused_in_a_second_fit():
+    stopper = train.EarlyStopping(patience=5)
+    reducer = train.ReduceOnPlateau(factor=0.5, patience=3)
+    model_a, loss_fn, tl, vl = setup()
+    train.fit(model_a, loss_fn, ann.optim.SGD(model_a, lr=0.1), tl, epochs=3, val_loader=vl,
+              callbacks=[Scripted([0.1, 0.2, 0.3]), stopper, reducer], progress=False)
+    assert stopper.best == 0.1 and stopper.tracker.waited == 2
+    model_b, *_ = setup(seed=5)  # a second run (a sweep) reusing both callbacks
+    opt = ann.optim.SGD(model_b, lr=0.1)
+    h = train.fit(model_b, loss_fn, opt, tl, epochs=4, val_loader=vl,
+                  callbacks=[Scripted([5.0, 4.0, 3.0, 2.0]), stopper, reducer], progress=False)
+    assert len(h.epochs) == 4 and stopper.best == 2.0 and reducer.tracker.best == 2.0
+    assert opt.lr == 0.1  # improving every epoch: never reduced
+    assert not np.array_equal(host(model_b.params()["dense1.W"]),
+                              host(model_a.params()["dense1.W"]))
+
+
+def test_early_stopping_restores_the_best_buffers_too(xp):
+    _, loss_fn, tl, vl = setup()
+    model = ann.Sequential([Dense(2, 16, init="glorot", rng=0), ann.layers.BatchNorm1D(16),
+                            Tanh(), Dense(16, 2, init="glorot", rng=1)])
+    snapshots = []
+
+    class Worsen(train.Callback):  # makes val_loss rise after the first validation
+        def on_validation_end(self, state):
+            snapshots.append({k: host(v).copy() for k, v in state.model.buffers().items()})
+            state.last["val_loss"] = len(snapshots)
+
+    train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.5), tl, epochs=20, val_loader=vl,
+              callbacks=[Worsen(), train.EarlyStopping(patience=2)], progress=False)
+    assert len(snapshots) == 3 and snapshots[0]
+    for key, value in model.buffers().items():
+        np.testing.assert_array_equal(host(value), snapshots[0][key])
+
+
+@pytest.mark.parametrize("limit", [{"epochs": 2}, {"iterations": 5}])
+@pytest.mark.parametrize("n,drop_last", [(10, True), (0, False)])
+def test_fit_refuses_a_loader_without_batches(limit, n, drop_last):
+    model, loss_fn, _, _ = setup()
+    x, y = ann.data.make_circles(10, seed=0)
+    loader = DataLoader(x[:n], y[:n], 32, drop_last=drop_last)
+    with pytest.raises(ValueError, match=rf"fit: the training loader yields no batches "
+                                         rf"\({n} examples, batch_size 32, "
+                                         rf"drop_last={drop_last}\)"):
+        train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.1), loader, progress=False, **limit)
+
+
+@pytest.mark.parametrize("callback", [train.EarlyStopping, train.ReduceOnPlateau])
+def test_monitor_errors_name_the_problem(callback):
+    model, loss_fn, tl, vl = setup()
+    opt = ann.optim.SGD(model, lr=0.1)
+    with pytest.raises(ValueError, match=rf"{callback.__name__}: monitor='val_acc' is not "
+                                         r"logged; available: .*'val_accuracy', 'val_loss'"):
+        train.fit(model, loss_fn, opt, tl, epochs=2, val_loader=vl, progress=False,
+                  callbacks=[callback(monitor="val_acc")])
+    for monitor in ("val_loss", "loss"):  # both act only after a validation
+        with pytest.raises(ValueError, match=rf"{callback.__name__}: .*'{monitor}'.* no "
+                                             r"val_loader"):
+            train.fit(model, loss_fn, opt, tl, epochs=2, progress=False,
+                      callbacks=[callback(monitor=monitor)])

@@ -81,12 +81,25 @@ def not_found_message(root: pathlib.Path, what: str, looked: Sequence[pathlib.Pa
                       hint: str = "") -> str:
     """The text of a 'file not found' error: what is missing and every place looked."""
     places = "\n".join(f"  {path}" for path in looked)
-    message = f"{what} not found; looked for:\n{places}"
-    if not root.is_dir():
-        message += f"\n(the data folder {root} does not exist)"
+    message = f"{what} not found; looked for:\n{places}" + root_note(root)
     if hint:
         message += "\n" + hint
     return message
+
+
+def root_note(root: pathlib.Path) -> str:
+    """A line for a 'not found' message about the data folder ``root``: that it does not
+    exist, and that the environment variable ``ANYARRAY_NN_DATA`` names it when it does
+    (the user may have forgotten that it is set, or where to). Empty when neither applies."""
+    from_env = os.environ.get(ENV_VAR, "").strip()
+    named = bool(from_env) and pathlib.Path(from_env).expanduser() == root
+    if not root.is_dir():
+        by_env = f", named by the environment variable {ENV_VAR}," if named else ""
+        return f"\n(the data folder {root}{by_env} does not exist)"
+    if named:
+        return (f"\n(the data folder {root} is the one the environment variable {ENV_VAR} "
+                f"names; pass root=DIR to the loader to use another)")
+    return ""
 
 
 def open_member(path: str | os.PathLike) -> bytes:

@@ -29,7 +29,8 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from ._files import DataFormatError, data_root, first_existing, open_member, with_suffixes
+from ._files import (DataFormatError, data_root, first_existing, open_member, root_note,
+                     with_suffixes)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -133,8 +134,7 @@ def _read_batches(root: pathlib.Path, batches: tuple[str, ...]) -> list[Batch]:
     message = "CIFAR-10 batches not found; looked in:\n" + "\n".join(looked)
     if partial:
         message += "\n" + "\n".join(partial)
-    if not root.is_dir():
-        message += f"\n(the data folder {root} does not exist)"
+    message += root_note(root)
     message += (f"\nPut the binary batches data_batch_1.bin .. data_batch_5.bin and "
                 f"test_batch.bin in {root / 'cifar-10' / BIN_FOLDER}, or {BIN_TARBALL} in "
                 f"{root / 'cifar-10'}; anyarray_nn.data.download can fetch the tarball when "

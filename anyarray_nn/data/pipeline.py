@@ -11,6 +11,7 @@ batches come out on every backend.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -45,7 +46,14 @@ class Standardize:
     feature for (N, D) data) on the host; calling the object on a batch of any backend applies
     them there. ``scale`` (e.g. 1/255 for uint8 pixels) is applied first, in both places.
     Compute the statistics from the training data only, then use them for every split.
+
+    A feature whose standard deviation is at most ``constant_rtol`` (float32's machine
+    epsilon, about 1.2e-7) times the magnitude of its mean is constant: the differences are
+    rounding noise in a float32 batch, and dividing by them would blow that noise up. ``fit``
+    gives such a feature std 1, so it is only centred.
     """
+
+    constant_rtol = float(np.finfo(np.float32).eps)
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], scale: float = 1.0) -> None:
         self.mean = np.asarray(mean, dtype=np.float64)
@@ -56,34 +64,49 @@ class Standardize:
         if np.any(self.std <= 0):
             raise ValueError(f"Standardize: std must be positive, got {self.std.tolist()}")
         self.scale = float(scale)
-        self._on: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._on: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     @classmethod
     def fit(cls, x: np.ndarray, scale: float = 1.0, chunk: int = 10_000) -> "Standardize":
-        """Statistics of host data ``x`` (computed in float64, in chunks to bound memory)."""
+        """Statistics of host data ``x`` (computed in float64, in chunks to bound memory).
+
+        Two passes: the mean, then the mean squared deviation from it (the one-pass
+        E[x^2] - E[x]^2 loses all precision for a feature far from zero). A constant feature
+        gets std 1 (see :class:`Standardize`).
+        """
         if x.ndim not in (2, 4):
             raise ValueError(f"Standardize.fit: expected (N, D) or (N, C, H, W) data, got "
                              f"shape {x.shape}")
+        if len(x) == 0:
+            raise ValueError(f"Standardize.fit: expected at least one example, got shape "
+                             f"{x.shape}")
         axes = (0,) if x.ndim == 2 else (0, 2, 3)
         count = x.size // x.shape[1]
-        total = np.zeros(x.shape[1])
-        squares = np.zeros(x.shape[1])
-        for start in range(0, len(x), chunk):
-            part = x[start:start + chunk].astype(np.float64) * scale
-            total += part.sum(axis=axes)
-            squares += (part * part).sum(axis=axes)
-        mean = total / count
-        std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
-        return cls(mean, np.where(std > 0, std, 1.0), scale)
+
+        def parts():
+            for start in range(0, len(x), chunk):
+                yield x[start:start + chunk].astype(np.float64) * scale
+
+        mean = sum(part.sum(axis=axes) for part in parts()) / count
+        centre = mean.reshape((1, -1) if x.ndim == 2 else (1, -1, 1, 1))
+        squares = sum(((part - centre) ** 2).sum(axis=axes) for part in parts())
+        std = np.sqrt(squares / count)
+        constant = std <= cls.constant_rtol * np.abs(mean)
+        return cls(mean, np.where(constant, 1.0, std), scale)
 
     def __call__(self, x: Any) -> Any:
+        """``(x * scale - mean) / std`` for a float batch ``x`` of shape (N, D) or
+        (N, C, H, W), on ``x``'s backend."""
         xp = _backend.namespace(x)
-        key = (_backend.backend_name_of(x), _backend.dtype_name(x.dtype))
+        key = (_backend.backend_name_of(x), _backend.dtype_name(x.dtype), x.ndim)
         if key[1] not in _backend.DTYPES:
             raise ValueError(f"Standardize: expected a float32 or float64 batch, got dtype "
                              f"{key[1]}; convert it first (the DataLoader does), e.g. "
                              f"ann.asarray(x, dtype='float32')")
-        if key not in self._on:  # move the statistics once per backend and dtype
+        if x.ndim not in (2, 4):
+            raise ValueError(f"Standardize: expected (N, D) or (N, C, H, W) data, got shape "
+                             f"{tuple(x.shape)}")
+        if key not in self._on:  # move the statistics once per backend, dtype and layout
             shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
             self._on[key] = tuple(
                 xp.reshape(_backend.asarray(v, backend=key[0], dtype=key[1]), shape)
@@ -148,6 +171,10 @@ class DataLoader:
     ``dtype`` then passed through ``preprocess`` (e.g. a :class:`Standardize`), then, when
     ``augment`` is given and ``train`` is True, through each augmentation with the loader's
     generator; ``y`` as int64. ``drop_last`` drops a final smaller batch.
+
+    ``y`` holds one class index per example: a 1-D array of integers, or of floats that are
+    whole numbers (cast to int64). Anything else (fractional values, one-hot rows) raises a
+    ValueError rather than being truncated.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int = 64, *,
@@ -159,7 +186,7 @@ class DataLoader:
             raise ValueError(f"DataLoader: x has {len(x)} examples but y has {len(y)}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"DataLoader: expected batch_size >= 1, got {batch_size!r}")
-        self.x, self.y = x, np.asarray(y, dtype=np.int64)
+        self.x, self.y = x, _class_labels(y)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.backend = _backend.get_backend(backend).name
         self.dtype, self.preprocess, self.augment, self.train = dtype, preprocess, augment, train
@@ -193,6 +220,48 @@ class DataLoader:
         return {"epoch": self.epoch, "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the data order from :meth:`state_dict` (for exact resume)."""
-        self.epoch = int(state["epoch"])
+        """Continue the data order from :meth:`state_dict` (for exact resume).
+
+        The whole state is checked before anything changes: a bad one raises a ValueError
+        naming what is wrong and leaves the loader as it was.
+        """
+        where = "DataLoader.load_state_dict"
+        if not isinstance(state, dict):
+            raise ValueError(f"{where}: expected a dict with 'epoch' and 'rng', got "
+                             f"{type(state).__name__}")
+        missing = [repr(key) for key in ("epoch", "rng") if key not in state]
+        unexpected = [repr(key) for key in state if key not in ("epoch", "rng")]
+        if missing or unexpected:
+            raise ValueError(f"{where}: expected the keys 'epoch' and 'rng'; missing "
+                             f"{', '.join(missing) or 'none'}, unexpected "
+                             f"{', '.join(unexpected) or 'none'}")
+        epoch = state["epoch"]
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+            raise ValueError(f"{where}: expected 'epoch' to be an integer >= 0, got {epoch!r}")
+        trial = type(self.rng.bit_generator)(0)  # a throwaway generator tries the state first
+        try:
+            trial.state = state["rng"]
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
+            raise ValueError(f"{where}: 'rng' is not a {type(trial).__name__} generator state "
+                             f"({type(exc).__name__}: {exc})") from None
+        self.epoch = int(epoch)
         self.rng.bit_generator.state = state["rng"]
+
+
+def _class_labels(y: Any) -> np.ndarray:
+    """``y`` as a 1-D int64 array of class indices; a ValueError names the shape or dtype
+    when it is not one (floats are accepted when they are whole numbers)."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        hint = "; for one-hot rows pass y.argmax(axis=1)" if y.ndim == 2 else ""
+        raise ValueError(f"DataLoader: expected y of shape (N,) (one class index per "
+                         f"example), got shape {y.shape}{hint}")
+    if y.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if bad.size:
+            raise ValueError(f"DataLoader: expected integer class labels, got {y.dtype} "
+                             f"labels that are not whole numbers (e.g. y[{bad[0]}] = "
+                             f"{y[bad[0]]})")
+    elif y.dtype.kind not in "iub":
+        raise ValueError(f"DataLoader: expected integer class labels, got {y.dtype} labels")
+    return y.astype(np.int64)
