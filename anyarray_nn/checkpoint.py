@@ -91,8 +91,8 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
             train.attrs["step"] = -1 if step is None else int(step)
             train.attrs["history"] = json.dumps(history.to_dict() if history is not None else None)
             state = {"global_rng": _backend.host_rng().bit_generator.state,
-                     "layer_rngs": {layer.name: layer.rng.bit_generator.state
-                                    for layer in model if hasattr(layer, "rng")},
+                     "layer_rngs": {name: rng.bit_generator.state
+                                    for name, rng in _layer_generators(model).items()},
                      "loader": loader.state_dict() if loader is not None else None}
             train.attrs["state"] = json.dumps(state, default=_json_default)
         with open(tmp_name, "rb+") as raw:  # the bytes are on disk before the rename
@@ -296,10 +296,10 @@ def _read_open_file(f: Any, path: Any) -> dict[str, Any]:
         out["step"] = None if step < 0 else step
         out["history"] = _json_attr(f, "train", "history", path)
         out["state"] = _json_attr(f, "train", "state", path)
-        for name, expected in (("history", "an object"), ("state", "an object")):
+        for name in ("history", "state"):
             if out[name] is not None and not isinstance(out[name], dict):
-                raise CheckpointError(f"{path}: train/{name}: expected {expected} or null, "
-                                      f"got {_shorten(out[name])}")
+                raise CheckpointError(f"{path}: train/{name}: expected an object or null, got "
+                                      f"{_shorten(out[name])}")
     return out
 
 
@@ -392,18 +392,18 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
                           data["epoch"], data["step"], history)
 
 
-def _generators(model: Sequential) -> list[Any]:
-    """The generators a checkpoint restores: the global one and each dropout layer's."""
-    return [_backend.host_rng()] + [layer.rng for layer in model if hasattr(layer, "rng")]
+def _layer_generators(model: Sequential) -> dict[str, Any]:
+    """The layers' own generators (dropout masks), by layer name."""
+    return {layer.name: layer.rng for layer in model if hasattr(layer, "rng")}
 
 
 def _restore_generators(model: Sequential, state: dict[str, Any]) -> None:
     if state.get("global_rng"):
         _backend.host_rng().bit_generator.state = state["global_rng"]
+    generators = _layer_generators(model)
     for name, rng_state in (state.get("layer_rngs") or {}).items():
-        layer = next((l for l in model if l.name == name and hasattr(l, "rng")), None)
-        if layer is not None:
-            layer.rng.bit_generator.state = rng_state
+        if name in generators:
+            generators[name].bit_generator.state = rng_state
 
 
 def _snapshot(model: Sequential, optimizer: Any, loader: Any) -> Any:
@@ -412,7 +412,8 @@ def _snapshot(model: Sequential, optimizer: Any, loader: Any) -> Any:
               for layer in model.layers}
     optimizer_attrs = dict(vars(optimizer)) if optimizer is not None else None
     loader_state = loader.state_dict() if loader is not None else None
-    generators = [(g.bit_generator, g.bit_generator.state) for g in _generators(model)]
+    generators = [(g.bit_generator, g.bit_generator.state)
+                  for g in [_backend.host_rng(), *_layer_generators(model).values()]]
 
     def undo() -> None:
         for layer, (params, buffers, grads) in arrays.items():
