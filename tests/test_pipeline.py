@@ -113,6 +113,14 @@ def test_random_flip(xp):
         np.testing.assert_array_equal(mixed[i], x[i, ..., ::-1] if flips[i] else x[i])
 
 
+@pytest.mark.parametrize("augmentation", [RandomCrop(2), RandomFlip()], ids=["crop", "flip"])
+def test_augmentations_refuse_what_is_not_a_batch_of_images(augmentation):
+    flat = ann.asarray(np.zeros((4, 10)), dtype="float32")
+    with pytest.raises(ValueError, match=rf"{type(augmentation).__name__}: expected a batch "
+                                         r"of images \(N, C, H, W\), got shape \(4, 10\)"):
+        augmentation(flat, np.random.default_rng(0))
+
+
 def test_the_same_batches_on_every_backend(xp):
     x, y = images(16)
     st = Standardize.fit(x, scale=1 / 255)

@@ -118,6 +118,14 @@ class Standardize:
         return (x * self.scale - mean) / std
 
 
+def _image_batch_shape(x: Any, who: str) -> tuple[int, int, int, int]:
+    """``x.shape`` of a batch of images; a ValueError names ``who`` and the shape otherwise."""
+    if len(x.shape) != 4:
+        raise ValueError(f"{who}: expected a batch of images (N, C, H, W), got shape "
+                         f"{tuple(x.shape)}")
+    return tuple(x.shape)  # type: ignore[return-value]
+
+
 class RandomCrop:
     """Pad each image by ``padding`` zeros, then crop back to its size at a random offset.
 
@@ -132,7 +140,7 @@ class RandomCrop:
 
     def __call__(self, x: Any, rng: np.random.Generator) -> Any:
         xp = _backend.namespace(x)
-        n, c, h, w = x.shape
+        n, c, h, w = _image_batch_shape(x, "RandomCrop")
         p = self.padding
         padded = xp.zeros((n, c, h + 2 * p, w + 2 * p), dtype=x.dtype, device=x.device)
         padded[:, :, p:p + h, p:p + w] = x
@@ -157,6 +165,7 @@ class RandomFlip:
 
     def __call__(self, x: Any, rng: np.random.Generator) -> Any:
         xp = _backend.namespace(x)
+        _image_batch_shape(x, "RandomFlip")
         flip = _backend.asarray(rng.random(x.shape[0]) < self.p,
                                 backend=_backend.backend_name_of(x))
         return xp.where(flip[:, None, None, None], xp.flip(x, axis=3), x)
