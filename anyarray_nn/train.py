@@ -24,9 +24,10 @@ class History:
 
     ``iterations``: one dict per training step (``step``, ``epoch``, ``loss``, ``accuracy``,
     ``lr``). ``epochs``: one dict per finished epoch (``epoch``, ``loss``, ``accuracy``,
-    ``seconds``, ``images_per_second`` and, with validation, ``val_loss`` and
-    ``val_accuracy``). ``validations``: one dict per validation (``step``, ``epoch``,
-    ``val_loss``, ``val_accuracy``), also when it runs every N iterations.
+    ``seconds``, ``images_per_second`` and, when validation runs after each epoch,
+    ``val_loss`` and ``val_accuracy``). ``validations``: one dict per validation (``step``,
+    ``epoch``, ``val_loss``, ``val_accuracy``), also when it runs every N iterations
+    (``val_every``), which adds nothing to the epoch rows.
     """
 
     iterations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -34,7 +35,13 @@ class History:
     validations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def series(self, key: str, per: str = "epoch") -> list[Any]:
-        """One recorded quantity as a list, e.g. ``history.series("val_accuracy")``."""
+        """One recorded quantity as a list, e.g. ``history.series("val_accuracy")``.
+
+        ``per``: ``"epoch"``, ``"iteration"`` or ``"validation"`` (the rows to read).
+        """
+        if per not in ("epoch", "iteration", "validation"):
+            raise ValueError(f"History.series: expected per to be 'epoch', 'iteration' or "
+                             f"'validation', got {per!r}")
         rows = {"epoch": self.epochs, "iteration": self.iterations,
                 "validation": self.validations}[per]
         return [row[key] for row in rows if key in row]

@@ -52,6 +52,11 @@ def test_iterations_validation_every_n_and_history():
     assert set(h.iterations[0]) == {"step", "epoch", "loss", "accuracy", "lr"}
     assert h.epochs[-1]["steps"] == 20 and len(h.epochs) == 2  # 15 steps per epoch
     assert train.History.from_dict(h.to_dict()) == h
+    # validations every N steps are read per validation; the epoch rows have none
+    assert len(h.series("val_loss", per="validation")) == 4 and h.series("val_loss") == []
+    with pytest.raises(ValueError, match="expected per to be 'epoch', 'iteration' or "
+                                         "'validation', got 'validations'"):
+        h.series("val_loss", per="validations")
     more = train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.1), tl, iterations=5,
                      history=h, progress=False)
     assert [r["step"] for r in more.iterations][-6:] == [20, 21, 22, 23, 24, 25]
