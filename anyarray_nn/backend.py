@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import importlib
 import os
+import re
 import threading
 from typing import Any, Iterator
 
@@ -40,6 +41,13 @@ _INSTALL_HINTS = {
             "driver) on a machine with an NVIDIA GPU",
     "torch": "pip install torch",
     "array_api_strict": "pip install array-api-strict",
+}
+
+
+# The device suffixes a backend accepts: a regular expression and the forms it allows.
+_DEVICE_FORMS = {
+    "torch": (r"cpu|cuda(:[0-9]+)?", "torch, torch:cpu, torch:cuda, torch:cuda:N"),
+    "cupy": (r"[0-9]+", "cupy, cupy:N"),
 }
 
 
@@ -93,10 +101,10 @@ def _import_namespace(base: str, device: str | None) -> tuple[Any, Any, str]:
     if base == "torch":
         torch = importlib.import_module("torch")
         import array_api_compat.torch as xp
-        dev = torch.device(device or "cpu")
+        dev = torch.device(device or "cpu")  # a form of _DEVICE_FORMS: cpu or cuda[:N]
         if dev.type == "cpu":
             return xp, dev, base
-        if dev.type != "cuda" or not torch.cuda.is_available():
+        if not torch.cuda.is_available():
             raise BackendError(
                 f"backend 'torch:{device}' needs a CUDA GPU, but torch.cuda.is_available() is "
                 f"False. Available backends: {', '.join(available_backends())}.")
@@ -120,6 +128,24 @@ def _import_namespace(base: str, device: str | None) -> tuple[Any, Any, str]:
     raise AssertionError(base)
 
 
+def check_backend_name(name: str) -> tuple[str, str | None]:
+    """Split a backend name into (library, device suffix or None) without importing anything
+    but what the error lists; a misspelt library or device raises :class:`BackendError`."""
+    base, device = _split(name)
+    if base not in BACKEND_NAMES:
+        raise BackendError(
+            f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)} "
+            f"(available here: {', '.join(available_backends())}).")
+    if device is not None:
+        if base not in _DEVICE_FORMS:
+            raise BackendError(f"backend {base!r} takes no device, got {name!r}.")
+        pattern, forms = _DEVICE_FORMS[base]
+        if not re.fullmatch(pattern, device):
+            raise BackendError(f"unknown device in backend name {name!r}; expected one of "
+                               f"{forms} (N: a device index).")
+    return base, device
+
+
 def get_backend(name: str | Backend | None = None) -> Backend:
     """Resolve a backend name (or ``None`` for the active backend) to a :class:`Backend`.
 
@@ -132,13 +158,7 @@ def get_backend(name: str | Backend | None = None) -> Backend:
         return current()
     if name in _cache:
         return _cache[name]
-    base, device = _split(str(name))
-    if base not in BACKEND_NAMES:
-        raise BackendError(
-            f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)} "
-            f"(available here: {', '.join(available_backends())}).")
-    if device is not None and base not in ("torch", "cupy"):
-        raise BackendError(f"backend {base!r} takes no device, got {name!r}.")
+    base, device = check_backend_name(str(name))
     try:
         xp, dev, canonical = _import_namespace(base, device)
     except ImportError as exc:
@@ -267,21 +287,52 @@ def asarray(data: Any, backend: str | Backend | None = None, dtype: str | None =
             copy: bool = False) -> Any:
     """Return ``data`` as an array of ``backend`` (default: the active one), optionally cast.
 
-    ``data`` may be host data (lists, NumPy arrays) or an array of any backend; arrays of
-    another backend go through the host. ``dtype`` is a name such as ``"float32"``. With
-    ``copy=True`` the result never shares memory with ``data``.
+    ``data`` may be host data (Python numbers and lists, NumPy arrays) or an array of any
+    backend. Python numbers and lists get NumPy's dtypes on every backend (float64 for
+    floats, int64 for ints). ``dtype`` is a name such as ``"float32"`` and casts the result.
+
+    Whether the result shares memory with ``data``:
+
+    * an array of another backend (a PyTorch tensor or an array-api-strict array for the
+      ``"numpy"`` backend, an array-api-strict array for ``"torch"``, ...) is copied through
+      the host: it never shares memory with the result;
+    * a NumPy array is host data: on a CPU backend the result may share its memory, as
+      ``np.asarray`` and ``torch.asarray`` do (the ``"numpy"`` backend returns the array
+      itself); views that PyTorch or array-api-strict cannot take (negative strides,
+      non-native byte order) are copied first;
+    * an array of the target backend itself is returned as it is, or cast.
+
+    With ``copy=True`` the result never shares memory with ``data``.
     """
     target = get_backend(backend)
     xp = target.xp
-    if not isinstance(data, np.ndarray) and _is_array(data) and backend_name_of(data) != target.name:
-        data = to_host(data)
-    if isinstance(data, np.ndarray) and base_name(target.name) == "array_api_strict":
-        data = np.ascontiguousarray(data)
+    if not isinstance(data, np.ndarray):
+        if not _is_array(data):
+            data = np.asarray(data)  # Python data: NumPy's default dtypes on every backend
+        elif (source := backend_name_of(data)) != target.name:
+            data = to_host(data)
+            copy = copy or not on_gpu(source)  # to_host shares host memory: copy it here
+    if isinstance(data, np.ndarray):
+        data = _plain_host(data, base_name(target.name))
     kwargs = {} if target.device is None else {"device": target.device}
     out = xp.asarray(data, copy=True if copy else None, **kwargs)
     if dtype is not None:
         out = xp.astype(out, resolve_dtype(xp, dtype), copy=False)
     return out
+
+
+def _plain_host(host: np.ndarray, base: str) -> np.ndarray:
+    """``host`` as backend ``base`` can take it, copied only when it has to change: in native
+    byte order for every backend; for the others than NumPy also without negative strides,
+    and C-contiguous for array-api-strict."""
+    if not host.dtype.isnative:
+        return host.astype(host.dtype.newbyteorder("="), order="C")
+    if base == "numpy":
+        return host
+    if min(host.strides, default=0) < 0 or (base == "array_api_strict"
+                                             and not host.flags.c_contiguous):
+        return np.array(host, order="C")
+    return host
 
 
 def asarray_like(data: Any, like: Any, copy: bool = False) -> Any:

@@ -1,6 +1,7 @@
 """The backend switch: names, precedence, moving data, clear errors."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -119,3 +120,93 @@ def test_asarray_copy_never_shares_memory():
     b = ann.asarray(a, backend="numpy", copy=True)
     b[0] = 1.0
     assert a[0] == 0.0
+
+
+@pytest.mark.parametrize("name", ["torch:gpu", "torch:cuda:x", "torch:mps", "torch:cuda:",
+                                  "torch:CPU", "torch:cuda:0:1"])
+def test_bad_torch_device_is_a_backend_error_naming_the_forms(name):
+    before = ann.current_backend()
+    with pytest.raises(ann.BackendError, match=re.escape(
+            f"unknown device in backend name {name!r}; expected one of torch, torch:cpu, "
+            f"torch:cuda, torch:cuda:N (N: a device index).")):
+        ann.set_backend(name)
+    assert ann.current_backend() is before
+
+
+def test_bad_cupy_device_is_a_backend_error():
+    with pytest.raises(ann.BackendError, match=r"unknown device in backend name 'cupy:x'; "
+                                               r"expected one of cupy, cupy:N"):
+        ann.get_backend("cupy:x")
+
+
+def test_torch_cpu_is_the_same_as_torch(torch):
+    assert ann.get_backend("torch:cpu").name == "torch"
+
+
+@pytest.mark.parametrize("view", ["reversed", "flipped", "transposed", "big-endian"])
+def test_asarray_takes_any_numpy_layout(xp, backend_name, view):
+    base = np.arange(12.0).reshape(3, 4)
+    data = {"reversed": base[::-1], "flipped": np.flip(base, axis=1), "transposed": base.T,
+            "big-endian": base.astype(">f8")}[view]
+    out = ann.asarray(data)
+    assert B.backend_name_of(out) == backend_name and B.dtype_name(out.dtype) == "float64"
+    np.testing.assert_array_equal(ann.to_host(out), data)
+    out32 = ann.asarray(data, dtype="float32")
+    np.testing.assert_array_equal(ann.to_host(out32), data.astype(np.float32))
+
+
+def test_asarray_copies_only_the_views_torch_cannot_take(torch):
+    base = np.arange(12.0).reshape(3, 4)
+    assert np.shares_memory(ann.to_host(ann.asarray(base[:, ::2], backend="torch")), base)
+    assert not np.shares_memory(ann.to_host(ann.asarray(base[::-1], backend="torch")), base)
+
+
+def test_asarray_keeps_zero_dimensional_arrays(xp):
+    assert tuple(ann.asarray(np.array(2.5)).shape) == ()
+    assert tuple(ann.asarray(2.5).shape) == ()
+
+
+@pytest.mark.parametrize("data,dtype", [([[0.1, 0.2], [0.3, 0.4]], "float64"), (0.5, "float64"),
+                                        ([1, 2, 3], "int64"), ([True, False], "bool")])
+def test_python_data_gets_numpys_dtype_on_every_backend(xp, data, dtype):
+    assert B.dtype_name(ann.asarray(data).dtype) == dtype
+    assert B.dtype_name(ann.asarray(data, dtype="float32").dtype) == "float32"
+
+
+BACKENDS_ON_THE_HOST = ["numpy", "torch", "array_api_strict"]
+
+
+@pytest.mark.parametrize("source", ["torch", "array_api_strict"])  # NumPy arrays: host data
+@pytest.mark.parametrize("target", BACKENDS_ON_THE_HOST)
+@pytest.mark.parametrize("dtype", [None, "float64", "float32"])
+def test_asarray_from_another_backend_never_shares_memory(torch, source, target, dtype):
+    if source == target:
+        pytest.skip("same backend")
+    original = ann.asarray(np.zeros(3), backend=source)
+    out = ann.asarray(original, backend=target, dtype=dtype)
+    assert B.backend_name_of(out) == target
+    out[0] = 7.0
+    assert float(original[0]) == 0.0 and float(out[0]) == 7.0
+
+
+@pytest.mark.parametrize("target", BACKENDS_ON_THE_HOST)
+def test_asarray_copy_from_numpy_never_shares_memory(torch, target):
+    host = np.zeros(3)
+    out = ann.asarray(host, backend=target, copy=True)
+    out[0] = 7.0
+    assert host[0] == 0.0
+
+
+def test_asarray_from_numpy_to_torch_shares_memory_as_documented(torch):
+    host = np.zeros(3)
+    out = ann.asarray(host, backend="torch")
+    out[0] = 7.0
+    assert host[0] == 7.0
+
+
+@pytest.mark.parametrize("name", BACKENDS_ON_THE_HOST)
+def test_asarray_of_the_same_backend_keeps_the_array(torch, name):
+    original = ann.asarray(np.zeros(3), backend=name)
+    out = ann.asarray(original, backend=name)
+    out[0] = 7.0
+    assert float(original[0]) == 7.0
