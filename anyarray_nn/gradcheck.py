@@ -15,6 +15,8 @@ element by element; the report also shows the largest relative error.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any, Callable
 
 import numpy as np
@@ -44,6 +46,7 @@ class GradCheckReport:
 
     @property
     def passed(self) -> bool:
+        """True when every entry passed (and so when there are no entries)."""
         return all(e.passed for e in self.entries)
 
     def __getitem__(self, name: str) -> GradCheckEntry:
@@ -79,8 +82,14 @@ def check_gradients(net: Any, x: Any, *, loss: Any = None, target: Any = None,
     ``net`` and ``x`` must be float64 (call ``net.to(dtype="float64")``). With ``loss``
     (e.g. ``SoftmaxCrossEntropy()``) and ``target`` the scalar is the loss of the output;
     otherwise ``sum(y * r)`` for a seeded random ``r``. At most ``max_checks`` randomly chosen
-    elements of each tensor are perturbed. Parameters are restored afterwards.
+    elements of each tensor are perturbed. The parameters and the buffers (BatchNorm's running
+    statistics, which every ``forward(x, train=True)`` updates) are restored afterwards; the
+    layers' caches and gradients are overwritten.
+
+    Raises ValueError unless ``eps > 0``, ``rtol >= 0``, ``atol >= 0`` and ``max_checks`` is
+    an int >= 1.
     """
+    _check_settings("check_gradients", eps=eps, rtol=rtol, atol=atol, max_checks=max_checks)
     params = _named_params(net)
     _require_float64({"x": x, **params}, "check_gradients",
                      "call net.to(dtype='float64') and pass float64 inputs")
@@ -90,6 +99,7 @@ def check_gradients(net: Any, x: Any, *, loss: Any = None, target: Any = None,
     probe: dict[str, Any] = {}
 
     def objective() -> Any:
+        """The scalar L of the current parameters and x."""
         y = net.forward(x, train=True)
         if loss is not None:
             return loss.forward(y, target)
@@ -97,14 +107,20 @@ def check_gradients(net: Any, x: Any, *, loss: Any = None, target: Any = None,
             probe["r"] = _random_like(y, rng)
         return xp.sum(y * probe["r"])
 
-    objective()
-    dx = net.backward(loss.backward() if loss is not None else probe["r"], input_grad=True)
-    analytic = {"x": dx, **_named_grads(net)}
-    tensors = {"x": x, **params}
-    if not check_input:
-        del analytic["x"], tensors["x"]
-    return _compare_all(lambda: float(objective()), tensors, analytic, eps, rtol, atol,
-                        max_checks, rng)
+    buffers = _saved_buffers(net)
+    try:
+        objective()
+        dx = net.backward(loss.backward() if loss is not None else probe["r"], input_grad=True)
+        analytic = {"x": dx, **_named_grads(net)}
+        tensors = {"x": x, **params}
+        if not check_input:
+            del analytic["x"], tensors["x"]
+        return _compare_all(lambda: float(objective()), tensors, analytic, eps, rtol, atol,
+                            max_checks, rng)
+    finally:
+        for store, saved in buffers:
+            store.clear()
+            store.update(saved)
 
 
 def check_function(forward: Callable[..., Any], backward: Callable[..., dict[str, Any]],
@@ -115,8 +131,10 @@ def check_function(forward: Callable[..., Any], backward: Callable[..., dict[str
 
     ``forward(**inputs) -> y``; ``backward(dy, **inputs) -> {name: gradient}`` for the
     inputs to check (a subset of ``inputs``). The scalar is ``sum(y * r)`` for a seeded
-    random ``r``, so ``dy = r``. All inputs to check must be float64.
+    random ``r``, so ``dy = r``. All inputs to check must be float64. The options are
+    checked as in :func:`check_gradients`.
     """
+    _check_settings("check_function", eps=eps, rtol=rtol, atol=atol, max_checks=max_checks)
     rng = np.random.default_rng(seed)
     xp = _backend.namespace(*inputs.values())
     inputs = {k: xp.asarray(v, copy=True) for k, v in inputs.items()}
@@ -144,6 +162,31 @@ def _compare_all(scalar: Callable[[], float], tensors: dict[str, Any],
     return GradCheckReport(entries, rtol, atol)
 
 
+def _check_settings(where: str, **settings: Any) -> None:
+    """Raise ValueError naming ``where`` and the setting unless ``max_checks`` is an int >= 1,
+    ``eps`` a finite number > 0, and ``rtol`` and ``atol`` finite numbers >= 0."""
+    for name, value in settings.items():
+        if name == "max_checks":
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+            expected = "an int >= 1"
+        else:
+            bound = "> 0" if name == "eps" else ">= 0"
+            ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                  and math.isfinite(value) and (value > 0 if name == "eps" else value >= 0))
+            expected = f"a finite number {bound}"
+        if not ok:
+            raise ValueError(f"{where}: expected {name} to be {expected}, got {value!r}")
+
+
+def _saved_buffers(net: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each layer's buffer dict with a copy of its contents, to put back afterwards."""
+    layers = getattr(net, "layers", [net])  # a Sequential, or a single Layer
+    stores = [getattr(layer, "buffers", None) for layer in layers]
+    return [(store, {key: _backend.namespace(value).asarray(value, copy=True)
+                     for key, value in store.items()})
+            for store in stores if isinstance(store, dict)]
+
+
 def _require_float64(tensors: dict[str, Any], where: str, fix: str) -> None:
     for name, value in tensors.items():
         if _backend.dtype_name(value.dtype) != "float64":
@@ -160,16 +203,20 @@ def numerical_gradient(f: Callable[[], float], tensor: Any, indices: list[tuple[
                        eps: float = 1e-6) -> np.ndarray:
     """Central differences of ``f()`` with respect to ``tensor[i]`` for each index ``i``.
 
-    ``tensor`` is perturbed in place and restored; ``f`` must read it.
+    ``tensor`` is perturbed in place and restored (also when ``f`` raises); ``f`` must read
+    it. Raises ValueError unless ``eps`` is a finite number > 0.
     """
+    _check_settings("numerical_gradient", eps=eps)
     out = np.empty(len(indices))
     for k, index in enumerate(indices):
         original = float(tensor[index])
-        tensor[index] = original + eps
-        plus = f()
-        tensor[index] = original - eps
-        minus = f()
-        tensor[index] = original
+        try:
+            tensor[index] = original + eps
+            plus = f()
+            tensor[index] = original - eps
+            minus = f()
+        finally:
+            tensor[index] = original
         out[k] = (plus - minus) / (2.0 * eps)
     return out
 
