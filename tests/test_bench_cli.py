@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from anyarray_nn.bench import cases as C
-from anyarray_nn.bench import cli
+from anyarray_nn.bench import cli, harness, report
 
 SMALL = ["-s", "dense", "-c", "dense/mnist.fc/*", "-n", "2", "--repeats", "2"]
 ROW_KEYS = {"case", "suite", "layer", "piece", "batch", "dtype", "backend", "device", "shape",
@@ -95,6 +95,9 @@ def test_compare_two_runs(tmp_path):
     (["--dtype", "float16"], "'float16' is not one of"),
     (["-s", "attention"], "'attention' is not one of"),
     (["-b", "jaxx"], "unknown backend 'jaxx'"),
+    (["-b", "torch:gpu"], "unknown device in backend name 'torch:gpu'"),
+    (["-b", "torch:cuda:x"], "expected one of torch, torch:cpu, torch:cuda, torch:cuda:N"),
+    (["-b", "numpy:cuda"], "backend 'numpy' takes no device"),
     (["-c", "nothing/*"], "no case matches"),
     (["--repeats", "-1"], "-1 is not in the range"),
 ])
@@ -169,3 +172,95 @@ def test_the_data_parallel_steps_run_on_numpy_only(tmp_path):
     rows = json.loads(path.read_text())["rows"]
     assert [(r["case"], r["backend"]) for r in rows] == [
         ("train/mnist/step-threads", "numpy"), ("train/mnist/step-processes", "numpy")]
+
+
+@pytest.mark.parametrize("repeats,blocks", [(1, 2), (3, 2), (5, 2), (4, 3), (2, 1)])
+def test_repeats_is_the_number_of_timed_runs(repeats, blocks):
+    calls = []
+    times = harness.time_targets({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                 repeats, blocks, warmup=1)
+    assert len(times["a"]) == len(times["b"]) == repeats
+    assert calls.count("a") == repeats + min(blocks, repeats)  # one warm-up call per block
+
+
+def test_an_odd_repeats_and_quick_with_repeats_are_honoured(tmp_path):
+    path = tmp_path / "r.json"
+    args = ["-b", "numpy", "-s", "dense", "-c", "dense/mnist.fc/forward", "--no-reference"]
+    assert invoke(*args, "-n", "2", "--repeats", "3", "--json", str(path)).exit_code == 0
+    assert [r["repeats"] for r in json.loads(path.read_text())["rows"]] == [3]
+    assert invoke(*args, "--quick", "--repeats", "5", "--json", str(path)).exit_code == 0
+    result = json.loads(path.read_text())
+    assert result["settings"]["repeats"] == 5 and [r["repeats"] for r in result["rows"]] == [5]
+    assert result["settings"]["batches"] == [16]
+
+
+@pytest.mark.parametrize("option,name,message", [
+    ("--json", "missing/out.json", "does not exist"),
+    ("--plot", "missing/out.png", "does not exist"),
+    ("--plot", "out.xyz", "expected a file name ending in one of .png"),
+])
+def test_output_paths_are_checked_before_anything_is_timed(tmp_path, monkeypatch, option, name,
+                                                          message):
+    monkeypatch.setattr(harness, "run", lambda *a, **k: pytest.fail("timed before the check"))
+    out = invoke("-b", "numpy", *SMALL, option, str(tmp_path / name))
+    assert out.exit_code == 2 and message in out.output
+
+
+def test_plot_of_a_run_without_gflops_writes_nothing(tmp_path):
+    path = tmp_path / "pool.png"
+    out = invoke("-b", "numpy", "-c", "pool/mnist.maxpool2/forward", "-n", "2", "--repeats", "1",
+                 "--no-reference", "--plot", str(path))
+    assert out.exit_code == 0, out.output
+    assert "no row has a GFLOP/s figure" in out.output and not path.exists()
+
+
+def test_a_case_a_backend_did_not_run_gets_no_bar():
+    rows = [{"case": "a", "batch": 16, "backend": "numpy", "gflops": 5.0},
+            {"case": "b", "batch": 16, "backend": "numpy", "gflops": 7.0},
+            {"case": "b", "batch": 16, "backend": "torch", "gflops": 9.0}]
+    assert report.bars(rows, 16, "torch", ["a", "b"]) == [(1, 9.0)]
+    assert report.bars(rows, 16, "numpy", ["a", "b"]) == [(0, 5.0), (1, 7.0)]
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda r: r.pop("rows"), "expected 'rows' to be a list, got None"),
+    (lambda r: r["rows"][0].pop("dtype"), "row 0 lacks 'dtype'"),
+    (lambda r: r["rows"][1].update(median_s=0), "row 1 (dense/mnist.fc/backward): expected a "
+                                                 "positive 'median_s', got 0"),
+])
+def test_compare_names_the_file_and_what_is_wrong(tmp_path, change, message):
+    good = tmp_path / "good.json"
+    assert invoke("-b", "numpy", *SMALL, "--no-reference", "--json", str(good)).exit_code == 0
+    result = json.loads(good.read_text())
+    change(result)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(result))
+    out = invoke("compare", str(good), str(bad))
+    assert out.exit_code == 1 and "bad.json: " in out.output and message in out.output
+    binary = tmp_path / "figure.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    out = invoke("compare", str(binary), str(good))
+    assert out.exit_code == 1 and "figure.png: not a readable benchmark result" in out.output
+
+
+def test_threads_reach_the_fresh_process_of_the_openblas_figure(monkeypatch):
+    seen = {}
+
+    def fake_run(cmd, env, **kwargs):
+        seen.update(env)
+        return subprocess.CompletedProcess(cmd, 0, stdout="123.0\n")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not any(p.get("internal_api") == "openblas" for p in threadpoolctl.threadpool_info()):
+        pytest.skip("NumPy does not use OpenBLAS here")
+    assert harness.openblas_alternative(1)["numpy_sgemm_gflops"] == 123.0
+    assert seen["OPENBLAS_NUM_THREADS"] == "1"
+
+
+def test_small_flop_counts_keep_three_significant_digits():
+    assert report.gflop(327_680) == "0.000328"
+    assert report.gflop(4.053e9) == "4.053" and report.gflop(None) == "-"
+    fc2 = next(line for line in invoke("list").output.splitlines()
+               if line.startswith("dense/cifar10_large.fc2/forward"))
+    assert "0.000328 GFLOP" in fc2  # 2 x 64 x 256 x 10 FLOPs

@@ -43,6 +43,7 @@ class Case:
 
     @property
     def name(self) -> str:
+        """``suite/layer/piece``, e.g. ``conv/mnist.conv2/dW``: what ``-c GLOB`` matches."""
         return f"{self.suite}/{self.layer}/{self.piece}"
 
     def shape(self, batch: int) -> str:

@@ -74,12 +74,33 @@ def _threads(count: int | None) -> Iterator[None]:
 
 def _parse_backends(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
                     ) -> tuple[str, ...]:
-    for value in values:
-        base = value.split(":")[0]
-        if base not in _backend.BACKEND_NAMES:
-            raise click.BadParameter(f"unknown backend {value!r}; choose from "
-                                     f"{', '.join(OUR_BACKENDS)}", ctx, param)
+    for value in values:  # a misspelt name is a usage error; a missing library is a skip
+        try:
+            _backend.check_backend_name(value)
+        except _backend.BackendError as exc:
+            raise click.BadParameter(f"{exc} Benchmarked: {', '.join(OUR_BACKENDS)}.",
+                                     ctx, param) from None
     return values
+
+
+def _check_output(ctx: click.Context, param: click.Parameter, value: str | None
+                  ) -> str | None:
+    """Refuse an output path that cannot be written before anything is timed."""
+    if value is None:
+        return None
+    folder = os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(folder):
+        raise click.BadParameter(f"the folder {folder!r} of {value!r} does not exist", ctx, param)
+    if not os.access(folder, os.W_OK):
+        raise click.BadParameter(f"the folder {folder!r} of {value!r} is not writable", ctx, param)
+    if param.name == "plot_path":
+        suffix = os.path.splitext(value)[1].lower().lstrip(".")
+        formats = report.PLOT_FORMATS
+        if suffix not in formats:
+            raise click.BadParameter(f"expected a file name ending in one of "
+                                     f"{', '.join('.' + f for f in formats)}, got {value!r}",
+                                     ctx, param)
+    return value
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,19 +117,24 @@ def _parse_backends(ctx: click.Context, param: click.Parameter, values: tuple[st
               show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads for BLAS and PyTorch (default: the libraries' own setting).")
-@click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Timed runs per case and backend, after warm-up.")
-@click.option("--quick", is_flag=True, help="Batch 16 only and 3 repeats: a smoke run.")
+@click.option("--repeats", type=click.IntRange(min=1), default=None,
+              help="Timed runs per case and backend, after warm-up.  [default: 10; 3 with "
+                   "--quick]")
+@click.option("--quick", is_flag=True,
+              help="Batch 16 and 3 repeats (unless -n or --repeats say otherwise), one block: "
+                   "a smoke run.")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Time PyTorch itself on the same cases.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              callback=_check_output,
               help="Write the full result (rows and environment) to this file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
+              callback=_check_output,
               help="Draw GFLOP/s per case and backend to this PNG (needs matplotlib).")
 @click.pass_context
 def main(ctx: click.Context, backends: tuple[str, ...], suites: tuple[str, ...],
          patterns: tuple[str, ...], batches: tuple[int, ...], dtype: str, threads: int | None,
-         repeats: int, quick: bool, reference: bool, json_path: str | None,
+         repeats: int | None, quick: bool, reference: bool, json_path: str | None,
          plot_path: str | None) -> None:
     """Benchmark anyarray_nn's conv, dense and pooling kernels and whole training steps
     against PyTorch, on every available backend. Run without a command to benchmark."""
@@ -134,7 +160,7 @@ def main(ctx: click.Context, backends: tuple[str, ...], suites: tuple[str, ...],
     settings = harness.Settings(backends=runnable, references=refs,
                                 batches=[16] if quick and not batches else
                                 list(batches or DEFAULT_BATCHES),
-                                dtype=dtype, repeats=3 if quick else repeats,
+                                dtype=dtype, repeats=repeats or (3 if quick else 10),
                                 blocks=1 if quick else 2, threads=threads)
     if not runnable:  # reported, not a failure: the same command works on every machine
         result = harness.empty_result(settings)
@@ -152,19 +178,18 @@ def main(ctx: click.Context, backends: tuple[str, ...], suites: tuple[str, ...],
         click.echo(f"\nwrote {json_path}")
     if plot_path:
         try:
-            report.plot(result, plot_path)
+            drawn = report.plot(result, plot_path)
         except ImportError as exc:
             raise click.ClickException(str(exc)) from None
-        click.echo(f"wrote {plot_path}")
+        click.echo(f"wrote {plot_path}" if drawn else
+                   f"no row has a GFLOP/s figure (pooling has none): {plot_path} not written")
 
 
 @main.command(name="list")
 def list_cases() -> None:
     """Show the suites and cases, with their shapes at batch 64."""
     for case in _cases.all_cases():
-        flops = case.flops(64)
-        size = f"{flops / 1e9:8.3f} GFLOP" if flops else "       - GFLOP"
-        click.echo(f"{case.name:40s} {case.shape(64):32s} {size}")
+        click.echo(f"{case.name:40s} {case.shape(64):32s} {report.gflop(case.flops(64)):>8s} GFLOP")
 
 
 @main.command()

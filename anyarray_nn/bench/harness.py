@@ -60,17 +60,19 @@ def synchronizer(target: str) -> Callable[[], None]:
 
 def time_targets(calls: dict[str, Callable[[], Any]], repeats: int, blocks: int,
                  warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds per run of each callable, timed in ``blocks`` alternating blocks."""
+    """Seconds per run of each callable: ``repeats`` timed runs each, spread over up to
+    ``blocks`` alternating blocks (never an empty block)."""
     times: dict[str, list[float]] = {name: [] for name in calls}
-    per_block = max(1, -(-repeats // blocks))
+    blocks = max(1, min(blocks, repeats))
     syncs = {name: synchronizer(name) for name in calls}
-    for _ in range(blocks):
+    for block in range(blocks):
+        runs = repeats // blocks + (block < repeats % blocks)
         for name, call in calls.items():
             sync = syncs[name]
             for _ in range(warmup):
                 call()
             sync()
-            for _ in range(per_block):
+            for _ in range(runs):
                 start = time.perf_counter()
                 call()
                 sync()
@@ -135,7 +137,7 @@ def environment(settings: Settings) -> dict[str, Any]:
             for pool in threadpoolctl.threadpool_info()]
     except ImportError:
         env["thread_pools"] = None
-    env["openblas_alternative"] = openblas_alternative()
+    env["openblas_alternative"] = openblas_alternative(settings.threads)
     if "torch" in sys.modules or any(t.startswith(("torch", "pytorch"))
                                      for t in settings.backends + settings.references):
         import torch
@@ -143,6 +145,7 @@ def environment(settings: Settings) -> dict[str, Any]:
         env["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             env["gpu"] = torch.cuda.get_device_name(0)
+            env["torch_cuda_runtime"] = torch.version.cuda
     if any(t.startswith("cupy") for t in settings.backends):
         import cupy
         env["cupy"] = cupy.__version__
@@ -163,12 +166,12 @@ _SGEMM_SNIPPET = (
     "print(2 * 2048 ** 3 / sorted(ts)[2] / 1e9)\n")
 
 
-def openblas_alternative() -> dict[str, Any] | None:
+def openblas_alternative(threads: int | None = None) -> dict[str, Any] | None:
     """NumPy's sgemm rate with OpenBLAS's other kernel choice, measured in a fresh process.
 
     With ``OPENBLAS_CORETYPE`` pinned (e.g. to Haswell's AVX2 kernels) this shows the
-    autodetected figure beside it; without it, the Haswell figure. None if NumPy does not
-    use OpenBLAS.
+    autodetected figure beside it; without it, the Haswell figure. ``threads`` limits that
+    process's BLAS as ``--threads`` limits this one. None if NumPy does not use OpenBLAS.
     """
     import subprocess
     try:
@@ -182,6 +185,8 @@ def openblas_alternative() -> dict[str, Any] | None:
     label = "autodetected" if pinned else "Haswell"
     if not pinned:
         env["OPENBLAS_CORETYPE"] = "Haswell"
+    if threads is not None:
+        env["OPENBLAS_NUM_THREADS"] = str(threads)
     done = subprocess.run([sys.executable, "-c", _SGEMM_SNIPPET], env=env, capture_output=True,
                           text=True, timeout=120)
     if done.returncode != 0:

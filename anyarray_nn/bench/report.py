@@ -7,9 +7,20 @@ from typing import Any
 
 from .harness import SCHEMA
 
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "tif", "tiff", "eps", "ps")
+ROW_KEYS = ("case", "batch", "backend", "dtype", "median_s")
+
 
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def gflop(flops: float | None) -> str:
+    """A FLOP count in GFLOP with three decimals, or three significant digits below 0.1."""
+    if not flops:
+        return "-"
+    value = flops / 1e9
+    return f"{value:.3f}" if value >= 0.1 else f"{value:.3g}"
 
 
 def _text_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
@@ -30,7 +41,7 @@ def table(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         rows.append([
             r["case"], str(r["batch"]), r["backend"], r["shape"],
-            _fmt(r["flops"] and r["flops"] / 1e9, ".3f"),
+            gflop(r["flops"]),
             _fmt(r["median_s"] * 1e3, ".3f"),
             f"{r['q1_s'] * 1e3:.3f}-{r['q3_s'] * 1e3:.3f}",
             _fmt(r["gflops"], ".1f"),
@@ -67,14 +78,31 @@ def blas_notes(env: dict[str, Any]) -> list[str]:
 def load(path: str) -> dict[str, Any]:
     """Read a result written by ``--json``; a clear error for anything else."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             result = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text
         raise ValueError(f"{path}: not a readable benchmark result ({exc})") from None
     if not isinstance(result, dict) or result.get("schema") != SCHEMA:
         found = result.get("schema") if isinstance(result, dict) else type(result).__name__
         raise ValueError(f"{path}: expected a result with schema {SCHEMA!r}, got {found!r}")
+    rows = result.get("rows")
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected 'rows' to be a list, got {_shorten(rows)}")
+    for i, row in enumerate(rows):
+        missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise ValueError(f"{path}: row {i} lacks {', '.join(map(repr, missing))}: "
+                             f"{_shorten(row)}")
+        median = row["median_s"]
+        if isinstance(median, bool) or not isinstance(median, (int, float)) or not median > 0:
+            raise ValueError(f"{path}: row {i} ({row['case']}): expected a positive "
+                             f"'median_s', got {median!r}")
     return result
+
+
+def _shorten(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def compare(a: dict[str, Any], b: dict[str, Any], a_name: str = "A", b_name: str = "B") -> str:
@@ -98,11 +126,24 @@ def compare(a: dict[str, Any], b: dict[str, Any], a_name: str = "A", b_name: str
     return _text_table(header, rows, right={1, 4, 5, 6})
 
 
-def plot(result: dict[str, Any], path: str) -> None:
-    """A bar chart of GFLOP/s per case and backend (one panel per batch size) saved to path."""
+def bars(rows: list[dict[str, Any]], batch: int, backend: str, cases: list[str]
+         ) -> list[tuple[int, float]]:
+    """(position in ``cases``, GFLOP/s) of the cases ``backend`` ran at ``batch``: a case it
+    did not run gets no bar rather than a bar of height 0."""
+    values = {r["case"]: r["gflops"] for r in rows if r["batch"] == batch and r["backend"] == backend}
+    return [(i, values[case]) for i, case in enumerate(cases) if case in values]
+
+
+def plot(result: dict[str, Any], path: str) -> bool:
+    """A bar chart of GFLOP/s per case and backend (one panel per batch size) saved to path.
+
+    Returns False, writing nothing, when no row has a GFLOP/s figure (pooling rows have none).
+    """
+    rows = [r for r in result["rows"] if r["gflops"] is not None]
+    if not rows:
+        return False
     from ..plots import pyplot
     plt = pyplot("plotting")
-    rows = [r for r in result["rows"] if r["gflops"] is not None]
     batches = sorted({r["batch"] for r in rows})
     cases = list(dict.fromkeys(r["case"] for r in rows))
     backends = list(dict.fromkeys(r["backend"] for r in rows))
@@ -111,10 +152,8 @@ def plot(result: dict[str, Any], path: str) -> None:
     width = 0.8 / max(1, len(backends))
     for ax, batch in zip(axes[:, 0], batches):
         for j, backend in enumerate(backends):
-            values = {r["case"]: r["gflops"] for r in rows
-                      if r["batch"] == batch and r["backend"] == backend}
-            xs = [i + j * width for i in range(len(cases))]
-            ax.bar(xs, [values.get(c, 0.0) for c in cases], width, label=backend)
+            shown = bars(rows, batch, backend, cases)
+            ax.bar([i + j * width for i, _ in shown], [v for _, v in shown], width, label=backend)
         ax.set_title(f"batch {batch}")
         ax.set_ylabel("GFLOP/s")
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
@@ -123,3 +162,4 @@ def plot(result: dict[str, Any], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return True
