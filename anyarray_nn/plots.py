@@ -1,20 +1,21 @@
 """Figures of what a network learned, and a Markdown report that links them.
 
 Every function takes arrays of any backend (they are moved to the host here), returns the
-matplotlib Figure and, given ``path``, saves it as a PNG. Needs the optional extra ``plot``
-(matplotlib); without it, a clear error says how to install it.
+matplotlib Figure and, given ``path``, saves it as a PNG. The figures are not pyplot's (see
+:func:`new_figure`): they need no display and no closing, and they leave the user's backend
+and open figures alone. Needs the optional extra ``plot`` (matplotlib); without it, a clear
+error says how to install it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -22,16 +23,20 @@ from . import backend as _backend
 from . import metrics
 
 
-def pyplot(user: str = "anyarray_nn.plots") -> Any:
-    """matplotlib.pyplot on the file-only Agg backend, or an ImportError naming ``user`` and
-    the ``plot`` extra that installs matplotlib."""
+def new_figure(user: str = "anyarray_nn.plots", **kwargs: Any) -> Any:
+    """A matplotlib Figure of its own (``kwargs`` as for ``Figure``, e.g. ``figsize``), or an
+    ImportError naming ``user`` and the ``plot`` extra that installs matplotlib.
+
+    The figure is not registered with pyplot: drawing it neither switches matplotlib's
+    backend nor touches the user's open figures, it needs no display and no closing (it is
+    freed with its last reference), and Jupyter still shows a returned figure.
+    """
     try:
-        import matplotlib
-        matplotlib.use("Agg")  # files, not windows: works on machines without a display
-        import matplotlib.pyplot as plt
+        import matplotlib  # first: a cached submodule would hide a blocked matplotlib
+        from matplotlib.figure import Figure
     except ImportError:
         raise ImportError(f"{user} needs matplotlib: pip install 'anyarray_nn[plot]'") from None
-    return plt
+    return Figure(**kwargs)
 
 
 def _finish(fig: Any, path: str | pathlib.Path | None) -> Any:
@@ -39,16 +44,6 @@ def _finish(fig: Any, path: str | pathlib.Path | None) -> Any:
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
-
-
-@contextlib.contextmanager
-def _closed_on_error(fig: Any) -> Iterator[Any]:
-    """Close ``fig`` when the block raises, so a failed drawing leaves no open figure."""
-    try:
-        yield fig
-    except BaseException:
-        pyplot().close(fig)
-        raise
 
 
 def _check_count(value: Any, name: str, caller: str) -> None:
@@ -69,49 +64,46 @@ def _image_problem(shape: tuple[int, ...]) -> str | None:
 def learning_curves(history: Any, path: str | pathlib.Path | None = None) -> Any:
     """Loss (left) and accuracy (right) per iteration (thin) and per epoch (markers), with the
     validation values where the History has them."""
-    plt = pyplot()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    with _closed_on_error(fig):
-        steps = history.series("step", per="iteration")
-        per_epoch_steps = history.series("steps")
-        for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
-            ax.plot(steps, history.series(key, per="iteration"), lw=0.6, alpha=0.5,
-                    label=f"train {label} (iteration)")
-            ax.plot(per_epoch_steps, history.series(key), "o-", label=f"train {label} (epoch)")
-            val = [v for v in history.validations if f"val_{key}" in v]
-            if val:
-                ax.plot([v["step"] for v in val], [v[f"val_{key}"] for v in val], "s-",
-                        label=f"validation {label}")
-            ax.set_xlabel("iteration")
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        ax_loss.set_yscale("log")
-        return _finish(fig, path)
+    fig = new_figure(figsize=(11, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    steps = history.series("step", per="iteration")
+    per_epoch_steps = history.series("steps")
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
+        ax.plot(steps, history.series(key, per="iteration"), lw=0.6, alpha=0.5,
+                label=f"train {label} (iteration)")
+        ax.plot(per_epoch_steps, history.series(key), "o-", label=f"train {label} (epoch)")
+        val = [v for v in history.validations if f"val_{key}" in v]
+        if val:
+            ax.plot([v["step"] for v in val], [v[f"val_{key}"] for v in val], "s-",
+                    label=f"validation {label}")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_loss.set_yscale("log")
+    return _finish(fig, path)
 
 
 def _grid(images: np.ndarray, titles: Sequence[str] | None, columns: int, path: Any,
           cell: float = 1.3) -> Any:
     """Images (N, C, H, W) with C in {1, 3} as a grid; each one scaled to [0, 1] by itself."""
-    plt = pyplot()
     n = len(images)
     rows = max(1, math.ceil(n / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell, rows * (cell + 0.25)),
-                             squeeze=False)
-    with _closed_on_error(fig):
-        for i, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if i >= n:
-                continue
-            image = images[i].astype(np.float64)
-            image = (image - image.min()) / max(image.max() - image.min(), 1e-12)
-            if image.shape[0] == 3:
-                ax.imshow(np.transpose(image, (1, 2, 0)))
-            else:
-                ax.imshow(image[0], cmap="gray")
-            if titles is not None:
-                ax.set_title(titles[i], fontsize=7)
-        return _finish(fig, path)
+    fig = new_figure(figsize=(columns * cell, rows * (cell + 0.25)))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        image = images[i].astype(np.float64)
+        image = (image - image.min()) / max(image.max() - image.min(), 1e-12)
+        if image.shape[0] == 3:
+            ax.imshow(np.transpose(image, (1, 2, 0)))
+        else:
+            ax.imshow(image[0], cmap="gray")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=7)
+    return _finish(fig, path)
 
 
 def filters(model: Any, path: str | pathlib.Path | None = None, layer: str | None = None,
@@ -181,21 +173,20 @@ def confusion_matrix(cm: Any, path: str | pathlib.Path | None = None,
     cm = metrics._confusion_on_host(cm, "confusion_matrix")
     n = cm.shape[0]
     names = metrics._names(class_names, n, "confusion_matrix")
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
-    with _closed_on_error(fig):
-        shown = ax.imshow(cm, cmap="Blues")
-        fig.colorbar(shown, ax=ax, fraction=0.046)
-        ax.set_xticks(range(n), names, rotation=45, ha="right")
-        ax.set_yticks(range(n), names)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        threshold = cm.max() / 2
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if cm[i, j] > threshold else "black")
-        return _finish(fig, path)
+    fig = new_figure(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
+    ax = fig.subplots()
+    shown = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(shown, ax=ax, fraction=0.046)
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = cm.max() / 2
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > threshold else "black")
+    return _finish(fig, path)
 
 
 def feature_maps(model: Any, x: Any, layer: str, path: str | pathlib.Path | None = None,
@@ -219,15 +210,13 @@ def feature_maps(model: Any, x: Any, layer: str, path: str | pathlib.Path | None
 
 def parameter_table(model: Any, path: str | pathlib.Path | None = None) -> Any:
     """The model's parameter table (model.summary()) as a figure."""
-    plt = pyplot()
     text = model.summary(print_fn=None)
     lines = text.splitlines()
-    fig = plt.figure(figsize=(0.085 * max(len(l) for l in lines), 0.22 * len(lines) + 0.3))
-    with _closed_on_error(fig):
-        fig.text(0.01, 0.98, text, family="monospace", fontsize=9, va="top")
-        if path is not None:
-            fig.savefig(path, dpi=100)
-        return fig
+    fig = new_figure(figsize=(0.085 * max(len(l) for l in lines), 0.22 * len(lines) + 0.3))
+    fig.text(0.01, 0.98, text, family="monospace", fontsize=9, va="top")
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
 
 
 def parameter_table_markdown(model: Any) -> str:
@@ -261,29 +250,22 @@ def write_report(folder: str | pathlib.Path, *, title: str, model: Any, history:
     into ``folder``; so on an error (a ValueError naming write_report for bad inputs)
     ``folder`` is left as it was.
     """
-    plt = pyplot()
     folder = pathlib.Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"write_report: expected folder to be a directory, got the file "
                          f"{folder}")
-    figures: dict[str, Any] = {}
     try:
-        try:
-            lines = _draw_report(figures, title, model, history, test, test_images,
-                                 class_names, summary, preprocess)
-        except ValueError as exc:
-            raise ValueError(f"write_report: {exc}") from None
-        return _write_files(folder, figures, "\n".join(lines))
-    finally:
-        for fig in figures.values():
-            plt.close(fig)
+        figures, lines = _draw_report(title, model, history, test, test_images, class_names,
+                                      summary, preprocess)
+    except ValueError as exc:
+        raise ValueError(f"write_report: {exc}") from None
+    return _write_files(folder, figures, "\n".join(lines))
 
 
-def _draw_report(figures: dict[str, Any], title: str, model: Any, history: Any, test: Any,
-                 test_images: Any, class_names: Sequence[Any] | None,
-                 summary: dict[str, Any] | None, preprocess: Any) -> list[str]:
-    """Draw the figures of :func:`write_report` into ``figures`` (by file name; the caller
-    closes them) and return the lines of ``report.md``."""
+def _draw_report(title: str, model: Any, history: Any, test: Any, test_images: Any,
+                 class_names: Sequence[Any] | None, summary: dict[str, Any] | None,
+                 preprocess: Any) -> tuple[dict[str, Any], list[str]]:
+    """The figures of :func:`write_report` by file name, and the lines of ``report.md``."""
     names = None if class_names is None else [str(n) for n in class_names]
     cm = metrics.confusion_matrix(test.labels, test.predictions,
                                   None if names is None else len(names))
@@ -309,8 +291,7 @@ def _draw_report(figures: dict[str, Any], title: str, model: Any, history: Any, 
             sample = preprocess(sample)
         draw["filters.png"] = lambda: filters(model)
         draw["feature_maps.png"] = lambda: feature_maps(model, sample, first_conv)
-    for file_name, make in draw.items():
-        figures[file_name] = make()
+    figures = {file_name: make() for file_name, make in draw.items()}
 
     lines = [f"# {title}", "", f"Test accuracy: **{test.accuracy:.2%}** "
              f"({len(test.labels):,} images), test loss {test.loss:.4f}."]
@@ -329,7 +310,7 @@ def _draw_report(figures: dict[str, Any], title: str, model: Any, history: Any, 
                   "![feature maps](feature_maps.png)"]
     lines += ["", "## Parameters", "", parameter_table_markdown(model), "",
               "![parameter table](parameters.png)", ""]
-    return lines
+    return figures, lines
 
 
 def _write_files(folder: pathlib.Path, figures: dict[str, Any], report: str) -> pathlib.Path:

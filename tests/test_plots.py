@@ -1,4 +1,4 @@
-"""Figures and reports: rendered with Agg into files, checked for size and content."""
+"""Figures and reports: rendered into files, checked for size and content."""
 
 import re
 import sys
@@ -13,6 +13,7 @@ from anyarray_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 
 mpl = pytest.importorskip("matplotlib")  # the optional "plot" extra
 from matplotlib import image as mpimg  # noqa: E402
+from matplotlib import pyplot as plt  # noqa: E402  (only to see that plots leave it alone)
 
 from anyarray_nn import plots  # noqa: E402
 
@@ -56,7 +57,6 @@ def test_every_figure_renders(xp, tmp_path, channels):
         path = tmp_path / name
         fig = draw(path)
         check_png(path, fig)
-        mpl.pyplot.close(fig)
 
 
 def test_report_links_resolve(tmp_path):
@@ -126,9 +126,9 @@ def linked_files(report):
 @pytest.fixture
 def no_new_figures():
     """Fails the test when it leaves a matplotlib figure open."""
-    before = set(mpl.pyplot.get_fignums())
+    before = set(plt.get_fignums())
     yield
-    assert set(mpl.pyplot.get_fignums()) == before
+    assert set(plt.get_fignums()) == before
 
 
 LABELS = np.array([0, 1, 2, 0, 1, 2])
@@ -139,7 +139,6 @@ def test_misclassified_titles_the_wrong_images_in_order():
     images = np.random.default_rng(0).random((6, 1, 8, 8))
     fig = plots.misclassified(images, LABELS, PREDICTIONS, count=2)
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["1 / 2", "0 / 1"]
-    mpl.pyplot.close(fig)
 
 
 @pytest.mark.parametrize("labels,predictions,shown", [
@@ -170,7 +169,6 @@ def test_misclassified_draws_images_without_a_channel_axis(tmp_path):
     check_png(tmp_path / "wrong.png", fig)
     drawn = [ax.get_images()[0].get_array() for ax in fig.axes if ax.get_images()]
     assert [a.shape for a in drawn] == [(8, 8), (8, 8)]
-    mpl.pyplot.close(fig)
 
 
 @pytest.mark.parametrize("argument,value", [("count", 0), ("count", -1), ("count", 2.0),
@@ -195,11 +193,9 @@ def test_class_names_may_be_a_numpy_array(tmp_path):
     images = np.random.default_rng(0).random((6, 3, 8, 8))
     fig = plots.misclassified(images, LABELS, PREDICTIONS, class_names=names)
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["dog / owl", "cat / dog"]
-    mpl.pyplot.close(fig)
     cm = ann.metrics.confusion_matrix(LABELS, PREDICTIONS, 3)
     fig = plots.confusion_matrix(cm, class_names=names)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["cat", "dog", "owl"]
-    mpl.pyplot.close(fig)
     inputs = tiny_report_inputs((6, 3, 8, 8), PREDICTIONS, LABELS)
     report = plots.write_report(tmp_path / "r", class_names=names, **inputs)
     assert "owl" in report.read_text() and (tmp_path / "r" / "misclassified.png").is_file()
@@ -218,12 +214,21 @@ def test_class_names_must_name_every_class(no_new_figures):
         plots.confusion_matrix(np.zeros((2, 3), dtype=np.int64))
 
 
-def test_a_failed_drawing_closes_its_figure(tmp_path, no_new_figures):
-    with pytest.raises(FileNotFoundError):
-        plots.confusion_matrix(np.eye(2, dtype=np.int64), tmp_path / "missing" / "cm.png")
-    with pytest.raises(FileNotFoundError):
-        plots.misclassified(np.zeros((6, 8, 8)), LABELS, PREDICTIONS,
-                            tmp_path / "missing" / "wrong.png")
+def test_figures_leave_pyplot_and_its_backend_alone(tmp_path):
+    previous = mpl.get_backend()
+    mpl.use("pdf")  # a backend of the user's (in Jupyter: the inline one)
+    user = plt.figure()
+    try:
+        fig = plots.confusion_matrix(np.eye(2, dtype=np.int64), tmp_path / "cm.png")
+        plots.misclassified(np.zeros((6, 8, 8)), LABELS, PREDICTIONS)
+        assert mpl.get_backend() == "pdf" and plt.get_fignums() == [user.number]
+        check_png(tmp_path / "cm.png", fig)
+        with pytest.raises(FileNotFoundError):  # a failed save leaves nothing open either
+            plots.confusion_matrix(np.eye(2, dtype=np.int64), tmp_path / "missing" / "cm.png")
+        assert plt.get_fignums() == [user.number]
+    finally:
+        plt.close(user)
+        mpl.use(previous)
 
 
 def test_report_when_every_prediction_is_right(tmp_path, no_new_figures):

@@ -142,13 +142,13 @@ def plot(result: dict[str, Any], path: str) -> bool:
     rows = [r for r in result["rows"] if r["gflops"] is not None]
     if not rows:
         return False
-    from ..plots import pyplot
-    plt = pyplot("plotting")
+    from ..plots import new_figure
     batches = sorted({r["batch"] for r in rows})
     cases = list(dict.fromkeys(r["case"] for r in rows))
     backends = list(dict.fromkeys(r["backend"] for r in rows))
-    fig, axes = plt.subplots(len(batches), 1, figsize=(max(8, 0.45 * len(cases) * len(backends)),
-                                                       3.2 * len(batches)), squeeze=False)
+    fig = new_figure("plotting", figsize=(max(8, 0.45 * len(cases) * len(backends)),
+                                          3.2 * len(batches)))
+    axes = fig.subplots(len(batches), 1, squeeze=False)
     width = 0.8 / max(1, len(backends))
     for ax, batch in zip(axes[:, 0], batches):
         for j, backend in enumerate(backends):
@@ -161,5 +161,4 @@ def plot(result: dict[str, Any], path: str) -> bool:
     axes[0, 0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return True
