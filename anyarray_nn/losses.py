@@ -6,6 +6,7 @@ from typing import Any
 
 from . import functional as F
 from .errors import errors_named
+from .functional.loss import _softmax_cross_entropy_backward
 
 
 class Loss:
@@ -51,7 +52,8 @@ class SoftmaxCrossEntropy(Loss):
         return F.softmax_cross_entropy_forward(logits, labels)
 
     def _backward(self, logits: Any, labels: Any, dloss: Any) -> Any:
-        return F.softmax_cross_entropy_backward(logits, labels, dloss)
+        # forward() has checked these labels' range: skip that check's device sync here.
+        return _softmax_cross_entropy_backward(logits, labels, dloss, check_labels=False)
 
 
 class MSE(Loss):

@@ -46,8 +46,38 @@ def _log_softmax_parts(xp: Any, logits: Any) -> tuple[Any, Any]:
 def one_hot(labels: Any, num_classes: int, dtype: Any) -> Any:
     """(N,) integer labels -> (N, C) array of 0 and 1 in ``dtype``."""
     xp = namespace(labels)
+    labels = _class_indices(xp, labels)
     classes = xp.arange(num_classes, dtype=labels.dtype, device=labels.device)
     return xp.astype(labels[:, None] == classes[None, :], dtype)
+
+
+def _class_indices(xp: Any, labels: Any) -> Any:
+    """Labels as int64 (no copy if they are already): in a narrow dtype such as uint8 the
+    class range and comparisons against it would wrap for more classes than the dtype holds."""
+    return xp.astype(labels, xp.int64, copy=False)
+
+
+def _check_values(xp: Any, logits: Any, labels: Any, loss: Any = None) -> None:
+    """Raise for int64 ``labels`` outside [0, C) and, given the ``loss``, for a loss that is not
+    finite. Both checks together read one scalar back from the device."""
+    c = logits.shape[1]
+    labels_ok = xp.all((labels >= 0) & (labels < c))
+    if bool(labels_ok if loss is None else labels_ok & xp.isfinite(loss)):
+        return
+    if not bool(labels_ok):
+        raise InputError(f"labels: expected class indices in [0, {c}), got values from "
+                         f"{int(xp.min(labels))} to {int(xp.max(labels))}")
+    bad = int(xp.sum(xp.astype(~xp.isfinite(logits), xp.int64)))
+    if bad == 0:
+        raise InputError(f"logits: expected a finite loss, got {float(loss)} from finite "
+                         f"logits (differences between them overflow {dtype_name(logits.dtype)})")
+    raise InputError(f"logits: expected finite values, got {bad} NaN or infinite "
+                     f"entries (loss is {float(loss)})")
+
+
+def _scalar_or_array(value: Any) -> Any:
+    """``value`` for the backend check: None for a Python number, which mixes with any backend."""
+    return None if type(value) in (int, float) else value
 
 
 def softmax_forward(logits: Any) -> Any:
@@ -67,19 +97,15 @@ def softmax_cross_entropy_forward(logits: Any, labels: Any) -> Any:
     """
     xp = namespace(logits, labels, names=("logits", "labels"))
     _check_classification(xp, logits, labels)
-    n, c = logits.shape
+    labels = _class_indices(xp, labels)
     shifted, lse = _log_softmax_parts(xp, logits)
-    target = one_hot(labels, c, logits.dtype)
-    loss = xp.sum(lse[:, 0] - xp.sum(shifted * target, axis=1)) / n
-    # One combined device-to-host read for both checks.
-    labels_ok = xp.all((labels >= 0) & (labels < c))
-    if not bool(labels_ok & xp.isfinite(loss)):
-        if not bool(labels_ok):
-            raise InputError(f"labels: expected class indices in [0, {c}), got values from "
-                             f"{int(xp.min(labels))} to {int(xp.max(labels))}")
-        bad = int(xp.sum(xp.astype(~xp.isfinite(logits), xp.int64)))
-        raise InputError(f"logits: expected finite values, got {bad} NaN or infinite "
-                         f"entries (loss is {float(loss)})")
+    # Pick each row's target logit: multiplying by a one-hot matrix would give -inf * 0 = NaN
+    # where a row's range overflows (logits 1e308 and -1e308), and costs N*C, not N. The
+    # remainder keeps the gather in bounds (out of range is an error on a GPU) until the check.
+    index = labels % logits.shape[1]
+    picked = xp.take_along_axis(shifted, index[:, None], axis=1)
+    loss = xp.sum(lse[:, 0] - picked[:, 0]) / logits.shape[0]
+    _check_values(xp, logits, labels, loss)
     return loss
 
 
@@ -87,9 +113,21 @@ def softmax_cross_entropy_backward(logits: Any, labels: Any, dloss: Any = 1.0) -
     """Gradient of the mean softmax cross-entropy with respect to ``logits``.
 
     ``dloss`` is the upstream gradient of the scalar loss (1 when the loss is the objective).
+    Raises :class:`InputError` for labels outside [0, C), as the forward does (one scalar
+    read back from the device).
     """
-    xp = namespace(logits, labels, names=("logits", "labels"))
+    return _softmax_cross_entropy_backward(logits, labels, dloss, check_labels=True)
+
+
+def _softmax_cross_entropy_backward(logits: Any, labels: Any, dloss: Any, *,
+                                    check_labels: bool) -> Any:
+    """The backward; ``check_labels=False`` skips the label range check (and its device
+    sync) for a caller whose forward has just checked the same labels (the loss class)."""
+    xp = namespace(logits, labels, _scalar_or_array(dloss), names=("logits", "labels", "dloss"))
     _check_classification(xp, logits, labels)
+    labels = _class_indices(xp, labels)
+    if check_labels:
+        _check_values(xp, logits, labels)
     n, c = logits.shape
     shifted, lse = _log_softmax_parts(xp, logits)
     probs = xp.exp(shifted - lse)
@@ -106,7 +144,7 @@ def mse_forward(pred: Any, target: Any) -> Any:
 
 def mse_backward(pred: Any, target: Any, dloss: Any = 1.0) -> Any:
     """Gradient of :func:`mse_forward` with respect to ``pred``."""
-    namespace(pred, target, names=("prediction", "target"))
+    namespace(pred, target, _scalar_or_array(dloss), names=("prediction", "target", "dloss"))
     _check_regression(pred, target)
     return (pred - target) * (2.0 * dloss / _size(pred))
 
