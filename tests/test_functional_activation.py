@@ -68,3 +68,18 @@ def test_activation_errors(xp, name):
     x = ann.asarray(np.zeros((2, 3)))
     with pytest.raises(ann.InputError, match=r"dy: expected shape \(2, 3\).*got \(3, 2\)"):
         backward(x, ann.asarray(np.zeros((3, 2))))
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid"])
+def test_backward_checks_the_forward_output_y(xp, torch, name):
+    backward = KERNELS[name][1]
+    x, dy = ann.asarray(np.zeros((2, 3))), ann.asarray(np.ones((2, 3)))
+    with pytest.raises(ann.InputError, match=r"y: expected shape \(2, 3\).*got \(3,\)"):
+        backward(x, dy, y=ann.asarray(np.zeros(3)))  # would broadcast
+    with pytest.raises(ann.InputError, match=r"y: expected shape \(2, 3\).*got \(2, 3, 1\)"):
+        backward(x, dy, y=ann.asarray(np.zeros((2, 3, 1))))
+    with pytest.raises(ann.InputError, match="y: expected dtype float64.*got float32"):
+        backward(x, dy, y=ann.asarray(np.zeros((2, 3)), dtype="float32"))
+    other = "numpy" if ann.current_backend().name != "numpy" else "torch"
+    with pytest.raises(ann.BackendMismatchError, match=f"y is {other}"):
+        backward(x, dy, y=ann.asarray(np.zeros((2, 3)), backend=other))

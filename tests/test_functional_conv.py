@@ -1,5 +1,7 @@
 """Conv2D kernels: float64 finite differences, PyTorch agreement, array_api_strict, bad input."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,32 @@ def _dy(rng, x, w, b, kw):
     """The same upstream gradient for every call of one test (seeded by the output shape)."""
     shape = tuple(F.conv2d_forward(x, w, b, **kw).shape)
     return ann.asarray(np.random.default_rng(sum(shape)).standard_normal(shape))
+
+
+def test_sizes_may_be_numpy_integers(xp, rng):
+    x, w, b, kw = make(rng, CONFIGS["stride-pair"])
+    as_numpy = {"stride": (np.int64(2), np.int32(3)), "padding": (np.int64(1), 0),
+                "dilation": np.int64(1)}
+    assert_close(F.conv2d_forward(x, w, b, **as_numpy), F.conv2d_forward(x, w, b, **kw))
+    assert_close(F.conv2d_forward(x, w, b, padding=np.int64(1)),
+                 F.conv2d_forward(x, w, b, padding=1))
+    assert_close(F.conv2d_forward(x, w, b, padding=(np.int64(1), 0, 2, np.int16(1))),
+                 F.conv2d_forward(x, w, b, padding=(1, 0, 2, 1)))
+    assert_close(F.maxpool2d_forward(x, np.int64(2)), F.maxpool2d_forward(x, 2))
+    layer = ann.layers.Conv2D(2, 3, np.int64(3), stride=np.int64(2), padding=np.int64(1))
+    assert layer.get_config()["kernel_size"] == [3, 3]
+    assert all(type(v) is int for v in layer.kernel_size + layer.stride + layer.padding)
+
+
+@pytest.mark.parametrize("bad", [2.0, None, True, "2", (1, 2.0), (1, None), (1, 2, 3)])
+def test_sizes_that_are_not_ints_are_refused(bad):
+    x, w = np.zeros((1, 1, 6, 6)), np.zeros((1, 1, 2, 2))
+    message = f"expected an int or a pair of ints, got {re.escape(repr(bad))}"
+    with pytest.raises(ann.InputError, match=f"stride: {message}"):
+        F.conv2d_forward(x, w, stride=bad)
+    with pytest.raises(ann.InputError, match=f"dilation: {message}"):
+        F.conv2d_backward(x, w, np.zeros((1, 1, 5, 5)), dilation=bad)
+    with pytest.raises(ann.InputError, match=f"kernel_size: {message}"):
+        F.maxpool2d_forward(x, bad)
+    with pytest.raises(ann.InputError, match=f"padding: {message}"):
+        F.avgpool2d_forward(x, 2, padding=bad)

@@ -1,5 +1,7 @@
 """Pooling kernels: finite differences, PyTorch agreement (ties included), strict, bad input."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -81,3 +83,19 @@ def test_pool_errors(xp):
         F.maxpool2d_forward(x, 2, 1, 2)
     with pytest.raises(ann.InputError, match=r"dy: expected shape \(1, 2, 1, 1\)"):
         F.maxpool2d_backward(x, ann.asarray(np.zeros((1, 2, 2, 2))), 2)
+
+
+def test_maxpool_backward_checks_the_forward_output_y(xp, torch):
+    x = ann.asarray(np.arange(16.0).reshape(1, 1, 4, 4))
+    dy = ann.asarray(np.ones((1, 1, 2, 2)))
+    for shape in [(1, 1, 1, 1), (1, 1, 4, 4)]:  # the first would broadcast silently
+        with pytest.raises(ann.InputError, match=rf"y: expected shape \(1, 1, 2, 2\) \(the "
+                                                 rf"forward output\), got {re.escape(str(shape))}"):
+            F.maxpool2d_backward(x, dy, 2, y=ann.asarray(np.full(shape, 15.0)))
+    with pytest.raises(ann.InputError, match="y: expected dtype float64.*got float32"):
+        F.maxpool2d_backward(x, dy, 2, y=ann.asarray(np.ones((1, 1, 2, 2)), dtype="float32"))
+    other = "numpy" if ann.current_backend().name != "numpy" else "torch"
+    with pytest.raises(ann.BackendMismatchError, match=f"y is {other}"):
+        F.maxpool2d_backward(x, dy, 2, y=ann.asarray(np.ones((1, 1, 2, 2)), backend=other))
+    assert_close(F.maxpool2d_backward(x, dy, 2, y=F.maxpool2d_forward(x, 2)),
+                 F.maxpool2d_backward(x, dy, 2))

@@ -186,3 +186,39 @@ def test_conv_layer_config_round_trip():
     rebuilt = ann.layers.layer_class("Conv2D").from_config(layer.get_config())
     assert rebuilt.get_config() == layer.get_config()
     assert tuple(rebuilt.params["W"].shape) == (8, 3, 3, 5)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Dense(2, 2, name="l"), lambda: ann.layers.BatchNorm1D(2, name="l"),
+    lambda: ann.layers.BatchNorm2D(1, name="l"), lambda: Flatten(name="l"),
+    lambda: ReLU(name="l"), lambda: Conv2D(1, 1, 1, name="l"), lambda: MaxPool2D(1, name="l"),
+], ids=["Dense", "BatchNorm1D", "BatchNorm2D", "Flatten", "ReLU", "Conv2D", "MaxPool2D"])
+def test_non_array_input_is_refused_by_every_layer_alike(make):
+    layer = make()
+    with pytest.raises(ann.BackendMismatchError, match=rf"{layer.type_name} 'l': expected an "
+                                                       rf"array of one of the backends .*got "
+                                                       rf"builtins.list"):
+        layer.forward([[1.0, 2.0], [3.0, 4.0]], train=True)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Conv2D(1, 1, 3, stride=0), r"Conv2D: stride and dilation: expected ints >= 1, got stride \(0, 0\)"),
+    (lambda: Conv2D(1, 1, 3, dilation=(1, 0)), r"Conv2D: stride and dilation: .*dilation \(1, 0\)"),
+    (lambda: Conv2D(1, 1, 3, stride=(1, 2, 3)), r"Conv2D: stride: expected an int or a pair of ints, got \(1, 2, 3\)"),
+    (lambda: Conv2D(1, 1, 3, padding=-1), "Conv2D: padding: expected non-negative ints, got -1"),
+    (lambda: Conv2D(1, 1, 3, stride=2, padding="same"), "Conv2D: padding='same' needs stride 1"),
+    (lambda: MaxPool2D(0), r"MaxPool2D: expected kernel_size and stride >= 1.*kernel_size \(0, 0\)"),
+    (lambda: MaxPool2D(2, stride=-1), r"MaxPool2D: expected kernel_size and stride >= 1.*stride \(-1, -1\)"),
+    (lambda: AvgPool2D(2, padding=2), r"AvgPool2D: padding: expected at most half the kernel \(2, 2\), got \(2, 2\)"),
+    (lambda: AvgPool2D(2.0), "AvgPool2D: kernel_size: expected an int or a pair of ints, got 2.0"),
+], ids=["conv-stride0", "conv-dilation0", "conv-stride3", "conv-padding", "conv-same-stride",
+        "maxpool-kernel0", "maxpool-stride-negative", "avgpool-padding", "avgpool-float"])
+def test_conv_and_pool_arguments_are_checked_at_construction(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_pool_layer_resolves_its_window():
+    layer = MaxPool2D(np.int64(3), padding=1)
+    assert (layer.kernel_size, layer.stride, layer.padding) == ((3, 3), (3, 3), (1, 1))
+    assert MaxPool2D.from_config(layer.get_config()).get_config() == layer.get_config()

@@ -157,3 +157,59 @@ def test_dropout_errors_name_the_layer_and_the_argument():
     assert layer.rng.bit_generator.state == state  # a refused input draws no mask
     with pytest.raises(ann.InputError, match="Dropout 'drop': x: expected a floating dtype"):
         Dropout(0.0, name="drop").forward(np.ones((2, 3), np.int64), train=True)
+
+
+def test_batchnorm_update_running_checks_its_arguments(torch):
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    stats = np.ones(3, np.float32)
+    update = F.batchnorm_update_running
+    with pytest.raises(ann.InputError, match=r"mean: expected shape \(3,\) \(the shape of "
+                                             r"running_mean\), got \(1,\)"):
+        update(rm, rv, np.ones(1, np.float32), stats, 8)  # would broadcast
+    with pytest.raises(ann.InputError, match=r"var: expected shape \(3,\).*got \(3, 1\)"):
+        update(rm, rv, stats, np.ones((3, 1), np.float32), 8)
+    with pytest.raises(ann.InputError, match=r"mean: expected dtype float32 \(the dtype of "
+                                             r"running_mean\), got float64"):
+        update(rm, rv, np.ones(3), np.ones(3), 8)  # would return float64 buffers
+    with pytest.raises(ann.InputError, match="running_mean: expected a floating dtype"):
+        update(np.zeros(3, np.int64), np.zeros(3, np.int64), np.zeros(3, np.int64),
+               np.zeros(3, np.int64), 8)
+    with pytest.raises(ann.BackendMismatchError, match="running_mean is torch.*mean is numpy"):
+        update(torch.zeros(3), torch.ones(3), stats, stats, 8)
+    with pytest.raises(ann.BackendMismatchError, match="running_mean is numpy.*mean is torch"):
+        update(rm, rv, torch.ones(3), torch.ones(3), 8)
+    for bad in (1, 0, 2.5, None):
+        with pytest.raises(ann.InputError, match=f"count: expected an int >= 2.*got {bad}"):
+            update(rm, rv, stats, stats, bad)
+    new_mean, new_var = update(rm, rv, stats, stats, np.int64(5), 0.5)
+    np.testing.assert_allclose(host(new_mean), 0.5)
+    np.testing.assert_allclose(host(new_var), 0.5 + 0.5 * 5 / 4)
+
+
+def test_dropout_with_p0_checks_dy_like_any_p(torch):
+    for p in (0.0, 0.5):
+        layer = Dropout(p, name="drop", rng=0)
+        layer.forward(np.ones((2, 3), np.float32), train=True)
+        with pytest.raises(ann.InputError, match=r"Dropout 'drop': dy: expected shape \(2, 3\) "
+                                                 r"\(the forward output\), got \(5, 7\)"):
+            layer.backward(np.ones((5, 7), np.float32))
+        with pytest.raises(ann.InputError, match="Dropout 'drop': dy: expected dtype float32"):
+            layer.backward(np.ones((2, 3), np.float64))
+        with pytest.raises(ann.BackendMismatchError, match="Dropout 'drop': .*dy is torch"):
+            layer.backward(torch.ones(2, 3))
+    dy = np.arange(6, dtype=np.float32).reshape(2, 3)
+    layer = Dropout(0.0)
+    layer.forward(np.ones((2, 3), np.float32), train=True)
+    np.testing.assert_array_equal(layer.backward(dy), dy)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: BatchNorm1D(3, momentum=None), r"BatchNorm1D: momentum=None .*is not supported"),
+    (lambda: BatchNorm2D(3, momentum="0.1"), r"BatchNorm2D: expected 0 <= momentum <= 1 and eps > 0"),
+    (lambda: BatchNorm1D(3, eps=None), r"BatchNorm1D: expected 0 <= momentum <= 1 and eps > 0.*eps=None"),
+    (lambda: Dropout(None), "Dropout: expected 0 <= p < 1, got None"),
+    (lambda: Dropout("0.5"), "Dropout: expected 0 <= p < 1, got '0.5'"),
+], ids=["momentum-None", "momentum-str", "eps-None", "p-None", "p-str"])
+def test_constructor_arguments_that_are_not_numbers_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

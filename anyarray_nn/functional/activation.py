@@ -16,11 +16,14 @@ from ..backend import namespace
 from ._checks import check_floating, check_gradient
 
 
-def _prepare(x: Any, dy: Any | None = None) -> Any:
-    xp = namespace(x, dy, names=("x", "dy"))
+def _prepare(x: Any, dy: Any | None = None, y: Any | None = None) -> Any:
+    """Check ``x`` and, if given, ``dy`` and the forward output ``y`` (both of x's shape)."""
+    xp = namespace(x, dy, y, names=("x", "dy", "y"))
     check_floating(x, "x")
     if dy is not None:
         check_gradient(x, dy, tuple(x.shape))
+    if y is not None:
+        check_gradient(x, y, tuple(x.shape), "y")
     return xp
 
 
@@ -62,7 +65,7 @@ def tanh_forward(x: Any) -> Any:
 
 def tanh_backward(x: Any, dy: Any, y: Any | None = None) -> Any:
     """``dy * (1 - tanh(x)^2)``; pass the forward output ``y`` to avoid recomputing it."""
-    xp = _prepare(x, dy)
+    xp = _prepare(x, dy, y)
     y = xp.tanh(x) if y is None else y
     return dy * (1.0 - y * y)
 
@@ -77,6 +80,6 @@ def sigmoid_forward(x: Any) -> Any:
 
 def sigmoid_backward(x: Any, dy: Any, y: Any | None = None) -> Any:
     """``dy * y * (1 - y)``; pass the forward output ``y`` to avoid recomputing it."""
-    _prepare(x, dy)
+    _prepare(x, dy, y)
     y = sigmoid_forward(x) if y is None else y
     return dy * y * (1.0 - y)

@@ -36,16 +36,29 @@ from typing import Any, Sequence
 
 from ..backend import namespace
 from ..errors import InputError
-from ._checks import check_gradient, check_ndim, check_weights
+from ._checks import as_int, check_gradient, check_ndim, check_weights
 
 Padding = tuple[int, int, int, int]  # top, bottom, left, right
 
 
 def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+    """An int or a pair of ints (NumPy integers too, not bool) as a pair of Python ints."""
+    if isinstance(value, (tuple, list)):
+        pair = (as_int(value[0]), as_int(value[1])) if len(value) == 2 else (None,)
+    else:
+        pair = (as_int(value),) * 2
+    if None in pair:
         raise InputError(f"{what}: expected an int or a pair of ints, got {value!r}")
     return pair  # type: ignore[return-value]
+
+
+def _stride_dilation(stride: Any, dilation: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``stride`` and ``dilation`` as pairs of ints >= 1."""
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    if min(stride) < 1 or min(dilation) < 1:
+        raise InputError(f"stride and dilation: expected ints >= 1, got stride {stride}, "
+                         f"dilation {dilation}")
+    return stride, dilation
 
 
 def conv_padding(padding: Any, kernel: tuple[int, int], stride: tuple[int, int],
@@ -62,15 +75,15 @@ def conv_padding(padding: Any, kernel: tuple[int, int], stride: tuple[int, int],
             raise InputError(f"padding='same' needs stride 1, got stride {stride}")
         total = [d * (k - 1) for d, k in zip(dilation, kernel)]
         return (total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2)
-    if isinstance(padding, int) or (isinstance(padding, (tuple, list)) and len(padding) == 2):
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        pads = tuple(as_int(p) for p in padding)
+    elif as_int(padding) is not None or (isinstance(padding, (tuple, list)) and len(padding) == 2):
         ph, pw = _pair(padding, "padding")
         pads = (ph, ph, pw, pw)
-    elif isinstance(padding, (tuple, list)) and len(padding) == 4:
-        pads = tuple(padding)
     else:
         raise InputError(f"padding: expected an int, a pair, 4 ints, 'same' or 'valid', "
                          f"got {padding!r}")
-    if not all(isinstance(p, int) and p >= 0 for p in pads):
+    if not all(p is not None and p >= 0 for p in pads):
         raise InputError(f"padding: expected non-negative ints, got {padding!r}")
     return pads  # type: ignore[return-value]
 
@@ -86,9 +99,6 @@ def _check_conv(x: Any, w: Any, b: Any | None, pads: Padding, stride: tuple[int,
     check_ndim(x, 4, "x", "(N, C, H, W)")
     check_ndim(w, 4, "W", "(out_channels, in_channels, kh, kw)")
     check_weights(x, w, b, "input channels")
-    if min(stride) < 1 or min(dilation) < 1:
-        raise InputError(f"stride and dilation: expected ints >= 1, got stride {stride}, "
-                         f"dilation {dilation}")
     h, wd = x.shape[2], x.shape[3]
     kh, kw = w.shape[2], w.shape[3]
     ho = conv_output_size(h, kh, stride[0], pads[0], pads[1], dilation[0])
@@ -235,7 +245,7 @@ def _conv2d_forward_with_patches(x: Any, w: Any, b: Any | None, stride: Any, pad
                               dilation: Any) -> tuple[Any, Patches]:
     """Forward that also returns the :class:`Patches`, which the Conv2D layer keeps for dW."""
     xp = namespace(x, w, b, names=("x", "W", "b"))
-    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    stride, dilation = _stride_dilation(stride, dilation)
     check_ndim(w, 4, "W", "(out_channels, in_channels, kh, kw)")
     kernel = (w.shape[2], w.shape[3])
     pads = conv_padding(padding, kernel, stride, dilation)
@@ -257,7 +267,7 @@ def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
     does); without them they are recomputed from ``x``. ``input_grad=False`` skips dx (None).
     """
     xp = namespace(x, w, dy, names=("x", "W", "dy"))
-    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    stride, dilation = _stride_dilation(stride, dilation)
     check_ndim(w, 4, "W", "(out_channels, in_channels, kh, kw)")
     kernel = (w.shape[2], w.shape[3])
     pads = conv_padding(padding, kernel, stride, dilation)

@@ -23,7 +23,14 @@ from typing import Any
 
 from ..backend import namespace
 from ..errors import InputError
-from ._checks import check_floating, check_gradient, check_same_dtype
+from ._checks import (
+    as_int,
+    check_floating,
+    check_gradient,
+    check_ndim,
+    check_same_dtype,
+    check_same_shape,
+)
 
 
 def _axes(x: Any) -> tuple[int, ...]:
@@ -106,7 +113,21 @@ def batchnorm_inference(x: Any, gamma: Any, beta: Any, running_mean: Any, runnin
 
 def batchnorm_update_running(running_mean: Any, running_var: Any, mean: Any, var: Any,
                              count: int, momentum: float = 0.1) -> tuple[Any, Any]:
-    """PyTorch's running-statistics update (unbiased variance); returns the new pair."""
+    """PyTorch's running-statistics update (unbiased variance); returns the new pair.
+
+    ``count`` is the number of values per feature the batch statistics came from (>= 2).
+    """
+    namespace(running_mean, running_var, mean, var,
+              names=("running_mean", "running_var", "mean", "var"))
+    check_ndim(running_mean, 1, "running_mean", "(features,)")
+    check_floating(running_mean, "running_mean")
+    for name, v in (("running_var", running_var), ("mean", mean), ("var", var)):
+        check_same_shape(v, running_mean, name, "running_mean")
+        check_same_dtype(v, running_mean, name, "running_mean")
+    n = as_int(count)
+    if n is None or n < 2:
+        raise InputError(f"count: expected an int >= 2 (values per feature, for the unbiased "
+                         f"variance), got {count!r}")
     unbiased = var * (count / (count - 1))
     return ((1.0 - momentum) * running_mean + momentum * mean,
             (1.0 - momentum) * running_var + momentum * unbiased)

@@ -29,9 +29,8 @@ from .conv import _pair, conv_output_size
 Window = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # kernel, stride, padding
 
 
-def _window(x: Any, kernel: Any, stride: Any, padding: Any) -> tuple[Window, tuple[int, int]]:
-    check_ndim(x, 4, "x", "(N, C, H, W)")
-    check_floating(x, "x")
+def pool_window(kernel: Any, stride: Any, padding: Any) -> Window:
+    """Resolve and check (kernel_size, stride, padding) as pairs; ``stride`` None: the kernel."""
     k = _pair(kernel, "kernel_size")
     s = _pair(k if stride is None else stride, "stride")
     p = _pair(padding, "padding")
@@ -40,6 +39,13 @@ def _window(x: Any, kernel: Any, stride: Any, padding: Any) -> tuple[Window, tup
                          f"kernel_size {k}, stride {s}, padding {p}")
     if p[0] * 2 > k[0] or p[1] * 2 > k[1]:
         raise InputError(f"padding: expected at most half the kernel {k}, got {p}")
+    return k, s, p
+
+
+def _window(x: Any, kernel: Any, stride: Any, padding: Any) -> tuple[Window, tuple[int, int]]:
+    check_ndim(x, 4, "x", "(N, C, H, W)")
+    check_floating(x, "x")
+    k, s, p = pool_window(kernel, stride, padding)
     h, w = x.shape[2], x.shape[3]
     out = (conv_output_size(h, k[0], s[0], p[0], p[0]), conv_output_size(w, k[1], s[1], p[1], p[1]))
     if min(out) < 1:
@@ -84,10 +90,14 @@ def maxpool2d_backward(x: Any, dy: Any, kernel_size: Any, stride: Any = None,
 
     Pass the forward output ``y`` to avoid recomputing it.
     """
-    xp = namespace(x, dy, names=("x", "dy"))
+    xp = namespace(x, dy, y, names=("x", "dy", "y"))
     window, out = _window(x, kernel_size, stride, padding)
-    check_gradient(x, dy, (x.shape[0], x.shape[1], *out))
-    y = maxpool2d_forward(x, kernel_size, stride, padding) if y is None else y
+    out_shape = (x.shape[0], x.shape[1], *out)
+    check_gradient(x, dy, out_shape)
+    if y is None:
+        y = maxpool2d_forward(x, kernel_size, stride, padding)
+    else:
+        check_gradient(x, y, out_shape, "y")
     (kh, kw), (sh, sw), p = window
     xpad = _pad(xp, x, p, float("-inf"))
     dxpad = xp.zeros(xpad.shape, dtype=x.dtype, device=x.device)

@@ -24,8 +24,8 @@ _REGISTRY: dict[str, type["Layer"]] = {}
 class _NoCache:
     """The type of ``_NO_CACHE``: a layer's cache when no training forward is there to go back
     through. None cannot mean that: ``_forward`` may return None as its cache (a layer that
-    needs nothing from the forward pass, Dropout with p=0). Pickles as the one instance, so a
-    layer copied into a DataParallel helper process keeps the meaning."""
+    needs nothing from the forward pass). Pickles as the one instance, so a layer copied into
+    a DataParallel helper process keeps the meaning."""
 
     def __repr__(self) -> str:
         return "_NO_CACHE"

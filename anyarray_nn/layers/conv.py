@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
-from ..functional.conv import _conv2d_forward_with_patches, _pair, conv_padding
+from ..errors import errors_named
+from ..functional.conv import (
+    _conv2d_forward_with_patches,
+    _pair,
+    _stride_dilation,
+    conv_padding,
+)
+from ..functional.pool import pool_window
 from .base import Layer, register
 
 
@@ -24,13 +31,16 @@ class Conv2D(Layer):
                  dtype: str | None = None, rng: Any = None) -> None:
         super().__init__(name)
         self._check_sizes(in_channels=in_channels, out_channels=out_channels)
-        kh, kw = _pair(kernel_size, "kernel_size")
-        if kh < 1 or kw < 1:
-            raise ValueError(f"Conv2D: expected kernel_size >= 1, got {kernel_size!r}")
+        # Checked now, not at the first forward; errors say "Conv2D: stride: expected ...".
+        with errors_named(self.type_name):
+            kh, kw = _pair(kernel_size, "kernel_size")
+            if kh < 1 or kw < 1:
+                raise ValueError(f"Conv2D: expected kernel_size >= 1, got {kernel_size!r}")
+            self.stride, self.dilation = _stride_dilation(stride, dilation)
+            # Resolving reports a bad padding here too; "same" stays readable in configs.
+            resolved = conv_padding(padding, (kh, kw), self.stride, self.dilation)
         self.in_channels, self.out_channels, self.bias = in_channels, out_channels, bias
-        self.kernel_size, self.stride, self.dilation = (kh, kw), _pair(stride, "stride"), _pair(dilation, "dilation")
-        # Resolving now reports a bad padding at construction; "same" stays readable in configs.
-        resolved = conv_padding(padding, self.kernel_size, self.stride, self.dilation)
+        self.kernel_size = (kh, kw)
         self.padding = padding if isinstance(padding, str) else resolved
         self.init = self._init_name(init)
         fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
@@ -65,9 +75,8 @@ class _Pool2D(Layer):
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
                  name: str | None = None) -> None:
         super().__init__(name)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
+        with errors_named(self.type_name):  # checked now, not at the first forward
+            self.kernel_size, self.stride, self.padding = pool_window(kernel_size, stride, padding)
 
     def get_config(self) -> dict[str, Any]:
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),

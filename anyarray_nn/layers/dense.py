@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
+from ..backend import namespace
 from ..errors import InputError
 from .base import Layer, register
 
@@ -33,6 +34,7 @@ class Dense(Layer):
                                                out_features, backend, dtype, rng)
 
     def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        namespace(x)  # a non-array x: the library's error, before x.ndim is read
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise InputError(f"expected input of shape (batch, {self.in_features}), got "
                              f"{tuple(x.shape)}" + (" (add a Flatten layer before Dense?)"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
 
 from .. import backend as _backend
 from .. import functional as F
-from ..functional._checks import check_floating, check_ndim
+from ..backend import namespace
+from ..functional._checks import check_floating, check_gradient, check_ndim
 from .base import Layer, register
 
 
@@ -24,7 +26,11 @@ class _BatchNorm(Layer):
                  rng: Any = None) -> None:
         super().__init__(name)
         self._check_sizes(num_features=num_features)
-        if not 0.0 <= momentum <= 1.0 or eps <= 0:
+        if momentum is None:
+            raise ValueError(f"{type(self).__name__}: momentum=None (PyTorch's cumulative "
+                             f"average) is not supported; expected a number in [0, 1]")
+        if not (isinstance(momentum, numbers.Real) and isinstance(eps, numbers.Real)
+                and 0.0 <= momentum <= 1.0 and eps > 0):
             raise ValueError(f"{type(self).__name__}: expected 0 <= momentum <= 1 and eps > 0, "
                              f"got momentum={momentum}, eps={eps}")
         self.num_features, self.eps, self.momentum = num_features, float(eps), float(momentum)
@@ -34,6 +40,7 @@ class _BatchNorm(Layer):
             store[name] = self._new_param(init, (num_features,), 1, 1, backend, dtype, rng)
 
     def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        namespace(x)  # a non-array x: the library's error, before x.ndim is read
         check_ndim(x, self.ndim, "x", "(N, C)" if self.ndim == 2 else "(N, C, H, W)")
         gamma, beta = self.params["gamma"], self.params["beta"]
         if not train:
@@ -85,7 +92,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, *, name: str | None = None, rng: Any = None) -> None:
         super().__init__(name)
-        if not 0.0 <= p < 1.0:
+        if not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: expected 0 <= p < 1, got {p!r}")
         self.p = float(p)
         self.rng = np.random.default_rng(_backend.host_rng(rng).integers(2**63))
@@ -95,13 +102,17 @@ class Dropout(Layer):
             return x, None
         check_floating(x, "x")  # before the mask is drawn, or cast to x's dtype
         if self.p == 0.0:
-            return x, None
+            return x, x  # the identity; x only serves to check dy
         keep = self.rng.random(tuple(x.shape)) >= self.p
         mask = _backend.asarray_like(keep, x)
         return F.dropout_forward(x, mask, self.p), mask
 
-    def _backward(self, dy: Any, mask: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
-        return (dy if mask is None else F.dropout_backward(mask, dy, self.p)), {}
+    def _backward(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        if self.p == 0.0:  # cache is x: check dy as dropout_backward does, then pass it on
+            namespace(cache, dy, names=("x", "dy"))
+            check_gradient(cache, dy, tuple(cache.shape))
+            return dy, {}
+        return F.dropout_backward(cache, dy, self.p), {}
 
     def get_config(self) -> dict[str, Any]:
         return {"p": self.p, "name": self.name}
