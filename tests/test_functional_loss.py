@@ -178,3 +178,19 @@ def test_loss_backward_refuses_dloss_from_another_backend(torch, kernel, ours, o
     same = ann.asarray(np.array(2.0), backend=ours)
     assert_close(loss_fn.backward(same), loss_fn.backward(2.0))
     assert_close(loss_fn.backward(2.0), host(loss_fn.backward()) * 2)
+
+
+@pytest.mark.parametrize("kernel", ["cross_entropy", "mse"])
+def test_loss_backward_refuses_a_dloss_of_another_dtype_or_shape(xp, kernel):
+    z = ann.asarray(np.zeros((2, 3)), dtype="float32")
+    target = ann.asarray(np.array([0, 1])) if kernel == "cross_entropy" else z
+    backward = {"cross_entropy": F.softmax_cross_entropy_backward, "mse": F.mse_backward}[kernel]
+    what = "the logits" if kernel == "cross_entropy" else "the prediction"
+    with pytest.raises(ann.InputError, match=f"dloss: expected dtype float32 \\(the dtype of {what}\\), "
+                                             f"got float64"):
+        backward(z, target, ann.asarray(np.array(2.0)))
+    with pytest.raises(ann.InputError, match=r"dloss: expected a 0-d array .*got shape \(2,\)"):
+        backward(z, target, ann.asarray(np.array([1.0, 1.0]), dtype="float32"))
+    grad = backward(z, target, ann.asarray(np.array(2.0), dtype="float32"))
+    assert host(grad).dtype == np.float32
+    assert_close(grad, host(backward(z, target, 2)))

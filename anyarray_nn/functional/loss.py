@@ -80,6 +80,17 @@ def _scalar_or_array(value: Any) -> Any:
     return None if type(value) in (int, float) else value
 
 
+def _check_dloss(dloss: Any, like: Any, what: str) -> None:
+    """``dloss``, the gradient of a scalar loss, is a Python number or a 0-d array of
+    ``like``'s dtype (a float64 one would silently make a float32 gradient float64)."""
+    if type(dloss) in (int, float):
+        return
+    if tuple(dloss.shape) != ():
+        raise InputError(f"dloss: expected a 0-d array (the gradient of the scalar loss), got "
+                         f"shape {tuple(dloss.shape)}")
+    check_same_dtype(dloss, like, "dloss", what)
+
+
 def softmax_forward(logits: Any) -> Any:
     """Row-wise softmax of (N, C) logits, stable for any magnitude."""
     xp = namespace(logits)
@@ -125,6 +136,7 @@ def _softmax_cross_entropy_backward(logits: Any, labels: Any, dloss: Any, *,
     sync) for a caller whose forward has just checked the same labels (the loss class)."""
     xp = namespace(logits, labels, _scalar_or_array(dloss), names=("logits", "labels", "dloss"))
     _check_classification(xp, logits, labels)
+    _check_dloss(dloss, logits, "the logits")
     labels = _class_indices(xp, labels)
     if check_labels:
         _check_values(xp, logits, labels)
@@ -146,6 +158,7 @@ def mse_backward(pred: Any, target: Any, dloss: Any = 1.0) -> Any:
     """Gradient of :func:`mse_forward` with respect to ``pred``."""
     namespace(pred, target, _scalar_or_array(dloss), names=("prediction", "target", "dloss"))
     _check_regression(pred, target)
+    _check_dloss(dloss, pred, "the prediction")
     return (pred - target) * (2.0 * dloss / _size(pred))
 
 
