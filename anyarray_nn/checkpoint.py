@@ -29,13 +29,13 @@ import datetime
 import json
 import os
 import pathlib
-import secrets
 from typing import Any, Iterator
 
 import numpy as np
 
 from . import __version__
 from . import backend as _backend
+from ._atomic import new_temporary_file
 from .model import Sequential
 from .train import Every, History
 
@@ -71,7 +71,7 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
     h5py = _h5py()
     folder = path.parent if str(path.parent) else pathlib.Path(".")
     folder.mkdir(parents=True, exist_ok=True)
-    tmp_name = _new_temporary_file(folder, path.name)
+    tmp_name = new_temporary_file(folder, path.name)
     try:
         with h5py.File(tmp_name, "w") as f:
             f.attrs["format"] = FORMAT
@@ -104,18 +104,6 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
             os.remove(tmp_name)
         raise
     return path
-
-
-def _new_temporary_file(folder: pathlib.Path, name: str) -> str:
-    """Create an empty ``.<name>.<random>.tmp`` in ``folder``, with the permissions any new
-    file gets there (the umask's), and return its path."""
-    while True:
-        tmp_name = str(folder / f".{name}.{secrets.token_hex(4)}.tmp")
-        try:
-            os.close(os.open(tmp_name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            return tmp_name
-        except FileExistsError:
-            continue
 
 
 def _write_arrays(group: Any, arrays: dict[str, Any]) -> None:

@@ -85,10 +85,20 @@ def test_spirals_geometry():
     (lambda: make_spirals(2, classes=3),
      r"make_spirals: expected n_samples >= classes \(3\) so every arm has a point, got 2"),
     (lambda: make_spirals(10, noise=float("nan")), r"expected noise >= 0, got nan"),
+    (lambda: make_circles(10, noise=-0.1), r"make_circles: expected noise >= 0, got -0.1"),
+    (lambda: make_circles(10, noise=float("nan")), r"make_circles: expected noise >= 0, got nan"),
+    (lambda: make_circles(True), r"make_circles: expected n_samples >= 2, got True"),
 ])
 def test_validation_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("make", [make_circles, make_moons, make_spirals])
+def test_numpy_integer_sizes_are_sizes(make):
+    x, y = make(np.int64(30), seed=0)
+    assert x.shape == (30, 2) and y.shape == (30,)
+    np.testing.assert_array_equal(x, make(30, seed=0)[0])
 
 
 # --- learnable ---------------------------------------------------------------------------

@@ -16,9 +16,9 @@ unpickler that only lets through the NumPy functions an array needs.
 
 from __future__ import annotations
 
-import importlib
 import io
 import lzma
+import math
 import os
 import pathlib
 import pickle
@@ -160,19 +160,31 @@ def _read_tar_members(tarball: pathlib.Path, folder: str,
                                           f"file, expected a regular file; refusing to "
                                           f"follow it")
                 found[wanted[name]] = archive.extractfile(member).read()
-                if len(found) == len(names):
-                    break
+            # To the end, past the members we need: gzip and xz check their checksums only
+            # there, and tarfile stops without a word at a damaged header further on.
+            damaged_header = _rest_is_not_padding(archive.fileobj)
     except (FileNotFoundError, PermissionError):
         raise
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
         raise DataFormatError(f"{tarball}: expected a complete tar archive, but reading it "
                               f"failed ({type(exc).__name__}: {exc}); the file is damaged or "
                               f"truncated, download it again") from None
+    if damaged_header:
+        raise DataFormatError(f"{tarball}: the tar archive stops at a damaged member header "
+                              f"with data after it; the file is damaged, download it again")
     missing = [f"{folder}/{name}" for name in names if name not in found]
     if missing:
         raise DataFormatError(f"{tarball}: expected the members {', '.join(missing)}, "
                               f"not found in the archive (is it the right tarball?)")
     return [(f"{tarball} (member {folder}/{name})", found[name]) for name in names]
+
+
+def _rest_is_not_padding(stream: Any, chunk: int = 1 << 20) -> bool:
+    """Read ``stream`` to its end; True if anything but zero bytes (a tar's padding) is left."""
+    data_left = False
+    while block := stream.read(chunk):
+        data_left = data_left or bool(block.strip(b"\0"))
+    return data_left
 
 
 # --------------------------------------------------------------------------- the binary version
@@ -203,17 +215,6 @@ def _check_labels(labels: np.ndarray, source: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the Python version
 
-def _import_first(*names: str) -> Any:
-    """The first of the modules ``names`` that imports (NumPy 2 renamed numpy.core to
-    numpy._core; importing the old name on NumPy 2 only warns)."""
-    for name in names:
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise ImportError(f"none of {', '.join(names)} could be imported")
-
-
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     # Python 3 pickles (protocol < 3) store bytes as _codecs.encode(text, "latin1"); only that
     # use is let through, not the general codec machinery.
@@ -222,17 +223,92 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-_multiarray = _import_first("numpy._core.multiarray", "numpy.core.multiarray")
-_numeric = _import_first("numpy._core.numeric", "numpy.core.numeric")
+class _PickledDtype:
+    """What a pickle's ``numpy.dtype(name, align, copy)`` builds here: the name of a plain
+    numeric dtype and a byte order, nothing more. NumPy's own dtype would take its flags from
+    the file, which can turn raw bytes from the file into object pointers (a crash)."""
 
-# Everything a pickled uint8 array (and a NumPy scalar) needs, under the NumPy 1.x and 2.x
-# module names; the values are our own objects, so the pickle's module names import nothing.
-_ALLOWED_GLOBALS = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+    def __init__(self, name: Any, align: Any = False, copy: Any = False) -> None:
+        name = name.decode("latin1") if isinstance(name, bytes) else name
+        try:
+            plain = isinstance(name, str) and np.dtype(name).kind in "biufc"
+        except TypeError:
+            plain = False
+        if not plain:
+            raise pickle.UnpicklingError(f"dtype {name!r} refused: a CIFAR-10 batch holds "
+                                         f"plain numbers only")
+        self.name, self.order = name, "|"
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, byte order, ...): only the byte order is used; flags are never trusted.
+        order = state[1] if isinstance(state, tuple) and len(state) > 1 else "|"
+        order = order.decode("latin1") if isinstance(order, bytes) else order
+        if order not in ("<", ">", "=", "|"):
+            raise pickle.UnpicklingError(f"byte order {order!r} refused")
+        self.order = order
+
+    def numpy(self) -> np.dtype:
+        """The NumPy dtype this stands for."""
+        return np.dtype(self.name).newbyteorder(self.order if self.order != "|" else "=")
+
+
+class _PickledArray:
+    """What a pickle's ``_reconstruct(ndarray, ...)`` builds here; its ``__setstate__`` makes a
+    NumPy array from the file's bytes with :func:`np.frombuffer` (``.array``)."""
+
+    def __init__(self, *args: Any) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("array state refused: expected (shape, dtype, "
+                                         "fortran order, bytes)")
+        shape, dtype, fortran, raw = state[-4:]
+        self.array = _array_from_bytes(raw, dtype, shape, "F" if fortran else "C")
+
+
+def _array_from_bytes(raw: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
+    if isinstance(raw, str):  # Python 2 pickles read with encoding="latin1"
+        raw = raw.encode("latin1")
+    if not isinstance(dtype, _PickledDtype) or not isinstance(raw, (bytes, bytearray)) or not (
+            isinstance(shape, tuple) and all(type(d) is int and d >= 0 for d in shape)):
+        raise pickle.UnpicklingError("array refused: expected a shape, a plain dtype and bytes")
+    dt = dtype.numpy()
+    if len(raw) != math.prod(shape) * dt.itemsize:
+        raise pickle.UnpicklingError(f"array of shape {shape} and dtype {dt} needs "
+                                     f"{math.prod(shape) * dt.itemsize} bytes, got {len(raw)}")
+    return np.frombuffer(raw, dtype=dt).reshape(shape, order=order)
+
+
+def _reconstruct(cls: Any, *args: Any) -> _PickledArray:
+    if cls is not _PickledArray:
+        raise pickle.UnpicklingError("_reconstruct of anything but numpy.ndarray refused")
+    return _PickledArray()
+
+
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    order = order.decode("latin1") if isinstance(order, bytes) else order
+    return _array_from_bytes(bytes(buffer), dtype, shape, "F" if order == "F" else "C")
+
+
+def _scalar(dtype: Any, raw: Any) -> Any:
+    return _array_from_bytes(raw, dtype, (), "C")[()]
+
+
+def _unpickled(value: Any) -> Any:
+    """A value from the restricted unpickler with its array stand-ins replaced by arrays."""
+    return value.array if isinstance(value, _PickledArray) else value
+
+
+# What a pickled array (and a NumPy scalar) refers to, under the NumPy 1.x and 2.x module
+# names, mapped to the stand-ins above: the pickle's module names import nothing, and no NumPy
+# constructor sees the file's state.
+_ALLOWED_GLOBALS = {("numpy", "ndarray"): _PickledArray, ("numpy", "dtype"): _PickledDtype,
                     ("_codecs", "encode"): _latin1_encode}
 for _module in ("numpy.core", "numpy._core"):
-    _ALLOWED_GLOBALS[(f"{_module}.multiarray", "_reconstruct")] = _multiarray._reconstruct
-    _ALLOWED_GLOBALS[(f"{_module}.multiarray", "scalar")] = _multiarray.scalar
-    _ALLOWED_GLOBALS[(f"{_module}.numeric", "_frombuffer")] = _numeric._frombuffer
+    _ALLOWED_GLOBALS[(f"{_module}.multiarray", "_reconstruct")] = _reconstruct
+    _ALLOWED_GLOBALS[(f"{_module}.multiarray", "scalar")] = _scalar
+    _ALLOWED_GLOBALS[(f"{_module}.numeric", "_frombuffer")] = _frombuffer
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -274,7 +350,8 @@ def _parse_pickle(data: bytes, source: str) -> Batch:
                               f"corrupt") from None
     if not isinstance(batch, dict):
         raise DataFormatError(f"{source}: expected a pickled dict, found {type(batch).__name__}")
-    images, labels = (batch.get(key.encode(), batch.get(key)) for key in ("data", "labels"))
+    images, labels = (_unpickled(batch.get(key.encode(), batch.get(key)))
+                      for key in ("data", "labels"))
     if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2
             and images.shape[1] == PIXELS and len(images) > 0):
         found = (f"{images.dtype} array of shape {images.shape}"
@@ -282,8 +359,11 @@ def _parse_pickle(data: bytes, source: str) -> Batch:
         raise DataFormatError(f"{source}: expected b'data' to be a uint8 array of shape "
                               f"(N, {PIXELS}) (N = {OFFICIAL_RECORDS:,} in the official "
                               f"batches), found {found}")
+    if isinstance(labels, (list, tuple)):
+        labels = [_unpickled(v) for v in labels]
     labels = np.asarray(labels) if isinstance(labels, (list, tuple, np.ndarray)) else None
     if labels is None or labels.dtype.kind not in "iu" or labels.shape != (len(images),):
         raise DataFormatError(f"{source}: expected b'labels' to be a list of {len(images)} "
                               f"integers (one per image)")
+    images = np.ascontiguousarray(images)  # a pickle may hold a Fortran-order array
     return images.reshape(len(images), *SHAPE), _check_labels(labels, source)

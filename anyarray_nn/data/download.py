@@ -21,7 +21,6 @@ import lzma
 import os
 import pathlib
 import socket
-import tempfile
 import threading
 import urllib.error
 import urllib.parse
@@ -29,6 +28,7 @@ import urllib.request
 import zlib
 from typing import NamedTuple
 
+from .._atomic import new_temporary_file
 from . import cifar10, mnist
 from ._files import ENV_VAR, DataFormatError, data_root, with_suffixes
 
@@ -173,28 +173,32 @@ _NETWORK_ERRORS = (OSError, http.client.HTTPException, ValueError)  # URLError i
 
 def _fetch(name: str, root: pathlib.Path, target: pathlib.Path, algorithm: str, digest: str,
            timeout: float) -> None:
-    """Download ``target.name`` from the first mirror that answers into a temporary file next
-    to ``target``; check its digest, then rename it to ``target``."""
-    failures = []
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
-                                     suffix=".part")
+    """Download ``target.name`` into a temporary file next to ``target`` from the first mirror
+    whose copy is whole and has the published digest, then rename it to ``target``."""
+    failures, mismatches = [], []
+    temporary = new_temporary_file(target.parent, target.name)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with open(temporary, "wb") as out:
             for base in MIRRORS[name]:
                 url = base + target.name
+                out.seek(0)
+                out.truncate()                  # drop what a failed mirror left
                 try:
-                    out.seek(0)
-                    out.truncate()              # drop what a failed mirror left
                     actual = _copy_url(url, out, algorithm, timeout)
-                    break
                 except _NETWORK_ERRORS as exc:
                     failures.append(f"  {url}: {exc}")
+                    continue
+                if actual == digest:
+                    break
+                mismatches.append(f"  {url}: expected {algorithm} {digest}, the download has "
+                                  f"{actual}")
             else:
+                if mismatches:
+                    raise DataFormatError(
+                        f"could not download {target.name}: no mirror had the published file "
+                        f"(a broken mirror or a changed file); the downloads were deleted\n"
+                        + "\n".join(mismatches + failures))
                 raise ConnectionError(_offline_help(name, root, failures))
-        if actual != digest:
-            raise DataFormatError(f"{url}: expected {algorithm} {digest}, the download has "
-                                  f"{actual}; the file was deleted (a broken mirror or a "
-                                  f"changed file)")
         os.replace(temporary, target)           # atomic: the real name appears only when whole
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -202,16 +206,22 @@ def _fetch(name: str, root: pathlib.Path, target: pathlib.Path, algorithm: str, 
 
 
 def _copy_url(url: str, out, algorithm: str, timeout: float) -> str:
-    """Copy the body of ``url`` to ``out``; return its hex digest."""
+    """Copy the body of ``url`` to ``out``; return its hex digest. A body shorter than the
+    server's Content-Length (a closed connection) raises ConnectionError."""
     host = urllib.parse.urlsplit(url).hostname
     if host:
         _resolve(host, timeout)
     request = urllib.request.Request(url, headers={"User-Agent": "anyarray_nn"})
     digest = hashlib.new(algorithm)
+    received = 0
     with urllib.request.urlopen(request, timeout=timeout) as response:
+        length = response.headers.get("Content-Length")
         while chunk := response.read(_CHUNK):
             digest.update(chunk)
             out.write(chunk)
+            received += len(chunk)
+    if length is not None and length.isdigit() and received != int(length):
+        raise ConnectionError(f"truncated: received {received:,} of {int(length):,} bytes")
     return digest.hexdigest()
 
 

@@ -11,6 +11,7 @@ of dimensions, so the header is ``4 + 4 * ndim`` bytes long.
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 
@@ -94,7 +95,7 @@ def _parse_idx(data: bytes, path: pathlib.Path, magic: int, what: str) -> np.nda
         raise DataFormatError(f"{path}: expected an IDX {what} file with a header of {header} "
                               f"bytes, but it holds only {len(data)} bytes")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape, dtype=np.int64))
+    expected = header + math.prod(shape)  # Python ints: a forged header cannot wrap around
     if len(data) != expected:
         state = "truncated" if len(data) < expected else "has extra bytes"
         raise DataFormatError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,8 @@ def make_circles(n_samples: int = 1000, *, noise: float = 0.1, factor: float = 0
     and int64 labels, shuffled. ``seed`` (an int or NumPy Generator) makes it reproducible.
     Not linearly separable: a classic first test for a hidden layer.
     """
-    if not isinstance(n_samples, int) or n_samples < 2:
-        raise ValueError(f"make_circles: expected n_samples >= 2, got {n_samples!r}")
+    n_samples = _count(n_samples, "make_circles", "n_samples", 2)
+    _check_noise("make_circles", noise)
     if not 0 < factor < 1:
         raise ValueError(f"make_circles: expected 0 < factor < 1, got {factor!r}")
     rng = host_rng(seed)
@@ -33,8 +34,16 @@ def make_circles(n_samples: int = 1000, *, noise: float = 0.1, factor: float = 0
 
 
 def _check_noise(caller: str, noise: Any) -> None:
-    if not noise >= 0:  # also rejects NaN
+    if not (isinstance(noise, numbers.Real) and noise >= 0):  # also rejects NaN
         raise ValueError(f"{caller}: expected noise >= 0, got {noise!r}")
+
+
+def _count(value: Any, caller: str, what: str, low: int, bound: str = "") -> int:
+    """``value`` as a Python int >= ``low`` (NumPy integers too, not bool), else a ValueError
+    saying ``what >= bound`` (``bound`` defaults to ``low``)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low:
+        return int(value)
+    raise ValueError(f"{caller}: expected {what} >= {bound or low}, got {value!r}")
 
 
 def make_moons(n_samples: int = 1000, *, noise: float = 0.1,
@@ -47,8 +56,7 @@ def make_moons(n_samples: int = 1000, *, noise: float = 0.1,
     and int64 labels (``n_samples // 2`` of class 0, the rest class 1), shuffled. ``seed``
     (an int or NumPy Generator) makes it reproducible. No straight line separates the moons.
     """
-    if not isinstance(n_samples, int) or n_samples < 2:
-        raise ValueError(f"make_moons: expected n_samples >= 2, got {n_samples!r}")
+    n_samples = _count(n_samples, "make_moons", "n_samples", 2)
     _check_noise("make_moons", noise)
     rng = host_rng(seed)
     n_upper = n_samples // 2
@@ -76,11 +84,9 @@ def make_spirals(n_samples: int = 1000, *, classes: int = 3, noise: float = 0.2,
     sizes differ by at most one. ``seed`` (an int or NumPy Generator) makes it reproducible.
     A linear classifier gets only about half of the three-arm set right; a small MLP nearly all.
     """
-    if not isinstance(classes, int) or classes < 2:
-        raise ValueError(f"make_spirals: expected classes >= 2, got {classes!r}")
-    if not isinstance(n_samples, int) or n_samples < classes:
-        raise ValueError(f"make_spirals: expected n_samples >= classes ({classes}) so every "
-                         f"arm has a point, got {n_samples!r}")
+    classes = _count(classes, "make_spirals", "classes", 2)
+    n_samples = _count(n_samples, "make_spirals", "n_samples", classes,
+                       f"classes ({classes}) so every arm has a point")
     _check_noise("make_spirals", noise)
     rng = host_rng(seed)
     # class k gets the samples i with i % classes == k: sizes differ by at most one
