@@ -115,19 +115,26 @@ class DataParallel:
     def forward(self, x: Any, *, train: bool = False) -> Any:
         """The model's output for ``x``, the slices of the batch computed at the same time."""
         n, name = x.shape[0], _backend.backend_name_of(x)
-        on_gpu = _backend.on_gpu(name)
-        use_processes = not on_gpu and self._use_processes(name)
-        min_batch = self.min_batch
-        if min_batch is None:
-            min_batch = 16 if use_processes else 32
-        if self.workers == 1 or n < max(min_batch, self.workers) or on_gpu:
+        smallest = self.smallest_split_batch(name)
+        if smallest is None or n < smallest:
             self._bounds = None
             return self.model.forward(x, train=train)
         self._bounds = [(n * i // self.workers, n * (i + 1) // self.workers)
                         for i in range(self.workers)]
-        self._start_helpers(use_processes)
+        self._start_helpers(self._use_processes(name))
         outs = self._run("forward", x, train)
         return _backend.namespace(x).concat(outs, axis=0)
+
+    def smallest_split_batch(self, backend: str | None = None) -> int | None:
+        """The smallest batch that is split on ``backend`` (default: the model's); None where
+        nothing is split (one worker, or a GPU)."""
+        name = backend or self.model.backend or _backend.current().name
+        if self.workers == 1 or _backend.on_gpu(name):
+            return None
+        min_batch = self.min_batch
+        if min_batch is None:
+            min_batch = 16 if self._use_processes(name) else 32
+        return max(min_batch, self.workers)
 
     def backward(self, dy: Any, *, input_grad: bool = False) -> Any:
         """Back-propagate each slice on its worker, then add the slices' gradients."""

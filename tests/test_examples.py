@@ -28,3 +28,103 @@ def test_circles_command_line():
     assert accuracy >= 0.95
     bad = CliRunner().invoke(circles.main, ["--epochs", "0"])
     assert bad.exit_code == 2
+
+
+# --- the real-data examples' command line, on small synthetic data ----------------------------
+
+import gzip  # noqa: E402
+
+import click  # noqa: E402
+import pytest  # noqa: E402
+
+import anyarray_nn as ann  # noqa: E402
+from anyarray_nn.examples import experiment, mnist  # noqa: E402
+
+
+def write_mnist(root, n=(120, 40)):
+    """Tiny MNIST files (random images) under root/mnist, as the loader reads them."""
+    rng = np.random.default_rng(0)
+    names = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    for (split, (images, labels)), count in zip(names.items(), n):
+        folder = root / "mnist"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        digits = rng.integers(0, 10, count, dtype=np.uint8)
+        header = (0x803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (count, 28, 28))
+        (folder / f"{images}.gz").write_bytes(gzip.compress(header + pixels.tobytes()))
+        header = (0x801).to_bytes(4, "big") + count.to_bytes(4, "big")
+        (folder / f"{labels}.gz").write_bytes(gzip.compress(header + digits.tobytes()))
+
+
+def invoke_mnist(tmp_path, *args):
+    return CliRunner().invoke(mnist.main, ["--data", str(tmp_path), "--epochs", "1",
+                                           "--no-progress", *args])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--backend", "nosuch"], "Invalid value for '--backend': unknown backend 'nosuch'"),
+    (["--lr", "nan"], "Invalid value for '--lr': expected a finite number > 0, got nan"),
+    (["--lr", "inf"], "expected a finite number > 0, got inf"),
+    (["--seed", "-1"], "-1 is not in the range x>=0"),
+    (["--limit", "1000"], "Invalid value for '--limit': expected at most the 120 training"),
+    (["--save", "{tmp}/missing/m.h5"], "Invalid value for '--save': the folder"),
+    (["--report", "{tmp}/adir"], "Invalid value for '--report': '{tmp}/adir' exists"),
+    (["--save", "{tmp}/same", "--report", "{tmp}/same"], "--save and --report name the same"),
+])
+def test_bad_options_are_usage_errors_before_training(tmp_path, monkeypatch, args, message):
+    write_mnist(tmp_path)
+    (tmp_path / "adir").mkdir()  # an earlier report
+    monkeypatch.setattr(ann.train, "fit", lambda *a, **k: pytest.fail("trained"))
+    out = invoke_mnist(tmp_path, *[a.format(tmp=tmp_path) for a in args])
+    assert out.exit_code == 2, out.output
+    assert message.format(tmp=tmp_path) in out.output
+
+
+def test_a_missing_or_damaged_data_set_is_an_error_without_traceback(tmp_path):
+    out = invoke_mnist(tmp_path / "nowhere")
+    assert out.exit_code == 2 and "Invalid value for '--data'" in out.output
+    write_mnist(tmp_path)
+    path = tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:100])
+    out = invoke_mnist(tmp_path)
+    assert out.exit_code == 1 and f"Error: {path}" in out.output
+    assert not isinstance(out.exception, ann.data.DataFormatError)  # reported, not raised
+
+
+def test_an_existing_checkpoint_is_replaced_only_with_overwrite(tmp_path):
+    write_mnist(tmp_path)
+    saved = tmp_path / "m.h5"
+    saved.write_bytes(b"an earlier model")
+    out = invoke_mnist(tmp_path, "--save", str(saved))
+    assert out.exit_code == 2 and "pass --overwrite to replace it" in out.output
+    assert saved.read_bytes() == b"an earlier model"
+    out = invoke_mnist(tmp_path, "--save", str(saved), "--overwrite")
+    assert out.exit_code == 0, out.output
+    assert ann.load_model(saved).num_params() == 14_682
+
+
+def test_workers_that_split_no_batch_are_reported_as_one(tmp_path):
+    write_mnist(tmp_path)
+    out = invoke_mnist(tmp_path, "--workers", "2", "--batch-size", "8")
+    assert out.exit_code == 0, out.output
+    assert "DataParallel splits no batch of 8 on numpy" in out.output
+    assert '"workers": 1' in out.output and "batch split" not in out.output
+
+
+def test_batch_normalization_leaves_out_a_last_batch_of_one(capsys):
+    rng = np.random.default_rng(0)
+
+    def load(data, split):
+        n = 111 if split == "train" else 20  # 100 training images after the 10% validation
+        return rng.integers(0, 256, (n, 1, 4, 4), dtype=np.uint8), rng.integers(0, 2, n)
+
+    def build(rng, backend):
+        return ann.Sequential([ann.layers.Flatten(), ann.layers.Dense(16, 4, rng=rng, name="d"),
+                               ann.layers.BatchNorm1D(4, name="bn"),
+                               ann.layers.Dense(4, 2, rng=rng, name="out")])
+
+    summary = experiment.run("bn", load, build=build, data=None, backend="numpy", epochs=1,
+                             batch_size=11, lr=0.01, weight_decay=0.0, progress=False)
+    assert "leave a last batch of 1" in capsys.readouterr().out
+    assert summary["epochs"] == 1  # trained: the batch of one did not reach BatchNorm

@@ -262,3 +262,20 @@ def test_a_helper_process_that_cannot_load_the_model_says_why(rng, tmp_path, mon
                                                r"No module named 'layers_only_here'"):
             parallel.forward(x)
         assert parallel._helpers is None
+
+
+@pytest.mark.parametrize("workers,processes,min_batch,expected", [
+    (1, None, None, None), (2, True, None, 16), (2, False, None, 32), (2, True, 8, 8),
+    (3, False, 2, 3)])  # never fewer images than workers
+def test_smallest_split_batch_says_what_forward_splits(rng, workers, processes, min_batch,
+                                                       expected):
+    dp = ann.DataParallel(mnist_net(rng=0, dtype="float64"), workers, processes=processes,
+                          min_batch=min_batch)
+    assert dp.smallest_split_batch() == expected
+    try:
+        for n in {2, (expected or 2) - 1, expected or 2}:
+            dp.forward(ann.asarray(rng.standard_normal((n, 1, 28, 28))), train=True)
+            split = dp._bounds is not None
+            assert split == (expected is not None and n >= expected), n
+    finally:
+        dp.close()

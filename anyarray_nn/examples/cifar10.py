@@ -32,18 +32,18 @@ NETWORKS = {
               show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Default: 10 (baseline), 20 (improved), 15 (strong).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--lr", type=float, default=None, callback=experiment.learning_rate_option,
               help="Initial learning rate, decayed along a cosine. Default: 0.02, 0.05, 0.1.")
 @experiment.common_options
-def main(network, data, backend, epochs, batch_size, lr, seed, limit, save, report, workers,
-         progress) -> None:
+def main(network, data, backend, epochs, batch_size, lr, seed, limit, save, report,
+         overwrite, workers, progress) -> None:
     """Train a CIFAR-10 network and report its test accuracy."""
     build, augment, default_epochs, default_lr, weight_decay = NETWORKS[network]
     experiment.run(f"CIFAR-10, {network} network", load_cifar10, build=build, data=data,
                    backend=backend, epochs=epochs or default_epochs, batch_size=batch_size,
                    lr=lr or default_lr, weight_decay=weight_decay, augment=augment,
                    class_names=CIFAR10_CLASSES, seed=seed, progress=progress, limit=limit,
-                   save=save, report=report, workers=workers)
+                   save=save, report=report, workers=workers, overwrite=overwrite)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import numpy as np
 
 import anyarray_nn as ann
 
+from .experiment import backend_option
+
 
 def build_model(hidden: int = 16, *, backend: str | None = None, seed: int = 0) -> ann.Sequential:
     """2 -> hidden -> hidden -> 2 with tanh activations and Glorot initialisation."""
@@ -70,10 +72,11 @@ def _accuracy(model: ann.Sequential, be: ann.Backend, x: np.ndarray, y: np.ndarr
 
 
 @click.command()
-@click.option("--backend", default=None, help="Backend name (default: ANYARRAY_NN_BACKEND "
-              "or numpy); 'all' runs every available backend.")
+@click.option("--backend", default=None, callback=backend_option,
+              help="Backend name (default: ANYARRAY_NN_BACKEND or numpy); 'all' runs every "
+                   "available backend.")
 @click.option("--epochs", default=60, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 def main(backend: str | None, epochs: int, seed: int) -> None:
     """Train a tanh MLP on the two-circles toy set and print its test accuracy."""
     names = ann.available_backends() if backend == "all" else [backend or ann.current_backend().name]

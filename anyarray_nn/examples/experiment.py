@@ -3,7 +3,11 @@ standardize, train with validation, evaluate on the test set, print the course-s
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
+import os
+import pathlib
 import time
 from typing import Any, Callable, Sequence
 
@@ -12,7 +16,26 @@ import numpy as np
 
 import anyarray_nn as ann
 from anyarray_nn import metrics, train
+from anyarray_nn.data import DataFormatError
 from anyarray_nn.data.pipeline import DataLoader, Standardize, train_val_split
+
+
+def backend_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A ``--backend`` that can run here, or a usage error naming the option."""
+    if value is not None and value != "all":
+        try:
+            ann.get_backend(value)
+        except ann.BackendError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+    return value
+
+
+def learning_rate_option(ctx: click.Context, param: click.Parameter, value: float | None
+                         ) -> float | None:
+    """A finite ``--lr`` > 0 (click's FloatRange lets nan and inf through)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"expected a finite number > 0, got {value}", ctx, param)
+    return value
 
 
 def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -20,18 +43,22 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--data", type=click.Path(file_okay=False), default=None,
                      help="Folder with the data files (default: $ANYARRAY_NN_DATA)."),
-        click.option("--backend", default=None,
+        click.option("--backend", default=None, callback=backend_option,
                      help="numpy, torch, cupy, ... (default: the active one)"),
         click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
         click.option("--limit", type=click.IntRange(min=100), default=None,
-                     help="Train on the first N training images only (a quick run)."),
+                     help="Use only the first N training images, of which 10% are held out "
+                          "for validation as usual (a quick run)."),
         click.option("--save", type=click.Path(dir_okay=False), default=None,
                      help="Write the trained model to this HDF5 checkpoint "
                           "(see docs/checkpoints.md)."),
         click.option("--report", type=click.Path(file_okay=False), default=None,
                      help="Write figures and a Markdown report into this folder "
                           "(needs matplotlib: the plot extra)."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace an existing --save file or --report folder (refused "
+                          "otherwise, so that no earlier result is lost)."),
         click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
                      help="Train with DataParallel: the batch split over this many workers, "
                           "helper processes on NumPy (0: one per core). Not for networks "
@@ -49,7 +76,7 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
         augment: Sequence[Any] = (), class_names: Sequence[str] | None = None,
         seed: int = 0, progress: bool = True, val_fraction: float = 0.1,
         limit: int | None = None, save: str | None = None,
-        report: str | None = None, workers: int = 1) -> dict[str, Any]:
+        report: str | None = None, workers: int = 1, overwrite: bool = False) -> dict[str, Any]:
     """Train ``build()`` on a data set and print the report; returns the numbers as a dict.
 
     SGD with momentum 0.9 (PyTorch's form) and a cosine learning-rate decay over the epochs;
@@ -57,24 +84,35 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
     ``limit`` trains on the first ``limit`` training examples (a quick smoke run); ``save``
     writes the trained model, optimizer and history to an HDF5 checkpoint at that path;
     ``report`` writes figures and a Markdown summary there. ``workers`` != 1 trains through
-    :class:`anyarray_nn.DataParallel` (0: one worker per core).
+    :class:`anyarray_nn.DataParallel` (0: one worker per core). Output paths are checked
+    before anything is loaded; existing ones are replaced only with ``overwrite``.
     """
     wall = time.perf_counter()
+    _check_outputs(save, report, overwrite)
     be = ann.get_backend(backend)
-    x, y = load(data, "train")
-    x_test, y_test = load(data, "test")
+    x, y = _load(load, data, "train")
+    x_test, y_test = _load(load, data, "test")
     if limit is not None:
+        if limit > len(x):
+            raise click.BadParameter(f"expected at most the {len(x):,} training images there "
+                                     f"are, got {limit:,}", param_hint="'--limit'")
         x, y = x[:limit], y[:limit]
     x_train, y_train, x_val, y_val = train_val_split(x, y, val_fraction, seed=seed)
     standardize = Standardize.fit(x_train, scale=1 / 255)
+    model = build(rng=seed, backend=be.name)
+    # Batch normalization cannot train on a batch of one image: drop such a last batch.
+    drop_last = len(x_train) % batch_size == 1 and any(
+        layer.type_name.startswith("BatchNorm") for layer in model)
+    if drop_last:
+        print(f"note: {len(x_train):,} training images leave a last batch of 1, which batch "
+              f"normalization cannot train on; it is left out of each epoch")
     train_loader = DataLoader(x_train, y_train, batch_size, seed=seed, backend=be.name,
-                              preprocess=standardize, augment=augment)
+                              preprocess=standardize, augment=augment, drop_last=drop_last)
     evaluation = dict(batch_size=500, shuffle=False, backend=be.name, preprocess=standardize,
                       train=False)
     val_loader = DataLoader(x_val, y_val, **evaluation)
     test_loader = DataLoader(x_test, y_test, **evaluation)
 
-    model = build(rng=seed, backend=be.name)
     model.summary()
     if workers != 1:
         try:
@@ -82,6 +120,12 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
         except ValueError as exc:
             raise click.UsageError(f"--workers {workers}: {exc}") from exc
     used_workers = getattr(model, "workers", 1)
+    if used_workers > 1:
+        smallest = model.smallest_split_batch()
+        if smallest is None or batch_size < smallest:
+            print(f"note: DataParallel splits no batch of {batch_size} on {be.name} "
+                  f"(smallest split batch: {smallest}); training runs on one worker")
+            used_workers = 1
     loss_fn = ann.losses.SoftmaxCrossEntropy()
     opt = ann.optim.SGD(model, lr=lr, momentum=0.9, weight_decay=weight_decay, form="classic")
     history = train.fit(model, loss_fn, opt, train_loader, epochs=epochs, val_loader=val_loader,
@@ -119,3 +163,35 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
                                   preprocess=standardize)
         print(f"report: {path}")
     return summary
+
+
+def _check_outputs(save: str | None, report: str | None, overwrite: bool) -> None:
+    """Refuse output paths that cannot be written, or that hold an earlier result (unless
+    ``overwrite``), before any data is loaded: a long run must not fail at its end."""
+    outputs = [(option, path) for option, path in (("--save", save), ("--report", report))
+               if path]
+    for option, path in outputs:
+        target = pathlib.Path(path)
+        folder = target.resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise click.BadParameter(f"the folder {str(folder)!r} of {path!r} does not exist or "
+                                     f"is not writable", param_hint=f"'{option}'")
+        if target.exists() and not overwrite:
+            raise click.BadParameter(f"{path!r} exists (an earlier result?); pass --overwrite "
+                                     f"to replace it", param_hint=f"'{option}'")
+    if save and report and pathlib.Path(save).resolve() == pathlib.Path(report).resolve():
+        raise click.UsageError(f"--save and --report name the same path {save!r}")
+    if report and importlib.util.find_spec("matplotlib") is None:
+        raise click.BadParameter("needs matplotlib: pip install 'anyarray_nn[plot]'",
+                                 param_hint="'--report'")
+
+
+def _load(load: Callable[[Any, str], Any], data: str | None, split: str) -> Any:
+    """``load(data, split)``; a missing or damaged data set is an error naming --data, not a
+    traceback."""
+    try:
+        return load(data, split)
+    except FileNotFoundError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--data'") from None
+    except DataFormatError as exc:
+        raise click.ClickException(str(exc)) from None
