@@ -32,7 +32,7 @@ def new_figure(user: str = "anyarray_nn.plots", **kwargs: Any) -> Any:
     freed with its last reference), and Jupyter still shows a returned figure.
     """
     try:
-        import matplotlib  # first: a cached submodule would hide a blocked matplotlib
+        import matplotlib  # noqa: F401  (first: a cached submodule would hide a blocked one)
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError(f"{user} needs matplotlib: pip install 'anyarray_nn[plot]'") from None

@@ -1,10 +1,15 @@
-"""The first end-to-end result: the circles toy set learned on every backend."""
+"""The examples: the circles toy set learned on every backend, and the command line of the
+real-data examples on small synthetic files."""
+
+import gzip
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
+import anyarray_nn as ann
 from anyarray_nn.data import make_circles
-from anyarray_nn.examples import circles
+from anyarray_nn.examples import circles, experiment, mnist
 
 
 def test_circles_is_seeded_and_balanced():
@@ -31,14 +36,6 @@ def test_circles_command_line():
 
 
 # --- the real-data examples' command line, on small synthetic data ----------------------------
-
-import gzip  # noqa: E402
-
-import click  # noqa: E402
-import pytest  # noqa: E402
-
-import anyarray_nn as ann  # noqa: E402
-from anyarray_nn.examples import experiment, mnist  # noqa: E402
 
 
 def write_mnist(root, n=(120, 40)):
