@@ -177,6 +177,8 @@ def _open(path: str | os.PathLike) -> Any:
                               f"{exc}") from None
     try:
         fmt = f.attrs.get("format")
+        if isinstance(fmt, bytes):  # a fixed-length string (HDF5's C API, MATLAB, np.bytes_)
+            fmt = fmt.decode("utf-8", "replace")
         if fmt != FORMAT:
             raise CheckpointError(f"{path}: expected attribute format={FORMAT!r}, got "
                                   f"{fmt!r}: not an anyarray_nn checkpoint")
@@ -237,10 +239,12 @@ def _read_dataset(item: Any, path: Any) -> np.ndarray:
         raise CheckpointError(f"{where}: shape {item.shape} needs {needed} bytes, the file "
                               f"holds {stored}: incomplete or damaged")
     try:
-        return np.asarray(item[()])
+        host = np.asarray(item[()])
     except (OSError, RuntimeError) as exc:  # h5py's errors for damaged data
         raise CheckpointError(f"{where}: damaged, cannot read it ({exc}); a checksum or the "
                               f"file structure does not match") from None
+    # h5py keeps the stored byte order: a file from a big-endian machine reads as '>f4'.
+    return host.astype(host.dtype.newbyteorder("="), copy=False)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -323,7 +327,8 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
     from ``path``, strictly.
 
     ``restore_rng=False`` leaves the generator of :func:`anyarray_nn.seed` alone (it is
-    restored by default, for an exact resume).
+    restored by default, for an exact resume). The layers' own generators (Dropout masks) are
+    part of the model and are always restored.
 
     Every parameter of the model must be in the file with its shape, and the file may hold no
     other; dtypes must match unless ``convert_dtype=True`` (e.g. float64 into float32).
@@ -369,9 +374,8 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
         part = "train/state (the data loader's position)"
         if loader is not None:
             loader.load_state_dict(state["loader"])
-        part = "train/state (the random generators)"
-        if restore_rng:
-            _restore_generators(model, state)
+        part = "random generators"
+        _restore_generators(model, state, restore_rng)
     except Exception as exc:
         undo()
         raise CheckpointError(f"{path}: {part}: {exc}; the model, optimizer and loader were "
@@ -385,13 +389,22 @@ def _layer_generators(model: Sequential) -> dict[str, Any]:
     return {layer.name: layer.rng for layer in model if hasattr(layer, "rng")}
 
 
-def _restore_generators(model: Sequential, state: dict[str, Any]) -> None:
-    if state.get("global_rng"):
-        _backend.host_rng().bit_generator.state = state["global_rng"]
-    generators = _layer_generators(model)
-    for name, rng_state in (state.get("layer_rngs") or {}).items():
-        if name in generators:
-            generators[name].bit_generator.state = rng_state
+def _restore_generators(model: Sequential, state: dict[str, Any], global_too: bool) -> None:
+    """Put back the layers' generators and, with ``global_too``, the global one; a bad state
+    is an error naming the generator and what the file holds."""
+    targets = [(f"layer_rngs/{name}", generator, rng_state)
+               for name, generator in _layer_generators(model).items()
+               if (rng_state := (state.get("layer_rngs") or {}).get(name)) is not None]
+    if global_too and state.get("global_rng"):
+        targets.append(("global_rng", _backend.host_rng(), state["global_rng"]))
+    for key, generator, rng_state in targets:
+        try:
+            generator.bit_generator.state = rng_state
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
+            held = rng_state.get("bit_generator") if isinstance(rng_state, dict) else None
+            raise ValueError(f"train/state/{key}: expected a {type(generator.bit_generator).__name__}"
+                             f" generator state, the file holds "
+                             f"{_shorten(held if held is not None else rng_state)} ({exc})") from None
 
 
 def _snapshot(model: Sequential, optimizer: Any, loader: Any) -> Any:

@@ -166,12 +166,14 @@ class Sequential:
     def from_config(cls, config: dict[str, Any], **kwargs: Any) -> "Sequential":
         """Rebuild from :meth:`get_config`, using only registered layer types.
 
-        ``kwargs`` (``backend``, ``dtype``) go to layers that create parameters.
+        ``kwargs`` (``backend``, ``dtype``, ``rng``) go to each layer whose constructor takes
+        them: ``rng`` also seeds layers that draw random numbers without parameters (Dropout).
         """
         layers = []
         for entry in config["layers"]:
             layer_cls = layer_class(entry["type"])
-            extra = kwargs if _creates_params(layer_cls) else {}
+            accepted = inspect.signature(layer_cls.__init__).parameters
+            extra = {k: v for k, v in kwargs.items() if k in accepted}
             layers.append(layer_cls.from_config(entry["config"], **extra))
         return cls(layers)
 
@@ -188,10 +190,6 @@ def execution_order(layers: list[Layer]) -> list[int]:
         else:
             i += 1
     return order
-
-
-def _creates_params(layer_cls: type[Layer]) -> bool:
-    return "backend" in inspect.signature(layer_cls.__init__).parameters
 
 
 def _assign_names(layers: list[Layer]) -> None:

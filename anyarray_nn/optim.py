@@ -48,7 +48,9 @@ class Optimizer:
 
     def _validate(self) -> None:
         """Check the hyper-parameters (at construction and after ``load_state_dict``)."""
-        self._check_hyper("lr", self.lr, low=0.0, low_open=True)
+        # lr 0 is allowed, as in PyTorch: a schedule decaying to 0 ends there, and the
+        # optimizer must load back from a checkpoint written at that point.
+        self._check_hyper("lr", self.lr, low=0.0)
         self._check_hyper("weight_decay", self.weight_decay, low=0.0)
         if isinstance(self.no_decay, str) or not all(isinstance(n, str) for n in self.no_decay):
             raise ValueError(f"{type(self).__name__}: expected no_decay to be a sequence of "

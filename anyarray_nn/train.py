@@ -52,8 +52,15 @@ class History:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "History":
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(**{k: list(data.get(k, [])) for k in ("iterations", "epochs", "validations")})
+        """Rebuild from :meth:`to_dict` output; a ValueError names a part that is not a list
+        of dicts (fit would count its entries as epochs or steps)."""
+        parts = {k: data.get(k, []) for k in ("iterations", "epochs", "validations")}
+        for key, rows in parts.items():
+            if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+                text = repr(rows)
+                raise ValueError(f"History.from_dict: expected {key!r} to be a list of dicts, "
+                                 f"got {text if len(text) <= 60 else text[:57] + '...'}")
+        return cls(**{k: list(rows) for k, rows in parts.items()})
 
 
 @dataclasses.dataclass

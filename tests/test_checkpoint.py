@@ -508,3 +508,90 @@ def test_a_0_d_parameter_loads_back(tmp_path):
     model["fc"].params["b"] = ann.asarray(np.array(0.0), dtype="float32")
     ann.load_checkpoint(path, model)
     assert tuple(model.params()["fc.b"].shape) == () and float(model.params()["fc.b"]) == 1.5
+
+
+# --- files from other machines and writers; generators; history (a second audit) ---------------
+
+def small_net():
+    return ann.Sequential([Dense(2, 3, name="fc", rng=0)])
+
+
+def test_a_big_endian_file_loads_like_any_other(tmp_path):
+    path = ann.save_checkpoint(tmp_path / "be.h5", small_net())
+    with h5py.File(path, "a") as f:  # as written on a big-endian machine
+        for key in ("model/fc/W", "model/fc/b"):
+            data = f[key][()]
+            del f[key]
+            f.create_dataset(key, data=data.astype(">f4"), fletcher32=True)
+    model = ann.Sequential([Dense(2, 3, name="fc", rng=1)])
+    ann.load_checkpoint(path, model)
+    same_params(model, small_net())
+    rebuilt = ann.load_model(path)
+    assert rebuilt.dtype == "float32"
+    same_params(rebuilt, small_net())
+
+
+def test_fixed_length_string_attributes_are_read(tmp_path):
+    model = small_net()
+    path = tmp_path / "c_api.h5"
+    with h5py.File(path, "w") as f:  # what the HDF5 C API or MATLAB writes
+        f.attrs["format"] = np.bytes_("anyarray_nn")
+        f.attrs["format_version"] = 1
+        group = f.create_group("model")
+        group.attrs["config"] = np.bytes_(json.dumps(model.get_config()))
+        group["fc/W"] = np.ones((3, 2), np.float32)
+        group["fc/b"] = np.zeros(3, np.float32)
+    ann.load_checkpoint(path, model)
+    assert host(model.params()["fc.W"]).tolist() == [[1.0, 1.0]] * 3
+
+
+def dropout_net(seed):
+    return ann.Sequential([Dense(4, 4, name="fc", rng=seed), ann.layers.Dropout(0.5, name="drop",
+                                                                                 rng=seed)])
+
+
+def test_load_model_leaves_the_global_generator_alone_with_dropout(tmp_path):
+    path = ann.save_checkpoint(tmp_path / "d.h5", dropout_net(0))
+    ann.seed(5)
+    first = ann.backend.host_rng().random()
+    ann.seed(5)
+    ann.load_model(path)
+    assert ann.backend.host_rng().random() == first
+
+
+def test_restore_rng_false_still_restores_the_layers_generators(tmp_path):
+    model = dropout_net(0)
+    x = ann.asarray(np.ones((2, 4)), dtype="float32")
+    path = ann.save_checkpoint(tmp_path / "d.h5", model)
+    after_save = host(model.forward(x, train=True))
+    other = dropout_net(1)
+    ann.load_checkpoint(path, other, restore_rng=False)
+    np.testing.assert_array_equal(host(other.forward(x, train=True)), after_save)
+
+
+@pytest.mark.parametrize("key", ["global_rng", "layer_rngs"])
+def test_a_bad_generator_state_names_the_generator_and_what_the_file_holds(tmp_path, key):
+    path = ann.save_checkpoint(tmp_path / "d.h5", dropout_net(0))
+    philox = {"bit_generator": "Philox", "state": {"counter": [0, 0, 0, 0], "key": [0, 0]}}
+    with h5py.File(path, "a") as f:
+        state = json.loads(f["train"].attrs["state"])
+        if key == "global_rng":
+            state["global_rng"] = philox
+        else:
+            state["layer_rngs"]["drop"] = philox
+        f["train"].attrs["state"] = json.dumps(state)
+    where = "global_rng" if key == "global_rng" else "layer_rngs/drop"
+    with pytest.raises(ck.CheckpointError, match=rf"train/state/{where}: expected a PCG64 "
+                                                 rf"generator state, the file holds 'Philox'"):
+        ann.load_checkpoint(path, dropout_net(1))
+
+
+def test_a_history_that_is_not_lists_of_records_is_refused(tmp_path):
+    model = small_net()
+    history = train.History(epochs=[{"epoch": 1, "loss": 0.5}])
+    path = ann.save_checkpoint(tmp_path / "h.h5", model, history=history)
+    with h5py.File(path, "a") as f:
+        f["train"].attrs["history"] = json.dumps({"iterations": [1, 2, 3], "epochs": "abc"})
+    with pytest.raises(ck.CheckpointError, match=r"train/history cannot be read: .*expected "
+                                                 r"'iterations' to be a list of dicts, got \[1, 2, 3\]"):
+        ann.load_checkpoint(path, small_net())

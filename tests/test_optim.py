@@ -138,7 +138,7 @@ def test_load_state_dict_is_strict():
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda m: ann.optim.SGD(m, lr=0.0), r"lr in \(0.0, inf\), got 0.0"),
+    (lambda m: ann.optim.SGD(m, lr=-0.1), r"lr in \[0.0, inf\), got -0.1"),
     (lambda m: ann.optim.SGD(m, lr=0.1, momentum=1.0), r"momentum in \[0.0, 1.0\), got 1.0"),
     (lambda m: ann.optim.SGD(m, lr=0.1, form="heavy-ball"), "form in .*got 'heavy-ball'"),
     (lambda m: ann.optim.Adam(m, betas=(0.9, 1.5)), r"betas\[1\] in \[0.0, 1.0\), got 1.5"),
@@ -224,3 +224,19 @@ def test_no_decay_leaves_the_named_parameters_without_weight_decay(make):
     assert np.all(model.params()["dense1.b"] == 1.0)
     assert not np.allclose(model.params()["dense1.W"], w_before)
     assert opt.state_dict()["config"]["no_decay"] == ["b"]
+
+
+def test_a_learning_rate_decayed_to_zero_round_trips(tmp_path):
+    # a cosine schedule ends at lr 0: that state must load back, as in PyTorch
+    model = ann.Sequential([ann.layers.Dense(2, 2, name="d", rng=0)])
+    opt = ann.optim.SGD(model, lr=0.1, momentum=0.9)
+    opt.lr = ann.schedules.cosine(0.1, 10)(10)
+    assert opt.lr == 0.0
+    again = ann.optim.SGD(model, lr=0.1)
+    again.load_state_dict(opt.state_dict())
+    assert again.lr == 0.0
+    path = tmp_path / "end.h5"
+    ann.save_checkpoint(path, model, opt)
+    loaded = ann.optim.SGD(model, lr=0.1)
+    ann.load_checkpoint(path, model, loaded)
+    assert loaded.lr == 0.0
