@@ -27,6 +27,7 @@ every per-parameter slot (``momentum``, ``m``, ``v``).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from . import backend as _backend
@@ -50,8 +51,8 @@ class Optimizer:
         """Check the hyper-parameters (at construction and after ``load_state_dict``)."""
         # lr 0 is allowed, as in PyTorch: a schedule decaying to 0 ends there, and the
         # optimizer must load back from a checkpoint written at that point.
-        self._check_hyper("lr", self.lr, low=0.0)
-        self._check_hyper("weight_decay", self.weight_decay, low=0.0)
+        self.lr = self._check_hyper("lr", self.lr, low=0.0)
+        self.weight_decay = self._check_hyper("weight_decay", self.weight_decay, low=0.0)
         if isinstance(self.no_decay, str) or not all(isinstance(n, str) for n in self.no_decay):
             raise ValueError(f"{type(self).__name__}: expected no_decay to be a sequence of "
                              f"parameter names, e.g. ('b',), got {self.no_decay!r}")
@@ -64,7 +65,14 @@ class Optimizer:
         the model and the optimizer as they were.
         """
         params, grads = self.model.params(), self.model.grads()
+        # The learning rate may have been set since (a schedule, by hand): check it again.
+        self.lr = self._check_hyper("lr", self.lr, low=0.0)
         for key, w in params.items():
+            g = grads.get(key)
+            if g is None or not hasattr(g, "shape") or tuple(g.shape) != tuple(w.shape):
+                found = "none" if g is None else f"shape {tuple(getattr(g, 'shape', ()))}"
+                raise ValueError(f"{type(self).__name__}: expected a gradient of shape "
+                                 f"{tuple(w.shape)} for {key!r}, got {found}")
             if key in self.state:
                 self._check_state(key, w)
         self.step_count += 1
@@ -80,11 +88,16 @@ class Optimizer:
         for slot, value in self.state[key].items():
             here = (_backend.backend_name_of(value), _backend.dtype_name(value.dtype))
             there = (_backend.backend_name_of(w), _backend.dtype_name(w.dtype))
-            if here != there or tuple(value.shape) != tuple(w.shape):
+            if tuple(value.shape) != tuple(w.shape):
+                raise ValueError(
+                    f"{type(self).__name__}: the {slot!r} state of {key!r} has shape "
+                    f"{tuple(value.shape)} but the parameter now has shape {tuple(w.shape)}: "
+                    f"the model changed; create the optimizer afresh")
+            if here != there:
                 raise _backend.BackendMismatchError(
                     f"{type(self).__name__}: the {slot!r} state of {key!r} is {here[0]} "
-                    f"{here[1]} {tuple(value.shape)} but the parameter is {there[0]} "
-                    f"{there[1]} {tuple(w.shape)}. After model.to(...), move the state with "
+                    f"{here[1]} but the parameter is {there[0]} {there[1]}. After "
+                    f"model.to(...), move the state with "
                     f"opt.load_state_dict(opt.state_dict()), or create the optimizer afterwards")
 
     def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float) -> None:
@@ -150,16 +163,20 @@ class Optimizer:
         self.state = new_state
 
     def _check_hyper(self, label: str, value: float, low: float, high: float | None = None,
-                     low_open: bool = False, high_open: bool = True) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+                     low_open: bool = False, high_open: bool = True) -> float:
+        """``value`` as a Python float after checking its range (NumPy scalars too: kept as
+        they are, they would turn the updates into arrays of another library on some backends)."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"{type(self).__name__}: expected {label} to be a number, got "
                              f"{value!r} ({type(value).__name__})")
+        value = float(value)
         ok = (value > low if low_open else value >= low) and (
             high is None or (value < high if high_open else value <= high))
         if not ok:
             lo, hi = "(" if low_open else "[", ")" if high_open else "]"
             bound = f"{lo}{low}, {high if high is not None else 'inf'}{hi}"
             raise ValueError(f"{type(self).__name__}: expected {label} in {bound}, got {value!r}")
+        return value
 
 
 class SGD(Optimizer):
@@ -182,7 +199,7 @@ class SGD(Optimizer):
 
     def _validate(self) -> None:
         super()._validate()
-        self._check_hyper("momentum", self.momentum, low=0.0, high=1.0)
+        self.momentum = self._check_hyper("momentum", self.momentum, low=0.0, high=1.0)
         if self.form not in self.FORMS:
             raise ValueError(f"SGD: expected form in {self.FORMS}, got {self.form!r}")
 
@@ -221,10 +238,9 @@ class Adam(Optimizer):
         if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
             raise ValueError(f"{type(self).__name__}: expected betas to be a pair, got "
                              f"{self.betas!r}")
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-        self._check_hyper("betas[0]", self.betas[0], low=0.0, high=1.0)
-        self._check_hyper("betas[1]", self.betas[1], low=0.0, high=1.0)
-        self._check_hyper("eps", self.eps, low=0.0)
+        self.betas = (self._check_hyper("betas[0]", self.betas[0], low=0.0, high=1.0),
+                      self._check_hyper("betas[1]", self.betas[1], low=0.0, high=1.0))
+        self.eps = self._check_hyper("eps", self.eps, low=0.0)
 
     def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float) -> None:
         xp = _backend.namespace(w)
@@ -270,8 +286,8 @@ class RMSProp(Optimizer):
 
     def _validate(self) -> None:
         super()._validate()
-        self._check_hyper("rho", self.rho, low=0.0, high=1.0)
-        self._check_hyper("eps", self.eps, low=0.0)
+        self.rho = self._check_hyper("rho", self.rho, low=0.0, high=1.0)
+        self.eps = self._check_hyper("eps", self.eps, low=0.0)
 
     def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float) -> None:
         xp = _backend.namespace(w)

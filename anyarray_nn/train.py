@@ -182,7 +182,8 @@ class ReduceOnPlateau(Callback):
 
     def on_validation_end(self, state: TrainState) -> None:
         if not self.tracker.improved(state) and self.tracker.waited >= self.patience:
-            state.optimizer.lr = max(self.min_lr, state.optimizer.lr * self.factor)
+            if state.optimizer.lr > self.min_lr:  # never up to min_lr from below
+                state.optimizer.lr = max(self.min_lr, state.optimizer.lr * self.factor)
             self.tracker.waited = 0
 
 
@@ -298,6 +299,9 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
         raise ValueError("fit: val_every needs a val_loader and must be >= 1")
     if hasattr(train_loader, "__len__") and len(train_loader) == 0:
         raise ValueError(_no_batches_message(train_loader))
+    if epochs is not None and not hasattr(train_loader, "__len__"):
+        raise ValueError(f"fit: epochs= needs a training loader with len() (batches per "
+                         f"epoch), and {type(train_loader).__name__} has none; use iterations=")
     callbacks = list(callbacks)
     state = TrainState(model, optimizer, history or History(), validates=val_loader is not None)
     state.epoch = len(state.history.epochs)
@@ -306,12 +310,28 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
     for cb in callbacks:
         cb.on_train_begin(state)
     bar = _progress_bar(total_steps, progress)
+    try:
+        _train(state, model, loss_fn, optimizer, train_loader, total_steps, val_loader,
+               val_every, callbacks, bar)
+    finally:  # also on an error or Ctrl-C: a bar left open garbles the next one
+        if bar is not None:
+            bar.close()
+    for cb in callbacks:
+        cb.on_train_end(state)
+    return state.history
+
+
+def _train(state: TrainState, model: Any, loss_fn: Any, optimizer: Any, train_loader: Any,
+           total_steps: int, val_loader: Any, val_every: int | None,
+           callbacks: list[Callback], bar: Any) -> None:
+    """The loop of :func:`fit`, epoch by epoch, until ``total_steps`` or a callback stops it."""
     steps_done = 0
     while not state.stop and steps_done < total_steps:
         state.epoch += 1
         for cb in callbacks:
             cb.on_epoch_begin(state)
         start, seen, epoch_loss, epoch_correct = time.perf_counter(), 0, 0.0, 0
+        validating = 0.0  # seconds of val_every validations, left out of the epoch's time
         for xb, yb in train_loader:
             logits = model.forward(xb, train=True)
             loss = loss_fn.forward(logits, yb)
@@ -336,12 +356,14 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
                 bar.set_postfix(epoch=state.epoch, loss=f"{loss_value:.4f}",
                                 acc=f"{correct / n:.3f}", refresh=False)
             if val_every is not None and state.step % val_every == 0:
+                began = time.perf_counter()
                 _validate(state, model, loss_fn, val_loader, callbacks)
+                validating += time.perf_counter() - began
             if state.stop or steps_done >= total_steps:
                 break
         if seen == 0:  # a loader without __len__ that yields nothing would loop forever
             raise ValueError(_no_batches_message(train_loader))
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start - validating
         summary = {"epoch": state.epoch, "loss": epoch_loss / max(seen, 1),
                    "accuracy": epoch_correct / max(seen, 1), "seconds": seconds,
                    "images_per_second": seen / seconds if seconds > 0 else None,
@@ -351,11 +373,6 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
         state.history.epochs.append(summary)
         for cb in callbacks:
             cb.on_epoch_end(state)
-    if bar is not None:
-        bar.close()
-    for cb in callbacks:
-        cb.on_train_end(state)
-    return state.history
 
 
 def _no_batches_message(loader: Any) -> str:

@@ -218,3 +218,87 @@ def test_monitor_errors_name_the_problem(callback):
                                              r"val_loader"):
             train.fit(model, loss_fn, opt, tl, epochs=2, progress=False,
                       callbacks=[callback(monitor=monitor)])
+
+
+def test_reduce_on_plateau_never_raises_a_rate_below_its_floor():
+    model, loss_fn, tl, vl = setup()
+    opt = ann.optim.SGD(model, lr=1e-5)
+
+    class Flat(train.Callback):
+        def on_validation_end(self, state):
+            state.last["val_loss"] = 1.0
+
+    train.fit(model, loss_fn, opt, tl, epochs=4, val_loader=vl, progress=False,
+              callbacks=[Flat(), train.ReduceOnPlateau(factor=0.5, patience=1, min_lr=1e-3)])
+    assert opt.lr == 1e-5  # as in PyTorch and Keras: min_lr is a floor, not a target
+
+
+class _Bar:
+    def __init__(self):
+        self.closed = False
+
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_the_progress_bar_is_closed_when_training_stops_on_an_error(monkeypatch, error):
+    bars = []
+    monkeypatch.setattr(train, "_progress_bar", lambda total, enabled: bars.append(_Bar()) or bars[-1])
+
+    class Fails(train.Callback):
+        def on_iteration_end(self, state):
+            if state.step == 3:
+                raise error("stop")
+
+    model, loss_fn, tl, vl = setup()
+    history = train.History()
+    with pytest.raises(error):
+        train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.1), tl, epochs=2, callbacks=[Fails()],
+                  history=history)
+    assert bars[0].closed and len(history.iterations) == 3  # what was done is kept
+
+
+def test_epochs_need_a_loader_with_a_length():
+    model, loss_fn, tl, vl = setup()
+
+    def batches():
+        yield from tl
+
+    with pytest.raises(ValueError, match="fit: epochs= needs a training loader with len"):
+        train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.1), batches(), epochs=1,
+                  progress=False)
+    h = train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.1), batches(), iterations=3,
+                  progress=False)
+    assert len(h.iterations) == 3
+
+
+def test_validation_time_is_left_out_of_the_epoch_time_in_both_modes(monkeypatch):
+    model, loss_fn, tl, vl = setup()
+    clock = [0.0]
+
+    class FakeTime:  # a clock on which every validation takes 1000 s
+        @staticmethod
+        def perf_counter():
+            clock[0] += 0.001
+            return clock[0]
+
+    class Slow:
+        def __len__(self):
+            return len(vl)
+
+        def __iter__(self):
+            clock[0] += 1000.0
+            yield from vl
+
+    monkeypatch.setattr(train, "time", FakeTime)
+    for kwargs in ({}, {"val_every": len(tl) // 2}):
+        h = train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.1), tl, epochs=1,
+                      val_loader=Slow(), progress=False, **kwargs)
+        assert len(h.validations) >= 1 and h.epochs[-1]["seconds"] < 1.0, kwargs
