@@ -10,16 +10,18 @@ additions differs from one worker.
 The calling thread always computes the first slice. The others run either
 
 * in helper **processes** (NumPy models on Linux and macOS; the default there). Each holds
-  a copy of the model whose parameters are views of memory shared with this process: before
-  every forward pass the current parameters are copied in, so whatever changed them (an
-  optimizer, a checkpoint load) reaches the workers. Each worker writes its gradients to its
+  a copy of the model whose parameters and buffers are views of memory shared with this
+  process: before every forward pass the current values are copied in, so whatever changed
+  them (an optimizer, a checkpoint load) reaches the workers; a layer replaced in the model
+  restarts them. Each worker writes its gradients to its
   own shared region. Only the slices of x and dy and the slices' outputs travel through a
   socket. The helpers start at the first split batch (about 0.2 s) and stop with the
   wrapper, with :meth:`DataParallel.close`, or when this process ends. A helper is a fresh
   interpreter with this process's import path (``sys.path``): it imports the classes of the
   model's layers from their modules, so a layer class defined in the main script
   (``__main__``) or inside a function, which it cannot import, makes the default use threads.
-  A helper that cannot load the model sends its error back, and the caller raises it.
+  A helper that cannot load the model sends its error back: the default then warns and uses
+  threads, ``processes=True`` raises it.
 * or on **threads**, each through a shallow copy of the model that shares its parameters
   (any CPU backend). Threads of one interpreter take turns at the GIL between NumPy calls,
   which made the MNIST network's layers 33-38% slower in all than in a process of its own
@@ -46,7 +48,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
+import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
@@ -60,6 +64,30 @@ from .layers.base import _NO_CACHE
 from .model import Sequential
 
 _blas = ThreadpoolController()
+
+
+class _OneBlasThread:
+    """One BLAS thread while any wrapper of this process runs its slices. The limit is
+    process-wide: the first wrapper to enter sets it, the last to leave restores it (two
+    wrappers each restoring what it saw on entry could leave it at one for good)."""
+
+    def __init__(self) -> None:
+        self.lock, self.depth, self.limiter = threading.Lock(), 0, None
+
+    def __enter__(self) -> None:
+        with self.lock:
+            if self.depth == 0:
+                self.limiter = _blas.limit(limits=1, user_api="blas")
+            self.depth += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with self.lock:
+            self.depth -= 1
+            if self.depth == 0:
+                self.limiter.restore_original_limits()
+
+
+_one_blas_thread = _OneBlasThread()
 
 #: Whether helper processes can be started here (they inherit a socket and shared memory).
 PROCESSES_SUPPORTED = os.name == "posix"
@@ -109,21 +137,25 @@ class DataParallel:
         self._helpers: _Threads | _Processes | None = None
         self._stop_helpers: Callable[[], Any] | None = None
         self._bounds: list[tuple[int, int]] | None = None
+        self._threads_only = False  # the default's fallback once processes could not load it
+        self._lock = threading.RLock()  # one split batch at a time, whichever thread calls
 
     # --- running -------------------------------------------------------------------------
 
     def forward(self, x: Any, *, train: bool = False) -> Any:
         """The model's output for ``x``, the slices of the batch computed at the same time."""
+        xp = _backend.namespace(x)
+        _check_batch(x, "x")
         n, name = x.shape[0], _backend.backend_name_of(x)
-        smallest = self.smallest_split_batch(name)
-        if smallest is None or n < smallest:
-            self._bounds = None
-            return self.model.forward(x, train=train)
-        self._bounds = [(n * i // self.workers, n * (i + 1) // self.workers)
-                        for i in range(self.workers)]
-        self._start_helpers(self._use_processes(name))
-        outs = self._run("forward", x, train)
-        return _backend.namespace(x).concat(outs, axis=0)
+        with self._lock:
+            smallest = self.smallest_split_batch(name)
+            if smallest is None or n < smallest:
+                self._bounds = None
+                return self.model.forward(x, train=train)
+            self._bounds = [(n * i // self.workers, n * (i + 1) // self.workers)
+                            for i in range(self.workers)]
+            self._start_helpers(self._use_processes(name))
+            return xp.concat(self._run("forward", x, train), axis=0)
 
     def smallest_split_batch(self, backend: str | None = None) -> int | None:
         """The smallest batch that is split on ``backend`` (default: the model's); None where
@@ -138,20 +170,23 @@ class DataParallel:
 
     def backward(self, dy: Any, *, input_grad: bool = False) -> Any:
         """Back-propagate each slice on its worker, then add the slices' gradients."""
-        if self._bounds is None:
-            return self.model.backward(dy, input_grad=input_grad)
-        batch = self._bounds[-1][1]
-        if tuple(dy.shape)[:1] != (batch,):  # checked here, before any slice names its own size
-            raise InputError(f"DataParallel: dy: expected a batch of {batch} (the forward "
-                             f"input's), got shape {tuple(dy.shape)}")
-        dxs = self._run("backward", dy, input_grad)
-        helpers = self._helpers
-        for i, layer in enumerate(self.model.layers):
-            if layer.params:
-                layer.grads = {key: sum((helpers.grad(k, i, key) for k in range(self.workers - 1)),
-                                        layer.grads[key])
-                               for key in layer.params}
-        return _backend.namespace(dy).concat(dxs, axis=0) if input_grad else None
+        xp = _backend.namespace(dy)
+        _check_batch(dy, "dy")
+        with self._lock:
+            if self._bounds is None:
+                return self.model.backward(dy, input_grad=input_grad)
+            batch = self._bounds[-1][1]
+            if dy.shape[0] != batch:  # checked here, before any slice names its own size
+                raise InputError(f"DataParallel: dy: expected a batch of {batch} (the forward "
+                                 f"input's), got shape {tuple(dy.shape)}")
+            dxs = self._run("backward", dy, input_grad)
+            helpers = self._helpers
+            for i, layer in enumerate(self.model.layers):
+                if layer.params:
+                    layer.grads = {key: sum((helpers.grad(k, i, key)
+                                             for k in range(self.workers - 1)), layer.grads[key])
+                                   for key in layer.params}
+            return xp.concat(dxs, axis=0) if input_grad else None
 
     def to(self, backend: str | None = None, dtype: str | None = None) -> "DataParallel":
         """Move and/or cast the wrapped model (:meth:`Sequential.to`); returns this wrapper.
@@ -177,7 +212,7 @@ class DataParallel:
             raise RuntimeError("DataParallel: the helpers holding the other slices' forward "
                                "pass were stopped; run forward(x, train=True) again")
         parts = [array[lo:hi, ...] for lo, hi in self._bounds]
-        with _blas.limit(limits=1, user_api="blas"):
+        with _one_blas_thread:
             try:
                 helpers.start(op, parts[1:], flag)
             except BaseException:  # a helper died: start afresh next time
@@ -199,11 +234,20 @@ class DataParallel:
     def _start_helpers(self, use_processes: bool) -> None:
         """Start the helpers for a split forward pass, or restart them if the model changed."""
         kind = _Processes if use_processes else _Threads
-        if not (isinstance(self._helpers, kind) and self._helpers.fits(self.model)):
-            self.close()
+        if isinstance(self._helpers, kind) and self._helpers.fits(self.model):
+            return
+        self.close()
+        try:
             helpers = kind(self.model, self.workers - 1)
-            self._helpers = helpers
-            self._stop_helpers = weakref.finalize(self, helpers.close)
+        except _CannotShip as exc:
+            if self.processes:
+                raise RuntimeError(f"{exc}; use processes=False (threads)") from None
+            warnings.warn(f"{exc}; DataParallel trains this model on threads instead",
+                          RuntimeWarning, stacklevel=4)
+            self._threads_only = True
+            helpers = _Threads(self.model, self.workers - 1)
+        self._helpers = helpers
+        self._stop_helpers = weakref.finalize(self, helpers.close)
 
     def _use_processes(self, backend_name: str) -> bool:
         """Whether the other slices of arrays of ``backend_name`` go to helper processes."""
@@ -211,7 +255,7 @@ class DataParallel:
         if self.processes and not on_numpy:
             raise ValueError(f"DataParallel: processes=True needs a NumPy model, got "
                              f"{backend_name} arrays; use processes=False")
-        if self.processes is False or not (on_numpy and PROCESSES_SUPPORTED):
+        if self.processes is False or self._threads_only or not (on_numpy and PROCESSES_SUPPORTED):
             return False
         for layer in self.model.layers:
             where = _unimportable(type(layer))
@@ -249,6 +293,20 @@ class DataParallel:
         return (f"DataParallel({self.model!r}, workers={self.workers}, "
                 f"processes={self.processes}, min_batch={self.min_batch})")
 
+    def __reduce__(self) -> tuple:
+        # A copy (copy.deepcopy, pickle) wraps a copy of the model; helpers are not copied.
+        return _rebuild, (self.model, self.workers, self.processes, self.min_batch)
+
+
+def _rebuild(model: Sequential, workers: int, processes: bool | None,
+             min_batch: int | None) -> DataParallel:
+    return DataParallel(model, workers, processes=processes, min_batch=min_batch)
+
+
+def _check_batch(array: Any, what: str) -> None:
+    if len(array.shape) == 0:
+        raise InputError(f"DataParallel: {what}: expected a batch (N, ...), got shape ()")
+
 
 def _unimportable(cls: type) -> str | None:
     """Where ``cls`` is defined, if a fresh interpreter cannot import it from there, else None.
@@ -270,6 +328,10 @@ def _apply(model: Sequential, op: str, array: Any, flag: bool) -> Any:
     return model.backward(array, input_grad=flag)
 
 
+def _same_layers(layers: list[Any], model: Sequential) -> bool:
+    return len(layers) == len(model.layers) and all(a is b for a, b in zip(layers, model.layers))
+
+
 def _bare_copy(model: Sequential) -> Sequential:
     """A copy sharing the layers' params dicts, with its own caches and gradients."""
     copies = [copy.copy(layer) for layer in model.layers]
@@ -282,12 +344,15 @@ class _Threads:
     """Slices 2.. on a thread pool, each through a copy of the model sharing its parameters."""
 
     def __init__(self, model: Sequential, count: int) -> None:
+        self.layers = list(model.layers)
         self.copies = [_bare_copy(model) for _ in range(count)]
         self.pool = ThreadPoolExecutor(count, thread_name_prefix="anyarray_nn")
         self.futures: list[Any] = []
 
     def fits(self, model: Sequential) -> bool:
-        return True  # the copies share the params dicts, so they follow every change
+        # The copies share the layers' params and buffers dicts, so they follow every change
+        # of values; a layer replaced in the model needs new copies.
+        return _same_layers(self.layers, model)
 
     def start(self, op: str, parts: list[Any], flag: bool) -> None:
         self.futures = [self.pool.submit(_apply, net, op, part, flag)
@@ -315,18 +380,26 @@ _HELPER_CODE = ("import sys; from anyarray_nn.parallel import serve_slices; "
 
 
 def _param_layout(model: Sequential) -> tuple[list[tuple], int]:
-    """``[(layer index, key, byte offset, shape, dtype)]`` and the size of one region."""
+    """``[(layer index, "params" or "buffers", key, byte offset, shape, dtype)]`` and the
+    size of one region."""
     entries, offset = [], 0
     for i, layer in enumerate(model.layers):
-        for key, value in layer.params.items():
-            entries.append((i, key, offset, tuple(value.shape), _backend.dtype_name(value.dtype)))
-            offset += -(-value.nbytes // _ALIGN) * _ALIGN
+        for store in ("params", "buffers"):
+            for key, value in getattr(layer, store).items():
+                entries.append((i, store, key, offset, tuple(value.shape),
+                                _backend.dtype_name(value.dtype)))
+                offset += -(-value.nbytes // _ALIGN) * _ALIGN
     return entries, offset
 
 
-def _views(memory: Any, layout: list[tuple], base: int) -> dict[tuple[int, str], Any]:
-    return {(i, key): _backend.host_view(memory, shape, dtype, base + offset)
-            for i, key, offset, shape, dtype in layout}
+def _views(memory: Any, layout: list[tuple], base: int, stores: tuple[str, ...] = (
+        "params", "buffers")) -> dict[tuple[int, str, str], Any]:
+    return {(i, store, key): _backend.host_view(memory, shape, dtype, base + offset)
+            for i, store, key, offset, shape, dtype in layout if store in stores}
+
+
+class _CannotShip(Exception):
+    """The model cannot go to helper processes (it does not pickle, or they cannot load it)."""
 
 
 class _Processes:
@@ -335,22 +408,30 @@ class _Processes:
 
     def __init__(self, model: Sequential, count: int) -> None:
         self.model, self.replies = model, 0  # replies: requests sent and not yet answered
+        self.layers = list(model.layers)
         self.layout, region = _param_layout(model)
+        try:
+            setup = pickle.dumps(_bare_copy(model))
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise _CannotShip(f"DataParallel: the model cannot be sent to helper processes "
+                              f"({type(exc).__name__}: {exc})") from None
         size = max(region * (count + 1), 1)
         with _shared_file(size) as fd:
             self.memory = mmap.mmap(fd, size)
-            self.params = _views(self.memory, self.layout, 0)
-            self.grads = [_views(self.memory, self.layout, region * (k + 1)) for k in range(count)]
+            self.values = _views(self.memory, self.layout, 0)
+            self.grads = [_views(self.memory, self.layout, region * (k + 1), ("params",))
+                          for k in range(count)]
             self.procs, self.conns = [], []
+            _live_process_helpers.add(self)
             try:
                 for k in range(count):
-                    self._spawn(fd, (_bare_copy(model), self.layout, region * (k + 1), size))
+                    self._spawn(fd, (setup, self.layout, region * (k + 1), size))
                 for k in range(count):  # wait until each is ready, so a failure shows here
                     error = self._receive(k)  # None, or why the helper could not load the model
                     if error is not None:
                         proc = self.procs[k]
-                        raise RuntimeError(f"DataParallel: helper process {k + 1} (pid "
-                                           f"{proc.pid}) could not load the model: {error}")
+                        raise _CannotShip(f"DataParallel: helper process {k + 1} (pid "
+                                          f"{proc.pid}) could not load the model: {error}")
             except BaseException:
                 self.close()
                 raise
@@ -358,9 +439,10 @@ class _Processes:
     def _spawn(self, fd: int, setup: tuple) -> None:
         ours, theirs = socket.socketpair()
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        # This process's import path ("" is the working directory), so that the helper finds
-        # every module a layer class of the model comes from.
-        import_path = [package_root, *(os.path.abspath(entry) for entry in sys.path),
+        # Where the layer classes' modules were found, then this process's import path ("" is
+        # the working directory now, which may no longer be where a module was imported from).
+        import_path = [package_root, *_module_roots(self.model),
+                       *(os.path.abspath(entry) for entry in sys.path),
                        os.environ.get("PYTHONPATH")]
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                    MKL_NUM_THREADS="1",
@@ -373,12 +455,15 @@ class _Processes:
         self.conns[-1].send(setup)
 
     def fits(self, model: Sequential) -> bool:
-        return _param_layout(model)[0] == self.layout  # else the shared memory is laid out wrong
+        # Helpers of this process (not forgotten in a fork), the same layer objects, and the
+        # shared memory laid out for their arrays.
+        return (bool(self.conns) and _same_layers(self.layers, model)
+                and _param_layout(model)[0] == self.layout)
 
     def start(self, op: str, parts: list[Any], flag: bool) -> None:
-        if op == "forward":  # the helpers compute with the parameters as they are now
-            for (i, key), view in self.params.items():
-                view[...] = self.model.layers[i].params[key]
+        if op == "forward":  # the helpers compute with the parameters and buffers as they are now
+            for (i, store, key), view in self.values.items():
+                view[...] = getattr(self.model.layers[i], store)[key]
         self.replies = 0
         for k, part in enumerate(parts):
             try:
@@ -411,7 +496,14 @@ class _Processes:
                             f"helpers start again at the next call.")
 
     def grad(self, k: int, i: int, key: str) -> Any:
-        return self.grads[k][(i, key)]
+        return self.grads[k][(i, "params", key)]
+
+    def forget(self) -> None:
+        """In a forked child: drop this process's ends of the sockets without stopping the
+        helpers, which are the parent's (they exit once the parent closes its ends)."""
+        for conn in self.conns:
+            conn.close()
+        self.conns, self.procs = [], []
 
     def close(self) -> None:
         for conn in self.conns:
@@ -423,6 +515,26 @@ class _Processes:
                 proc.kill()
                 proc.wait()
         self.conns, self.procs = [], []
+
+
+_live_process_helpers: "weakref.WeakSet[_Processes]" = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    # A fork (e.g. a multiprocessing child) inherits the socket ends: left open, they would
+    # keep the helpers waiting for the child too.
+    os.register_at_fork(after_in_child=lambda: [p.forget() for p in list(_live_process_helpers)])
+
+
+def _module_roots(model: Sequential) -> list[str]:
+    """The folders from which the modules of the model's layer classes were imported."""
+    roots = []
+    for cls in {type(layer) for layer in model.layers}:
+        path = getattr(sys.modules.get(cls.__module__), "__file__", None)
+        if path:
+            folder = os.path.dirname(os.path.abspath(path))
+            for _ in range(cls.__module__.count(".") + (os.path.basename(path) == "__init__.py")):
+                folder = os.path.dirname(folder)
+            roots.append(folder)
+    return sorted(set(roots))
 
 
 class _shared_file:
@@ -454,29 +566,40 @@ def serve_slices(sock_fd: int, memory_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     conn = Connection(sock_fd)
     try:
-        model, layout, grads_at, size = conn.recv()
-        memory = mmap.mmap(memory_fd, size)
-        os.close(memory_fd)
-        for (i, key), view in _views(memory, layout, 0).items():
-            model.layers[i].params[key] = view
-        grads = _views(memory, layout, grads_at)
-    except Exception as exc:  # noqa: BLE001 - the caller raises it with its own message
-        conn.send(f"{type(exc).__name__}: {exc}")
-        return
-    conn.send(None)  # ready
-    while True:
         try:
-            op, part, flag = conn.recv()
-        except EOFError:
+            setup, layout, grads_at, size = conn.recv()
+            model = pickle.loads(setup)
+            memory = mmap.mmap(memory_fd, size)
+            os.close(memory_fd)
+            for (i, store, key), view in _views(memory, layout, 0).items():
+                getattr(model.layers[i], store)[key] = view
+            grads = _views(memory, layout, grads_at, ("params",))
+        except (EOFError, OSError):
             return
-        try:  # the reply is the result, or the exception the caller will raise
-            reply = _apply(model, op, part, flag)
-            if op == "backward":
-                for (i, key), view in grads.items():
-                    view[...] = model.layers[i].grads[key]
-        except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
-            reply = exc
-        try:
+        except Exception as exc:  # noqa: BLE001 - the caller raises it with its own message
+            conn.send(f"{type(exc).__name__}: {exc}")
+            return
+        conn.send(None)  # ready
+        while True:
+            op, part, flag = conn.recv()
+            try:  # the reply is the result, or the exception the caller will raise
+                reply = _apply(model, op, part, flag)
+                if op == "backward":
+                    for (i, _, key), view in grads.items():
+                        view[...] = model.layers[i].grads[key]
+            except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
+                reply = _portable(exc)
             conn.send(reply)
-        except (pickle.PicklingError, TypeError, AttributeError):
-            conn.send(RuntimeError(f"DataParallel helper: {traceback.format_exc()}"))
+    except (EOFError, OSError):  # the parent closed its end (close(), or it stopped): done
+        return
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc`` if the parent can rebuild it from a pickle, else a RuntimeError with its text
+    (an exception whose constructor takes other arguments than it keeps would fail there)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any failure means: send the text instead
+        text = "".join(traceback.format_exception(exc))
+        return RuntimeError(f"DataParallel helper process: {text}")

@@ -35,3 +35,36 @@ class FailsOnNegativeFirstValue(ann.layers.Layer):
 
     def _backward(self, dy, cache, input_grad):
         return dy, {}
+
+
+class ScaledByBuffer(ann.layers.Layer):
+    """y = x * s with a buffer s that is not trained (lets a test change a buffer under
+    DataParallel; importable by helper processes)."""
+
+    def __init__(self, features, name=None):
+        super().__init__(name)
+        self.buffers["s"] = np.ones(features)
+
+    def _forward(self, x, train):
+        return x * self.buffers["s"], None
+
+    def _backward(self, dy, cache, input_grad):
+        return dy * self.buffers["s"], {}
+
+
+class _TwoArgumentError(Exception):
+    def __init__(self, a, b):  # pickled with one argument, its message: cannot be rebuilt
+        super().__init__(f"two arguments {a} {b}")
+
+
+class FailsWithAnOddError(ann.layers.Layer):
+    """Identity that raises an exception pickle cannot rebuild when its batch starts with a
+    negative value (importable by helper processes)."""
+
+    def _forward(self, x, train):
+        if float(x[0, ...].reshape(-1)[0]) < 0:
+            raise _TwoArgumentError(1, 2)
+        return x, None
+
+    def _backward(self, dy, cache, input_grad):
+        return dy, {}

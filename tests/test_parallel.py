@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from anyarray_nn.losses import SoftmaxCrossEntropy
 from anyarray_nn.networks import cifar10_bn_net, mnist_net
 from anyarray_nn.optim import SGD
 
-from helpers import FailsOnNegativeFirstValue, assert_close, host
+from helpers import (FailsOnNegativeFirstValue, FailsWithAnOddError, ScaledByBuffer,
+                     assert_close, host)
 
 
 def _step(model, loss_fn, x, labels, input_grad=False):
@@ -244,9 +246,9 @@ def test_a_layer_class_of_the_main_script_runs_on_threads(rng):
     assert insisting._helpers is None
 
 
-def test_a_helper_process_that_cannot_load_the_model_says_why(rng, tmp_path, monkeypatch):
-    # A module loaded from a file outside the import path: this process has it, the helpers
-    # cannot find it.
+def test_helpers_import_a_layer_module_from_where_it_was_loaded(rng, tmp_path, monkeypatch):
+    # A module loaded from a file outside the import path (or before a chdir): the helpers
+    # look in the folder it came from.
     path = tmp_path / "layers_only_here.py"
     path.write_text("from anyarray_nn.layers import ReLU\n\n\nclass ReLUOnlyHere(ReLU):\n"
                     "    pass\n")
@@ -254,14 +256,51 @@ def test_a_helper_process_that_cannot_load_the_model_says_why(rng, tmp_path, mon
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "layers_only_here", module)  # removed after the test
     spec.loader.exec_module(module)
-    parallel = ann.DataParallel(_with_mnist_net(module.ReLUOnlyHere()), 2, min_batch=1)
+    parallel = ann.DataParallel(_with_mnist_net(module.ReLUOnlyHere()), 2, processes=True,
+                                min_batch=1)
+    x = rng.standard_normal((4, 1, 28, 28))
+    try:
+        np.testing.assert_allclose(parallel.forward(x), parallel.model.forward(x), rtol=1e-6)
+        assert isinstance(parallel._helpers, ann.parallel._Processes)
+    finally:
+        parallel.close()
+
+
+def _module_without_a_file(monkeypatch):
+    module = types.ModuleType("layers_nowhere")  # made in memory: no file to import it from
+    exec("from anyarray_nn.layers import ReLU\n\nclass ReLUNowhere(ReLU):\n    pass\n",
+         module.__dict__)
+    module.ReLUNowhere.__module__ = "layers_nowhere"
+    monkeypatch.setitem(sys.modules, "layers_nowhere", module)
+    return module
+
+
+def test_a_helper_process_that_cannot_load_the_model_says_why(rng, monkeypatch):
+    module = _module_without_a_file(monkeypatch)
+    parallel = ann.DataParallel(_with_mnist_net(module.ReLUNowhere()), 2, processes=True,
+                                min_batch=1)
     x = rng.standard_normal((4, 1, 28, 28))
     for _ in range(2):  # every call starts the helpers afresh, and they fail the same way
         with pytest.raises(RuntimeError, match=r"DataParallel: helper process 1 \(pid \d+\) "
                                                r"could not load the model: ModuleNotFoundError: "
-                                               r"No module named 'layers_only_here'"):
+                                               r"No module named 'layers_nowhere'; use "
+                                               r"processes=False"):
             parallel.forward(x)
         assert parallel._helpers is None
+
+
+def test_the_default_trains_on_threads_when_helper_processes_cannot_load_the_model(
+        rng, monkeypatch):
+    module = _module_without_a_file(monkeypatch)
+    parallel = ann.DataParallel(_with_mnist_net(module.ReLUNowhere()), 2, min_batch=1)
+    x = rng.standard_normal((4, 1, 28, 28))
+    with pytest.warns(RuntimeWarning, match="could not load the model.*on threads instead"):
+        out = parallel.forward(x, train=True)
+    np.testing.assert_allclose(out, parallel.model.forward(x), rtol=1e-6)
+    assert isinstance(parallel._helpers, ann.parallel._Threads)
+    parallel.forward(x, train=True)  # no second warning, no second attempt
+    assert isinstance(parallel._helpers, ann.parallel._Threads)
+    parallel.close()
 
 
 @pytest.mark.parametrize("workers,processes,min_batch,expected", [
@@ -279,3 +318,120 @@ def test_smallest_split_batch_says_what_forward_splits(rng, workers, processes, 
             assert split == (expected is not None and n >= expected), n
     finally:
         dp.close()
+
+
+def _dense_net(*middle):
+    return ann.Sequential([ann.layers.Dense(4, 4, name="d1", rng=0, dtype="float64"), *middle,
+                           ann.layers.Dense(4, 3, name="d2", rng=1, dtype="float64")])
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_buffers_reach_the_helpers(rng, processes):
+    model = _dense_net(ScaledByBuffer(4, name="scale"))
+    parallel = ann.DataParallel(model, 2, processes=processes, min_batch=2)
+    x = rng.standard_normal((8, 4))
+    try:
+        parallel.forward(x, train=True)  # helpers start with s = 1
+        model["scale"].buffers["s"] = np.full(4, 3.0)  # as a checkpoint load would
+        np.testing.assert_allclose(parallel.forward(x, train=True), model.forward(x), rtol=1e-12)
+        model["scale"].buffers["s"][...] = 0.5  # in place
+        np.testing.assert_allclose(parallel.forward(x, train=True), model.forward(x), rtol=1e-12)
+    finally:
+        parallel.close()
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_a_layer_replaced_after_the_helpers_started_reaches_them(rng, processes):
+    model = _dense_net(ann.layers.ReLU(name="act"))
+    parallel = ann.DataParallel(model, 2, processes=processes, min_batch=2)
+    x = rng.standard_normal((8, 4))
+    try:
+        parallel.forward(x, train=True)
+        model.layers[1] = ann.layers.Tanh(name="act")
+        np.testing.assert_allclose(parallel.forward(x, train=True), model.forward(x), rtol=1e-12)
+    finally:
+        parallel.close()
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_two_threads_may_predict_through_one_wrapper(rng, processes):
+    import threading
+    parallel = ann.DataParallel(_dense_net(), 2, processes=processes, min_batch=2)
+    batches = [rng.standard_normal((n, 4)) for n in (32, 20)]
+    wrong = []
+
+    def predict(x):
+        for _ in range(20):
+            out = parallel.forward(x)
+            if out.shape != (len(x), 3) or not np.allclose(out, parallel.model.forward(x)):
+                wrong.append(out.shape)
+
+    threads = [threading.Thread(target=predict, args=(x,)) for x in batches]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: the race shows at once
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+        parallel.close()
+    assert wrong == []
+
+
+def test_two_wrappers_at_once_leave_the_blas_threads_as_they_were():
+    # Wrapper A enters, B enters, A leaves, B leaves (two training threads): each restoring
+    # what it saw on entry would leave BLAS at one thread for the rest of the process.
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    limit = ann.parallel._one_blas_thread
+    limit.__enter__()                      # A
+    limit.__enter__()                      # B
+    assert set(blas_threads()) == {1}
+    limit.__exit__(None, None, None)       # A leaves: B still runs on one thread
+    assert set(blas_threads()) == {1}
+    limit.__exit__(None, None, None)       # B leaves
+    assert blas_threads() == before
+
+
+def test_an_error_pickle_cannot_rebuild_arrives_with_its_text(rng):
+    parallel = ann.DataParallel(_dense_net(FailsWithAnOddError()), 2, processes=True, min_batch=2)
+    x = rng.standard_normal((8, 4))
+    x[4:] = -abs(x[4:])  # the helper's slice fails
+    x[0, 0] = 1.0
+    try:
+        with pytest.raises(RuntimeError, match="_TwoArgumentError: two arguments 1 2"):
+            parallel.forward(x)
+        x[4:] = abs(x[4:])
+        parallel.forward(x)  # the helpers still serve
+    finally:
+        parallel.close()
+
+
+def test_non_array_input_gets_the_library_errors():
+    parallel = ann.DataParallel(_dense_net(), 2, processes=False, min_batch=2)
+    with pytest.raises(ann.BackendMismatchError):
+        parallel.forward([[1.0, 2.0, 3.0, 4.0]])
+    with pytest.raises(InputError, match=r"DataParallel: x: expected a batch \(N, ...\), got "
+                                         r"shape \(\)"):
+        parallel.forward(np.float64(1.0) * np.ones(()))
+
+
+def test_a_wrapper_that_has_split_a_batch_can_be_copied(rng):
+    import copy
+    for processes in (True, False):
+        parallel = ann.DataParallel(_dense_net(), 2, processes=processes, min_batch=2)
+        x = rng.standard_normal((8, 4))
+        parallel.forward(x)
+        twin = copy.deepcopy(parallel)
+        try:
+            assert twin.model is not parallel.model and twin.workers == 2
+            np.testing.assert_allclose(twin.forward(x), parallel.forward(x), rtol=1e-12)
+        finally:
+            parallel.close()
+            twin.close()
