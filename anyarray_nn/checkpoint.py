@@ -36,6 +36,7 @@ import numpy as np
 from . import __version__
 from . import backend as _backend
 from ._atomic import new_temporary_file
+from .errors import as_int
 from .model import Sequential
 from .train import Every, History
 
@@ -309,10 +310,11 @@ def _model_config(f: Any, path: Any) -> dict[str, Any]:
 
 def _int_attr(f: Any, where: str, name: str, path: Any, default: int) -> int:
     value = f[where].attrs.get(name, default)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    number = as_int(value)
+    if number is None:
         raise CheckpointError(f"{path}: {where}/{name}: expected an integer, got "
                               f"{_shorten(value)}")
-    return int(value)
+    return number
 
 
 def _shorten(value: Any, limit: int = 80) -> str:

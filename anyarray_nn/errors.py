@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import operator
+from typing import Any, Iterator
 
 from .backend import BackendError, BackendMismatchError
 
@@ -23,6 +24,19 @@ def errors_named(owner: str) -> Iterator[None]:
         yield
     except (InputError, BackendMismatchError) as exc:
         raise type(exc)(f"{owner}: {exc}").with_traceback(exc.__traceback__) from None
+
+
+def as_int(value: Any) -> int | None:
+    """``value`` as a Python int if it is an integer (NumPy integers too, not bool), else None:
+    the one test of "an integer" behind every size, count and index check."""
+    if type(value) is int:  # the common case, first: layers call this on every step
+        return value
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # refuses floats and NumPy bools too
+    except TypeError:
+        return None
 
 
 __all__ = ["InputError", "BackendError", "BackendMismatchError", "errors_named"]

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import backend as _backend
-from .errors import InputError
+from .errors import InputError, as_int
 
 
 @dataclasses.dataclass
@@ -167,7 +167,7 @@ def _check_settings(where: str, **settings: Any) -> None:
     ``eps`` a finite number > 0, and ``rtol`` and ``atol`` finite numbers >= 0."""
     for name, value in settings.items():
         if name == "max_checks":
-            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+            ok = as_int(value) is not None and value >= 1
             expected = "an int >= 1"
         else:
             bound = "> 0" if name == "eps" else ">= 0"

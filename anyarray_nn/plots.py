@@ -10,7 +10,6 @@ error says how to install it.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import pathlib
 import shutil
@@ -21,6 +20,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import metrics
+from .errors import as_int
 
 
 def new_figure(user: str = "anyarray_nn.plots", **kwargs: Any) -> Any:
@@ -48,7 +48,7 @@ def _finish(fig: Any, path: str | pathlib.Path | None) -> Any:
 
 def _check_count(value: Any, name: str, caller: str) -> None:
     """Raise ValueError naming ``caller`` and ``name`` unless ``value`` is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if as_int(value) is None or value < 1:
         raise ValueError(f"{caller}: expected {name} to be an int >= 1, got {value!r}")
 
 

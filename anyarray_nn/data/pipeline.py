@@ -11,12 +11,12 @@ batches come out on every backend.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from .. import backend as _backend
+from ..errors import as_int
 
 
 def train_val_split(x: np.ndarray, y: np.ndarray, val_fraction: float = 0.1, *,
@@ -244,16 +244,17 @@ class DataLoader:
             raise ValueError(f"{where}: expected the keys 'epoch' and 'rng'; missing "
                              f"{', '.join(missing) or 'none'}, unexpected "
                              f"{', '.join(unexpected) or 'none'}")
-        epoch = state["epoch"]
-        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
-            raise ValueError(f"{where}: expected 'epoch' to be an integer >= 0, got {epoch!r}")
+        epoch = as_int(state["epoch"])
+        if epoch is None or epoch < 0:
+            raise ValueError(f"{where}: expected 'epoch' to be an integer >= 0, got "
+                             f"{state['epoch']!r}")
         trial = type(self.rng.bit_generator)(0)  # a throwaway generator tries the state first
         try:
             trial.state = state["rng"]
         except (TypeError, ValueError, KeyError, OverflowError) as exc:
             raise ValueError(f"{where}: 'rng' is not a {type(trial).__name__} generator state "
                              f"({type(exc).__name__}: {exc})") from None
-        self.epoch = int(epoch)
+        self.epoch = epoch
         self.rng.bit_generator.state = state["rng"]
 
 

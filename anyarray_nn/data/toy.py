@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import host_rng
+from ..errors import as_int
 
 
 def make_circles(n_samples: int = 1000, *, noise: float = 0.1, factor: float = 0.5,
@@ -41,8 +42,9 @@ def _check_noise(caller: str, noise: Any) -> None:
 def _count(value: Any, caller: str, what: str, low: int, bound: str = "") -> int:
     """``value`` as a Python int >= ``low`` (NumPy integers too, not bool), else a ValueError
     saying ``what >= bound`` (``bound`` defaults to ``low``)."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low:
-        return int(value)
+    number = as_int(value)
+    if number is not None and number >= low:
+        return number
     raise ValueError(f"{caller}: expected {what} >= {bound or low}, got {value!r}")
 
 

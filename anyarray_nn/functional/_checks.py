@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 from ..backend import DTYPES, dtype_name
@@ -56,18 +55,6 @@ def check_gradient(x: Any, dy: Any, y_shape: tuple[int, ...], what: str = "dy") 
         raise InputError(f"{what}: expected shape {tuple(y_shape)} (the forward output), "
                          f"got {tuple(dy.shape)}")
     check_same_dtype(dy, x, what, "the forward input")
-
-
-def as_int(value: Any) -> int | None:
-    """``value`` as a Python int if it is an integer (NumPy integers too, not bool), else None."""
-    if type(value) is int:  # the common case, first: layers call this on every step
-        return value
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
 
 
 def _is_real_floating(x: Any) -> bool:

@@ -35,8 +35,8 @@ import math
 from typing import Any, Sequence
 
 from ..backend import namespace
-from ..errors import InputError
-from ._checks import as_int, check_gradient, check_ndim, check_weights
+from ..errors import InputError, as_int
+from ._checks import check_gradient, check_ndim, check_weights
 
 Padding = tuple[int, int, int, int]  # top, bottom, left, right
 

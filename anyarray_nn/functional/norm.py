@@ -22,9 +22,8 @@ import math
 from typing import Any
 
 from ..backend import namespace
-from ..errors import InputError
+from ..errors import InputError, as_int
 from ._checks import (
-    as_int,
     check_floating,
     check_gradient,
     check_ndim,
