@@ -36,7 +36,7 @@ import numpy as np
 from . import __version__
 from . import backend as _backend
 from ._atomic import new_temporary_file
-from .errors import as_int
+from .errors import as_int, shorten
 from .model import Sequential
 from .train import Every, History
 
@@ -276,7 +276,7 @@ def _read_open_file(f: Any, path: Any) -> dict[str, Any]:
         config = _json_attr(f, "optimizer", "config", path)
         if not (isinstance(config, dict) and isinstance(config.get("type"), str)):
             raise CheckpointError(f"{path}: optimizer/config: expected an object with a "
-                                  f"\"type\", got {_shorten(config)}")
+                                  f"\"type\", got {shorten(config)}")
         slots: dict[str, dict[str, np.ndarray]] = {}
         for key, value in _read_arrays(f["optimizer"], path):
             param, _, slot = key.rpartition(".")
@@ -292,7 +292,7 @@ def _read_open_file(f: Any, path: Any) -> dict[str, Any]:
         for name in ("history", "state"):
             if out[name] is not None and not isinstance(out[name], dict):
                 raise CheckpointError(f"{path}: train/{name}: expected an object or null, got "
-                                      f"{_shorten(out[name])}")
+                                      f"{shorten(out[name])}")
     return out
 
 
@@ -304,7 +304,7 @@ def _model_config(f: Any, path: Any) -> dict[str, Any]:
             isinstance(e, dict) and isinstance(e.get("type"), str)
             and isinstance(e.get("config"), dict) for e in layers):
         raise CheckpointError(f"{path}: model/config: expected {{\"layers\": [{{\"type\": ..., "
-                              f"\"config\": {{...}}}}, ...]}}, got {_shorten(config)}")
+                              f"\"config\": {{...}}}}, ...]}}, got {shorten(config)}")
     return config
 
 
@@ -313,13 +313,8 @@ def _int_attr(f: Any, where: str, name: str, path: Any, default: int) -> int:
     number = as_int(value)
     if number is None:
         raise CheckpointError(f"{path}: {where}/{name}: expected an integer, got "
-                              f"{_shorten(value)}")
+                              f"{shorten(value)}")
     return number
-
-
-def _shorten(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any = None, *,
@@ -406,7 +401,7 @@ def _restore_generators(model: Sequential, state: dict[str, Any], global_too: bo
             held = rng_state.get("bit_generator") if isinstance(rng_state, dict) else None
             raise ValueError(f"train/state/{key}: expected a {type(generator.bit_generator).__name__}"
                              f" generator state, the file holds "
-                             f"{_shorten(held if held is not None else rng_state)} ({exc})") from None
+                             f"{shorten(held if held is not None else rng_state)} ({exc})") from None
 
 
 def _snapshot(model: Sequential, optimizer: Any, loader: Any) -> Any:

@@ -39,4 +39,11 @@ def as_int(value: Any) -> int | None:
         return None
 
 
+def shorten(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters (the last three
+    "...") when longer: a file or argument may hold something huge."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 __all__ = ["InputError", "BackendError", "BackendMismatchError", "errors_named"]

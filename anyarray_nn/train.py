@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import backend as _backend
+from .errors import shorten
 
 
 @dataclasses.dataclass
@@ -57,9 +58,8 @@ class History:
         parts = {k: data.get(k, []) for k in ("iterations", "epochs", "validations")}
         for key, rows in parts.items():
             if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-                text = repr(rows)
                 raise ValueError(f"History.from_dict: expected {key!r} to be a list of dicts, "
-                                 f"got {text if len(text) <= 60 else text[:57] + '...'}")
+                                 f"got {shorten(rows, 60)}")
         return cls(**{k: list(rows) for k, rows in parts.items()})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..errors import shorten
 from .harness import SCHEMA
 
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "tif", "tiff", "eps", "ps")
@@ -87,22 +88,17 @@ def load(path: str) -> dict[str, Any]:
         raise ValueError(f"{path}: expected a result with schema {SCHEMA!r}, got {found!r}")
     rows = result.get("rows")
     if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected 'rows' to be a list, got {_shorten(rows)}")
+        raise ValueError(f"{path}: expected 'rows' to be a list, got {shorten(rows, 60)}")
     for i, row in enumerate(rows):
         missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
         if missing:
             raise ValueError(f"{path}: row {i} lacks {', '.join(map(repr, missing))}: "
-                             f"{_shorten(row)}")
+                             f"{shorten(row, 60)}")
         median = row["median_s"]
         if isinstance(median, bool) or not isinstance(median, (int, float)) or not median > 0:
             raise ValueError(f"{path}: row {i} ({row['case']}): expected a positive "
                              f"'median_s', got {median!r}")
     return result
-
-
-def _shorten(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def compare(a: dict[str, Any], b: dict[str, Any], a_name: str = "A", b_name: str = "B") -> str:
