@@ -1,11 +1,23 @@
 """Files written whole or not at all: the temporary file that a write goes to before
-``os.replace`` gives it its real name (checkpoints, downloads)."""
+``os.replace`` gives it its real name (checkpoints, downloads), and the check that a file can
+be created at a path at all, made before long work that ends in writing it."""
 
 from __future__ import annotations
 
 import os
 import pathlib
 import secrets
+
+
+def unwritable_folder(path: str | os.PathLike) -> str | None:
+    """Why no file can be created at ``path`` (its folder does not exist, or cannot be
+    written), or None when it can."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"the folder {folder!r} of {str(path)!r} does not exist"
+    if not os.access(folder, os.W_OK):
+        return f"the folder {folder!r} of {str(path)!r} is not writable"
+    return None
 
 
 def new_temporary_file(folder: pathlib.Path, name: str) -> str:

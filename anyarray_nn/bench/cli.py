@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import click
 
 from .. import backend as _backend
+from .._atomic import unwritable_folder
 from . import cases as _cases
 from . import harness, report
 
@@ -88,11 +89,9 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str | None
     """Refuse an output path that cannot be written before anything is timed."""
     if value is None:
         return None
-    folder = os.path.dirname(os.path.abspath(value))
-    if not os.path.isdir(folder):
-        raise click.BadParameter(f"the folder {folder!r} of {value!r} does not exist", ctx, param)
-    if not os.access(folder, os.W_OK):
-        raise click.BadParameter(f"the folder {folder!r} of {value!r} is not writable", ctx, param)
+    problem = unwritable_folder(value)
+    if problem:
+        raise click.BadParameter(problem, ctx, param)
     if param.name == "plot_path":
         suffix = os.path.splitext(value)[1].lower().lstrip(".")
         formats = report.PLOT_FORMATS

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import pathlib
 import time
 from typing import Any, Callable, Sequence
@@ -16,6 +15,7 @@ import numpy as np
 
 import anyarray_nn as ann
 from anyarray_nn import metrics, train
+from anyarray_nn._atomic import unwritable_folder
 from anyarray_nn.data import DataFormatError
 from anyarray_nn.data.pipeline import DataLoader, Standardize, train_val_split
 
@@ -171,12 +171,10 @@ def _check_outputs(save: str | None, report: str | None, overwrite: bool) -> Non
     outputs = [(option, path) for option, path in (("--save", save), ("--report", report))
                if path]
     for option, path in outputs:
-        target = pathlib.Path(path)
-        folder = target.resolve().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise click.BadParameter(f"the folder {str(folder)!r} of {path!r} does not exist or "
-                                     f"is not writable", param_hint=f"'{option}'")
-        if target.exists() and not overwrite:
+        problem = unwritable_folder(path)
+        if problem:
+            raise click.BadParameter(problem, param_hint=f"'{option}'")
+        if pathlib.Path(path).exists() and not overwrite:
             raise click.BadParameter(f"{path!r} exists (an earlier result?); pass --overwrite "
                                      f"to replace it", param_hint=f"'{option}'")
     if save and report and pathlib.Path(save).resolve() == pathlib.Path(report).resolve():
