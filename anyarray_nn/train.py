@@ -364,8 +364,8 @@ def _train(state: TrainState, model: Any, loss_fn: Any, optimizer: Any, train_lo
         if seen == 0:  # a loader without __len__ that yields nothing would loop forever
             raise ValueError(_no_batches_message(train_loader))
         seconds = time.perf_counter() - start - validating
-        summary = {"epoch": state.epoch, "loss": epoch_loss / max(seen, 1),
-                   "accuracy": epoch_correct / max(seen, 1), "seconds": seconds,
+        summary = {"epoch": state.epoch, "loss": epoch_loss / seen,
+                   "accuracy": epoch_correct / seen, "seconds": seconds,
                    "images_per_second": seen / seconds if seconds > 0 else None,
                    "steps": state.step}
         if val_loader is not None and val_every is None:
