@@ -264,3 +264,12 @@ def test_small_flop_counts_keep_three_significant_digits():
     fc2 = next(line for line in invoke("list").output.splitlines()
                if line.startswith("dense/cifar10_large.fc2/forward"))
     assert "0.000328 GFLOP" in fc2  # 2 x 64 x 256 x 10 FLOPs
+
+
+def test_each_device_gets_only_its_own_reference(monkeypatch):
+    from anyarray_nn.bench import cli, harness
+    monkeypatch.setattr(cli, "_available", lambda name: None)  # as on a machine with a GPU
+    assert cli._references(["cupy"]) == ([harness.REFERENCE_CUDA], [])
+    assert cli._references(["numpy", "torch:cuda"]) == (
+        [harness.REFERENCE_CPU, harness.REFERENCE_CUDA], [])
+    assert cli._references(["numpy"]) == ([harness.REFERENCE_CPU], [])

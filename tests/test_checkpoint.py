@@ -147,7 +147,8 @@ np.savez(sys.argv[3], **{k: ann.to_host(v) for k, v in model.params().items()})
 def test_exact_resume_in_a_new_process(tmp_path):
     script = tmp_path / "resume.py"
     script.write_text(RESUME)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    path = [str(ROOT), os.environ.get("PYTHONPATH")]  # the caller's own entries too
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)))
 
     def run(*args):
         done = subprocess.run([sys.executable, str(script), *map(str, args)], env=env,

@@ -45,8 +45,10 @@ def _references(backends: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     refs, skipped = [], []
     if _available("torch") is not None:
         return refs, [("pytorch", "PyTorch is not installed: pip install 'anyarray_nn[reference]'")]
-    refs.append(harness.REFERENCE_CPU)
-    if any(harness.device_of(b) == "cuda" for b in backends):
+    devices = {harness.device_of(b) for b in backends}
+    if "cpu" in devices:  # each row is compared with PyTorch on its own device only
+        refs.append(harness.REFERENCE_CPU)
+    if "cuda" in devices:
         if _available("torch:cuda") is None:
             refs.append(harness.REFERENCE_CUDA)
         else:

@@ -237,7 +237,8 @@ def run(cases: list[Case], settings: Settings,
 
 def peak_memory_mb(call: Callable[[], Any], target: str) -> float | None:
     """Peak memory allocated while ``call`` runs once, where the library lets us see it:
-    NumPy arrays (tracemalloc) and PyTorch CUDA tensors; None elsewhere."""
+    NumPy arrays (tracemalloc), CuPy arrays (a hook on CuPy's memory pool) and PyTorch CUDA
+    tensors; None elsewhere."""
     if target == "numpy":
         import tracemalloc
         tracemalloc.start()
@@ -246,6 +247,8 @@ def peak_memory_mb(call: Callable[[], Any], target: str) -> float | None:
             return tracemalloc.get_traced_memory()[1] / 2**20
         finally:
             tracemalloc.stop()
+    if _backend.base_name(target) == "cupy":
+        return _cupy_peak_memory_mb(call, target)
     if target == REFERENCE_CUDA:
         import torch
         torch.cuda.synchronize()
@@ -274,3 +277,30 @@ def _row(case: Case, batch: int, target: str, times: list[float], medians: dict[
         "ratio_to_reference": medians[reference] / median if reference in medians else None,
         "peak_fraction": rate / peaks[device] if rate and device in peaks else None,
     }
+
+
+def _cupy_peak_memory_mb(call: Callable[[], Any], target: str) -> float:
+    """Like PyTorch's max_memory_allocated: the most bytes that CuPy's pool handed out at
+    once while ``call`` ran, counting those already in use when it started."""
+    import cupy
+    from cupy.cuda import memory_hook
+
+    class PeakHook(memory_hook.MemoryHook):
+        name = "anyarray_nn_peak_memory"
+
+        def __init__(self, in_use: int) -> None:
+            self.in_use = self.peak = in_use
+
+        def malloc_postprocess(self, **kwargs: Any) -> None:
+            self.in_use += kwargs["mem_size"]
+            self.peak = max(self.peak, self.in_use)
+
+        def free_postprocess(self, **kwargs: Any) -> None:
+            self.in_use -= kwargs["mem_size"]
+
+    sync = synchronizer(target)
+    sync()
+    with PeakHook(cupy.get_default_memory_pool().used_bytes()) as hook:
+        call()
+        sync()
+    return hook.peak / 2**20
