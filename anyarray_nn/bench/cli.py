@@ -124,6 +124,9 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--quick", is_flag=True,
               help="Batch 16 and 3 repeats (unless -n or --repeats say otherwise), one block: "
                    "a smoke run.")
+@click.option("--portable", is_flag=True,
+              help="Also time each backend that has fast paths (CuPy's CUDA kernels) with its "
+                   "portable kernels only, side by side: how far the array API alone gets.")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Time PyTorch itself on the same cases.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
@@ -135,7 +138,8 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str | None
 @click.pass_context
 def main(ctx: click.Context, backends: tuple[str, ...], suites: tuple[str, ...],
          patterns: tuple[str, ...], batches: tuple[int, ...], dtype: str, threads: int | None,
-         repeats: int | None, quick: bool, reference: bool, json_path: str | None,
+         repeats: int | None, quick: bool, portable: bool, reference: bool,
+         json_path: str | None,
          plot_path: str | None) -> None:
     """Benchmark anyarray_nn's conv, dense and pooling kernels and whole training steps
     against PyTorch, on every available backend. Run without a command to benchmark."""
@@ -162,7 +166,7 @@ def main(ctx: click.Context, backends: tuple[str, ...], suites: tuple[str, ...],
                                 batches=[16] if quick and not batches else
                                 list(batches or DEFAULT_BATCHES),
                                 dtype=dtype, repeats=repeats or (3 if quick else 10),
-                                blocks=1 if quick else 2, threads=threads)
+                                blocks=1 if quick else 2, threads=threads, portable=portable)
     if not runnable:  # reported, not a failure: the same command works on every machine
         result = harness.empty_result(settings)
     else:

@@ -24,10 +24,12 @@ import numpy as np
 
 from .. import __version__
 from .. import backend as _backend
+from ..functional import _fast
 from .cases import Case
 
 SCHEMA = "anyarray-bench/1"
 REFERENCE_CPU, REFERENCE_CUDA = "pytorch", "pytorch:cuda"
+PORTABLE = " (portable)"  # "cupy (portable)": cupy with its fast paths off (--portable)
 
 
 @dataclasses.dataclass
@@ -41,11 +43,29 @@ class Settings:
     repeats: int = 10
     blocks: int = 2
     threads: int | None = None
+    portable: bool = False         # also time backends with fast paths without them
+
+
+def split_target(target: str) -> tuple[str, bool]:
+    """``"cupy (portable)"`` -> ``("cupy", True)``; any other target -> ``(target, False)``."""
+    if target.endswith(PORTABLE):
+        return target[:-len(PORTABLE)], True
+    return target, False
+
+
+def portable_twins(backends: list[str], dtype: str) -> list[str]:
+    """The backends among ``backends`` that have fast paths, named for a portable-only run."""
+    twins = []
+    for name in backends:
+        xp = _backend.get_backend(name).xp
+        if _fast.cuda_kernels(xp, _backend.resolve_dtype(xp, dtype)) is not None:
+            twins.append(name + PORTABLE)
+    return twins
 
 
 def device_of(target: str) -> str:
     """"cuda" for targets that run on a GPU, "cpu" otherwise."""
-    return "cuda" if _backend.on_gpu(target) else "cpu"
+    return "cuda" if _backend.on_gpu(split_target(target)[0]) else "cpu"
 
 
 def synchronizer(target: str) -> Callable[[], None]:
@@ -54,7 +74,7 @@ def synchronizer(target: str) -> Callable[[], None]:
         import torch
         return torch.cuda.synchronize
     if device_of(target) == "cuda":
-        return lambda: _backend.synchronize(target)
+        return lambda: _backend.synchronize(split_target(target)[0])
     return lambda: None
 
 
@@ -214,14 +234,15 @@ def empty_result(settings: Settings) -> dict[str, Any]:
 def run(cases: list[Case], settings: Settings,
         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time every case at every batch size on every target; return the JSON-ready result."""
-    targets = settings.backends + settings.references
-    peaks = gemm_peak(targets, settings.dtype)
+    twins = portable_twins(settings.backends, settings.dtype) if settings.portable else []
+    targets = settings.backends + twins + settings.references
+    peaks = gemm_peak(settings.backends + settings.references, settings.dtype)
     rows = []
     for case in cases:
         for batch in settings.batches:
             if progress:
                 progress(f"{case.name} batch {batch}")
-            calls = {t: case.build(t, batch, settings.dtype) for t in targets}
+            calls = {t: build(case, t, batch, settings.dtype) for t in targets}
             calls = {t: call for t, call in calls.items() if call is not None}
             times = time_targets(calls, settings.repeats, settings.blocks)
             medians = {t: summarize(times[t])[0] for t in calls}
@@ -233,6 +254,22 @@ def run(cases: list[Case], settings: Settings,
     result = empty_result(settings)
     result.update(gemm_peak_gflops={d: p / 1e9 for d, p in peaks.items()}, rows=rows)
     return result
+
+
+def build(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any] | None:
+    """``case.build`` for one target; a portable twin builds and runs with fast paths off."""
+    backend, portable = split_target(target)
+    if not portable:
+        return case.build(target, batch, dtype)
+    with _fast.portable_kernels():
+        call = case.build(backend, batch, dtype)
+    if call is None:
+        return None
+
+    def run_portable() -> Any:
+        with _fast.portable_kernels():
+            return call()
+    return run_portable
 
 
 def peak_memory_mb(call: Callable[[], Any], target: str) -> float | None:
@@ -247,7 +284,7 @@ def peak_memory_mb(call: Callable[[], Any], target: str) -> float | None:
             return tracemalloc.get_traced_memory()[1] / 2**20
         finally:
             tracemalloc.stop()
-    if _backend.base_name(target) == "cupy":
+    if _backend.base_name(split_target(target)[0]) == "cupy":
         return _cupy_peak_memory_mb(call, target)
     if target == REFERENCE_CUDA:
         import torch

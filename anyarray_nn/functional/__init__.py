@@ -5,6 +5,7 @@ no writes into the inputs. The namespace comes from the inputs, so the same call
 NumPy, CuPy, PyTorch tensors and array-api-strict.
 """
 
+from ._fast import portable_kernels
 from .activation import (
     leaky_relu_backward,
     leaky_relu_forward,
@@ -57,4 +58,5 @@ __all__ = [
     "softmax_forward", "one_hot",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "mse_forward", "mse_backward",
+    "portable_kernels",
 ]

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 from ..backend import namespace
 from ..errors import InputError, as_int
 from ._checks import check_gradient, check_ndim, check_weights
+from ._fast import cuda_kernels
 
 Padding = tuple[int, int, int, int]  # top, bottom, left, right
 
@@ -213,14 +214,23 @@ def _weight_gradient(xp: Any, dy2: Any, patches: Patches, w_shape: tuple[int, ..
     return xp.permute_dims(xp.reshape(g, (kw, o, c, kh)), (1, 2, 3, 0))
 
 
-def _conv_cnhw(xp: Any, xpad: Any, w: Any, out_hw: tuple[int, int], stride: tuple[int, int],
-               dilation: tuple[int, int]) -> tuple[Any, Patches]:
-    """Convolve a padded (C, N, Hp, Wp) buffer: returns ((O, N, Ho, Wo) view, patches)."""
-    patches = _lower(xp, xpad, (w.shape[2], w.shape[3]), out_hw, stride, dilation)
-    ho, wo = out_hw
-    grid = (w.shape[0], xpad.shape[1], ho, patches.width)
-    y = xp.reshape(_apply(xp, w, patches, dilation), grid)
-    return y[:, :, :, :wo], patches
+def _patches(xp: Any, x: Any, kernel: tuple[int, int], out_hw: tuple[int, int], pads: Padding,
+             stride: tuple[int, int], dilation: tuple[int, int]) -> Patches:
+    """The patches of NCHW ``x``: one CUDA kernel on CuPy (see ``_fast``), else the padded
+    channels-first copy lowered by :func:`_lower`."""
+    fast = cuda_kernels(xp, x.dtype)
+    if fast is not None:
+        return Patches("full", fast.im2col(x, kernel, out_hw, stride, dilation, pads), out_hw[1])
+    wp = x.shape[3] + pads[2] + pads[3]
+    xpad = _padded_cnhw(xp, x, pads, extra_rows=_extra_rows(kernel, stride, dilation, wp))
+    return _lower(xp, xpad, kernel, out_hw, stride, dilation)
+
+
+def _convolve(xp: Any, w: Any, patches: Patches, batch: int, out_hw: tuple[int, int],
+              dilation: tuple[int, int]) -> Any:
+    """The (O, N, Ho, Wo) output on the patches: a view that drops the wide grid's extra columns."""
+    grid = (w.shape[0], batch, out_hw[0], patches.width)
+    return xp.reshape(_apply(xp, w, patches, dilation), grid)[:, :, :, :out_hw[1]]
 
 
 def _extra_rows(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
@@ -250,9 +260,8 @@ def _conv2d_forward_with_patches(x: Any, w: Any, b: Any | None, stride: Any, pad
     kernel = (w.shape[2], w.shape[3])
     pads = conv_padding(padding, kernel, stride, dilation)
     out_hw = _check_conv(x, w, b, pads, stride, dilation)
-    extra = _extra_rows(kernel, stride, dilation, x.shape[3] + pads[2] + pads[3])
-    xpad = _padded_cnhw(xp, x, pads, extra_rows=extra)
-    y, patches = _conv_cnhw(xp, xpad, w, out_hw, stride, dilation)
+    patches = _patches(xp, x, kernel, out_hw, pads, stride, dilation)
+    y = _convolve(xp, w, patches, x.shape[0], out_hw, dilation)
     if b is not None:
         y = y + b[:, None, None, None]
     return xp.permute_dims(y, (1, 0, 2, 3)), patches
@@ -278,12 +287,13 @@ def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
 
     # dW = dY @ patches^T, with dY laid out on the same (possibly wide) grid as the patches.
     if patches is None:
-        wp = wd + pads[2] + pads[3]
-        xpad = _padded_cnhw(xp, x, pads, extra_rows=_extra_rows(kernel, stride, dilation, wp))
-        patches = _lower(xp, xpad, kernel, (ho, wo), stride, dilation)
-    dy_cnhw = xp.zeros((o, n, ho, patches.width), dtype=dy.dtype, device=dy.device)
-    dy_cnhw[:, :, :, :wo] = xp.permute_dims(dy, (1, 0, 2, 3))
-    dy2 = xp.reshape(dy_cnhw, (o, n * ho * patches.width))
+        patches = _patches(xp, x, kernel, (ho, wo), pads, stride, dilation)
+    if patches.width == wo:
+        dy2 = xp.reshape(xp.permute_dims(dy, (1, 0, 2, 3)), (o, n * ho * wo))
+    else:
+        dy_cnhw = xp.zeros((o, n, ho, patches.width), dtype=dy.dtype, device=dy.device)
+        dy_cnhw[:, :, :, :wo] = xp.permute_dims(dy, (1, 0, 2, 3))
+        dy2 = xp.reshape(dy_cnhw, (o, n * ho * patches.width))
     dw = _weight_gradient(xp, dy2, patches, tuple(w.shape), dilation)
     db = xp.sum(dy2, axis=1)
 
@@ -294,7 +304,11 @@ def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
 
 def _conv2d_input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pads: Padding,
                            stride: tuple[int, int], dilation: tuple[int, int]) -> Any:
-    """dX as the stride-1 convolution of the dilated, padded dY with flipped, transposed W."""
+    """dX as the stride-1 convolution of the dilated, padded dY with flipped, transposed W
+    (on CuPy: col2im, see ``_fast``)."""
+    fast = cuda_kernels(xp, dy.dtype)
+    if fast is not None:
+        return fast.conv2d_input_gradient(dy, w, in_hw, pads, stride, dilation)
     (h, wd), (kh, kw) = in_hw, (w.shape[2], w.shape[3])
     ho, wo = dy.shape[2], dy.shape[3]
     reach = (dilation[0] * (kh - 1), dilation[1] * (kw - 1))
@@ -312,6 +326,7 @@ def _conv2d_input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pad
                          extra_rows=_extra_rows((kh, kw), one, dilation, wp))
     w_t = xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3))  # (C, O, kh, kw)
     out_hw = (h + crop[0] + crop[1], wd + crop[2] + crop[3])
-    dx, _ = _conv_cnhw(xp, dypad, w_t, out_hw, one, dilation)
+    patches = _lower(xp, dypad, (kh, kw), out_hw, one, dilation)
+    dx = _convolve(xp, w_t, patches, dy.shape[0], out_hw, dilation)
     dx = dx[:, :, crop[0]:crop[0] + h, crop[2]:crop[2] + wd]
     return xp.permute_dims(dx, (1, 0, 2, 3))

@@ -1,0 +1,188 @@
+"""CUDA kernels for the convolution and max-pool hot paths on CuPy (see ``_fast``).
+
+Each kernel does in one launch what the portable code does in a chain of array operations,
+and computes the same thing (tests/test_cupy_kernels.py):
+
+* ``im2col``: the (C*kh*kw, N*Ho*Wo) patch matrix straight from x, padding and all, where the
+  portable code pads into a new buffer and stacks kh*kw slices (docs/benchmarks.md).
+* ``conv2d_input_gradient``: dX by col2im, i.e. dcols = W^T dY as one GEMM, then one kernel
+  in which every input element sums the kh*kw entries of dcols that came from it. It gathers
+  rather than scatters, so it needs no atomics and adds in a fixed order.
+* ``maxpool2d_forward`` / ``maxpool2d_backward``: one thread per output (forward) or input
+  (backward) element. The backward recomputes each window's first arg-max, as the portable
+  kernel defines it: the first offset in row-major order whose value equals y, padding -inf.
+  Unlike the portable kernel, a NaN or infinite dy stays in the window's arg-max alone.
+
+Arrays are read through their strides (NCHW views of channels-first buffers are the rule
+here); outputs are channels-first (C, N, H, W) buffers returned as NCHW views, as in
+``conv.py``. Kernels compile on first use, once per dtype (float32 and float64: ``FLOATS``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import cupy
+
+FLOATS = (cupy.float32, cupy.float64)
+
+_IM2COL = r"""
+const T* xs = &x[0];
+const long long L = (long long)batch * out_h * out_w;
+const long long row = i / L, column = i - row * L;
+const int j = row % k_w, ki = (row / k_w) % k_h, c = row / (k_w * k_h);
+const int b = column % out_w, a = (column / out_w) % out_h, n = column / ((long long)out_w * out_h);
+const int y = a * s_h - pad_t + ki * d_h, xx = b * s_w - pad_l + j * d_w;
+cols = (y >= 0 && y < height && xx >= 0 && xx < width)
+    ? xs[n * st_n + c * st_c + y * st_h + xx * st_w] : (T)0;
+"""
+
+_COL2IM = r"""
+const T* d = &dcols[0];
+const int xx = i % width, y = (i / width) % height;
+const int n = (i / ((long long)width * height)) % batch;
+const int c = i / ((long long)width * height * batch);
+const long long L = (long long)batch * out_h * out_w;
+T sum = 0;
+for (int ki = 0; ki < k_h; ++ki) {
+    const int ty = y + pad_t - ki * d_h;
+    if (ty < 0 || ty % s_h != 0 || ty / s_h >= out_h) continue;
+    for (int j = 0; j < k_w; ++j) {
+        const int tx = xx + pad_l - j * d_w;
+        if (tx < 0 || tx % s_w != 0 || tx / s_w >= out_w) continue;
+        sum += d[((long long)(c * k_h + ki) * k_w + j) * L
+                 + ((long long)n * out_h + ty / s_h) * out_w + tx / s_w];
+    }
+}
+dx = sum;
+"""
+
+_MAXPOOL_FORWARD = r"""
+const T* xs = &x[0];
+const int b = i % out_w, a = (i / out_w) % out_h;
+const int n = (i / ((long long)out_w * out_h)) % batch;
+const int c = i / ((long long)out_w * out_h * batch);
+const T* plane = xs + n * st_n + c * st_c;
+T m = 0;
+for (int k = 0; k < k_h * k_w; ++k) {
+    const int y = a * s_h - pad_h + k / k_w, xx = b * s_w - pad_w + k % k_w;
+    const T v = (y >= 0 && y < height && xx >= 0 && xx < width)
+        ? plane[y * st_h + xx * st_w] : neg_inf;
+    // The maximum of the slices in row-major order: NaN, once met, stays (as xp.maximum).
+    if (k == 0 || (!isnan(m) && (isnan(v) || v > m))) m = v;
+}
+pooled = m;
+"""
+
+_MAXPOOL_BACKWARD = r"""
+const T* xs = &x[0];
+const T* ys = &y[0];
+const T* gs = &dy[0];
+const int xx = i % width, yy = (i / width) % height;
+const int n = (i / ((long long)width * height)) % batch;
+const int c = i / ((long long)width * height * batch);
+const T* plane = xs + n * xst_n + c * xst_c;
+const T* yplane = ys + n * yst_n + c * yst_c;
+const T* gplane = gs + n * gst_n + c * gst_c;
+// The windows that contain (yy, xx): a * s_h - pad_h <= yy <= a * s_h - pad_h + k_h - 1.
+const int a_lo = max(0, (yy + pad_h - k_h + s_h) / s_h), a_hi = min(out_h - 1, (yy + pad_h) / s_h);
+const int b_lo = max(0, (xx + pad_w - k_w + s_w) / s_w), b_hi = min(out_w - 1, (xx + pad_w) / s_w);
+T g = 0;
+for (int a = a_lo; a <= a_hi; ++a) {
+    for (int b = b_lo; b <= b_hi; ++b) {
+        const T target = yplane[a * yst_h + b * yst_w];
+        int k = 0;  // the window's first offset whose value equals y
+        for (; k < k_h * k_w; ++k) {
+            const int wy = a * s_h - pad_h + k / k_w, wx = b * s_w - pad_w + k % k_w;
+            const T v = (wy >= 0 && wy < height && wx >= 0 && wx < width)
+                ? plane[wy * xst_h + wx * xst_w] : neg_inf;
+            if (v == target) break;
+        }
+        if (k < k_h * k_w && a * s_h - pad_h + k / k_w == yy && b * s_w - pad_w + k % k_w == xx)
+            g += gplane[a * gst_h + b * gst_w];
+    }
+}
+dx = g;
+"""
+
+
+@functools.cache
+def _kernel(name: str) -> Any:
+    """Each ElementwiseKernel is built once (CuPy compiles it per dtype on first call)."""
+    sizes = "int32 batch, int32 height, int32 width, int32 out_h, int32 out_w, int32 k_h, int32 k_w"
+    strides = "int64 st_n, int64 st_c, int64 st_h, int64 st_w"
+    specs = {
+        "im2col": (f"raw T x, {sizes}, int32 s_h, int32 s_w, int32 d_h, int32 d_w, "
+                   f"int32 pad_t, int32 pad_l, {strides}", "T cols", _IM2COL),
+        "col2im": (f"raw T dcols, {sizes}, int32 s_h, int32 s_w, int32 d_h, int32 d_w, "
+                   "int32 pad_t, int32 pad_l", "T dx", _COL2IM),
+        "maxpool_forward": (f"raw T x, {sizes}, int32 s_h, int32 s_w, int32 pad_h, "
+                            f"int32 pad_w, T neg_inf, {strides}", "T pooled", _MAXPOOL_FORWARD),
+        "maxpool_backward": (f"raw T x, raw T y, raw T dy, {sizes}, int32 s_h, int32 s_w, "
+                             "int32 pad_h, int32 pad_w, T neg_inf, "
+                             + ", ".join(f"int64 {p}st_{a}" for p in "xyg" for a in "nchw"),
+                             "T dx", _MAXPOOL_BACKWARD),
+    }
+    inputs, output, body = specs[name]
+    return cupy.ElementwiseKernel(inputs, output, body, f"anyarray_nn_{name}")
+
+
+def _strides(a: Any) -> tuple[int, ...]:
+    """Strides in elements (CuPy gives bytes)."""
+    return tuple(s // a.itemsize for s in a.strides)
+
+
+def _minus_infinity(like: Any) -> Any:
+    """-inf as a scalar of ``like``'s dtype: max-pool padding (NVRTC has no INFINITY macro)."""
+    return like.dtype.type(float("-inf"))
+
+
+def im2col(x: Any, kernel: tuple[int, int], out_hw: tuple[int, int], stride: tuple[int, int],
+           dilation: tuple[int, int], pads: tuple[int, int, int, int]) -> Any:
+    """The (C*kh*kw, N*Ho*Wo) patch matrix of NCHW ``x``, zero padding included."""
+    n, c, h, w = x.shape
+    (kh, kw), (ho, wo) = kernel, out_hw
+    with x.device:  # allocate and launch on x's GPU
+        cols = cupy.empty((c * kh * kw, n * ho * wo), dtype=x.dtype)
+        _kernel("im2col")(x, n, h, w, ho, wo, kh, kw, *stride, *dilation, pads[0], pads[2],
+                          *_strides(x), cols)
+    return cols
+
+
+def conv2d_input_gradient(dy: Any, w: Any, in_hw: tuple[int, int],
+                          pads: tuple[int, int, int, int], stride: tuple[int, int],
+                          dilation: tuple[int, int]) -> Any:
+    """dX of the convolution: dcols = W^T dY (one GEMM), then col2im."""
+    n, o, ho, wo = dy.shape
+    c, (kh, kw), (h, wd) = w.shape[1], w.shape[2:], in_hw
+    with dy.device:
+        dy2 = cupy.reshape(cupy.transpose(dy, (1, 0, 2, 3)), (o, n * ho * wo))
+        dcols = cupy.ascontiguousarray(cupy.reshape(w, (o, c * kh * kw)).T @ dy2)
+        dx = cupy.empty((c, n, h, wd), dtype=dy.dtype)
+        _kernel("col2im")(dcols, n, h, wd, ho, wo, kh, kw, *stride, *dilation, pads[0],
+                          pads[2], dx)
+    return cupy.transpose(dx, (1, 0, 2, 3))
+
+
+def maxpool2d_forward(x: Any, kernel: tuple[int, int], stride: tuple[int, int],
+                      padding: tuple[int, int], out_hw: tuple[int, int]) -> Any:
+    """Max pooling with -inf padding: (N, C, Ho, Wo), a view of a (C, N, Ho, Wo) buffer."""
+    n, c, h, w = x.shape
+    with x.device:
+        out = cupy.empty((c, n, *out_hw), dtype=x.dtype)
+        _kernel("maxpool_forward")(x, n, h, w, *out_hw, *kernel, *stride, *padding,
+                                   _minus_infinity(x), *_strides(x), out)
+    return cupy.transpose(out, (1, 0, 2, 3))
+
+
+def maxpool2d_backward(x: Any, y: Any, dy: Any, kernel: tuple[int, int],
+                       stride: tuple[int, int], padding: tuple[int, int]) -> Any:
+    """dX of max pooling: each window's dy goes to its first arg-max (x, y, dy: NCHW)."""
+    n, c, h, w = x.shape
+    with x.device:
+        dx = cupy.empty((c, n, h, w), dtype=x.dtype)
+        _kernel("maxpool_backward")(x, y, dy, n, h, w, *y.shape[2:], *kernel, *stride,
+                                    *padding, _minus_infinity(x), *_strides(x), *_strides(y),
+                                    *_strides(dy), dx)
+    return cupy.transpose(dx, (1, 0, 2, 3))
