@@ -31,6 +31,7 @@ import numbers
 from typing import Any
 
 from . import backend as _backend
+from .functional._fast import cuda_kernels
 
 
 class Optimizer:
@@ -205,6 +206,10 @@ class SGD(Optimizer):
 
     def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float) -> None:
         m, mu = state["momentum"], self.momentum
+        fast = cuda_kernels(_backend.namespace(w), w.dtype) if g.dtype == w.dtype else None
+        if fast is not None:  # one CUDA kernel on CuPy, rounding as the lines below
+            fast.sgd_update(w, g, m, self.lr, mu, wd, self.form)
+            return
         if self.form == "ema":
             m *= mu
             m += (1.0 - mu) * g

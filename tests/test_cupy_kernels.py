@@ -61,16 +61,22 @@ def test_dispatch_picks_the_kernels_on_cupy_for_float32_and_float64_only(cupy_ba
 
 def test_each_fast_path_runs_on_cupy(cupy_backend, rng, monkeypatch):
     from anyarray_nn.functional import _cupy_kernels
+    names = ["conv2d_input_gradient", "im2col", "maxpool2d_backward", "maxpool2d_forward",
+             "relu_backward", "relu_forward", "sgd_update", "softmax_cross_entropy_gradient",
+             "softmax_rows"]
     calls = []
-    for name in ("im2col", "conv2d_input_gradient", "maxpool2d_forward", "maxpool2d_backward"):
+    for name in names:
         real = getattr(_cupy_kernels, name)
         monkeypatch.setattr(_cupy_kernels, name,
                             lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     model = ann.networks.mnist_net(rng=0)
+    opt = ann.optim.SGD(model, lr=0.1, momentum=0.9)
+    loss_fn = ann.losses.SoftmaxCrossEntropy()
     x = ann.asarray(rng.standard_normal((2, 1, 28, 28)), dtype="float32")
-    model.backward(model.forward(x, train=True), input_grad=True)
-    assert sorted(set(calls)) == ["conv2d_input_gradient", "im2col", "maxpool2d_backward",
-                                  "maxpool2d_forward"]
+    loss_fn.forward(model.forward(x, train=True), ann.asarray(np.array([3, 7])))
+    model.backward(loss_fn.backward(), input_grad=True)
+    opt.step()
+    assert sorted(set(calls)) == names
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-5)])
@@ -150,3 +156,69 @@ def test_a_network_trains_the_same_with_and_without_fast_paths(cupy_backend, rng
         losses.append((float(loss), host(model.params()["conv1.W"])))
     assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-10)
     assert_close(losses[0][1], losses[1][1], rtol=1e-9, atol=1e-12)
+
+
+def test_relu_equals_the_portable_kernel(cupy_backend, rng):
+    values = rng.standard_normal((3, 4, 5, 6))
+    values[0, 0, 0, :3] = [np.nan, 0.0, -0.0]
+    x = ann.asarray(values, dtype="float32")
+    view = cupy_backend.xp.permute_dims(x, (1, 0, 3, 2))  # any memory order
+    for a in (x, view):
+        y, y_portable = both(lambda: F.relu_forward(a))
+        np.testing.assert_array_equal(host(y), host(y_portable))
+        dy = ann.asarray(rng.standard_normal(tuple(a.shape)), dtype="float32")
+        dx, dx_portable = both(lambda: F.relu_backward(a, dy))
+        np.testing.assert_array_equal(host(dx), host(dx_portable))  # the same product
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-13), ("float32", 1e-6)])
+def test_softmax_cross_entropy_equals_the_portable_kernel(cupy_backend, rng, dtype, rtol):
+    xp = cupy_backend.xp
+    logits = ann.asarray(rng.standard_normal((7, 10)) * 30, dtype=dtype)  # wide range: stable
+    for labels in (ann.asarray(rng.integers(0, 10, 7)),
+                   ann.asarray(rng.integers(0, 10, 7).astype(np.uint8))):
+        for z in (logits, xp.permute_dims(ann.asarray(host(logits).T.copy()), (1, 0))):
+            loss, loss_portable = both(lambda: F.softmax_cross_entropy_forward(z, labels))
+            assert_close(loss, loss_portable, rtol=rtol, atol=0)
+            for dloss in (1.0, 0.5, ann.asarray(np.array(2.0), dtype=dtype)):
+                dz, dz_portable = both(
+                    lambda: F.softmax_cross_entropy_backward(z, labels, dloss))
+                assert_close(dz, dz_portable, rtol=rtol, atol=rtol / 7)
+
+
+def test_softmax_cross_entropy_errors_as_the_portable_kernel(cupy_backend, rng):
+    logits = ann.asarray(rng.standard_normal((4, 3)))
+    bad_logits = ann.asarray(np.array([[0.0, np.nan, 1.0]] * 4))
+    cases = [(logits, ann.asarray(np.array([0, 1, 3, 2]))),
+             (logits, ann.asarray(np.array([0, -1, 2, 2]))),
+             (bad_logits, ann.asarray(np.array([0, 1, 2, 2])))]
+    for z, labels in cases:
+        messages = []
+        for block in (contextlib.nullcontext, F.portable_kernels):
+            with block(), pytest.raises(ann.InputError) as info:
+                F.softmax_cross_entropy_forward(z, labels)
+            messages.append(str(info.value))
+        assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("form", ["ema", "classic", "nesterov"])
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_sgd_step_equals_the_portable_update_bit_for_bit(cupy_backend, rng, form,
+                                                         weight_decay):
+    x = ann.asarray(rng.standard_normal((4, 1, 28, 28)), dtype="float32")
+    labels = ann.asarray(np.arange(4))
+    params = []
+    for block in (contextlib.nullcontext, F.portable_kernels):
+        model = ann.networks.mnist_net(rng=0)
+        opt = ann.optim.SGD(model, lr=0.05, momentum=0.9, weight_decay=weight_decay,
+                            form=form, no_decay=("b",))
+        loss_fn = ann.losses.SoftmaxCrossEntropy()
+        for _ in range(3):
+            with F.portable_kernels():  # the same gradients for both: only the update differs
+                loss_fn.forward(model.forward(x, train=True), labels)
+                model.backward(loss_fn.backward())
+            with block():
+                opt.step()
+        params.append({k: host(w) for k, w in model.params().items()})
+    for key in params[0]:
+        np.testing.assert_array_equal(params[0][key], params[1][key], err_msg=key)

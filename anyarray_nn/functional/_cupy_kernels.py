@@ -1,4 +1,4 @@
-"""CUDA kernels for the convolution and max-pool hot paths on CuPy (see ``_fast``).
+"""CUDA kernels for the hot paths of a training step on CuPy (see ``_fast``).
 
 Each kernel does in one launch what the portable code does in a chain of array operations,
 and computes the same thing (tests/test_cupy_kernels.py):
@@ -12,6 +12,13 @@ and computes the same thing (tests/test_cupy_kernels.py):
   (backward) element. The backward recomputes each window's first arg-max, as the portable
   kernel defines it: the first offset in row-major order whose value equals y, padding -inf.
   Unlike the portable kernel, a NaN or infinite dy stays in the window's arg-max alone.
+* ``relu_forward`` / ``relu_backward``: one element-wise kernel each, the same arithmetic.
+* ``softmax_rows``: each row's maximum, log-sum-exp of the shifted logits and loss, which the
+  softmax cross-entropy forward (one sum over rows) and backward (one element-wise kernel,
+  ``softmax_cross_entropy_gradient``) share.
+* ``sgd_update``: the SGD step of one parameter (momentum and weight decay) in place, in one
+  launch instead of five or six, compiled without fused multiply-add so that it rounds as the
+  portable chain of operations does.
 
 Arrays are read through their strides (NCHW views of channels-first buffers are the rule
 here); outputs are channels-first (C, N, H, W) buffers returned as NCHW views, as in
@@ -107,6 +114,42 @@ dx = g;
 """
 
 
+_RELU_FORWARD = "y = (x > (T)0 || isnan(x)) ? x : (T)0;  // NaN stays, as xp.maximum"
+_RELU_BACKWARD = "dx = dy * (T)(x > (T)0);"
+
+_SOFTMAX_ROWS = r"""
+const T* row = &z[0] + i * z_row;
+T m = row[0];
+for (int j = 1; j < classes; ++j) m = row[j * z_col] > m ? row[j * z_col] : m;
+T total = 0;
+for (int j = 0; j < classes; ++j) total += exp(row[j * z_col] - m);
+row_max = m;
+row_lse = log(total);
+const long long label = (&labels[0])[i * t_step];
+// A label out of range makes the row's loss NaN: the caller's finiteness check then finds it.
+row_loss = (label >= 0 && label < classes) ? row_lse - (row[label * z_col] - m) : not_a_number;
+"""
+
+_SOFTMAX_GRADIENT = r"""
+const long long r = i / classes;
+const int j = i % classes;
+const T p = exp(((&z[0])[r * z_row + j * z_col] - row_max[r]) - row_lse[r]);
+dz = (p - (T)((&labels[0])[r * t_step] == j)) * scale;
+"""
+
+_SGD = r"""
+if (form == 0) {  // "ema"
+    m = m * mu + one_minus_mu * g;
+    w = w - (decay != (T)0 ? lr * (m + decay * w) : lr * m);
+} else {          // "classic" (1) and "nesterov" (2)
+    const T grad = decay != (T)0 ? g + decay * w : g;
+    m = m * mu + grad;
+    w = w - lr * (form == 2 ? grad + mu * m : m);
+}
+"""
+SGD_FORMS = {"ema": 0, "classic": 1, "nesterov": 2}
+
+
 @functools.cache
 def _kernel(name: str) -> Any:
     """Each ElementwiseKernel is built once (CuPy compiles it per dtype on first call)."""
@@ -123,9 +166,20 @@ def _kernel(name: str) -> Any:
                              "int32 pad_h, int32 pad_w, T neg_inf, "
                              + ", ".join(f"int64 {p}st_{a}" for p in "xyg" for a in "nchw"),
                              "T dx", _MAXPOOL_BACKWARD),
+        "relu_forward": ("T x", "T y", _RELU_FORWARD),
+        "relu_backward": ("T x, T dy", "T dx", _RELU_BACKWARD),
+        "softmax_rows": ("raw T z, raw int64 labels, int32 classes, int64 z_row, int64 z_col, "
+                         "int64 t_step, T not_a_number", "T row_max, T row_lse, T row_loss",
+                         _SOFTMAX_ROWS),
+        "softmax_gradient": ("raw T z, raw int64 labels, raw T row_max, raw T row_lse, "
+                             "int32 classes, int64 z_row, int64 z_col, int64 t_step, T scale",
+                             "T dz", _SOFTMAX_GRADIENT),
+        "sgd": ("T g, T lr, T mu, T one_minus_mu, T decay, int32 form", "T w, T m", _SGD),
     }
     inputs, output, body = specs[name]
-    return cupy.ElementwiseKernel(inputs, output, body, f"anyarray_nn_{name}")
+    # Without fused multiply-add, a*b + c rounds twice, as the portable operations do.
+    options = ("--fmad=false",) if name == "sgd" else ()
+    return cupy.ElementwiseKernel(inputs, output, body, f"anyarray_nn_{name}", options=options)
 
 
 def _strides(a: Any) -> tuple[int, ...]:
@@ -186,3 +240,46 @@ def maxpool2d_backward(x: Any, y: Any, dy: Any, kernel: tuple[int, int],
                                     *padding, _minus_infinity(x), *_strides(x), *_strides(y),
                                     *_strides(dy), dx)
     return cupy.transpose(dx, (1, 0, 2, 3))
+
+
+def relu_forward(x: Any) -> Any:
+    """max(x, 0), NaN kept."""
+    with x.device:
+        return _kernel("relu_forward")(x)
+
+
+def relu_backward(x: Any, dy: Any) -> Any:
+    """dy * [x > 0]."""
+    with x.device:
+        return _kernel("relu_backward")(x, dy)
+
+
+def softmax_rows(logits: Any, labels: Any) -> tuple[Any, Any, Any]:
+    """Per row of (N, C) ``logits``: the maximum, the log-sum-exp of the shifted logits and
+    the cross-entropy against int64 ``labels`` (NaN where a label is outside [0, C))."""
+    n, c = logits.shape
+    (z_row, z_col), (t_step,) = _strides(logits), _strides(labels)
+    with logits.device:
+        rows = [cupy.empty((n,), dtype=logits.dtype) for _ in range(3)]
+        _kernel("softmax_rows")(logits, labels, c, z_row, z_col, t_step,
+                                logits.dtype.type(float("nan")), *rows)
+    return tuple(rows)  # type: ignore[return-value]
+
+
+def softmax_cross_entropy_gradient(logits: Any, labels: Any, row_max: Any, row_lse: Any,
+                                   scale: float) -> Any:
+    """(softmax(logits) - onehot(labels)) * scale, from :func:`softmax_rows`' outputs."""
+    n, c = logits.shape
+    (z_row, z_col), (t_step,) = _strides(logits), _strides(labels)
+    with logits.device:
+        dz = cupy.empty((n, c), dtype=logits.dtype)
+        _kernel("softmax_gradient")(logits, labels, row_max, row_lse, c, z_row, z_col, t_step,
+                                    logits.dtype.type(scale), dz)
+    return dz
+
+
+def sgd_update(w: Any, g: Any, m: Any, lr: float, mu: float, decay: float, form: str) -> None:
+    """One SGD step of parameter ``w`` and its momentum ``m``, both in place."""
+    t = w.dtype.type
+    with w.device:
+        _kernel("sgd")(g, t(lr), t(mu), t(1.0 - mu), t(decay), SGD_FORMS[form], w, m)

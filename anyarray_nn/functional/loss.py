@@ -20,6 +20,7 @@ from typing import Any
 from ..backend import dtype_name, namespace
 from ..errors import InputError
 from ._checks import check_floating, check_ndim, check_same_dtype, check_same_shape
+from ._fast import cuda_kernels
 
 
 def _check_classification(xp: Any, logits: Any, labels: Any) -> None:
@@ -109,6 +110,12 @@ def softmax_cross_entropy_forward(logits: Any, labels: Any) -> Any:
     xp = namespace(logits, labels, names=("logits", "labels"))
     _check_classification(xp, logits, labels)
     labels = _class_indices(xp, labels)
+    fast = cuda_kernels(xp, logits.dtype)
+    if fast is not None:  # one CUDA kernel for the rows on CuPy (see _fast)
+        loss = xp.sum(fast.softmax_rows(logits, labels)[2]) / logits.shape[0]
+        if not bool(xp.isfinite(loss)):  # a bad label makes its row NaN: say which it was
+            _check_values(xp, logits, labels, loss)
+        return loss
     shifted, lse = _log_softmax_parts(xp, logits)
     # Pick each row's target logit: multiplying by a one-hot matrix would give -inf * 0 = NaN
     # where a row's range overflows (logits 1e308 and -1e308), and costs N*C, not N. The
@@ -141,6 +148,14 @@ def _softmax_cross_entropy_backward(logits: Any, labels: Any, dloss: Any, *,
     if check_labels:
         _check_values(xp, logits, labels)
     n, c = logits.shape
+    fast = cuda_kernels(xp, logits.dtype)
+    if fast is not None:  # two CUDA kernels on CuPy (see _fast)
+        row_max, row_lse, _ = fast.softmax_rows(logits, labels)
+        if type(dloss) in (int, float):
+            return fast.softmax_cross_entropy_gradient(logits, labels, row_max, row_lse,
+                                                       dloss / n)
+        return fast.softmax_cross_entropy_gradient(logits, labels, row_max, row_lse,
+                                                   1.0) * (dloss / n)
     shifted, lse = _log_softmax_parts(xp, logits)
     probs = xp.exp(shifted - lse)
     return (probs - one_hot(labels, c, logits.dtype)) * (dloss / n)
