@@ -26,6 +26,9 @@ docs/benchmarks.md):
   ``i*d*Wp + j*d``, if the output is computed on a "wide" grid of Ho x Wp positions whose
   last Wp - Wo columns are discarded. Copying whole runs costs about a memcpy, where
   strided 2-D slices of 14-32 floats cost about three.
+
+On CuPy, where each of those slices is a kernel launch, one CUDA kernel writes the full
+im2col matrix instead and dX is col2im of W^T dY (``_cupy_kernels``, chosen in ``_fast``).
 """
 
 from __future__ import annotations
