@@ -279,13 +279,13 @@ def test_portable_twins_run_with_the_fast_paths_off(monkeypatch, tmp_path):
     from anyarray_nn.functional import _fast
     # As if NumPy had fast paths: cuda_kernels answers while fast paths are on.
     monkeypatch.setattr(_fast, "cuda_kernels",
-                        lambda xp, dtype: None if _fast._portable_only else "kernels")
+                        lambda xp, dtype: None if _fast.portable_only() else "kernels")
     seen = []
     real = C.OURS["dense"]
 
     def spy(case, target, batch, dtype):
         call = real(case, target, batch, dtype)
-        return lambda: seen.append((target, _fast._portable_only)) or call()
+        return lambda: seen.append((target, _fast.portable_only())) or call()
     monkeypatch.setitem(C.OURS, "dense", spy)
     path = tmp_path / "r.json"
     out = invoke("-b", "numpy", "-s", "dense", "-c", "dense/mnist.fc/forward", "-n", "2",
@@ -295,7 +295,7 @@ def test_portable_twins_run_with_the_fast_paths_off(monkeypatch, tmp_path):
     assert [r["backend"] for r in rows] == ["numpy", "numpy (portable)"]
     assert {r["device"] for r in rows} == {"cpu"}
     assert set(seen) == {("numpy", False), ("numpy", True)}  # the twin ran portable only
-    assert not _fast._portable_only
+    assert not _fast.portable_only()
     plain = invoke("-b", "numpy", "-s", "dense", "-c", "dense/mnist.fc/forward", "-n", "2",
                    "--repeats", "1", "--no-reference", "--json", str(path))
     assert plain.exit_code == 0 and len(json.loads(path.read_text())["rows"]) == 1

@@ -45,9 +45,20 @@ def test_dispatch_is_off_for_other_backends_and_inside_portable_kernels():
     assert _fast.cuda_kernels(xp_numpy, np.float64) is None
     with F.portable_kernels():
         with F.portable_kernels():
-            assert _fast._portable_only
-        assert _fast._portable_only  # nested blocks restore the outer setting
-    assert not _fast._portable_only
+            assert _fast.portable_only()
+        assert _fast.portable_only()  # nested blocks restore the outer setting
+    assert not _fast.portable_only()
+
+
+def test_portable_kernels_apply_to_the_calling_thread_only():
+    import threading
+    seen = []
+    with F.portable_kernels():
+        other = threading.Thread(target=lambda: seen.append(_fast.portable_only()))
+        other.start()
+        other.join()
+        seen.append(_fast.portable_only())
+    assert seen == [False, True]
 
 
 def test_dispatch_picks_the_kernels_on_cupy_for_float32_and_float64_only(cupy_backend):
