@@ -204,16 +204,16 @@ def im2col(x: Any, kernel: tuple[int, int], out_hw: tuple[int, int], stride: tup
     return cols
 
 
-def conv2d_input_gradient(dy: Any, w: Any, in_hw: tuple[int, int],
+def conv2d_input_gradient(dy2: Any, dy_shape: tuple[int, ...], w: Any, in_hw: tuple[int, int],
                           pads: tuple[int, int, int, int], stride: tuple[int, int],
                           dilation: tuple[int, int]) -> Any:
-    """dX of the convolution: dcols = W^T dY (one GEMM), then col2im."""
-    n, o, ho, wo = dy.shape
+    """dX of the convolution from dY as its (O, N*Ho*Wo) matrix ``dy2`` (``dy_shape``: NCHW):
+    dcols = W^T dY (one GEMM), then col2im."""
+    n, o, ho, wo = dy_shape
     c, (kh, kw), (h, wd) = w.shape[1], w.shape[2:], in_hw
-    with dy.device:
-        dy2 = cupy.reshape(cupy.transpose(dy, (1, 0, 2, 3)), (o, n * ho * wo))
+    with dy2.device:
         dcols = cupy.ascontiguousarray(cupy.reshape(w, (o, c * kh * kw)).T @ dy2)
-        dx = cupy.empty((c, n, h, wd), dtype=dy.dtype)
+        dx = cupy.empty((c, n, h, wd), dtype=dy2.dtype)
         _kernel("col2im")(dcols, n, h, wd, ho, wo, kh, kw, *stride, *dilation, pads[0],
                           pads[2], dx)
     return cupy.transpose(dx, (1, 0, 2, 3))

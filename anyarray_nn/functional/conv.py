@@ -236,6 +236,13 @@ def _convolve(xp: Any, w: Any, patches: Patches, batch: int, out_hw: tuple[int, 
     return xp.reshape(_apply(xp, w, patches, dilation), grid)[:, :, :, :out_hw[1]]
 
 
+def _dy_matrix(xp: Any, dy: Any) -> Any:
+    """NCHW ``dy`` as the (O, N*Ho*Wo) matrix of its channels-first layout (a copy unless dy
+    is a view of one)."""
+    n, o, ho, wo = dy.shape
+    return xp.reshape(xp.permute_dims(dy, (1, 0, 2, 3)), (o, n * ho * wo))
+
+
 def _extra_rows(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
                 wp: int) -> int:
     # The last flat run of a stride-1 im2col overruns the plane by (kw - 1) * dw entries.
@@ -292,7 +299,7 @@ def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
     if patches is None:
         patches = _patches(xp, x, kernel, (ho, wo), pads, stride, dilation)
     if patches.width == wo:
-        dy2 = xp.reshape(xp.permute_dims(dy, (1, 0, 2, 3)), (o, n * ho * wo))
+        dy2 = _dy_matrix(xp, dy)
     else:
         dy_cnhw = xp.zeros((o, n, ho, patches.width), dtype=dy.dtype, device=dy.device)
         dy_cnhw[:, :, :, :wo] = xp.permute_dims(dy, (1, 0, 2, 3))
@@ -302,16 +309,21 @@ def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
 
     if not input_grad:
         return None, dw, db
-    return _conv2d_input_gradient(xp, dy, w, (h, wd), pads, stride, dilation), dw, db
+    # dX reuses that matrix where it has no wide grid (CuPy's col2im needs it too).
+    plain = dy2 if patches.width == wo else None
+    return _conv2d_input_gradient(xp, dy, w, (h, wd), pads, stride, dilation, plain), dw, db
 
 
 def _conv2d_input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pads: Padding,
-                           stride: tuple[int, int], dilation: tuple[int, int]) -> Any:
+                           stride: tuple[int, int], dilation: tuple[int, int],
+                           dy2: Any = None) -> Any:
     """dX as the stride-1 convolution of the dilated, padded dY with flipped, transposed W
-    (on CuPy: col2im, see ``_fast``)."""
+    (on CuPy: col2im, see ``_fast``). ``dy2``: dY's :func:`_dy_matrix` if the caller has it."""
     fast = cuda_kernels(xp, dy.dtype)
     if fast is not None:
-        return fast.conv2d_input_gradient(dy, w, in_hw, pads, stride, dilation)
+        dy2 = _dy_matrix(xp, dy) if dy2 is None else dy2
+        return fast.conv2d_input_gradient(dy2, tuple(dy.shape), w, in_hw, pads, stride,
+                                          dilation)
     (h, wd), (kh, kw) = in_hw, (w.shape[2], w.shape[3])
     ho, wo = dy.shape[2], dy.shape[3]
     reach = (dilation[0] * (kh - 1), dilation[1] * (kw - 1))
