@@ -39,6 +39,7 @@ so a model with them is refused.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import mmap
 import os
@@ -60,6 +61,7 @@ from threadpoolctl import ThreadpoolController
 
 from . import backend as _backend
 from .errors import InputError
+from .functional._fast import portable_kernels, portable_only
 from .layers.base import _NO_CACHE
 from .model import Sequential
 
@@ -322,10 +324,13 @@ def _unimportable(cls: type) -> str | None:
     return None
 
 
-def _apply(model: Sequential, op: str, array: Any, flag: bool) -> Any:
-    if op == "forward":
-        return model.forward(array, train=flag)
-    return model.backward(array, input_grad=flag)
+def _apply(model: Sequential, op: str, array: Any, flag: bool, portable: bool = False) -> Any:
+    # ``portable``: the caller is in a portable_kernels() block, which a helper thread's or
+    # process's own context does not see.
+    with portable_kernels() if portable else contextlib.nullcontext():
+        if op == "forward":
+            return model.forward(array, train=flag)
+        return model.backward(array, input_grad=flag)
 
 
 def _same_layers(layers: list[Any], model: Sequential) -> bool:
@@ -355,7 +360,7 @@ class _Threads:
         return _same_layers(self.layers, model)
 
     def start(self, op: str, parts: list[Any], flag: bool) -> None:
-        self.futures = [self.pool.submit(_apply, net, op, part, flag)
+        self.futures = [self.pool.submit(_apply, net, op, part, flag, portable_only())
                         for net, part in zip(self.copies, parts)]
 
     def finish(self) -> list[Any]:
@@ -467,7 +472,7 @@ class _Processes:
         self.replies = 0
         for k, part in enumerate(parts):
             try:
-                self.conns[k].send((op, part, flag))
+                self.conns[k].send((op, part, flag, portable_only()))
             except OSError:
                 raise self._stopped(k) from None
             self.replies += 1
@@ -581,9 +586,9 @@ def serve_slices(sock_fd: int, memory_fd: int) -> None:
             return
         conn.send(None)  # ready
         while True:
-            op, part, flag = conn.recv()
+            op, part, flag, portable = conn.recv()
             try:  # the reply is the result, or the exception the caller will raise
-                reply = _apply(model, op, part, flag)
+                reply = _apply(model, op, part, flag, portable)
                 if op == "backward":
                     for (i, _, key), view in grads.items():
                         view[...] = model.layers[i].grads[key]

@@ -125,8 +125,9 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str | None
               help="Batch 16 and 3 repeats (unless -n or --repeats say otherwise), one block: "
                    "a smoke run.")
 @click.option("--portable", is_flag=True,
-              help="Also time each backend that has fast paths (CuPy's CUDA kernels) with its "
-                   "portable kernels only, side by side: how far the array API alone gets.")
+              help="Also time each backend that has fast paths (CuPy's CUDA kernels, NumPy's "
+                   "numba kernels) with its portable kernels only, side by side: how far the "
+                   "array API alone gets.")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Time PyTorch itself on the same cases.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),

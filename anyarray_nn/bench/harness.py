@@ -58,7 +58,7 @@ def portable_twins(backends: list[str], dtype: str) -> list[str]:
     twins = []
     for name in backends:
         xp = _backend.get_backend(name).xp
-        if _fast.cuda_kernels(xp, _backend.resolve_dtype(xp, dtype)) is not None:
+        if _fast.has_fast_paths(xp, _backend.resolve_dtype(xp, dtype)):
             twins.append(name + PORTABLE)
     return twins
 

@@ -4,17 +4,21 @@ The portable kernels of this package run on every backend and are the reference.
 through CuPy they are bound by kernel launches rather than arithmetic: im2col from kh*kw
 slices, a max-pool backward of k*k masked updates and the like queue dozens of tiny launches
 where one would do. For those few places ``_cupy_kernels`` has one CUDA kernel each, tested
-equal to the portable code (tests/test_cupy_kernels.py) and measured by ``anyarray-bench
---portable`` (docs/benchmarks.md).
+equal to the portable code (tests/test_cupy_kernels.py). On the CPU, NumPy runs each of the
+max-pool's k*k masked passes as a separate loop over memory; with numba installed (the
+``cpu`` extra) ``_numba_kernels`` does the 2x2 max-pool of the course networks in one
+compiled loop instead (tests/test_numba_kernels.py). ``anyarray-bench --portable`` measures
+both against the portable code (docs/benchmarks.md).
 
-Every such place asks :func:`cuda_kernels` and takes the portable path when it answers None;
-nothing else in the library knows the fast paths exist.
+Every such place asks :func:`cuda_kernels` or :func:`pool_kernels` and takes the portable
+path when it answers None; nothing else in the library knows the fast paths exist.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
 from typing import Any, Iterator
 
 import array_api_compat
@@ -36,6 +40,42 @@ def cuda_kernels(xp: Any, dtype: Any) -> Any | None:
         return None
     from . import _cupy_kernels
     return _cupy_kernels if dtype in _cupy_kernels.FLOATS else None
+
+
+def pool_kernels(xp: Any, dtype: Any, window: Any) -> Any | None:
+    """The kernels module for max pooling with ``window`` (kernel, stride, padding pairs):
+    CuPy's for any window, numba's for NumPy and the 2x2 window it is written for; else None."""
+    fast = cuda_kernels(xp, dtype)
+    if fast is not None:
+        return fast
+    numba_kernels = _numba_kernels(xp, dtype)
+    return numba_kernels if numba_kernels is not None and window == numba_kernels.WINDOW else None
+
+
+def has_fast_paths(xp: Any, dtype: Any) -> bool:
+    """Whether some fast path may run for arrays of ``xp`` and ``dtype`` (outside a
+    :func:`portable_kernels` block)."""
+    return cuda_kernels(xp, dtype) is not None or _numba_kernels(xp, dtype) is not None
+
+
+_numba_module: list[Any] = []  # [module or None] once the import was tried
+
+
+def _numba_kernels(xp: Any, dtype: Any) -> Any | None:
+    if _portable_only.get() or not array_api_compat.is_numpy_namespace(xp):
+        return None
+    if not _numba_module:
+        try:
+            from . import _numba_kernels as module
+        except ImportError as exc:
+            module = None
+            if getattr(exc, "name", None) != "numba":  # installed but broken: say so once
+                warnings.warn(f"anyarray_nn: numba is installed but its CPU kernels cannot "
+                              f"load ({exc}); using the portable kernels", RuntimeWarning,
+                              stacklevel=3)
+        _numba_module.append(module)
+    module = _numba_module[0]
+    return module if module is not None and dtype in module.FLOATS else None
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from typing import Any
 from ..backend import namespace
 from ..errors import InputError
 from ._checks import check_floating, check_gradient, check_ndim
-from ._fast import cuda_kernels
+from ._fast import pool_kernels
 from .conv import _pair, conv_output_size
 
 Window = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # kernel, stride, padding
@@ -77,8 +77,8 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
     """Max pooling of NCHW ``x``; ``stride`` defaults to ``kernel_size``."""
     xp = namespace(x)
     window, out = _window(x, kernel_size, stride, padding)
-    fast = cuda_kernels(xp, x.dtype)
-    if fast is not None:  # one CUDA kernel on CuPy (see _fast)
+    fast = pool_kernels(xp, x.dtype, window)
+    if fast is not None:  # one compiled kernel: CUDA on CuPy, numba on NumPy (see _fast)
         return fast.maxpool2d_forward(x, *window, out)
     xpad = _pad(xp, x, window[2], float("-inf"))
     parts = _slices(window, out)
@@ -102,8 +102,8 @@ def maxpool2d_backward(x: Any, dy: Any, kernel_size: Any, stride: Any = None,
         y = maxpool2d_forward(x, kernel_size, stride, padding)
     else:
         check_gradient(x, y, out_shape, "y")
-    fast = cuda_kernels(xp, x.dtype)
-    if fast is not None:  # one CUDA kernel on CuPy (see _fast)
+    fast = pool_kernels(xp, x.dtype, window)
+    if fast is not None:  # one compiled kernel: CUDA on CuPy, numba on NumPy (see _fast)
         return fast.maxpool2d_backward(x, y, dy, *window)
     (kh, kw), (sh, sw), p = window
     xpad = _pad(xp, x, p, float("-inf"))

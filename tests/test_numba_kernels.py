@@ -1,0 +1,152 @@
+"""The numba fast paths for NumPy (functional/_numba_kernels.py) compute what the portable
+kernels do.
+
+They need numba (the ``cpu`` extra) and skip without it; the dispatch tests run everywhere.
+The rest of the suite runs them too: every NumPy max-pool with a 2x2 window (gradient
+checks, PyTorch agreement, the networks' training steps) goes through them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import numpy as np
+import pytest
+
+import anyarray_nn as ann
+from anyarray_nn import functional as F
+from anyarray_nn.functional import _fast
+
+WINDOW = ((2, 2), (2, 2), (0, 0))
+
+
+@pytest.fixture
+def numba_kernels():
+    pytest.importorskip("numba")
+    module = _fast.pool_kernels(np, np.dtype("float32"), WINDOW)
+    assert module is not None, "numba imports, so the NumPy max-pool must take its kernels"
+    return module
+
+
+def both(call):
+    """``call()`` with the fast paths, then with the portable kernels only."""
+    fast = call()
+    with F.portable_kernels():
+        portable = call()
+    return fast, portable
+
+
+def layouts(values):
+    """The same NCHW values in the memory layouts the kernels meet: contiguous NCHW, a view
+    of a channels-first buffer (a convolution's output), a narrow view of a wider buffer,
+    and negative strides."""
+    n, c, h, w = values.shape
+    cnhw = np.ascontiguousarray(np.permute_dims(values, (1, 0, 2, 3)))
+    wide = np.zeros((c, n, h, w + 3), dtype=values.dtype)
+    wide[..., :w] = cnhw
+    flipped = np.ascontiguousarray(values[:, :, ::-1, ::-1])[:, :, ::-1, ::-1]
+    return {"nchw": values, "cnhw": np.permute_dims(cnhw, (1, 0, 2, 3)),
+            "wide": np.permute_dims(wide[..., :w], (1, 0, 2, 3)), "flipped": flipped}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(2, 3, 6, 8), (1, 1, 5, 7), (3, 16, 28, 28), (2, 2, 9, 4)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_maxpool_equals_the_portable_kernel(numba_kernels, rng, dtype, shape, ties):
+    values = (rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)).astype(dtype)
+    dy_values = rng.standard_normal((shape[0], shape[1], shape[2] // 2, shape[3] // 2))
+    for name, x in layouts(values).items():
+        y, y_portable = both(lambda: F.maxpool2d_forward(x, 2))
+        assert y.dtype == x.dtype and y.shape == y_portable.shape, name
+        np.testing.assert_array_equal(y, y_portable, err_msg=name)
+        for dy in layouts(dy_values.astype(dtype)).values():
+            dx, dx_portable = both(lambda: F.maxpool2d_backward(x, dy, 2, y=y))
+            np.testing.assert_array_equal(dx, dx_portable, err_msg=name)  # nothing is summed
+        dx_no_y, _ = both(lambda: F.maxpool2d_backward(x, dy, 2))
+        np.testing.assert_array_equal(dx_no_y, dx_portable, err_msg=name)
+
+
+def test_maxpool_nan_and_minus_infinity_as_the_portable_kernel(numba_kernels, rng):
+    """A NaN wins its window (as xp.maximum) and gets no gradient, nor does the rest of its
+    window; a window of -inf sends dy to its first element."""
+    values = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    values[0, 0, 1, 1] = np.nan
+    values[1, 2, 2:4, 2:4] = -np.inf
+    y, y_portable = both(lambda: F.maxpool2d_forward(values, 2))
+    np.testing.assert_array_equal(y, y_portable)  # NaN equals NaN here
+    assert np.isnan(y[0, 0, 0, 0]) and y[1, 2, 1, 1] == -np.inf
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dx_portable = both(lambda: F.maxpool2d_backward(values, dy, 2, y=y))
+    np.testing.assert_array_equal(dx, dx_portable)
+    assert not dx[0, 0, 0:2, 0:2].any() and dx[1, 2, 2, 2] == dy[1, 2, 1, 1]
+
+
+def test_a_nan_gradient_stays_in_its_arg_max(numba_kernels):
+    """The documented difference: the portable kernel's masked products spread a NaN dy over
+    its window (NaN * 0); the compiled kernel writes dy to the arg-max only."""
+    x = np.array([[[[1.0, 3.0], [2.0, 0.0]]]])
+    dy = np.array([[[[np.nan]]]])
+    dx, dx_portable = both(lambda: F.maxpool2d_backward(x, dy, 2))
+    np.testing.assert_array_equal(dx, [[[[0.0, np.nan], [0.0, 0.0]]]])
+    assert np.isnan(dx_portable).all()
+
+
+def test_the_fast_path_runs_for_numpy_2x2_pools_only(numba_kernels, monkeypatch, rng):
+    calls = []
+    for name in ("maxpool2d_forward", "maxpool2d_backward"):
+        real = getattr(numba_kernels, name)
+        monkeypatch.setattr(numba_kernels, name,
+                            lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    x = rng.standard_normal((2, 3, 8, 8))
+    F.maxpool2d_backward(x, np.ones((2, 3, 4, 4)), 2)
+    assert calls == ["maxpool2d_forward", "maxpool2d_backward"]
+    calls.clear()
+    F.maxpool2d_backward(x, np.ones((2, 3, 4, 4)), 3, 2, 1)  # another window: portable
+    F.maxpool2d_forward(x, (2, 2), (1, 1))  # overlapping windows: portable
+    with F.portable_kernels():
+        F.maxpool2d_forward(x, 2)
+    assert calls == []
+
+
+def test_dispatch_answers_only_for_numpy_floats_and_the_2x2_window():
+    import array_api_strict
+    strict = _fast.pool_kernels(array_api_strict, array_api_strict.float64, WINDOW)
+    assert strict is None
+    for window in [((3, 3), (2, 2), (1, 1)), ((2, 2), (1, 1), (0, 0)), ((2, 2), (2, 2), (1, 1))]:
+        assert _fast.pool_kernels(np, np.dtype("float64"), window) is None
+    assert _fast.pool_kernels(np, np.dtype("int64"), WINDOW) is None
+    with F.portable_kernels():
+        assert _fast.pool_kernels(np, np.dtype("float64"), WINDOW) is None
+        assert not _fast.has_fast_paths(np, np.dtype("float64"))
+
+
+def test_without_numba_numpy_takes_the_portable_kernels_quietly(monkeypatch, recwarn):
+    monkeypatch.setattr(_fast, "_numba_module", [])
+    monkeypatch.setitem(sys.modules, "numba", None)  # "import numba" raises ImportError
+    monkeypatch.delitem(sys.modules, "anyarray_nn.functional._numba_kernels", raising=False)
+    monkeypatch.delattr(F, "_numba_kernels", raising=False)  # what "from . import" finds first
+    assert _fast.pool_kernels(np, np.dtype("float32"), WINDOW) is None
+    assert not _fast.has_fast_paths(np, np.dtype("float32"))
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    np.testing.assert_array_equal(F.maxpool2d_forward(x, 2), [[[[5.0, 7.0], [13.0, 15.0]]]])
+    assert not [w for w in recwarn if "numba" in str(w.message)]
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_data_parallel_helpers_follow_portable_kernels(numba_kernels, processes):
+    """A portable_kernels() block reaches the slices that helper threads and processes
+    compute: the NaN dy below spreads over its window on the portable path only."""
+    model = ann.DataParallel(ann.Sequential([ann.layers.MaxPool2D(2)]), workers=2,
+                             processes=processes, min_batch=1)
+    try:
+        x = np.tile(np.array([[[[1.0, 3.0], [2.0, 0.0]]]]), (4, 1, 1, 1))
+        dy = np.full((4, 1, 1, 1), np.nan)
+        for portable in (False, True):
+            with F.portable_kernels() if portable else contextlib.nullcontext():
+                model.forward(x, train=True)
+                dx = model.backward(dy, input_grad=True)
+            spread = np.isnan(dx).all(axis=(1, 2, 3))
+            assert spread.tolist() == [portable] * 4, (processes, portable)
+    finally:
+        model.close()
