@@ -18,6 +18,14 @@ def assert_close(actual, expected, rtol=1e-10, atol=1e-12):
     np.testing.assert_allclose(host(actual), host(expected), rtol=rtol, atol=atol)
 
 
+def fast_and_portable(call):
+    """``call()`` with the fast paths, then with the portable kernels only."""
+    fast = call()
+    with ann.functional.portable_kernels():
+        portable = call()
+    return fast, portable
+
+
 def away_from_zero(rng, shape, margin=0.05):
     """Standard-normal values with |v| >= margin, so kinks (ReLU at 0) stay out of reach of eps."""
     v = rng.standard_normal(shape)

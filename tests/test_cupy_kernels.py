@@ -15,7 +15,7 @@ import pytest
 import anyarray_nn as ann
 from anyarray_nn import functional as F
 from anyarray_nn.functional import _fast
-from helpers import assert_close, host
+from helpers import assert_close, fast_and_portable, host
 from test_functional_conv import CONFIGS as CONV_CONFIGS
 from test_functional_conv import make
 from test_functional_pool import CONFIGS as POOL_CONFIGS
@@ -31,13 +31,6 @@ def cupy_backend():
     with ann.using("cupy") as backend:
         yield backend
 
-
-def both(call):
-    """``call()`` with the fast paths, then with the portable kernels only."""
-    fast = call()
-    with F.portable_kernels():
-        portable = call()
-    return fast, portable
 
 
 def test_dispatch_is_off_for_other_backends_and_inside_portable_kernels():
@@ -94,9 +87,9 @@ def test_each_fast_path_runs_on_cupy(cupy_backend, rng, monkeypatch):
 @pytest.mark.parametrize("name", CONV_CONFIGS)
 def test_conv2d_equals_the_portable_kernel(cupy_backend, rng, name, dtype, rtol):
     x, w, b, kw = make(rng, CONV_CONFIGS[name], dtype)
-    y, y_portable = both(lambda: F.conv2d_forward(x, w, b, **kw))
+    y, y_portable = fast_and_portable(lambda: F.conv2d_forward(x, w, b, **kw))
     dy = ann.asarray(rng.standard_normal(tuple(y.shape)), dtype=dtype)
-    grads, grads_portable = both(lambda: F.conv2d_backward(x, w, dy, **kw))
+    grads, grads_portable = fast_and_portable(lambda: F.conv2d_backward(x, w, dy, **kw))
     atol = rtol * float(np.abs(host(y_portable)).max())
     assert_close(y, y_portable, rtol=rtol, atol=atol)
     for fast, portable in zip(grads, grads_portable):
@@ -112,11 +105,11 @@ def test_conv2d_reads_any_memory_layout(cupy_backend, rng):
              xp.flip(x, axis=3), ann.asarray(host(x)[:, :, ::-1, :]),
              ann.asarray(np.pad(host(x), ((0, 0), (0, 0), (1, 2), (3, 1))))[:, :, 1:-2, 3:-1]]
     for view in views:
-        fast, portable = both(lambda: F.conv2d_forward(view, w, b, **kw))
+        fast, portable = fast_and_portable(lambda: F.conv2d_forward(view, w, b, **kw))
         assert_close(fast, portable)
         dy = ann.asarray(rng.standard_normal(tuple(fast.shape)))
         dy_view = xp.flip(xp.flip(dy, axis=2), axis=2)  # equal values, negative strides
-        fast, portable = both(lambda: F.conv2d_backward(view, w, dy_view, **kw))
+        fast, portable = fast_and_portable(lambda: F.conv2d_backward(view, w, dy_view, **kw))
         for f, p in zip(fast, portable):
             assert_close(f, p)
 
@@ -127,12 +120,12 @@ def test_maxpool_equals_the_portable_kernel(cupy_backend, rng, name, ties):
     shape, k, s, p = POOL_CONFIGS[name]
     values = rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)
     x = ann.asarray(values, dtype="float64")
-    y, y_portable = both(lambda: F.maxpool2d_forward(x, k, s, p))
+    y, y_portable = fast_and_portable(lambda: F.maxpool2d_forward(x, k, s, p))
     assert np.array_equal(host(y), host(y_portable))
     dy = ann.asarray(rng.standard_normal(tuple(y.shape)))
-    dx, dx_portable = both(lambda: F.maxpool2d_backward(x, dy, k, s, p, y=y))
+    dx, dx_portable = fast_and_portable(lambda: F.maxpool2d_backward(x, dy, k, s, p, y=y))
     assert_close(dx, dx_portable, rtol=1e-14, atol=0)
-    dx_no_y, _ = both(lambda: F.maxpool2d_backward(x, dy, k, s, p))
+    dx_no_y, _ = fast_and_portable(lambda: F.maxpool2d_backward(x, dy, k, s, p))
     assert_close(dx_no_y, dx_portable, rtol=1e-14, atol=0)
 
 
@@ -144,10 +137,10 @@ def test_maxpool_nan_and_minus_infinity_as_the_portable_kernel(cupy_backend, rng
     values[1, 2, 2:4, 2:4] = -np.inf
     x = ann.asarray(values, dtype="float32")
     for k, s, p in [(2, 2, 0), (3, 2, 1), (3, 1, 1)]:
-        y, y_portable = both(lambda: F.maxpool2d_forward(x, k, s, p))
+        y, y_portable = fast_and_portable(lambda: F.maxpool2d_forward(x, k, s, p))
         np.testing.assert_array_equal(host(y), host(y_portable))  # NaN equals NaN here
         dy = ann.asarray(rng.standard_normal(tuple(y.shape)), dtype="float32")
-        dx, dx_portable = both(lambda: F.maxpool2d_backward(x, dy, k, s, p, y=y))
+        dx, dx_portable = fast_and_portable(lambda: F.maxpool2d_backward(x, dy, k, s, p, y=y))
         np.testing.assert_allclose(host(dx), host(dx_portable), rtol=1e-5, atol=1e-6)  # float32 sums
 
 
@@ -175,10 +168,10 @@ def test_relu_equals_the_portable_kernel(cupy_backend, rng):
     x = ann.asarray(values, dtype="float32")
     view = cupy_backend.xp.permute_dims(x, (1, 0, 3, 2))  # any memory order
     for a in (x, view):
-        y, y_portable = both(lambda: F.relu_forward(a))
+        y, y_portable = fast_and_portable(lambda: F.relu_forward(a))
         np.testing.assert_array_equal(host(y), host(y_portable))
         dy = ann.asarray(rng.standard_normal(tuple(a.shape)), dtype="float32")
-        dx, dx_portable = both(lambda: F.relu_backward(a, dy))
+        dx, dx_portable = fast_and_portable(lambda: F.relu_backward(a, dy))
         np.testing.assert_array_equal(host(dx), host(dx_portable))  # the same product
 
 
@@ -189,10 +182,11 @@ def test_softmax_cross_entropy_equals_the_portable_kernel(cupy_backend, rng, dty
     for labels in (ann.asarray(rng.integers(0, 10, 7)),
                    ann.asarray(rng.integers(0, 10, 7).astype(np.uint8))):
         for z in (logits, xp.permute_dims(ann.asarray(host(logits).T.copy()), (1, 0))):
-            loss, loss_portable = both(lambda: F.softmax_cross_entropy_forward(z, labels))
+            loss, loss_portable = fast_and_portable(
+                lambda: F.softmax_cross_entropy_forward(z, labels))
             assert_close(loss, loss_portable, rtol=rtol, atol=0)
             for dloss in (1.0, 0.5, ann.asarray(np.array(2.0), dtype=dtype)):
-                dz, dz_portable = both(
+                dz, dz_portable = fast_and_portable(
                     lambda: F.softmax_cross_entropy_backward(z, labels, dloss))
                 assert_close(dz, dz_portable, rtol=rtol, atol=rtol / 7)
 

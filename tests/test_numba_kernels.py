@@ -17,6 +17,7 @@ import pytest
 import anyarray_nn as ann
 from anyarray_nn import functional as F
 from anyarray_nn.functional import _fast
+from helpers import fast_and_portable
 
 WINDOW = ((2, 2), (2, 2), (0, 0))
 
@@ -28,13 +29,6 @@ def numba_kernels():
     assert module is not None, "numba imports, so the NumPy max-pool must take its kernels"
     return module
 
-
-def both(call):
-    """``call()`` with the fast paths, then with the portable kernels only."""
-    fast = call()
-    with F.portable_kernels():
-        portable = call()
-    return fast, portable
 
 
 def layouts(values):
@@ -57,13 +51,13 @@ def test_maxpool_equals_the_portable_kernel(numba_kernels, rng, dtype, shape, ti
     values = (rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)).astype(dtype)
     dy_values = rng.standard_normal((shape[0], shape[1], shape[2] // 2, shape[3] // 2))
     for name, x in layouts(values).items():
-        y, y_portable = both(lambda: F.maxpool2d_forward(x, 2))
+        y, y_portable = fast_and_portable(lambda: F.maxpool2d_forward(x, 2))
         assert y.dtype == x.dtype and y.shape == y_portable.shape, name
         np.testing.assert_array_equal(y, y_portable, err_msg=name)
         for dy in layouts(dy_values.astype(dtype)).values():
-            dx, dx_portable = both(lambda: F.maxpool2d_backward(x, dy, 2, y=y))
+            dx, dx_portable = fast_and_portable(lambda: F.maxpool2d_backward(x, dy, 2, y=y))
             np.testing.assert_array_equal(dx, dx_portable, err_msg=name)  # nothing is summed
-        dx_no_y, _ = both(lambda: F.maxpool2d_backward(x, dy, 2))
+        dx_no_y, _ = fast_and_portable(lambda: F.maxpool2d_backward(x, dy, 2))
         np.testing.assert_array_equal(dx_no_y, dx_portable, err_msg=name)
 
 
@@ -73,11 +67,11 @@ def test_maxpool_nan_and_minus_infinity_as_the_portable_kernel(numba_kernels, rn
     values = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
     values[0, 0, 1, 1] = np.nan
     values[1, 2, 2:4, 2:4] = -np.inf
-    y, y_portable = both(lambda: F.maxpool2d_forward(values, 2))
+    y, y_portable = fast_and_portable(lambda: F.maxpool2d_forward(values, 2))
     np.testing.assert_array_equal(y, y_portable)  # NaN equals NaN here
     assert np.isnan(y[0, 0, 0, 0]) and y[1, 2, 1, 1] == -np.inf
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx, dx_portable = both(lambda: F.maxpool2d_backward(values, dy, 2, y=y))
+    dx, dx_portable = fast_and_portable(lambda: F.maxpool2d_backward(values, dy, 2, y=y))
     np.testing.assert_array_equal(dx, dx_portable)
     assert not dx[0, 0, 0:2, 0:2].any() and dx[1, 2, 2, 2] == dy[1, 2, 1, 1]
 
@@ -87,7 +81,7 @@ def test_a_nan_gradient_stays_in_its_arg_max(numba_kernels):
     its window (NaN * 0); the compiled kernel writes dy to the arg-max only."""
     x = np.array([[[[1.0, 3.0], [2.0, 0.0]]]])
     dy = np.array([[[[np.nan]]]])
-    dx, dx_portable = both(lambda: F.maxpool2d_backward(x, dy, 2))
+    dx, dx_portable = fast_and_portable(lambda: F.maxpool2d_backward(x, dy, 2))
     np.testing.assert_array_equal(dx, [[[[0.0, np.nan], [0.0, 0.0]]]])
     assert np.isnan(dx_portable).all()
 
