@@ -9,6 +9,7 @@ checks, PyTorch agreement, the networks' training steps) goes through them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 
 import numpy as np
@@ -116,7 +117,9 @@ def test_dispatch_answers_only_for_numpy_floats_and_the_2x2_window():
 
 
 def test_without_numba_numpy_takes_the_portable_kernels_quietly(monkeypatch, recwarn):
-    monkeypatch.setattr(_fast, "_numba_module", [])
+    # A fresh cache, so the import is tried again, now without numba.
+    monkeypatch.setattr(_fast, "_load_numba_kernels",
+                        functools.cache(_fast._load_numba_kernels.__wrapped__))
     monkeypatch.setitem(sys.modules, "numba", None)  # "import numba" raises ImportError
     monkeypatch.delitem(sys.modules, "anyarray_nn.functional._numba_kernels", raising=False)
     monkeypatch.delattr(F, "_numba_kernels", raising=False)  # what "from . import" finds first

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import warnings
 from typing import Any, Iterator
 
@@ -58,24 +59,24 @@ def has_fast_paths(xp: Any, dtype: Any) -> bool:
     return cuda_kernels(xp, dtype) is not None or _numba_kernels(xp, dtype) is not None
 
 
-_numba_module: list[Any] = []  # [module or None] once the import was tried
-
-
 def _numba_kernels(xp: Any, dtype: Any) -> Any | None:
     if _portable_only.get() or not array_api_compat.is_numpy_namespace(xp):
         return None
-    if not _numba_module:
-        try:
-            from . import _numba_kernels as module
-        except ImportError as exc:
-            module = None
-            if getattr(exc, "name", None) != "numba":  # installed but broken: say so once
-                warnings.warn(f"anyarray_nn: numba is installed but its CPU kernels cannot "
-                              f"load ({exc}); using the portable kernels", RuntimeWarning,
-                              stacklevel=3)
-        _numba_module.append(module)
-    module = _numba_module[0]
+    module = _load_numba_kernels()
     return module if module is not None and dtype in module.FLOATS else None
+
+
+@functools.cache  # the import is tried once; a broken install is reported once
+def _load_numba_kernels() -> Any | None:
+    try:
+        from . import _numba_kernels as module
+    except ImportError as exc:
+        if getattr(exc, "name", None) != "numba":  # installed but broken: say so
+            warnings.warn(f"anyarray_nn: numba is installed but its CPU kernels cannot "
+                          f"load ({exc}); using the portable kernels", RuntimeWarning,
+                          stacklevel=4)
+        return None
+    return module
 
 
 @contextlib.contextmanager
