@@ -25,6 +25,9 @@ CONFIGS = {
     "kernel-equals-input": ((2, 2, 4, 4), (3, 4, 4), 1, 0, 1),
     "pad-beyond-reach": ((1, 2, 4, 4), (2, 1, 1), 1, 2, 1),
     "4-tuple-padding": ((1, 2, 5, 5), (2, 3, 3), 1, (0, 2, 1, 0), 1),
+    # 3x3, stride 1, 8 or more input channels: Winograd on NumPy with numba (_numba_kernels)
+    "3x3-eight-channels": ((2, 8, 7, 6), (4, 3, 3), 1, 1, 1),
+    "3x3-valid-odd": ((1, 9, 7, 5), (3, 3, 3), 1, 0, 1),
 }
 
 

@@ -1,9 +1,10 @@
 """The numba fast paths for NumPy (functional/_numba_kernels.py) compute what the portable
-kernels do.
+kernels do: the 2x2 max-pool exactly, the Winograd 3x3 convolution up to rounding.
 
 They need numba (the ``cpu`` extra) and skip without it; the dispatch tests run everywhere.
-The rest of the suite runs them too: every NumPy max-pool with a 2x2 window (gradient
-checks, PyTorch agreement, the networks' training steps) goes through them.
+The rest of the suite runs them too: every NumPy max-pool with a 2x2 window and every 3x3
+stride-1 convolution of 8 or more input channels (gradient checks, PyTorch agreement, the
+larger CIFAR-10 network's training steps) goes through them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from anyarray_nn.functional import _fast
 from helpers import fast_and_portable
 
 WINDOW = ((2, 2), (2, 2), (0, 0))
+WINOGRAD = ((3, 3), (1, 1), (1, 1))
 
 
 @pytest.fixture
@@ -124,6 +126,7 @@ def test_without_numba_numpy_takes_the_portable_kernels_quietly(monkeypatch, rec
     monkeypatch.delitem(sys.modules, "anyarray_nn.functional._numba_kernels", raising=False)
     monkeypatch.delattr(F, "_numba_kernels", raising=False)  # what "from . import" finds first
     assert _fast.pool_kernels(np, np.dtype("float32"), WINDOW) is None
+    assert _fast.winograd_kernels(np, np.dtype("float32"), WINOGRAD, 8) is None
     assert not _fast.has_fast_paths(np, np.dtype("float32"))
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     np.testing.assert_array_equal(F.maxpool2d_forward(x, 2), [[[[5.0, 7.0], [13.0, 15.0]]]])
@@ -147,3 +150,103 @@ def test_data_parallel_helpers_follow_portable_kernels(numba_kernels, processes)
             assert spread.tolist() == [portable] * 4, (processes, portable)
     finally:
         model.close()
+
+
+# (N, C, H, W), out channels, padding: even and odd sizes, every padding a 3x3 kernel takes.
+WINOGRAD_CASES = {
+    "same-even": ((2, 8, 8, 6), 5, 1),
+    "same-odd": ((3, 9, 7, 5), 4, "same"),
+    "valid": ((2, 8, 6, 9), 3, 0),
+    "pad2": ((1, 8, 5, 4), 2, 2),
+    "asymmetric": ((2, 12, 5, 6), 6, (0, 2, 1, 0)),
+    "batch1-one-output": ((1, 8, 4, 4), 1, 1),
+    "course-sized": ((4, 32, 16, 16), 64, 1),
+}
+
+
+def conv_all(x, w, b, dy, padding):
+    """Forward and all three gradients."""
+    return (F.conv2d_forward(x, w, b, padding=padding),
+            *F.conv2d_backward(x, w, dy, padding=padding))
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-6)])
+@pytest.mark.parametrize("name", WINOGRAD_CASES)
+def test_winograd_convolution_equals_the_portable_kernel(numba_kernels, rng, dtype, rtol, name):
+    shape, out_channels, padding = WINOGRAD_CASES[name]
+    assert _fast.winograd_kernels(np, np.dtype(dtype), WINOGRAD, shape[1]) is numba_kernels
+    w = rng.standard_normal((out_channels, shape[1], 3, 3)).astype(dtype)
+    b = rng.standard_normal(out_channels).astype(dtype)
+    values = rng.standard_normal(shape).astype(dtype)
+    y = F.conv2d_forward(values, w, b, padding=padding)
+    dy_values = rng.standard_normal(y.shape).astype(dtype)
+    for layout, x in layouts(values).items():
+        for dy in layouts(dy_values).values():
+            fast, portable = fast_and_portable(lambda: conv_all(x, w, b, dy, padding))
+            for what, a, e in zip(("y", "dx", "dW", "db"), fast, portable):
+                assert a.dtype == e.dtype and a.shape == e.shape, (layout, what)
+                # Rounding differs (the sums are reordered): compare at the scale of the values.
+                np.testing.assert_allclose(a, e, rtol=0, atol=rtol * float(np.abs(e).max()),
+                                           err_msg=f"{layout} {what}")
+
+
+def test_winograd_convolution_passes_float64_gradient_checks(numba_kernels, rng):
+    from anyarray_nn.gradcheck import check_function
+    x = rng.standard_normal((2, 8, 5, 6))
+    w, b = rng.standard_normal((3, 8, 3, 3)), rng.standard_normal(3)
+
+    def backward(dy, x, w, b):
+        dx, dw, db = F.conv2d_backward(x, w, dy, padding=1)
+        return {"x": dx, "w": dw, "b": db}
+
+    report = check_function(lambda x, w, b: F.conv2d_forward(x, w, b, padding=1), backward,
+                            {"x": x, "w": w, "b": b}, max_checks=80)
+    assert report.passed, str(report)
+
+
+def test_the_winograd_path_runs_for_3x3_stride1_convolutions_of_8_channels_or_more(
+        numba_kernels, monkeypatch, rng):
+    calls = []
+    for name in ("winograd_forward", "winograd_backward"):
+        real = getattr(numba_kernels, name)
+        monkeypatch.setattr(numba_kernels, name,
+                            lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    x, w = rng.standard_normal((2, 8, 6, 6)), rng.standard_normal((4, 8, 3, 3))
+    dy = np.ones((2, 4, 6, 6))
+    F.conv2d_backward(x, w, dy, padding=1)
+    F.conv2d_forward(x, w, padding=1)
+    assert calls == ["winograd_backward", "winograd_forward"]
+    calls.clear()
+    F.conv2d_forward(x, w, stride=2, padding=1)  # stride 2
+    F.conv2d_forward(x, w, padding=2, dilation=2)  # dilated
+    F.conv2d_forward(x[:, :7], w[:, :7], padding=1)  # 7 channels
+    F.conv2d_forward(x, rng.standard_normal((4, 8, 3, 2)), padding=1)  # 3x2
+    with F.portable_kernels():
+        F.conv2d_forward(x, w, padding=1)
+    assert calls == []
+
+
+def test_winograd_patches_kept_by_the_layer_are_remade_in_a_portable_block(numba_kernels, rng):
+    """A Conv2D layer keeps the forward's Winograd tiles; a backward inside portable_kernels()
+    may not use them and computes the portable gradients instead."""
+    layer = ann.layers.Conv2D(8, 4, 3, padding=1, dtype="float64", rng=0)
+    x = rng.standard_normal((2, 8, 6, 6))
+    dy = rng.standard_normal((2, 4, 6, 6))
+    layer.forward(x, train=True)
+    with F.portable_kernels():
+        dx = layer.backward(dy)
+        expected = F.conv2d_backward(x, layer.params["W"], dy, padding=1)
+    np.testing.assert_allclose(dx, expected[0], rtol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], expected[1], rtol=1e-12)
+
+
+def test_winograd_dispatch_answers_only_for_numpy_floats_and_its_window(numba_kernels):
+    import array_api_strict
+    assert _fast.winograd_kernels(np, np.dtype("float32"), WINOGRAD, 8) is numba_kernels
+    assert _fast.winograd_kernels(np, np.dtype("float32"), WINOGRAD, 7) is None
+    assert _fast.winograd_kernels(array_api_strict, array_api_strict.float64, WINOGRAD, 8) is None
+    assert _fast.winograd_kernels(np, np.dtype("int64"), WINOGRAD, 8) is None
+    for window in [((3, 3), (2, 2), (1, 1)), ((3, 3), (1, 1), (2, 2)), ((5, 5), (1, 1), (1, 1))]:
+        assert _fast.winograd_kernels(np, np.dtype("float64"), window, 8) is None
+    with F.portable_kernels():
+        assert _fast.winograd_kernels(np, np.dtype("float64"), WINOGRAD, 8) is None

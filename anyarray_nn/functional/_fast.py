@@ -7,11 +7,13 @@ where one would do. For those few places ``_cupy_kernels`` has one CUDA kernel e
 equal to the portable code (tests/test_cupy_kernels.py). On the CPU, NumPy runs each of the
 max-pool's k*k masked passes as a separate loop over memory; with numba installed (the
 ``cpu`` extra) ``_numba_kernels`` does the 2x2 max-pool of the course networks in one
-compiled loop instead (tests/test_numba_kernels.py). ``anyarray-bench --portable`` measures
+compiled loop instead, and runs 3x3 convolutions as Winograd convolutions, whose GEMMs are
+2.25x smaller (tests/test_numba_kernels.py). ``anyarray-bench --portable`` measures
 both against the portable code (docs/benchmarks.md).
 
-Every such place asks :func:`cuda_kernels` or :func:`pool_kernels` and takes the portable
-path when it answers None; nothing else in the library knows the fast paths exist.
+Every such place asks :func:`cuda_kernels`, :func:`pool_kernels` or :func:`winograd_kernels`
+and takes the portable path when it answers None; nothing else in the library knows the fast
+paths exist.
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ def pool_kernels(xp: Any, dtype: Any, window: Any) -> Any | None:
         return fast
     numba_kernels = _numba_kernels(xp, dtype)
     return numba_kernels if numba_kernels is not None and window == numba_kernels.WINDOW else None
+
+
+def winograd_kernels(xp: Any, dtype: Any, window: Any, in_channels: int) -> Any | None:
+    """The numba kernels module when a convolution with ``window`` (kernel, stride, dilation
+    pairs) and ``in_channels`` runs as a Winograd convolution: NumPy float arrays, the 3x3,
+    stride-1, undilated window of those kernels, and enough input channels; else None."""
+    numba_kernels = _numba_kernels(xp, dtype)
+    if numba_kernels is None or window != numba_kernels.WINOGRAD:
+        return None
+    return numba_kernels if in_channels >= numba_kernels.WINOGRAD_MIN_CHANNELS else None
 
 
 def has_fast_paths(xp: Any, dtype: Any) -> bool:

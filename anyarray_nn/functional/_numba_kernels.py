@@ -1,5 +1,8 @@
 """Compiled CPU kernels for NumPy arrays, built with numba (the optional ``cpu`` extra).
 
+Two families: the 2x2 max-pool of the course networks, and the Winograd transforms that make
+a 3x3 convolution cheaper than its GEMM (below, before :func:`winograd_patches`).
+
 NumPy runs an element-wise pass as one loop per call, so a 2x2 max-pool written as four
 strided slices costs four comparisons, four masked products and four strided writes, each a
 full pass over memory: on one core 2.5 ms for a (32, 32, 32, 32) input, about as long as the
@@ -95,3 +98,229 @@ def maxpool2d_backward(x: Any, y: Any, dy: Any, kernel: tuple[int, int],
     dx = (np.empty if covered else np.zeros)((c, n, h, w), dtype=x.dtype)
     _maxpool2x2_backward(_cnhw(x), _cnhw(y), _cnhw(dy), dx)
     return _cnhw(dx)
+
+
+# Winograd F(2x2, 3x3) convolution (Lavin and Gray, "Fast algorithms for convolutional neural
+# networks", 2015). A 2x2 block of outputs of a 3x3 convolution needs a 4x4 input tile d; with
+#
+#     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+#     G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+#     A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+#
+# the block is  Y = A^T [(G g G^T) * (B^T d B)] A  (element-wise product of 4x4 matrices): 16
+# multiplications where direct convolution needs 36. Summed over input channels, each of the
+# 16 positions xi of the 4x4 product is one matrix product, M[xi] = U[xi] @ V[xi], with
+# U[xi] (O, C) the transformed weights and V[xi] (C, T) the transformed tiles (T tiles: every
+# image's grid of 2x2 output blocks). So the convolution's GEMM work drops 2.25x, and the
+# transforms are a few additions per element. The backward pass is the exact transpose:
+#
+#     dM = A dY A^T   per tile (one pass over dY)
+#     dU[xi] = dM[xi] @ V[xi]^T,  dW = G^T dU G       (V is kept from the forward)
+#     dV[xi] = U[xi]^T @ dM[xi],  dX = the overlapping sum of the tiles B dV B^T
+#
+# The results equal direct convolution up to rounding (float32: a few units in the 6th digit).
+# Each of the 16 matrices is padded by a cache line: with plane strides that are multiples of a
+# large power of two, the transforms' 16 concurrent streams fall into the same cache sets (the
+# input transform ran 7x slower).
+
+WINOGRAD = ((3, 3), (1, 1), (1, 1))  # kernel, stride, dilation these kernels are written for
+# With fewer input channels the 16 small GEMMs and the transforms cost more than they save
+# (batch 32, one core, 3 -> 32 channels at 32x32: forward 1.0 -> 1.9 ms; 8 -> 16: even).
+WINOGRAD_MIN_CHANNELS = 8
+_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+
+
+def _planes(rows: int, cols: int, dtype: Any, zero: bool = False) -> Any:
+    """16 (rows, cols) matrices, each row-major, placed a cache line apart (see above)."""
+    flat = (np.zeros if zero else np.empty)((16, rows * cols + 16), dtype=dtype)
+    return np.reshape(flat[:, :rows * cols], (16, rows, cols))
+
+
+def _inline(function: Any) -> Any:
+    return numba.njit(inline="always")(function)
+
+
+# The four 1-D transforms, on scalars. A 2-D transform applies one to the tile's columns, then
+# to the rows of the result.
+@_inline
+def _bt(d0: Any, d1: Any, d2: Any, d3: Any) -> Any:  # pragma: no cover - compiled
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3  # B^T d
+
+
+@_inline
+def _b(e0: Any, e1: Any, e2: Any, e3: Any) -> Any:  # pragma: no cover - compiled
+    return e0, e1 - e2 + e3, e1 + e2 - e0, -e3  # B e
+
+
+@_inline
+def _at(m0: Any, m1: Any, m2: Any, m3: Any) -> Any:  # pragma: no cover - compiled
+    return m0 + m1 + m2, m1 - m2 - m3  # A^T m
+
+
+@_inline
+def _a(g0: Any, g1: Any) -> Any:  # pragma: no cover - compiled
+    return g0, g0 + g1, g0 - g1, -g1  # A g
+
+
+@_inline
+def _store(planes: Any, first: int, row: int, t: int, values: Any) -> None:  # pragma: no cover
+    # The four values into planes first .. first + 3 at (row, t)
+    planes[first, row, t], planes[first + 1, row, t] = values[0], values[1]
+    planes[first + 2, row, t], planes[first + 3, row, t] = values[2], values[3]
+
+
+@_compile
+def _winograd_input(xpad: Any, v: Any) -> None:  # pragma: no cover - compiled
+    # xpad (C, N, 2*th + 2, 2*tw + 2) -> v[xi, c, t] = (B^T d B)[xi] of tile t = (n, ty, tx)
+    th, tw = (xpad.shape[2] - 2) // 2, (xpad.shape[3] - 2) // 2
+    for c in range(xpad.shape[0]):
+        for n in range(xpad.shape[1]):
+            for ty in range(th):
+                r0, r1 = xpad[c, n, 2 * ty], xpad[c, n, 2 * ty + 1]
+                r2, r3 = xpad[c, n, 2 * ty + 2], xpad[c, n, 2 * ty + 3]
+                t0 = (n * th + ty) * tw
+                for tx in range(tw):
+                    j, t = 2 * tx, t0 + tx
+                    # B^T d, column by column (k0[i]: row i of column 0)
+                    k0 = _bt(r0[j], r1[j], r2[j], r3[j])
+                    k1 = _bt(r0[j + 1], r1[j + 1], r2[j + 1], r3[j + 1])
+                    k2 = _bt(r0[j + 2], r1[j + 2], r2[j + 2], r3[j + 2])
+                    k3 = _bt(r0[j + 3], r1[j + 3], r2[j + 3], r3[j + 3])
+                    for i in range(4):  # (B^T d) B, row by row
+                        _store(v, 4 * i, c, t, _bt(k0[i], k1[i], k2[i], k3[i]))
+
+
+@_compile
+def _winograd_output(m: Any, bias: Any, y: Any) -> None:  # pragma: no cover - compiled
+    # m (16, O, T) -> y (O, N, 2*th, 2*tw): each tile's A^T M A, plus the bias
+    th, tw = y.shape[2] // 2, y.shape[3] // 2
+    for o in range(y.shape[0]):
+        b = bias[o]
+        for n in range(y.shape[1]):
+            for ty in range(th):
+                top, bottom = y[o, n, 2 * ty], y[o, n, 2 * ty + 1]
+                t0 = (n * th + ty) * tw
+                for tx in range(tw):
+                    t = t0 + tx
+                    # A^T M, column by column, then its two rows times A
+                    k0 = _at(m[0, o, t], m[4, o, t], m[8, o, t], m[12, o, t])
+                    k1 = _at(m[1, o, t], m[5, o, t], m[9, o, t], m[13, o, t])
+                    k2 = _at(m[2, o, t], m[6, o, t], m[10, o, t], m[14, o, t])
+                    k3 = _at(m[3, o, t], m[7, o, t], m[11, o, t], m[15, o, t])
+                    y0, y1 = _at(k0[0], k1[0], k2[0], k3[0])
+                    y2, y3 = _at(k0[1], k1[1], k2[1], k3[1])
+                    top[2 * tx], top[2 * tx + 1] = y0 + b, y1 + b
+                    bottom[2 * tx], bottom[2 * tx + 1] = y2 + b, y3 + b
+
+
+@_compile
+def _winograd_output_gradient(dy: Any, dm: Any) -> None:  # pragma: no cover - compiled
+    # dy (O, N, 2*th, 2*tw) -> dm[xi, o, t] = (A dY A^T)[xi] of tile t
+    th, tw = dy.shape[2] // 2, dy.shape[3] // 2
+    for o in range(dy.shape[0]):
+        for n in range(dy.shape[1]):
+            for ty in range(th):
+                top, bottom = dy[o, n, 2 * ty], dy[o, n, 2 * ty + 1]
+                t0 = (n * th + ty) * tw
+                for tx in range(tw):
+                    t = t0 + tx
+                    k0 = _a(top[2 * tx], bottom[2 * tx])  # A dY, column by column
+                    k1 = _a(top[2 * tx + 1], bottom[2 * tx + 1])
+                    for i in range(4):  # (A dY) A^T, row by row
+                        _store(dm, 4 * i, o, t, _a(k0[i], k1[i]))
+
+
+@_compile
+def _winograd_input_gradient(dv: Any, dxpad: Any) -> None:  # pragma: no cover - compiled
+    # dv (16, C, T) -> dxpad (C, N, 2*th + 2, 2*tw + 2), zeroed: the sum of the tiles' B dV B^T,
+    # which overlap by two rows and columns
+    th, tw = (dxpad.shape[2] - 2) // 2, (dxpad.shape[3] - 2) // 2
+    for c in range(dxpad.shape[0]):
+        for n in range(dxpad.shape[1]):
+            for ty in range(th):
+                t0 = (n * th + ty) * tw
+                for tx in range(tw):
+                    t = t0 + tx
+                    # B dV, column by column
+                    k0 = _b(dv[0, c, t], dv[4, c, t], dv[8, c, t], dv[12, c, t])
+                    k1 = _b(dv[1, c, t], dv[5, c, t], dv[9, c, t], dv[13, c, t])
+                    k2 = _b(dv[2, c, t], dv[6, c, t], dv[10, c, t], dv[14, c, t])
+                    k3 = _b(dv[3, c, t], dv[7, c, t], dv[11, c, t], dv[15, c, t])
+                    for i in range(4):  # (B dV) B^T, row by row, added into the input's rows
+                        row = dxpad[c, n, 2 * ty + i]
+                        e0, e1, e2, e3 = _b(k0[i], k1[i], k2[i], k3[i])
+                        row[2 * tx] += e0
+                        row[2 * tx + 1] += e1
+                        row[2 * tx + 2] += e2
+                        row[2 * tx + 3] += e3
+
+
+def _tiles(out_hw: tuple[int, int]) -> tuple[int, int]:
+    """The grid of 2x2 output blocks that covers an output of ``out_hw``."""
+    return (out_hw[0] + 1) // 2, (out_hw[1] + 1) // 2
+
+
+def _weight_transform(dtype: Any) -> Any:
+    """The (16, 9) matrix that maps a flattened 3x3 kernel g to the flattened G g G^T."""
+    g = np.asarray(_G, dtype=dtype)
+    return np.kron(g, g)
+
+
+def _winograd_weights(w: Any) -> Any:
+    """U (16, O, C): every kernel's G g G^T, one (O, C) matrix per position of the 4x4 tile."""
+    o, c = w.shape[0], w.shape[1]
+    u = np.reshape(w, (o * c, 9)) @ _weight_transform(w.dtype).T
+    return np.reshape(np.matrix_transpose(u), (16, o, c))  # a copy: matmul wants it compact
+
+
+def winograd_patches(x: Any, pads: tuple[int, int, int, int], out_hw: tuple[int, int]) -> Any:
+    """V (16, C, T): the transformed input tiles of NCHW ``x`` (any strides), zero-padded by
+    ``pads`` (top, bottom, left, right) and, for an odd output size, one more row or column."""
+    n, c, h, w = x.shape
+    th, tw = _tiles(out_hw)
+    top, _, left, _ = pads
+    xpad = np.zeros((c, n, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+    xpad[:, :, top:top + h, left:left + w] = _cnhw(x)
+    v = _planes(c, n * th * tw, x.dtype)
+    _winograd_input(xpad, v)
+    return v
+
+
+def winograd_forward(w: Any, v: Any, b: Any | None, batch: int, out_hw: tuple[int, int]) -> Any:
+    """(N, O, Ho, Wo) output, bias added, of the 3x3 convolution of :func:`winograd_patches`
+    ``v`` with weights ``w`` (O, C, 3, 3): a view of channels-first memory."""
+    o = w.shape[0]
+    th, tw = _tiles(out_hw)
+    m = _planes(o, v.shape[2], w.dtype)
+    np.matmul(_winograd_weights(w), v, out=m)
+    y = np.empty((o, batch, 2 * th, 2 * tw), dtype=w.dtype)
+    _winograd_output(m, np.zeros(o, dtype=w.dtype) if b is None else b, y)
+    return _cnhw(y[:, :, :out_hw[0], :out_hw[1]])
+
+
+def winograd_backward(dy: Any, w: Any, v: Any, in_hw: tuple[int, int],
+                      pads: tuple[int, int, int, int], input_grad: bool = True
+                      ) -> tuple[Any, Any, Any]:
+    """``(dx, dW, db)`` of :func:`winograd_forward` for NCHW ``dy`` (any strides); dx is None
+    unless ``input_grad``."""
+    n, o, ho, wo = dy.shape
+    c = w.shape[1]
+    th, tw = _tiles((ho, wo))
+    dy_grid = _cnhw(dy)
+    if (ho, wo) != (2 * th, 2 * tw):  # an odd size: zeros complete the last blocks
+        dy_grid = np.zeros((o, n, 2 * th, 2 * tw), dtype=dy.dtype)
+        dy_grid[:, :, :ho, :wo] = _cnhw(dy)
+    dm = _planes(o, n * th * tw, dy.dtype)
+    _winograd_output_gradient(dy_grid, dm)
+    db = np.sum(dm[5], axis=1)  # (A dY A^T) at (1, 1) is the sum of the block
+    du = np.matmul(dm, np.matrix_transpose(v))  # (16, O, C)
+    dw = np.reshape(np.matrix_transpose(np.reshape(du, (16, o * c))) @ _weight_transform(w.dtype),
+                    w.shape)
+    if not input_grad:
+        return None, dw, db
+    dv = _planes(c, n * th * tw, dy.dtype)
+    np.matmul(np.matrix_transpose(_winograd_weights(w)), dm, out=dv)
+    dxpad = np.zeros((c, n, 2 * th + 2, 2 * tw + 2), dtype=dy.dtype)
+    _winograd_input_gradient(dv, dxpad)
+    top, _, left, _ = pads
+    return _cnhw(dxpad[:, :, top:top + in_hw[0], left:left + in_hw[1]]), dw, db
