@@ -169,6 +169,15 @@ def _store(planes: Any, first: int, row: int, t: int, values: Any) -> None:  # p
     planes[first + 2, row, t], planes[first + 3, row, t] = values[2], values[3]
 
 
+@_inline
+def _columns(planes: Any, row: int, t: int, transform: Any) -> Any:  # pragma: no cover
+    # The 4x4 matrix held at (row, t) of the 16 planes, ``transform`` applied to each column
+    return (transform(planes[0, row, t], planes[4, row, t], planes[8, row, t], planes[12, row, t]),
+            transform(planes[1, row, t], planes[5, row, t], planes[9, row, t], planes[13, row, t]),
+            transform(planes[2, row, t], planes[6, row, t], planes[10, row, t], planes[14, row, t]),
+            transform(planes[3, row, t], planes[7, row, t], planes[11, row, t], planes[15, row, t]))
+
+
 @_compile
 def _winograd_input(xpad: Any, v: Any) -> None:  # pragma: no cover - compiled
     # xpad (C, N, 2*th + 2, 2*tw + 2) -> v[xi, c, t] = (B^T d B)[xi] of tile t = (n, ty, tx)
@@ -202,11 +211,7 @@ def _winograd_output(m: Any, bias: Any, y: Any) -> None:  # pragma: no cover - c
                 t0 = (n * th + ty) * tw
                 for tx in range(tw):
                     t = t0 + tx
-                    # A^T M, column by column, then its two rows times A
-                    k0 = _at(m[0, o, t], m[4, o, t], m[8, o, t], m[12, o, t])
-                    k1 = _at(m[1, o, t], m[5, o, t], m[9, o, t], m[13, o, t])
-                    k2 = _at(m[2, o, t], m[6, o, t], m[10, o, t], m[14, o, t])
-                    k3 = _at(m[3, o, t], m[7, o, t], m[11, o, t], m[15, o, t])
+                    k0, k1, k2, k3 = _columns(m, o, t, _at)  # A^T M; then its two rows times A
                     y0, y1 = _at(k0[0], k1[0], k2[0], k3[0])
                     y2, y3 = _at(k0[1], k1[1], k2[1], k3[1])
                     top[2 * tx], top[2 * tx + 1] = y0 + b, y1 + b
@@ -241,11 +246,7 @@ def _winograd_input_gradient(dv: Any, dxpad: Any) -> None:  # pragma: no cover -
                 t0 = (n * th + ty) * tw
                 for tx in range(tw):
                     t = t0 + tx
-                    # B dV, column by column
-                    k0 = _b(dv[0, c, t], dv[4, c, t], dv[8, c, t], dv[12, c, t])
-                    k1 = _b(dv[1, c, t], dv[5, c, t], dv[9, c, t], dv[13, c, t])
-                    k2 = _b(dv[2, c, t], dv[6, c, t], dv[10, c, t], dv[14, c, t])
-                    k3 = _b(dv[3, c, t], dv[7, c, t], dv[11, c, t], dv[15, c, t])
+                    k0, k1, k2, k3 = _columns(dv, c, t, _b)  # B dV
                     for i in range(4):  # (B dV) B^T, row by row, added into the input's rows
                         row = dxpad[c, n, 2 * ty + i]
                         e0, e1, e2, e3 = _b(k0[i], k1[i], k2[i], k3[i])
