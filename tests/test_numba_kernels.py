@@ -204,26 +204,58 @@ def test_winograd_convolution_passes_float64_gradient_checks(numba_kernels, rng)
     assert report.passed, str(report)
 
 
-def test_the_winograd_path_runs_for_3x3_stride1_convolutions_of_8_channels_or_more(
-        numba_kernels, monkeypatch, rng):
+@pytest.fixture
+def winograd_calls(numba_kernels, monkeypatch):
+    """The names of the Winograd functions called, in order."""
     calls = []
-    for name in ("winograd_forward", "winograd_backward"):
+    for name in ("winograd_patches", "winograd_forward", "winograd_output_gradient",
+                 "winograd_weight_gradient", "winograd_input_gradient"):
         real = getattr(numba_kernels, name)
         monkeypatch.setattr(numba_kernels, name,
                             lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    return calls
+
+
+def test_the_winograd_path_runs_for_3x3_stride1_convolutions_of_8_channels_or_more(
+        winograd_calls, rng):
     x, w = rng.standard_normal((2, 8, 6, 6)), rng.standard_normal((4, 8, 3, 3))
-    dy = np.ones((2, 4, 6, 6))
-    F.conv2d_backward(x, w, dy, padding=1)
     F.conv2d_forward(x, w, padding=1)
-    assert calls == ["winograd_backward", "winograd_forward"]
-    calls.clear()
+    assert winograd_calls == ["winograd_patches", "winograd_forward"]
+    winograd_calls.clear()
+    F.conv2d_backward(x, w, np.ones((2, 4, 6, 6)), padding=1)  # patches made afresh
+    assert winograd_calls == ["winograd_patches", "winograd_output_gradient",
+                              "winograd_weight_gradient", "winograd_input_gradient"]
+    winograd_calls.clear()
     F.conv2d_forward(x, w, stride=2, padding=1)  # stride 2
     F.conv2d_forward(x, w, padding=2, dilation=2)  # dilated
     F.conv2d_forward(x[:, :7], w[:, :7], padding=1)  # 7 channels
     F.conv2d_forward(x, rng.standard_normal((4, 8, 3, 2)), padding=1)  # 3x2
     with F.portable_kernels():
-        F.conv2d_forward(x, w, padding=1)
-    assert calls == []
+        F.conv2d_backward(x, w, np.ones((2, 4, 6, 6)), padding=1)
+    assert winograd_calls == []
+
+
+def test_a_few_channel_convolution_takes_winograd_for_dx_only(winograd_calls, rng):
+    """dX sums over the output channels: a first layer (3 -> 16) keeps im2col for the forward
+    pass and dW, and its dX, if asked for, is Winograd."""
+    w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
+    values = rng.standard_normal((2, 3, 7, 8)).astype(np.float32)
+    dy_values = rng.standard_normal((2, 16, 7, 8)).astype(np.float32)
+    for layout, x in layouts(values).items():
+        for dy in layouts(dy_values).values():
+            winograd_calls.clear()
+            fast = F.conv2d_backward(x, w, dy, padding=1)
+            assert winograd_calls == ["winograd_output_gradient", "winograd_input_gradient"]
+            with F.portable_kernels():
+                portable = F.conv2d_backward(x, w, dy, padding=1)
+            np.testing.assert_allclose(fast[0], portable[0], rtol=0,
+                                       atol=2e-6 * float(np.abs(portable[0]).max()),
+                                       err_msg=layout)
+            for a, e in zip(fast[1:], portable[1:]):  # dW and db: the same code
+                np.testing.assert_array_equal(a, e, err_msg=layout)
+    winograd_calls.clear()
+    F.conv2d_backward(values, w, dy_values, padding=1, input_grad=False)
+    assert winograd_calls == []
 
 
 def test_winograd_patches_kept_by_the_layer_are_remade_in_a_portable_block(numba_kernels, rng):

@@ -55,14 +55,15 @@ def pool_kernels(xp: Any, dtype: Any, window: Any) -> Any | None:
     return numba_kernels if numba_kernels is not None and window == numba_kernels.WINDOW else None
 
 
-def winograd_kernels(xp: Any, dtype: Any, window: Any, in_channels: int) -> Any | None:
+def winograd_kernels(xp: Any, dtype: Any, window: Any, channels: int) -> Any | None:
     """The numba kernels module when a convolution with ``window`` (kernel, stride, dilation
-    pairs) and ``in_channels`` runs as a Winograd convolution: NumPy float arrays, the 3x3,
-    stride-1, undilated window of those kernels, and enough input channels; else None."""
+    pairs) runs as a Winograd convolution: NumPy float arrays, the 3x3, stride-1, undilated
+    window of those kernels, and enough ``channels`` to sum over (the forward pass's and dW's
+    input channels; dX's are the output channels); else None."""
     numba_kernels = _numba_kernels(xp, dtype)
     if numba_kernels is None or window != numba_kernels.WINOGRAD:
         return None
-    return numba_kernels if in_channels >= numba_kernels.WINOGRAD_MIN_CHANNELS else None
+    return numba_kernels if channels >= numba_kernels.WINOGRAD_MIN_CHANNELS else None
 
 
 def has_fast_paths(xp: Any, dtype: Any) -> bool:

@@ -124,8 +124,10 @@ def maxpool2d_backward(x: Any, y: Any, dy: Any, kernel: tuple[int, int],
 # input transform ran 7x slower).
 
 WINOGRAD = ((3, 3), (1, 1), (1, 1))  # kernel, stride, dilation these kernels are written for
-# With fewer input channels the 16 small GEMMs and the transforms cost more than they save
-# (batch 32, one core, 3 -> 32 channels at 32x32: forward 1.0 -> 1.9 ms; 8 -> 16: even).
+# With fewer input channels (the K of the GEMMs: C for the forward pass and dW, O for dX) the 16
+# small GEMMs and the transforms cost more than they save (batch 32, one core, 3 -> 32
+# channels at 32x32: forward 1.0 -> 1.9 ms, dW 1.5 -> 3.6 ms; 8 -> 16: even). dX of that
+# 3 -> 32 convolution, whose GEMMs have K = 32, runs 2x faster as Winograd (3.2 -> 1.6 ms).
 WINOGRAD_MIN_CHANNELS = 8
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 
@@ -299,13 +301,10 @@ def winograd_forward(w: Any, v: Any, b: Any | None, batch: int, out_hw: tuple[in
     return _cnhw(y[:, :, :out_hw[0], :out_hw[1]])
 
 
-def winograd_backward(dy: Any, w: Any, v: Any, in_hw: tuple[int, int],
-                      pads: tuple[int, int, int, int], input_grad: bool = True
-                      ) -> tuple[Any, Any, Any]:
-    """``(dx, dW, db)`` of :func:`winograd_forward` for NCHW ``dy`` (any strides); dx is None
-    unless ``input_grad``."""
+def winograd_output_gradient(dy: Any) -> Any:
+    """dM (16, O, T): the transformed blocks ``A dY A^T`` of NCHW ``dy`` (any strides), shared
+    by :func:`winograd_weight_gradient` and :func:`winograd_input_gradient`."""
     n, o, ho, wo = dy.shape
-    c = w.shape[1]
     th, tw = _tiles((ho, wo))
     dy_grid = _cnhw(dy)
     if (ho, wo) != (2 * th, 2 * tw):  # an odd size: zeros complete the last blocks
@@ -313,15 +312,27 @@ def winograd_backward(dy: Any, w: Any, v: Any, in_hw: tuple[int, int],
         dy_grid[:, :, :ho, :wo] = _cnhw(dy)
     dm = _planes(o, n * th * tw, dy.dtype)
     _winograd_output_gradient(dy_grid, dm)
+    return dm
+
+
+def winograd_weight_gradient(dm: Any, v: Any, w_shape: tuple[int, ...]) -> tuple[Any, Any]:
+    """``(dW, db)`` from :func:`winograd_output_gradient` ``dm`` and the forward's tiles ``v``."""
+    o, c = w_shape[0], w_shape[1]
     db = np.sum(dm[5], axis=1)  # (A dY A^T) at (1, 1) is the sum of the block
     du = np.matmul(dm, np.matrix_transpose(v))  # (16, O, C)
-    dw = np.reshape(np.matrix_transpose(np.reshape(du, (16, o * c))) @ _weight_transform(w.dtype),
-                    w.shape)
-    if not input_grad:
-        return None, dw, db
-    dv = _planes(c, n * th * tw, dy.dtype)
+    g = np.matrix_transpose(np.reshape(du, (16, o * c))) @ _weight_transform(dm.dtype)
+    return np.reshape(g, w_shape), db
+
+
+def winograd_input_gradient(dm: Any, w: Any, batch: int, out_hw: tuple[int, int],
+                            in_hw: tuple[int, int], pads: tuple[int, int, int, int]) -> Any:
+    """dX (N, C, H, W) from :func:`winograd_output_gradient` ``dm``: the overlapping sum of
+    the tiles ``B dV B^T``, cropped to the input (a view of channels-first memory)."""
+    c = w.shape[1]
+    th, tw = _tiles(out_hw)
+    dv = _planes(c, dm.shape[2], dm.dtype)
     np.matmul(np.matrix_transpose(_winograd_weights(w)), dm, out=dv)
-    dxpad = np.zeros((c, n, 2 * th + 2, 2 * tw + 2), dtype=dy.dtype)
+    dxpad = np.zeros((c, batch, 2 * th + 2, 2 * tw + 2), dtype=dm.dtype)
     _winograd_input_gradient(dv, dxpad)
     top, _, left, _ = pads
-    return _cnhw(dxpad[:, :, top:top + in_hw[0], left:left + in_hw[1]]), dw, db
+    return _cnhw(dxpad[:, :, top:top + in_hw[0], left:left + in_hw[1]])

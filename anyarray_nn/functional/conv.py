@@ -307,11 +307,16 @@ def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
 
     # Winograd patches are used by the kernels that made them, unless a portable_kernels()
     # block now rules those out: then the portable patches are made afresh.
-    winograd = winograd_kernels(xp, x.dtype, (kernel, stride, dilation), c)
+    window = (kernel, stride, dilation)
+    winograd = winograd_kernels(xp, x.dtype, window, c)
     if patches is None or (patches.kind == "winograd" and winograd is None):
         patches = _patches(xp, x, kernel, (ho, wo), pads, stride, dilation)
     if patches.kind == "winograd":
-        return winograd.winograd_backward(dy, w, patches.matrix, (h, wd), pads, input_grad)
+        dm = winograd.winograd_output_gradient(dy)
+        dw, db = winograd.winograd_weight_gradient(dm, patches.matrix, tuple(w.shape))
+        dx = (winograd.winograd_input_gradient(dm, w, n, (ho, wo), (h, wd), pads)
+              if input_grad else None)
+        return dx, dw, db
 
     # dW = dY @ patches^T, with dY laid out on the same (possibly wide) grid as the patches.
     if patches.width == wo:
@@ -325,6 +330,11 @@ def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
 
     if not input_grad:
         return None, dw, db
+    # dX sums over the O output channels: a few-channel first layer's dX may still be Winograd.
+    winograd = winograd_kernels(xp, x.dtype, window, o)
+    if winograd is not None:
+        dm = winograd.winograd_output_gradient(dy)
+        return winograd.winograd_input_gradient(dm, w, n, (ho, wo), (h, wd), pads), dw, db
     # dX reuses that matrix where it has no wide grid (CuPy's col2im needs it too).
     plain = dy2 if patches.width == wo else None
     return _conv2d_input_gradient(xp, dy, w, (h, wd), pads, stride, dilation, plain), dw, db
