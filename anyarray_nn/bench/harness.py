@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, _allocator
 from .. import backend as _backend
 from ..functional import _fast
 from .cases import Case
@@ -141,8 +141,11 @@ def environment(settings: Settings) -> dict[str, Any]:
         "platform": platform.platform(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
         "numpy": np.__version__, "dtype": settings.dtype,
         "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS",
-                                           "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+                                           "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                           "ANYARRAY_NN_TUNE_MALLOC", "MALLOC_MMAP_THRESHOLD_",
+                                           "MALLOC_TRIM_THRESHOLD_")
                 if k in os.environ},
+        "malloc_tuned": _allocator.TUNED,  # anyarray_nn/_allocator.py
     }
     try:
         import array_api_compat

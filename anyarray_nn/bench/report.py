@@ -69,6 +69,9 @@ def blas_notes(env: dict[str, Any]) -> list[str]:
             notes.append(f"BLAS: {pool.get('internal_api')} {pool.get('version')}, "
                          f"{pool.get('architecture')} kernels, {pool.get('num_threads')} threads"
                          f" (OPENBLAS_CORETYPE={env.get('env', {}).get('OPENBLAS_CORETYPE', 'unset')})")
+    if "malloc_tuned" in env:
+        notes.append("malloc: " + ("freed memory kept for reuse (anyarray_nn/_allocator.py)"
+                                   if env["malloc_tuned"] else "glibc's defaults or the user's"))
     other = env.get("openblas_alternative")
     if other:
         notes.append(f"NumPy sgemm with OPENBLAS_CORETYPE {other['OPENBLAS_CORETYPE']}: "

@@ -1,0 +1,50 @@
+"""Keep freed memory in the process for the next training step (glibc on Linux).
+
+Every training step allocates the same temporaries of a few megabytes (im2col matrices, GEMM
+outputs, padded copies) and frees them again. glibc's malloc serves a request above its mmap
+threshold (128 KB at first, raised as large blocks are freed, to 32 MB at most) with fresh
+pages from the kernel, and gives memory above its trim threshold at the top of the heap back to
+the kernel. Blocks of equal size at that threshold, which a 16 -> 16 5x5 convolution makes
+(its patches, GEMM output and shifted dY are all 80 x N*L), come back as new pages every step,
+and each new 4 KB page costs a page fault when first written: 1,100-1,500 faults in a step of
+the MNIST network's 32-image slice, about a quarter of its time on the project's 2-core VM
+(docs/benchmarks.md, "Page faults").
+
+Two ``mallopt`` settings keep blocks below 32 MB in the heap and up to 64 MB of freed memory at
+its top, so the next step reuses the same pages. The cost: the process keeps up to 64 MB it
+no longer uses. They are applied once, when anyarray_nn is imported, on Linux with glibc,
+unless ``ANYARRAY_NN_TUNE_MALLOC=0`` or glibc's own ``MALLOC_MMAP_THRESHOLD_`` or
+``MALLOC_TRIM_THRESHOLD_`` is set (the user's settings win).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its dynamic threshold on 64-bit systems
+TRIM_THRESHOLD = 64 << 20  # twice that, as glibc itself sets it when it raises the threshold
+_GLIBC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def tune_malloc() -> bool:
+    """Apply the two settings above where they apply; returns whether they were applied."""
+    if os.environ.get("ANYARRAY_NN_TUNE_MALLOC", "1") == "0":
+        return False
+    if any(name in os.environ for name in _GLIBC_VARIABLES):
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    # The mmap threshold first: setting either one turns off glibc's dynamic adjustment.
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+#: Whether this process runs with the settings (recorded by ``anyarray-bench``).
+TUNED = tune_malloc()
