@@ -7,7 +7,7 @@ pages from the kernel, and gives memory above its trim threshold at the top of t
 the kernel. Blocks of equal size at that threshold, which a 16 -> 16 5x5 convolution makes
 (its patches, GEMM output and shifted dY are all 80 x N*L), come back as new pages every step,
 and each new 4 KB page costs a page fault when first written: 1,100-1,500 faults in a step of
-the MNIST network's 32-image slice, about a quarter of its time on the project's 2-core VM
+the MNIST network's 32-image slice, a quarter to a third of its time on the project's VM
 (docs/benchmarks.md, "Page faults").
 
 Two ``mallopt`` settings keep blocks below 32 MB in the heap and up to 64 MB of freed memory at
