@@ -132,9 +132,9 @@ WINOGRAD_MIN_CHANNELS = 8
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 
 
-def _planes(rows: int, cols: int, dtype: Any, zero: bool = False) -> Any:
+def _planes(rows: int, cols: int, dtype: Any) -> Any:
     """16 (rows, cols) matrices, each row-major, placed a cache line apart (see above)."""
-    flat = (np.zeros if zero else np.empty)((16, rows * cols + 16), dtype=dtype)
+    flat = np.empty((16, rows * cols + 16), dtype=dtype)
     return np.reshape(flat[:, :rows * cols], (16, rows, cols))
 
 
