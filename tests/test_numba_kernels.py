@@ -152,13 +152,14 @@ def test_data_parallel_helpers_follow_portable_kernels(numba_kernels, processes)
         model.close()
 
 
-# (N, C, H, W), out channels, padding: even and odd sizes, every padding a 3x3 kernel takes.
+# (N, C, H, W), out channels, padding: even and odd sizes, every padding a 3x3 kernel takes;
+# with 8 or more output channels dX is Winograd too.
 WINOGRAD_CASES = {
     "same-even": ((2, 8, 8, 6), 5, 1),
-    "same-odd": ((3, 9, 7, 5), 4, "same"),
+    "same-odd": ((3, 9, 7, 5), 10, "same"),
     "valid": ((2, 8, 6, 9), 3, 0),
     "pad2": ((1, 8, 5, 4), 2, 2),
-    "asymmetric": ((2, 12, 5, 6), 6, (0, 2, 1, 0)),
+    "asymmetric": ((2, 12, 5, 6), 9, (0, 2, 1, 0)),
     "batch1-one-output": ((1, 8, 4, 4), 1, 1),
     "course-sized": ((4, 32, 16, 16), 64, 1),
 }
@@ -193,7 +194,7 @@ def test_winograd_convolution_equals_the_portable_kernel(numba_kernels, rng, dty
 def test_winograd_convolution_passes_float64_gradient_checks(numba_kernels, rng):
     from anyarray_nn.gradcheck import check_function
     x = rng.standard_normal((2, 8, 5, 6))
-    w, b = rng.standard_normal((3, 8, 3, 3)), rng.standard_normal(3)
+    w, b = rng.standard_normal((8, 8, 3, 3)), rng.standard_normal(8)  # dX Winograd too
 
     def backward(dy, x, w, b):
         dx, dw, db = F.conv2d_backward(x, w, dy, padding=1)
@@ -218,13 +219,18 @@ def winograd_calls(numba_kernels, monkeypatch):
 
 def test_the_winograd_path_runs_for_3x3_stride1_convolutions_of_8_channels_or_more(
         winograd_calls, rng):
-    x, w = rng.standard_normal((2, 8, 6, 6)), rng.standard_normal((4, 8, 3, 3))
+    x, w = rng.standard_normal((2, 8, 6, 6)), rng.standard_normal((8, 8, 3, 3))
     F.conv2d_forward(x, w, padding=1)
     assert winograd_calls == ["winograd_patches", "winograd_forward"]
     winograd_calls.clear()
-    F.conv2d_backward(x, w, np.ones((2, 4, 6, 6)), padding=1)  # patches made afresh
+    F.conv2d_backward(x, w, np.ones((2, 8, 6, 6)), padding=1)  # patches made afresh
     assert winograd_calls == ["winograd_patches", "winograd_output_gradient",
                               "winograd_weight_gradient", "winograd_input_gradient"]
+    winograd_calls.clear()
+    w = w[:4]  # dX sums over 4 output channels: im2col's; the forward pass and dW stay Winograd
+    F.conv2d_backward(x, w, np.ones((2, 4, 6, 6)), padding=1)
+    assert winograd_calls == ["winograd_patches", "winograd_output_gradient",
+                              "winograd_weight_gradient"]
     winograd_calls.clear()
     F.conv2d_forward(x, w, stride=2, padding=1)  # stride 2
     F.conv2d_forward(x, w, padding=2, dilation=2)  # dilated

@@ -312,32 +312,42 @@ def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
     if patches is None or (patches.kind == "winograd" and winograd is None):
         patches = _patches(xp, x, kernel, (ho, wo), pads, stride, dilation)
     if patches.kind == "winograd":
-        dm = winograd.winograd_output_gradient(dy)
+        dm = winograd.winograd_output_gradient(dy)  # dW's and (usually) dX's first step
         dw, db = winograd.winograd_weight_gradient(dm, patches.matrix, tuple(w.shape))
-        dx = (winograd.winograd_input_gradient(dm, w, n, (ho, wo), (h, wd), pads)
-              if input_grad else None)
-        return dx, dw, db
-
-    # dW = dY @ patches^T, with dY laid out on the same (possibly wide) grid as the patches.
-    if patches.width == wo:
-        dy2 = _dy_matrix(xp, dy)
+        dy2 = None
     else:
-        dy_cnhw = xp.zeros((o, n, ho, patches.width), dtype=dy.dtype, device=dy.device)
-        dy_cnhw[:, :, :, :wo] = xp.permute_dims(dy, (1, 0, 2, 3))
-        dy2 = xp.reshape(dy_cnhw, (o, n * ho * patches.width))
-    dw = _weight_gradient(xp, dy2, patches, tuple(w.shape), dilation)
-    db = xp.sum(dy2, axis=1)
+        # dW = dY @ patches^T, with dY laid out on the same (possibly wide) grid as the patches.
+        dm = None
+        if patches.width == wo:
+            dy2 = _dy_matrix(xp, dy)
+        else:
+            dy_cnhw = xp.zeros((o, n, ho, patches.width), dtype=dy.dtype, device=dy.device)
+            dy_cnhw[:, :, :, :wo] = xp.permute_dims(dy, (1, 0, 2, 3))
+            dy2 = xp.reshape(dy_cnhw, (o, n * ho * patches.width))
+        dw = _weight_gradient(xp, dy2, patches, tuple(w.shape), dilation)
+        db = xp.sum(dy2, axis=1)
+        if patches.width != wo:
+            dy2 = None  # not dY's plain matrix, which col2im on CuPy could reuse
 
     if not input_grad:
         return None, dw, db
-    # dX sums over the O output channels: a few-channel first layer's dX may still be Winograd.
-    winograd = winograd_kernels(xp, x.dtype, window, o)
+    return _input_gradient(xp, dy, w, (h, wd), pads, stride, dilation, dy2, dm), dw, db
+
+
+def _input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pads: Padding,
+                    stride: tuple[int, int], dilation: tuple[int, int], dy2: Any = None,
+                    dm: Any = None) -> Any:
+    """dX by the path this backend takes: Winograd where numba runs the window for dX (which
+    sums over the O output channels, so a few-channel first layer's dX may be Winograd too),
+    else :func:`_conv2d_input_gradient`. ``dy2`` and ``dm``: dY's plain matrix and Winograd
+    transform if the caller has them."""
+    window = ((w.shape[2], w.shape[3]), stride, dilation)
+    winograd = winograd_kernels(xp, dy.dtype, window, w.shape[0])
     if winograd is not None:
-        dm = winograd.winograd_output_gradient(dy)
-        return winograd.winograd_input_gradient(dm, w, n, (ho, wo), (h, wd), pads), dw, db
-    # dX reuses that matrix where it has no wide grid (CuPy's col2im needs it too).
-    plain = dy2 if patches.width == wo else None
-    return _conv2d_input_gradient(xp, dy, w, (h, wd), pads, stride, dilation, plain), dw, db
+        dm = winograd.winograd_output_gradient(dy) if dm is None else dm
+        return winograd.winograd_input_gradient(dm, w, dy.shape[0], tuple(dy.shape[2:]), in_hw,
+                                                pads)
+    return _conv2d_input_gradient(xp, dy, w, in_hw, pads, stride, dilation, dy2)
 
 
 def _conv2d_input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pads: Padding,
