@@ -241,26 +241,13 @@ def test_the_winograd_path_runs_for_3x3_stride1_convolutions_of_8_channels_or_mo
     assert winograd_calls == []
 
 
-def test_a_few_channel_convolution_takes_winograd_for_dx_only(winograd_calls, rng):
-    """dX sums over the output channels: a first layer (3 -> 16) keeps im2col for the forward
-    pass and dW, and its dX, if asked for, is Winograd."""
+def test_a_few_channel_first_layer_keeps_im2col(winograd_calls, rng):
+    """3 -> 16 channels: neither the forward pass, dW nor dX is Winograd (dX's GEMMs would be
+    3 x 16, and its transforms cost more than they save)."""
+    x = rng.standard_normal((2, 3, 7, 8)).astype(np.float32)
     w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
-    values = rng.standard_normal((2, 3, 7, 8)).astype(np.float32)
-    dy_values = rng.standard_normal((2, 16, 7, 8)).astype(np.float32)
-    for layout, x in layouts(values).items():
-        for dy in layouts(dy_values).values():
-            winograd_calls.clear()
-            fast = F.conv2d_backward(x, w, dy, padding=1)
-            assert winograd_calls == ["winograd_output_gradient", "winograd_input_gradient"]
-            with F.portable_kernels():
-                portable = F.conv2d_backward(x, w, dy, padding=1)
-            np.testing.assert_allclose(fast[0], portable[0], rtol=0,
-                                       atol=2e-6 * float(np.abs(portable[0]).max()),
-                                       err_msg=layout)
-            for a, e in zip(fast[1:], portable[1:]):  # dW and db: the same code
-                np.testing.assert_array_equal(a, e, err_msg=layout)
-    winograd_calls.clear()
-    F.conv2d_backward(values, w, dy_values, padding=1, input_grad=False)
+    F.conv2d_forward(x, w, padding=1)
+    F.conv2d_backward(x, w, rng.standard_normal((2, 16, 7, 8)).astype(np.float32), padding=1)
     assert winograd_calls == []
 
 

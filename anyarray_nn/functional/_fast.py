@@ -58,8 +58,8 @@ def pool_kernels(xp: Any, dtype: Any, window: Any) -> Any | None:
 def winograd_kernels(xp: Any, dtype: Any, window: Any, channels: int) -> Any | None:
     """The numba kernels module when a convolution with ``window`` (kernel, stride, dilation
     pairs) runs as a Winograd convolution: NumPy float arrays, the 3x3, stride-1, undilated
-    window of those kernels, and enough ``channels`` to sum over (the forward pass's and dW's
-    input channels; dX's are the output channels); else None."""
+    window of those kernels, and enough ``channels`` (the forward pass and dW ask with the
+    input channels, dX with the fewer of input and output channels); else None."""
     numba_kernels = _numba_kernels(xp, dtype)
     if numba_kernels is None or window != numba_kernels.WINOGRAD:
         return None

@@ -124,10 +124,11 @@ def maxpool2d_backward(x: Any, y: Any, dy: Any, kernel: tuple[int, int],
 # input transform ran 7x slower).
 
 WINOGRAD = ((3, 3), (1, 1), (1, 1))  # kernel, stride, dilation these kernels are written for
-# With fewer input channels (the K of the GEMMs: C for the forward pass and dW, O for dX) the 16
-# small GEMMs and the transforms cost more than they save (batch 32, one core, 3 -> 32
-# channels at 32x32: forward 1.0 -> 1.9 ms, dW 1.5 -> 3.6 ms; 8 -> 16: even). dX of that
-# 3 -> 32 convolution, whose GEMMs have K = 32, runs 2x faster as Winograd (3.2 -> 1.6 ms).
+# With fewer input channels the 16 small GEMMs and the transforms cost more than they save
+# (batch 32, one core, 3 -> 32 channels at 32x32: forward 1.0 -> 1.9 ms, dW 1.5 -> 3.6 ms;
+# 8 -> 16: even). dX needs as many output channels too: the 3 -> 32 convolution's dX was 2x
+# faster on one core, but 1.2-1.9x slower with two BLAS threads, which speed up the GEMMs of
+# im2col and not the transforms.
 WINOGRAD_MIN_CHANNELS = 8
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 

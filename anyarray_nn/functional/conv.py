@@ -312,7 +312,7 @@ def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
     if patches is None or (patches.kind == "winograd" and winograd is None):
         patches = _patches(xp, x, kernel, (ho, wo), pads, stride, dilation)
     if patches.kind == "winograd":
-        dm = winograd.winograd_output_gradient(dy)  # dW's and (usually) dX's first step
+        dm = winograd.winograd_output_gradient(dy)  # the first step of dW and (mostly) dX
         dw, db = winograd.winograd_weight_gradient(dm, patches.matrix, tuple(w.shape))
         dy2 = None
     else:
@@ -337,12 +337,12 @@ def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
 def _input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pads: Padding,
                     stride: tuple[int, int], dilation: tuple[int, int], dy2: Any = None,
                     dm: Any = None) -> Any:
-    """dX by the path this backend takes: Winograd where numba runs the window for dX (which
-    sums over the O output channels, so a few-channel first layer's dX may be Winograd too),
-    else :func:`_conv2d_input_gradient`. ``dy2`` and ``dm``: dY's plain matrix and Winograd
+    """dX by the path this backend takes: Winograd where numba runs the window with both the
+    input and the output channels (dX's GEMMs are C x O) numerous enough, else
+    :func:`_conv2d_input_gradient`. ``dy2`` and ``dm``: dY's plain matrix and Winograd
     transform if the caller has them."""
     window = ((w.shape[2], w.shape[3]), stride, dilation)
-    winograd = winograd_kernels(xp, dy.dtype, window, w.shape[0])
+    winograd = winograd_kernels(xp, dy.dtype, window, min(w.shape[0], w.shape[1]))
     if winograd is not None:
         dm = winograd.winograd_output_gradient(dy) if dm is None else dm
         return winograd.winograd_input_gradient(dm, w, dy.shape[0], tuple(dy.shape[2:]), in_hw,
