@@ -275,3 +275,44 @@ def test_winograd_dispatch_answers_only_for_numpy_floats_and_its_window(numba_ke
         assert _fast.winograd_kernels(np, np.dtype("float64"), window, 8) is None
     with F.portable_kernels():
         assert _fast.winograd_kernels(np, np.dtype("float64"), WINOGRAD, 8) is None
+
+
+# dX of convolutions with 1 to 3 input channels (first layers): a direct convolution.
+DIRECT_CASES = {  # (N, C, H, W), (O, kh, kw), stride, padding, dilation
+    "mnist-first-layer": ((3, 1, 12, 11), (16, 5, 5), 1, 2, 1),
+    "cifar-first-layer": ((2, 3, 10, 10), (16, 5, 5), 1, 2, 1),
+    "3x3-valid": ((2, 2, 7, 9), (8, 3, 3), 1, 0, 1),
+    "stride2": ((2, 3, 9, 8), (4, 3, 3), 2, 1, 1),
+    "dilation-pair": ((1, 1, 10, 9), (5, 3, 2), 1, (2, 1), (2, 1)),
+    "asymmetric": ((2, 3, 6, 7), (6, 3, 3), 1, (0, 2, 1, 0), 1),
+}
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-6)])
+@pytest.mark.parametrize("name", DIRECT_CASES)
+def test_direct_dx_equals_the_portable_kernel(numba_kernels, rng, dtype, rtol, name):
+    shape, (o, kh, kw), stride, padding, dilation = DIRECT_CASES[name]
+    assert _fast.direct_kernels(np, np.dtype(dtype), shape[1]) is numba_kernels
+    w = rng.standard_normal((o, shape[1], kh, kw)).astype(dtype)
+    x = rng.standard_normal(shape).astype(dtype)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation)
+    dy_values = rng.standard_normal(F.conv2d_forward(x, w, **kwargs).shape).astype(dtype)
+    for layout, dy in layouts(dy_values).items():
+        fast, portable = fast_and_portable(lambda: F.conv2d_backward(x, w, dy, **kwargs)[0])
+        assert fast.shape == portable.shape and fast.dtype == portable.dtype
+        np.testing.assert_allclose(fast, portable, rtol=0,
+                                   atol=rtol * float(np.abs(portable).max()), err_msg=layout)
+
+
+def test_the_direct_dx_runs_for_three_input_channels_or_fewer(numba_kernels, monkeypatch, rng):
+    calls = []
+    real = numba_kernels.convolve_to_few_channels
+    monkeypatch.setattr(numba_kernels, "convolve_to_few_channels",
+                        lambda *a: calls.append(a[1].shape[0]) or real(*a))
+    for c in (1, 3, 4):
+        x, w = rng.standard_normal((2, c, 6, 6)), rng.standard_normal((8, c, 5, 5))
+        F.conv2d_backward(x, w, np.ones((2, 8, 6, 6)), padding=2)
+        F.conv2d_backward(x, w, np.ones((2, 8, 6, 6)), padding=2, input_grad=False)
+    with F.portable_kernels():
+        F.conv2d_backward(x[:, :1], w[:, :1], np.ones((2, 8, 6, 6)), padding=2)
+    assert calls == [1, 3]

@@ -7,13 +7,14 @@ where one would do. For those few places ``_cupy_kernels`` has one CUDA kernel e
 equal to the portable code (tests/test_cupy_kernels.py). On the CPU, NumPy runs each of the
 max-pool's k*k masked passes as a separate loop over memory; with numba installed (the
 ``cpu`` extra) ``_numba_kernels`` does the 2x2 max-pool of the course networks in one
-compiled loop instead, and runs 3x3 convolutions as Winograd convolutions, whose GEMMs are
-2.25x smaller (tests/test_numba_kernels.py). ``anyarray-bench --portable`` measures
-both against the portable code (docs/benchmarks.md).
+compiled loop instead, runs 3x3 convolutions as Winograd convolutions, whose GEMMs are
+2.25x smaller, and computes dX of a first layer directly instead of through an im2col
+matrix kh*kw times the size of dY (tests/test_numba_kernels.py). ``anyarray-bench
+--portable`` measures both against the portable code (docs/benchmarks.md).
 
-Every such place asks :func:`cuda_kernels`, :func:`pool_kernels` or :func:`winograd_kernels`
-and takes the portable path when it answers None; nothing else in the library knows the fast
-paths exist.
+Every such place asks :func:`cuda_kernels`, :func:`pool_kernels`, :func:`winograd_kernels`
+or :func:`direct_kernels` and takes the portable path when it answers None; nothing else in
+the library knows the fast paths exist.
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ def winograd_kernels(xp: Any, dtype: Any, window: Any, channels: int) -> Any | N
     if numba_kernels is None or window != numba_kernels.WINOGRAD:
         return None
     return numba_kernels if channels >= numba_kernels.WINOGRAD_MIN_CHANNELS else None
+
+
+def direct_kernels(xp: Any, dtype: Any, out_channels: int) -> Any | None:
+    """The numba kernels module when a stride-1 convolution down to ``out_channels`` (dX of a
+    network's first layer) runs as a direct convolution: NumPy float arrays and at most
+    ``DIRECT_MAX_CHANNELS`` output channels; else None."""
+    numba_kernels = _numba_kernels(xp, dtype)
+    if numba_kernels is None or out_channels > numba_kernels.DIRECT_MAX_CHANNELS:
+        return None
+    return numba_kernels
 
 
 def has_fast_paths(xp: Any, dtype: Any) -> bool:

@@ -30,7 +30,8 @@ docs/benchmarks.md):
 On CuPy, where each of those slices is a kernel launch, one CUDA kernel writes the full
 im2col matrix instead and dX is col2im of W^T dY (``_cupy_kernels``, chosen in ``_fast``).
 On NumPy with numba, 3x3 stride-1 convolutions of 8 or more input channels run as Winograd
-convolutions, whose GEMMs are 2.25x smaller (``_numba_kernels``, chosen in ``_fast``).
+convolutions, whose GEMMs are 2.25x smaller, and dX of a convolution with 1 to 3 input
+channels (a first layer) is computed directly (``_numba_kernels``, chosen in ``_fast``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import Any, Sequence
 from ..backend import namespace
 from ..errors import InputError, as_int
 from ._checks import check_gradient, check_ndim, check_weights
-from ._fast import cuda_kernels, winograd_kernels
+from ._fast import cuda_kernels, direct_kernels, winograd_kernels
 
 Padding = tuple[int, int, int, int]  # top, bottom, left, right
 
@@ -377,7 +378,11 @@ def _conv2d_input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pad
                          extra_rows=_extra_rows((kh, kw), one, dilation, wp))
     w_t = xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3))  # (C, O, kh, kw)
     out_hw = (h + crop[0] + crop[1], wd + crop[2] + crop[3])
-    patches = _lower(xp, dypad, (kh, kw), out_hw, one, dilation)
-    dx = _convolve(xp, w_t, patches, dy.shape[0], out_hw, dilation)
+    direct = direct_kernels(xp, dy.dtype, w_t.shape[0])
+    if direct is not None:  # few input channels: see _fast
+        dx = direct.convolve_to_few_channels(dypad, w_t, out_hw, dilation)
+    else:
+        patches = _lower(xp, dypad, (kh, kw), out_hw, one, dilation)
+        dx = _convolve(xp, w_t, patches, dy.shape[0], out_hw, dilation)
     dx = dx[:, :, crop[0]:crop[0] + h, crop[2]:crop[2] + wd]
     return xp.permute_dims(dx, (1, 0, 2, 3))
