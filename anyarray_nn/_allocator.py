@@ -35,7 +35,7 @@ def tune_malloc() -> bool:
         return False
     if any(name in os.environ for name in _GLIBC_VARIABLES):
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if platform.system() != "Linux" or not _glibc():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -44,6 +44,15 @@ def tune_malloc() -> bool:
     # The mmap threshold first: setting either one turns off glibc's dynamic adjustment.
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
                 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def _glibc() -> bool:
+    # Asks the C library itself; platform.libc_ver() would scan the Python executable, which
+    # takes a while for a statically linked one, at every import and in every helper process.
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # no confstr, or no such name here
+        return False
 
 
 #: Whether this process runs with the settings (recorded by ``anyarray-bench``).
