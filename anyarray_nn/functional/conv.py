@@ -327,12 +327,12 @@ def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
             dy2 = xp.reshape(dy_cnhw, (o, n * ho * patches.width))
         dw = _weight_gradient(xp, dy2, patches, tuple(w.shape), dilation)
         db = xp.sum(dy2, axis=1)
-        if patches.width != wo:
-            dy2 = None  # not dY's plain matrix, which col2im on CuPy could reuse
 
     if not input_grad:
         return None, dw, db
-    return _input_gradient(xp, dy, w, (h, wd), pads, stride, dilation, dy2, dm), dw, db
+    # dX reuses dY's matrix where it has no wide grid (CuPy's col2im needs it too).
+    plain = dy2 if patches.width == wo else None
+    return _input_gradient(xp, dy, w, (h, wd), pads, stride, dilation, plain, dm), dw, db
 
 
 def _input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pads: Padding,
