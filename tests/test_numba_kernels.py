@@ -1,10 +1,12 @@
 """The numba fast paths for NumPy (functional/_numba_kernels.py) compute what the portable
-kernels do: the 2x2 max-pool exactly, the Winograd 3x3 convolution up to rounding.
+kernels do: the 2x2 max-pool exactly, the Winograd 3x3 convolution and the direct
+convolution of first layers up to rounding.
 
 They need numba (the ``cpu`` extra) and skip without it; the dispatch tests run everywhere.
-The rest of the suite runs them too: every NumPy max-pool with a 2x2 window and every 3x3
-stride-1 convolution of 8 or more input channels (gradient checks, PyTorch agreement, the
-larger CIFAR-10 network's training steps) goes through them.
+The rest of the suite runs them too: every NumPy max-pool with a 2x2 window, every 3x3
+stride-1 convolution of 8 or more input channels and every stride-1 convolution of 1 to 3
+input channels (gradient checks, PyTorch agreement, the course networks' training steps)
+goes through them.
 """
 
 from __future__ import annotations
@@ -165,10 +167,19 @@ WINOGRAD_CASES = {
 }
 
 
-def conv_all(x, w, b, dy, padding):
+def conv_all(x, w, b, dy, **kwargs):
     """Forward and all three gradients."""
-    return (F.conv2d_forward(x, w, b, padding=padding),
-            *F.conv2d_backward(x, w, dy, padding=padding))
+    return F.conv2d_forward(x, w, b, **kwargs), *F.conv2d_backward(x, w, dy, **kwargs)
+
+
+def assert_fast_equals_portable(run, rtol, err_msg):
+    """The fast paths' forward and gradients equal the portable kernels' up to rounding: the
+    sums are reordered, so compare at the scale of the values."""
+    fast, portable = fast_and_portable(run)
+    for what, a, e in zip(("y", "dx", "dW", "db"), fast, portable):
+        assert a.dtype == e.dtype and a.shape == e.shape, (err_msg, what)
+        np.testing.assert_allclose(a, e, rtol=0, atol=rtol * float(np.abs(e).max()),
+                                   err_msg=f"{err_msg} {what}")
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-6)])
@@ -183,12 +194,8 @@ def test_winograd_convolution_equals_the_portable_kernel(numba_kernels, rng, dty
     dy_values = rng.standard_normal(y.shape).astype(dtype)
     for layout, x in layouts(values).items():
         for dy in layouts(dy_values).values():
-            fast, portable = fast_and_portable(lambda: conv_all(x, w, b, dy, padding))
-            for what, a, e in zip(("y", "dx", "dW", "db"), fast, portable):
-                assert a.dtype == e.dtype and a.shape == e.shape, (layout, what)
-                # Rounding differs (the sums are reordered): compare at the scale of the values.
-                np.testing.assert_allclose(a, e, rtol=0, atol=rtol * float(np.abs(e).max()),
-                                           err_msg=f"{layout} {what}")
+            assert_fast_equals_portable(lambda: conv_all(x, w, b, dy, padding=padding), rtol,
+                                        layout)
 
 
 def test_winograd_convolution_passes_float64_gradient_checks(numba_kernels, rng):
@@ -205,16 +212,22 @@ def test_winograd_convolution_passes_float64_gradient_checks(numba_kernels, rng)
     assert report.passed, str(report)
 
 
+def record_calls(module, names, monkeypatch):
+    """The list to which calls of ``module``'s functions ``names`` append their names."""
+    calls = []
+    for name in names:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name,
+                            lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    return calls
+
+
 @pytest.fixture
 def winograd_calls(numba_kernels, monkeypatch):
     """The names of the Winograd functions called, in order."""
-    calls = []
-    for name in ("winograd_patches", "winograd_forward", "winograd_output_gradient",
-                 "winograd_weight_gradient", "winograd_input_gradient"):
-        real = getattr(numba_kernels, name)
-        monkeypatch.setattr(numba_kernels, name,
-                            lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
-    return calls
+    return record_calls(numba_kernels, ["winograd_patches", "winograd_forward",
+                                        "winograd_output_gradient", "winograd_weight_gradient",
+                                        "winograd_input_gradient"], monkeypatch)
 
 
 def test_the_winograd_path_runs_for_3x3_stride1_convolutions_of_8_channels_or_more(
@@ -241,9 +254,9 @@ def test_the_winograd_path_runs_for_3x3_stride1_convolutions_of_8_channels_or_mo
     assert winograd_calls == []
 
 
-def test_a_few_channel_first_layer_keeps_im2col(winograd_calls, rng):
+def test_a_few_channel_first_layer_is_not_winograd(winograd_calls, rng):
     """3 -> 16 channels: neither the forward pass, dW nor dX is Winograd (dX's GEMMs would be
-    3 x 16, and its transforms cost more than they save)."""
+    3 x 16, and its transforms cost more than they save); they are direct convolutions."""
     x = rng.standard_normal((2, 3, 7, 8)).astype(np.float32)
     w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
     F.conv2d_forward(x, w, padding=1)
@@ -251,13 +264,16 @@ def test_a_few_channel_first_layer_keeps_im2col(winograd_calls, rng):
     assert winograd_calls == []
 
 
-def test_winograd_patches_kept_by_the_layer_are_remade_in_a_portable_block(numba_kernels, rng):
-    """A Conv2D layer keeps the forward's Winograd tiles; a backward inside portable_kernels()
-    may not use them and computes the portable gradients instead."""
-    layer = ann.layers.Conv2D(8, 4, 3, padding=1, dtype="float64", rng=0)
-    x = rng.standard_normal((2, 8, 6, 6))
+@pytest.mark.parametrize("channels, kind", [(8, "winograd"), (3, "direct")])
+def test_fast_patches_kept_by_the_layer_are_remade_in_a_portable_block(numba_kernels, rng,
+                                                                        channels, kind):
+    """A Conv2D layer keeps the forward's Winograd tiles or direct padded planes; a backward
+    inside portable_kernels() may not use them and computes the portable gradients instead."""
+    layer = ann.layers.Conv2D(channels, 4, 3, padding=1, dtype="float64", rng=0)
+    x = rng.standard_normal((2, channels, 6, 6))
     dy = rng.standard_normal((2, 4, 6, 6))
     layer.forward(x, train=True)
+    assert layer._cache[1].kind == kind  # (x, patches)
     with F.portable_kernels():
         dx = layer.backward(dy)
         expected = F.conv2d_backward(x, layer.params["W"], dy, padding=1)
@@ -277,42 +293,88 @@ def test_winograd_dispatch_answers_only_for_numpy_floats_and_its_window(numba_ke
         assert _fast.winograd_kernels(np, np.dtype("float64"), WINOGRAD, 8) is None
 
 
-# dX of convolutions with 1 to 3 input channels (first layers): a direct convolution.
+# Convolutions with 1 to 3 input channels (first layers): the forward pass and dW are direct
+# convolutions, and so is dX (a convolution down to those channels) whatever the stride.
 DIRECT_CASES = {  # (N, C, H, W), (O, kh, kw), stride, padding, dilation
     "mnist-first-layer": ((3, 1, 12, 11), (16, 5, 5), 1, 2, 1),
     "cifar-first-layer": ((2, 3, 10, 10), (16, 5, 5), 1, 2, 1),
+    "3x3-first-layer": ((2, 3, 8, 9), (32, 3, 3), 1, "same", 1),
     "3x3-valid": ((2, 2, 7, 9), (8, 3, 3), 1, 0, 1),
+    "1x1": ((2, 3, 5, 4), (4, 1, 1), 1, 0, 1),
     "stride2": ((2, 3, 9, 8), (4, 3, 3), 2, 1, 1),
-    "dilation-pair": ((1, 1, 10, 9), (5, 3, 2), 1, (2, 1), (2, 1)),
-    "asymmetric": ((2, 3, 6, 7), (6, 3, 3), 1, (0, 2, 1, 0), 1),
+    "dilation-odd-outputs": ((1, 1, 10, 9), (5, 3, 2), 1, (2, 1), (2, 1)),
+    "asymmetric-batch1-one-output": ((1, 3, 6, 7), (1, 3, 3), 1, (0, 2, 1, 0), 1),
 }
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-6)])
 @pytest.mark.parametrize("name", DIRECT_CASES)
-def test_direct_dx_equals_the_portable_kernel(numba_kernels, rng, dtype, rtol, name):
+def test_direct_convolution_equals_the_portable_kernel(numba_kernels, rng, dtype, rtol, name):
     shape, (o, kh, kw), stride, padding, dilation = DIRECT_CASES[name]
-    assert _fast.direct_kernels(np, np.dtype(dtype), shape[1]) is numba_kernels
+    assert _fast.direct_kernels(np, np.dtype(dtype), (1, 1), shape[1]) is numba_kernels
     w = rng.standard_normal((o, shape[1], kh, kw)).astype(dtype)
-    x = rng.standard_normal(shape).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
     kwargs = dict(stride=stride, padding=padding, dilation=dilation)
-    dy_values = rng.standard_normal(F.conv2d_forward(x, w, **kwargs).shape).astype(dtype)
-    for layout, dy in layouts(dy_values).items():
-        fast, portable = fast_and_portable(lambda: F.conv2d_backward(x, w, dy, **kwargs)[0])
-        assert fast.shape == portable.shape and fast.dtype == portable.dtype
-        np.testing.assert_allclose(fast, portable, rtol=0,
-                                   atol=rtol * float(np.abs(portable).max()), err_msg=layout)
+    values = rng.standard_normal(shape).astype(dtype)
+    dy_values = rng.standard_normal(F.conv2d_forward(values, w, **kwargs).shape).astype(dtype)
+    for layout, x in layouts(values).items():
+        for dy in layouts(dy_values).values():
+            assert_fast_equals_portable(lambda: conv_all(x, w, b, dy, **kwargs), rtol, layout)
 
 
-def test_the_direct_dx_runs_for_three_input_channels_or_fewer(numba_kernels, monkeypatch, rng):
+def test_direct_convolution_passes_float64_gradient_checks(numba_kernels, rng):
+    from anyarray_nn.gradcheck import check_function
+    x = rng.standard_normal((2, 3, 5, 6))
+    w, b = rng.standard_normal((5, 3, 3, 2)), rng.standard_normal(5)  # odd O, 18 taps
+
+    def backward(dy, x, w, b):
+        dx, dw, db = F.conv2d_backward(x, w, dy, padding=(1, 2), dilation=(1, 2))
+        return {"x": dx, "w": dw, "b": db}
+
+    report = check_function(
+        lambda x, w, b: F.conv2d_forward(x, w, b, padding=(1, 2), dilation=(1, 2)), backward,
+        {"x": x, "w": w, "b": b}, max_checks=80)
+    assert report.passed, str(report)
+
+
+@pytest.fixture
+def direct_calls(numba_kernels, monkeypatch):
+    """For each call of a direct kernel: its name and the input channels of its weights."""
     calls = []
-    real = numba_kernels.convolve_to_few_channels
-    monkeypatch.setattr(numba_kernels, "convolve_to_few_channels",
-                        lambda *a: calls.append(a[1].shape[0]) or real(*a))
+    for name in ("direct_convolution", "direct_weight_gradient"):
+        real = getattr(numba_kernels, name)
+        monkeypatch.setattr(numba_kernels, name, lambda xpad, *a, _real=real, _name=name:
+                            calls.append((_name, xpad.shape[0])) or _real(xpad, *a))
+    return calls
+
+
+def test_the_direct_path_runs_for_three_input_channels_or_fewer(direct_calls, rng):
     for c in (1, 3, 4):
         x, w = rng.standard_normal((2, c, 6, 6)), rng.standard_normal((8, c, 5, 5))
-        F.conv2d_backward(x, w, np.ones((2, 8, 6, 6)), padding=2)
-        F.conv2d_backward(x, w, np.ones((2, 8, 6, 6)), padding=2, input_grad=False)
+        F.conv2d_backward(x, w, np.ones((2, 8, 6, 6)), padding=2)  # patches made afresh
+        F.conv2d_forward(x, w, padding=2, stride=2)  # stride 2: im2col
+    # dX of a first layer (1 or 3 output channels) convolves dY, 8 channels, down to them
+    assert direct_calls == [("direct_weight_gradient", 1), ("direct_convolution", 8),
+                            ("direct_weight_gradient", 3), ("direct_convolution", 8)]
+    direct_calls.clear()
+    layer = ann.layers.Conv2D(3, 8, 5, padding=2, dtype="float64", rng=0)
+    layer.forward(rng.standard_normal((2, 3, 6, 6)), train=True)
+    layer.backward(np.ones((2, 8, 6, 6)), input_grad=False)  # a first layer: no dX
+    assert direct_calls == [("direct_convolution", 3), ("direct_weight_gradient", 3)]
+    direct_calls.clear()
     with F.portable_kernels():
         F.conv2d_backward(x[:, :1], w[:, :1], np.ones((2, 8, 6, 6)), padding=2)
-    assert calls == [1, 3]
+    assert direct_calls == []
+
+
+def test_direct_dispatch_answers_only_for_numpy_floats_stride_1_and_few_channels(
+        numba_kernels):
+    import array_api_strict
+    one = (1, 1)
+    assert _fast.direct_kernels(np, np.dtype("float32"), one, 3) is numba_kernels
+    assert _fast.direct_kernels(np, np.dtype("float32"), one, 4) is None
+    assert _fast.direct_kernels(np, np.dtype("float64"), (2, 1), 1) is None
+    assert _fast.direct_kernels(array_api_strict, array_api_strict.float64, one, 1) is None
+    assert _fast.direct_kernels(np, np.dtype("int64"), one, 1) is None
+    with F.portable_kernels():
+        assert _fast.direct_kernels(np, np.dtype("float64"), one, 1) is None

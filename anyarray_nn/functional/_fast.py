@@ -8,8 +8,9 @@ equal to the portable code (tests/test_cupy_kernels.py). On the CPU, NumPy runs 
 max-pool's k*k masked passes as a separate loop over memory; with numba installed (the
 ``cpu`` extra) ``_numba_kernels`` does the 2x2 max-pool of the course networks in one
 compiled loop instead, runs 3x3 convolutions as Winograd convolutions, whose GEMMs are
-2.25x smaller, and computes dX of a first layer directly instead of through an im2col
-matrix kh*kw times the size of dY (tests/test_numba_kernels.py). ``anyarray-bench
+2.25x smaller, and computes a first layer's convolutions (1 to 3 input channels) directly
+instead of through im2col matrices kh*kw times the size of the image or dY
+(tests/test_numba_kernels.py). ``anyarray-bench
 --portable`` measures both against the portable code (docs/benchmarks.md).
 
 Every such place asks :func:`cuda_kernels`, :func:`pool_kernels`, :func:`winograd_kernels`
@@ -67,12 +68,12 @@ def winograd_kernels(xp: Any, dtype: Any, window: Any, channels: int) -> Any | N
     return numba_kernels if channels >= numba_kernels.WINOGRAD_MIN_CHANNELS else None
 
 
-def direct_kernels(xp: Any, dtype: Any, out_channels: int) -> Any | None:
-    """The numba kernels module when a stride-1 convolution down to ``out_channels`` (dX of a
-    network's first layer) runs as a direct convolution: NumPy float arrays and at most
-    ``DIRECT_MAX_CHANNELS`` output channels; else None."""
+def direct_kernels(xp: Any, dtype: Any, stride: tuple[int, int], channels: int) -> Any | None:
+    """The numba kernels module when a convolution with ``stride`` runs as a direct
+    convolution: NumPy float arrays, stride 1 and at most ``DIRECT_MAX_CHANNELS`` ``channels``
+    (a first layer's input channels for its forward pass and dW, its output of dX); else None."""
     numba_kernels = _numba_kernels(xp, dtype)
-    if numba_kernels is None or out_channels > numba_kernels.DIRECT_MAX_CHANNELS:
+    if numba_kernels is None or stride != (1, 1) or channels > numba_kernels.DIRECT_MAX_CHANNELS:
         return None
     return numba_kernels
 

@@ -30,8 +30,9 @@ docs/benchmarks.md):
 On CuPy, where each of those slices is a kernel launch, one CUDA kernel writes the full
 im2col matrix instead and dX is col2im of W^T dY (``_cupy_kernels``, chosen in ``_fast``).
 On NumPy with numba, 3x3 stride-1 convolutions of 8 or more input channels run as Winograd
-convolutions, whose GEMMs are 2.25x smaller, and dX of a convolution with 1 to 3 input
-channels (a first layer) is computed directly (``_numba_kernels``, chosen in ``_fast``).
+convolutions, whose GEMMs are 2.25x smaller, and stride-1 convolutions with 1 to 3 input
+channels (a first layer) are computed directly, forward, dW and dX, from the same padded
+flat planes (``_numba_kernels``, chosen in ``_fast``).
 """
 
 from __future__ import annotations
@@ -141,9 +142,10 @@ class Patches:
 
     ``kind`` is ``"full"`` (``matrix`` is the (C*kh*kw, N*Ho*Wv) im2col matrix),
     ``"rows"`` (``matrix`` is (C*kh, N*Ho*Wp): only kernel rows are unrolled, and the kw
-    kernel columns are shifted views of it) or ``"winograd"`` (``matrix`` is the (16, C, T)
-    stack of transformed input tiles, see ``_numba_kernels``). ``width`` is Wv, the width of
-    the output grid the columns encode.
+    kernel columns are shifted views of it), ``"winograd"`` (``matrix`` is the (16, C, T)
+    stack of transformed input tiles) or ``"direct"`` (``matrix`` is the padded (C, N, Hp,
+    Wp) input itself, see ``_numba_kernels``). ``width`` is Wv, the width of the output grid
+    the columns encode.
     """
 
     kind: str
@@ -224,8 +226,8 @@ def _weight_gradient(xp: Any, dy2: Any, patches: Patches, w_shape: tuple[int, ..
 def _patches(xp: Any, x: Any, kernel: tuple[int, int], out_hw: tuple[int, int], pads: Padding,
              stride: tuple[int, int], dilation: tuple[int, int]) -> Patches:
     """The patches of NCHW ``x``: one CUDA kernel on CuPy, Winograd tiles for the 3x3
-    convolutions numba runs (see ``_fast``), else the padded channels-first copy lowered by
-    :func:`_lower`."""
+    convolutions numba runs and just the padded channels-first copy for its direct ones (see
+    ``_fast``), else that copy lowered by :func:`_lower`."""
     fast = cuda_kernels(xp, x.dtype)
     if fast is not None:
         return Patches("full", fast.im2col(x, kernel, out_hw, stride, dilation, pads), out_hw[1])
@@ -234,6 +236,8 @@ def _patches(xp: Any, x: Any, kernel: tuple[int, int], out_hw: tuple[int, int], 
         return Patches("winograd", winograd.winograd_patches(x, pads, out_hw), out_hw[1])
     wp = x.shape[3] + pads[2] + pads[3]
     xpad = _padded_cnhw(xp, x, pads, extra_rows=_extra_rows(kernel, stride, dilation, wp))
+    if direct_kernels(xp, x.dtype, stride, x.shape[1]) is not None:
+        return Patches("direct", xpad, wp)
     return _lower(xp, xpad, kernel, out_hw, stride, dilation)
 
 
@@ -282,6 +286,10 @@ def _conv2d_forward_with_patches(x: Any, w: Any, b: Any | None, stride: Any, pad
     if patches.kind == "winograd":  # the bias is added by the output transform
         fast = winograd_kernels(xp, x.dtype, (kernel, stride, dilation), x.shape[1])
         return fast.winograd_forward(w, patches.matrix, b, x.shape[0], out_hw), patches
+    if patches.kind == "direct":  # the bias starts each output's sums
+        fast = direct_kernels(xp, x.dtype, stride, x.shape[1])
+        y = fast.direct_convolution(patches.matrix, w, b, out_hw, dilation)
+        return xp.permute_dims(y, (1, 0, 2, 3)), patches
     y = _convolve(xp, w, patches, x.shape[0], out_hw, dilation)
     if b is not None:
         y = y + b[:, None, None, None]
@@ -306,11 +314,12 @@ def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
     o = w.shape[0]
     check_gradient(x, dy, (n, o, ho, wo))
 
-    # Winograd patches are used by the kernels that made them, unless a portable_kernels()
-    # block now rules those out: then the portable patches are made afresh.
-    window = (kernel, stride, dilation)
-    winograd = winograd_kernels(xp, x.dtype, window, c)
-    if patches is None or (patches.kind == "winograd" and winograd is None):
+    # Winograd and direct patches are used by the kernels that made them, unless a
+    # portable_kernels() block now rules those out: then the portable patches are made afresh.
+    winograd = winograd_kernels(xp, x.dtype, (kernel, stride, dilation), c)
+    direct = direct_kernels(xp, x.dtype, stride, c)
+    if (patches is None or (patches.kind == "winograd" and winograd is None)
+            or (patches.kind == "direct" and direct is None)):
         patches = _patches(xp, x, kernel, (ho, wo), pads, stride, dilation)
     if patches.kind == "winograd":
         dm = winograd.winograd_output_gradient(dy)  # the first step of dW and (mostly) dX
@@ -325,7 +334,10 @@ def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
             dy_cnhw = xp.zeros((o, n, ho, patches.width), dtype=dy.dtype, device=dy.device)
             dy_cnhw[:, :, :, :wo] = xp.permute_dims(dy, (1, 0, 2, 3))
             dy2 = xp.reshape(dy_cnhw, (o, n * ho * patches.width))
-        dw = _weight_gradient(xp, dy2, patches, tuple(w.shape), dilation)
+        if patches.kind == "direct":
+            dw = direct.direct_weight_gradient(patches.matrix, dy2, tuple(w.shape), dilation)
+        else:
+            dw = _weight_gradient(xp, dy2, patches, tuple(w.shape), dilation)
         db = xp.sum(dy2, axis=1)
 
     if not input_grad:
@@ -378,9 +390,9 @@ def _conv2d_input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pad
                          extra_rows=_extra_rows((kh, kw), one, dilation, wp))
     w_t = xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3))  # (C, O, kh, kw)
     out_hw = (h + crop[0] + crop[1], wd + crop[2] + crop[3])
-    direct = direct_kernels(xp, dy.dtype, w_t.shape[0])
+    direct = direct_kernels(xp, dy.dtype, one, w_t.shape[0])
     if direct is not None:  # few input channels: see _fast
-        dx = direct.convolve_to_few_channels(dypad, w_t, out_hw, dilation)
+        dx = direct.direct_convolution(dypad, w_t, None, out_hw, dilation)
     else:
         patches = _lower(xp, dypad, (kh, kw), out_hw, one, dilation)
         dx = _convolve(xp, w_t, patches, dy.shape[0], out_hw, dilation)
