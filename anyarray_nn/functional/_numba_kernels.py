@@ -419,16 +419,24 @@ def _convolve_groups(xflat: Any, plane: Any, start: Any, weights: Any, bias: Any
 
 
 @_compile(fastmath={"contract", "reassoc"})  # reassoc: vectorized running sums
-def _correlate_groups(xflat: Any, plane: Any, start: Any, dy: Any,
+def _correlate_groups(xflat: Any, plane: Any, start: Any, dy: Any, wide: Any,
                       grad: Any) -> None:  # pragma: no cover - compiled
-    # grad (O, groups, 5), zeroed, += the sum over images and the run of dy (O, N, run)
-    # times each tap's run; output planes in pairs as in _convolve_groups (an odd last plane
-    # is summed twice and stored twice, the same value)
-    run, last = dy.shape[2], dy.shape[0] - 1
+    # grad (O, groups, 5), zeroed, += the sum over images and the run of dY times each tap's
+    # run. dY (O, N, Ho, Wo) planes, in pairs as in _convolve_groups (an odd last plane is
+    # summed twice and stored twice, the same value), are first copied onto the wide grid of
+    # the two zeroed rows of ``wide``, whose extra columns stay zero
+    ho, wo = dy.shape[2], dy.shape[3]
+    run, last = wide.shape[1], dy.shape[0] - 1
+    width = run // ho
+    a, b = wide[0], wide[1]
     for n in range(dy.shape[1]):
         for o in range(0, last + 1, 2):
             q = min(o + 1, last)
-            a, b = dy[o, n], dy[q, n]
+            for r in range(ho):
+                from_a, from_b = dy[o, n, r], dy[q, n, r]
+                row_a, row_b = a[r * width:r * width + wo], b[r * width:r * width + wo]
+                for j in range(wo):
+                    row_a[j], row_b[j] = from_a[j], from_b[j]
             for g in range(plane.shape[0]):
                 k, s = plane[g], start[g]
                 t0 = xflat[k[0], n, s[0]:s[0] + run]
@@ -471,14 +479,15 @@ def direct_convolution(xpad: Any, w: Any, b: Any | None, out_hw: tuple[int, int]
     return out
 
 
-def direct_weight_gradient(xpad: Any, dy_wide: Any, w_shape: tuple[int, ...],
+def direct_weight_gradient(xpad: Any, dy: Any, w_shape: tuple[int, ...],
                            dilation: tuple[int, int]) -> Any:
-    """dW (O, K, kh, kw) of :func:`direct_convolution` of ``xpad``, from dY on the same wide
-    grid: ``dy_wide`` (O, N*Ho*Wp), C-contiguous, zero in the columns past Wo."""
+    """dW (O, K, kh, kw) of :func:`direct_convolution` of ``xpad``, from NCHW ``dy`` (any
+    strides)."""
     k, n, hp, wp = xpad.shape
     o = w_shape[0]
     plane, start, _ = _tap_groups(np.empty((1, *w_shape[1:]), dtype=xpad.dtype), wp, dilation)
     grad = np.zeros((o, plane.shape[0], GROUP), dtype=xpad.dtype)
-    _correlate_groups(_flat(xpad), plane, start, np.reshape(dy_wide, (o, n, -1)), grad)
+    wide = np.zeros((2, dy.shape[2] * wp), dtype=xpad.dtype)
+    _correlate_groups(_flat(xpad), plane, start, _cnhw(dy), wide, grad)
     count = math.prod(w_shape[1:])
     return np.reshape(np.reshape(grad, (o, -1))[:, :count], w_shape)

@@ -321,23 +321,22 @@ def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
     if (patches is None or (patches.kind == "winograd" and winograd is None)
             or (patches.kind == "direct" and direct is None)):
         patches = _patches(xp, x, kernel, (ho, wo), pads, stride, dilation)
+    dm = dy2 = None
     if patches.kind == "winograd":
         dm = winograd.winograd_output_gradient(dy)  # the first step of dW and (mostly) dX
         dw, db = winograd.winograd_weight_gradient(dm, patches.matrix, tuple(w.shape))
-        dy2 = None
+    elif patches.kind == "direct":
+        dw = direct.direct_weight_gradient(patches.matrix, dy, tuple(w.shape), dilation)
+        db = xp.sum(dy, axis=(0, 2, 3))
     else:
         # dW = dY @ patches^T, with dY laid out on the same (possibly wide) grid as the patches.
-        dm = None
         if patches.width == wo:
             dy2 = _dy_matrix(xp, dy)
         else:
             dy_cnhw = xp.zeros((o, n, ho, patches.width), dtype=dy.dtype, device=dy.device)
             dy_cnhw[:, :, :, :wo] = xp.permute_dims(dy, (1, 0, 2, 3))
             dy2 = xp.reshape(dy_cnhw, (o, n * ho * patches.width))
-        if patches.kind == "direct":
-            dw = direct.direct_weight_gradient(patches.matrix, dy2, tuple(w.shape), dilation)
-        else:
-            dw = _weight_gradient(xp, dy2, patches, tuple(w.shape), dilation)
+        dw = _weight_gradient(xp, dy2, patches, tuple(w.shape), dilation)
         db = xp.sum(dy2, axis=1)
 
     if not input_grad:
