@@ -61,7 +61,7 @@ from threadpoolctl import ThreadpoolController
 
 from . import backend as _backend
 from .errors import InputError
-from .functional._fast import portable_kernels, portable_only
+from .functional._fast import one_thread_each, portable_kernels, portable_only
 from .layers.base import _NO_CACHE
 from .model import Sequential
 
@@ -69,17 +69,20 @@ _blas = ThreadpoolController()
 
 
 class _OneBlasThread:
-    """One BLAS thread while any wrapper of this process runs its slices. The limit is
-    process-wide: the first wrapper to enter sets it, the last to leave restores it (two
-    wrappers each restoring what it saw on entry could leave it at one for good)."""
+    """One BLAS thread while any wrapper of this process runs its slices, and ``one_core()``
+    for the choice of kernels (see ``_fast``). The limit is process-wide: the first wrapper
+    to enter sets it, the last to leave restores it (two wrappers each restoring what it saw
+    on entry could leave it at one for good)."""
 
     def __init__(self) -> None:
         self.lock, self.depth, self.limiter = threading.Lock(), 0, None
+        self.kernels = contextlib.ExitStack()
 
     def __enter__(self) -> None:
         with self.lock:
             if self.depth == 0:
                 self.limiter = _blas.limit(limits=1, user_api="blas")
+                self.kernels.enter_context(one_thread_each())
             self.depth += 1
 
     def __exit__(self, *exc: Any) -> None:
@@ -87,6 +90,7 @@ class _OneBlasThread:
             self.depth -= 1
             if self.depth == 0:
                 self.limiter.restore_original_limits()
+                self.kernels.close()
 
 
 _one_blas_thread = _OneBlasThread()

@@ -346,9 +346,10 @@ def winograd_input_gradient(dm: Any, w: Any, batch: int, out_hw: tuple[int, int]
 
 # Direct convolution, for the convolutions with few channels on one side: the forward pass
 # and dW of a network's first layer (1 to 3 input channels), and dX of it (a convolution down
-# to those channels). im2col copies every input element kh*kw times into a matrix that one
-# GEMM with a short inner size (3*5*5 = 75) then reads once: memory-bound work on both sides
-# (the MNIST network's first layer at batch 64: a 92 MB matrix for dX's 0.2 MB result).
+# to those channels); on one core also those with up to 16 channels. im2col copies every
+# input element kh*kw times into a matrix that one GEMM with a short inner size (3*5*5 = 75)
+# then reads once: memory-bound work on both sides (the MNIST network's first layer at batch
+# 64: a 92 MB matrix for dX's 0.2 MB result).
 #
 # Computed directly, each padded plane is read as one flat row of width Wp, and the output on
 # the "wide" grid of Ho x Wp positions (see ``conv``): kernel tap (k, i, j) contributes the
@@ -361,8 +362,12 @@ def winograd_input_gradient(dm: Any, w: Any, batch: int, out_hw: tuple[int, int]
 #
 # Batch 64 on one core, against im2col and a GEMM (docs/benchmarks.md): the CIFAR-10
 # network's first layer forward 3.9 -> 1.3 ms and dW 4.1 -> 1.0 ms, MNIST's 0.7 -> 0.4 and
-# 1.3 -> 0.25.
+# 1.3 -> 0.25; with two BLAS threads for the GEMM still 2.7 -> 1.4 and 3.0 -> 1.1. With 16
+# channels (the course networks' second layers) the kernel wins on one core (batch 32: the
+# CIFAR-10 network's forward 1.4 -> 1.3 ms, dW and dX 2.9 -> 2.2), where DataParallel runs
+# each slice, but loses to a GEMM on two threads (forward 2.0 -> 2.6).
 DIRECT_MAX_CHANNELS = 3
+DIRECT_MAX_CHANNELS_ONE_CORE = 16  # where a GEMM gets one core too (_fast.one_core)
 GROUP = 5  # taps per pass
 
 
