@@ -129,6 +129,7 @@ def test_without_numba_numpy_takes_the_portable_kernels_quietly(monkeypatch, rec
     monkeypatch.delattr(F, "_numba_kernels", raising=False)  # what "from . import" finds first
     assert _fast.pool_kernels(np, np.dtype("float32"), WINDOW) is None
     assert _fast.winograd_kernels(np, np.dtype("float32"), WINOGRAD, 8) is None
+    assert _fast.direct_kernels(np, np.dtype("float32"), (1, 1), 1) is None
     assert not _fast.has_fast_paths(np, np.dtype("float32"))
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     np.testing.assert_array_equal(F.maxpool2d_forward(x, 2), [[[[5.0, 7.0], [13.0, 15.0]]]])

@@ -8,9 +8,9 @@ equal to the portable code (tests/test_cupy_kernels.py). On the CPU, NumPy runs 
 max-pool's k*k masked passes as a separate loop over memory; with numba installed (the
 ``cpu`` extra) ``_numba_kernels`` does the 2x2 max-pool of the course networks in one
 compiled loop instead, runs 3x3 convolutions as Winograd convolutions, whose GEMMs are
-2.25x smaller, and computes a first layer's convolutions (1 to 3 input channels) directly
-instead of through im2col matrices kh*kw times the size of the image or dY
-(tests/test_numba_kernels.py). ``anyarray-bench
+2.25x smaller, and computes a first layer's convolutions (1 to 3 input channels; on one
+core up to 16) directly instead of through im2col matrices kh*kw times the size of the image
+or dY (tests/test_numba_kernels.py). ``anyarray-bench
 --portable`` measures both against the portable code (docs/benchmarks.md).
 
 Every such place asks :func:`cuda_kernels`, :func:`pool_kernels`, :func:`winograd_kernels`

@@ -31,8 +31,8 @@ On CuPy, where each of those slices is a kernel launch, one CUDA kernel writes t
 im2col matrix instead and dX is col2im of W^T dY (``_cupy_kernels``, chosen in ``_fast``).
 On NumPy with numba, 3x3 stride-1 convolutions of 8 or more input channels run as Winograd
 convolutions, whose GEMMs are 2.25x smaller, and stride-1 convolutions with 1 to 3 input
-channels (a first layer) are computed directly, forward, dW and dX, from the same padded
-flat planes (``_numba_kernels``, chosen in ``_fast``).
+channels (a first layer; on one core up to 16) are computed directly, forward, dW and dX,
+from the same padded flat planes (``_numba_kernels``, chosen in ``_fast``).
 """
 
 from __future__ import annotations
