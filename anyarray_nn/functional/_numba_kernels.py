@@ -387,6 +387,21 @@ def _tap_groups(w: Any, width: int, dilation: tuple[int, int]) -> tuple[Any, Any
             np.reshape(weights, (o, groups, GROUP)))
 
 
+@_inline
+def _tap_runs(xflat: Any, plane: Any, start: Any, n: int, run: int) -> Any:  # pragma: no cover
+    # The runs of one group's five taps in image n: slices, so their indices are in range
+    return (xflat[plane[0], n, start[0]:start[0] + run],
+            xflat[plane[1], n, start[1]:start[1] + run],
+            xflat[plane[2], n, start[2]:start[2] + run],
+            xflat[plane[3], n, start[3]:start[3] + run],
+            xflat[plane[4], n, start[4]:start[4] + run])
+
+
+@_inline
+def _five(values: Any) -> Any:  # pragma: no cover - compiled
+    return values[0], values[1], values[2], values[3], values[4]
+
+
 @_compile(fastmath={"contract"})  # contract: fused multiply-adds
 def _convolve_groups(xflat: Any, plane: Any, start: Any, weights: Any, bias: Any,
                      wide: Any, out: Any) -> None:  # pragma: no cover - compiled
@@ -403,15 +418,9 @@ def _convolve_groups(xflat: Any, plane: Any, start: Any, weights: Any, bias: Any
             q = min(o + 1, last)
             a[:], b[:] = bias[o], bias[q]
             for g in range(plane.shape[0]):
-                k, s = plane[g], start[g]
-                t0 = xflat[k[0], n, s[0]:s[0] + run]
-                t1 = xflat[k[1], n, s[1]:s[1] + run]
-                t2 = xflat[k[2], n, s[2]:s[2] + run]
-                t3 = xflat[k[3], n, s[3]:s[3] + run]
-                t4 = xflat[k[4], n, s[4]:s[4] + run]
+                t0, t1, t2, t3, t4 = _tap_runs(xflat, plane[g], start[g], n, run)
                 u, v = weights[o, g], weights[q, g]
-                u0, u1, u2, u3, u4 = u[0], u[1], u[2], u[3], u[4]
-                v0, v1, v2, v3, v4 = v[0], v[1], v[2], v[3], v[4]
+                (u0, u1, u2, u3, u4), (v0, v1, v2, v3, v4) = _five(u), _five(v)
                 for p in range(run):
                     e0, e1, e2, e3, e4 = t0[p], t1[p], t2[p], t3[p], t4[p]
                     a[p] += u0 * e0 + u1 * e1 + u2 * e2 + u3 * e3 + u4 * e4
@@ -443,16 +452,10 @@ def _correlate_groups(xflat: Any, plane: Any, start: Any, dy: Any, wide: Any,
                 for j in range(wo):
                     row_a[j], row_b[j] = from_a[j], from_b[j]
             for g in range(plane.shape[0]):
-                k, s = plane[g], start[g]
-                t0 = xflat[k[0], n, s[0]:s[0] + run]
-                t1 = xflat[k[1], n, s[1]:s[1] + run]
-                t2 = xflat[k[2], n, s[2]:s[2] + run]
-                t3 = xflat[k[3], n, s[3]:s[3] + run]
-                t4 = xflat[k[4], n, s[4]:s[4] + run]
+                t0, t1, t2, t3, t4 = _tap_runs(xflat, plane[g], start[g], n, run)
                 u, v = grad[o, g], grad[q, g]
                 # the sums start from the stored values: same dtype as the arrays
-                u0, u1, u2, u3, u4 = u[0], u[1], u[2], u[3], u[4]
-                v0, v1, v2, v3, v4 = v[0], v[1], v[2], v[3], v[4]
+                (u0, u1, u2, u3, u4), (v0, v1, v2, v3, v4) = _five(u), _five(v)
                 for p in range(run):
                     e0, e1, e2, e3, e4 = t0[p], t1[p], t2[p], t3[p], t4[p]
                     da, db = a[p], b[p]
