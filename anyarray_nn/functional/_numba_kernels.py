@@ -402,6 +402,14 @@ def _five(values: Any) -> Any:  # pragma: no cover - compiled
     return values[0], values[1], values[2], values[3], values[4]
 
 
+@_inline
+def _copy_row(source: Any, target: Any) -> None:  # pragma: no cover - compiled
+    # Element by element: numba's slice assignment checks for overlap, which costs more than
+    # the copy for rows of 28 (MNIST's forward pass 0.6 -> 1.1 ms at batch 64)
+    for j in range(target.shape[0]):
+        target[j] = source[j]
+
+
 @_compile(fastmath={"contract"})  # contract: fused multiply-adds
 def _convolve_groups(xflat: Any, plane: Any, start: Any, weights: Any, bias: Any,
                      wide: Any, out: Any) -> None:  # pragma: no cover - compiled
@@ -426,10 +434,8 @@ def _convolve_groups(xflat: Any, plane: Any, start: Any, weights: Any, bias: Any
                     a[p] += u0 * e0 + u1 * e1 + u2 * e2 + u3 * e3 + u4 * e4
                     b[p] += v0 * e0 + v1 * e1 + v2 * e2 + v3 * e3 + v4 * e4
             for r in range(ho):
-                row_a, row_b = a[r * width:r * width + wo], b[r * width:r * width + wo]
-                to_a, to_b = out[o, n, r], out[q, n, r]
-                for j in range(wo):
-                    to_a[j], to_b[j] = row_a[j], row_b[j]
+                _copy_row(a[r * width:r * width + wo], out[o, n, r])
+                _copy_row(b[r * width:r * width + wo], out[q, n, r])
 
 
 @_compile(fastmath={"contract", "reassoc"})  # reassoc: vectorized running sums
@@ -447,10 +453,8 @@ def _correlate_groups(xflat: Any, plane: Any, start: Any, dy: Any, wide: Any,
         for o in range(0, last + 1, 2):
             q = min(o + 1, last)
             for r in range(ho):
-                from_a, from_b = dy[o, n, r], dy[q, n, r]
-                row_a, row_b = a[r * width:r * width + wo], b[r * width:r * width + wo]
-                for j in range(wo):
-                    row_a[j], row_b[j] = from_a[j], from_b[j]
+                _copy_row(dy[o, n, r], a[r * width:r * width + wo])
+                _copy_row(dy[q, n, r], b[r * width:r * width + wo])
             for g in range(plane.shape[0]):
                 t0, t1, t2, t3, t4 = _tap_runs(xflat, plane[g], start[g], n, run)
                 u, v = grad[o, g], grad[q, g]
