@@ -371,20 +371,26 @@ DIRECT_MAX_CHANNELS_ONE_CORE = 16  # where a GEMM gets one core too (_fast.one_c
 GROUP = 5  # taps per pass
 
 
-def _tap_groups(w: Any, width: int, dilation: tuple[int, int]) -> tuple[Any, Any, Any]:
-    """The taps of weights ``w`` (O, K, kh, kw) on planes of width ``width``, in groups of
-    :data:`GROUP`: the plane and the start of each tap's run (groups, GROUP), and the weights
-    (O, groups, GROUP). The last group is filled up with taps of weight 0."""
-    o, k, kh, kw = w.shape
-    count = k * kh * kw
+def _tap_groups(taps: tuple[int, int, int], width: int,
+                dilation: tuple[int, int]) -> tuple[Any, Any]:
+    """The ``taps`` (K, kh, kw) of a kernel on planes of width ``width``, in groups of
+    :data:`GROUP`: the plane and the start of each tap's run, both (groups, GROUP). The last
+    group is filled up with repeats of the first taps, which :func:`_grouped_weights` gives
+    weight 0."""
+    count = math.prod(taps)
     groups = -(-count // GROUP)
-    plane, i, j = np.unravel_index(np.arange(groups * GROUP) % count, (k, kh, kw))
+    plane, i, j = np.unravel_index(np.arange(groups * GROUP) % count, taps)
     start = i * dilation[0] * width + j * dilation[1]
+    return np.reshape(plane, (groups, GROUP)), np.reshape(start, (groups, GROUP))
+
+
+def _grouped_weights(w: Any, groups: int) -> Any:
+    """Weights ``w`` (O, K, kh, kw) as (O, groups, GROUP), in the order of
+    :func:`_tap_groups`, with 0 for the taps that fill up the last group."""
+    o, count = w.shape[0], math.prod(w.shape[1:])
     weights = np.zeros((o, groups * GROUP), dtype=w.dtype)
     weights[:, :count] = np.reshape(w, (o, count))
-    shape = (groups, GROUP)
-    return (np.reshape(plane, shape), np.reshape(start, shape),
-            np.reshape(weights, (o, groups, GROUP)))
+    return np.reshape(weights, (o, groups, GROUP))
 
 
 @_inline
@@ -483,7 +489,8 @@ def direct_convolution(xpad: Any, w: Any, b: Any | None, out_hw: tuple[int, int]
     (O, K, kh, kw), plus bias ``b`` if given: (O, N, Ho, Wo), C-contiguous."""
     k, n, hp, wp = xpad.shape
     o = w.shape[0]
-    plane, start, weights = _tap_groups(w, wp, dilation)
+    plane, start = _tap_groups(tuple(w.shape[1:]), wp, dilation)
+    weights = _grouped_weights(w, plane.shape[0])
     bias = np.zeros(o, dtype=w.dtype) if b is None else np.asarray(b, dtype=w.dtype)
     wide = np.empty((2, out_hw[0] * wp), dtype=xpad.dtype)
     out = np.empty((o, n, *out_hw), dtype=xpad.dtype)
@@ -497,7 +504,7 @@ def direct_weight_gradient(xpad: Any, dy: Any, w_shape: tuple[int, ...],
     strides)."""
     k, n, hp, wp = xpad.shape
     o = w_shape[0]
-    plane, start, _ = _tap_groups(np.empty((1, *w_shape[1:]), dtype=xpad.dtype), wp, dilation)
+    plane, start = _tap_groups(tuple(w_shape[1:]), wp, dilation)
     grad = np.zeros((o, plane.shape[0], GROUP), dtype=xpad.dtype)
     wide = np.zeros((2, dy.shape[2] * wp), dtype=xpad.dtype)
     _correlate_groups(_flat(xpad), plane, start, _cnhw(dy), wide, grad)
