@@ -1,6 +1,17 @@
 """HDF5 checkpoints: save, exact resume, warm starts into changed models, rebuilding models.
 
-Layout (``format_version`` 1), readable by any HDF5 tool under the layers' own names::
+A checkpoint (``format_version`` 2) is a 512-byte integrity header followed by an HDF5 file
+that declares those 512 bytes as its user block, so HDF5 tools skip them::
+
+    anyarray_nn checkpoint\n
+    sha256 <64 hex digits: the SHA-256 of every byte after the header>\n
+    size <the number of bytes after the header>\n
+    NUL bytes up to byte 512
+
+The digest is checked before HDF5 parses anything, so a damaged byte anywhere is a
+:class:`CheckpointError`, never a crash, a hang or a wrong value. Files of ``format_version``
+1 (no header) still load, unverified, with a logged warning. The HDF5 part, readable by any
+HDF5 tool under the layers' own names::
 
     /                               attrs: format="anyarray_nn", format_version, library_version,
                                            created (ISO 8601, UTC)
@@ -13,9 +24,10 @@ Layout (``format_version`` 1), readable by any HDF5 tool under the layers' own n
                                            the global generator and the dropout layers'
                                            generators), history (JSON)
 
-Writes are atomic: the file is written under a temporary name in the same folder and renamed
-over the old one only when complete, so a crash or a kill during a save leaves the previous
-checkpoint intact. Loading is strict: every parameter must be present with its shape and
+Writes are atomic: the file is built in memory, written under a temporary name in the same
+folder and renamed over the old one only when complete, so a full disk, a crash or a kill
+during a save leaves the previous checkpoint intact; the next save in that folder removes
+the temporaries of killed saves. Loading is strict: every parameter must be present with its shape and
 dtype, and nothing is assigned until everything has been checked. A warm start into a changed
 model reports what it loaded, skipped and resized, and refuses to load partially unless asked.
 Nothing named in a file is ever imported or evaluated: models are rebuilt only from registered
@@ -26,22 +38,34 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
+import io
 import json
+import logging
 import os
 import pathlib
+import re
 from typing import Any, Iterator
 
 import numpy as np
 
 from . import __version__
 from . import backend as _backend
-from ._atomic import new_temporary_file
+from ._atomic import write_atomically
 from .errors import as_int, shorten
+from .layers.base import shapes_only
 from .model import Sequential
 from .train import Every, History
 
 FORMAT = "anyarray_nn"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the integrity header; 1: none (still read)
+HEADER_SIZE = 512  # the HDF5 user block that holds the integrity header
+_HEADER_MAGIC = b"anyarray_nn checkpoint\n"
+_HEADER_PATTERN = re.compile(rb"anyarray_nn checkpoint\nsha256 ([0-9a-f]{64})\nsize ([0-9]{1,20})\n\0*")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_TEMPORARY_SUFFIX = ".ckpt-tmp"  # .<name>.<random>.ckpt-tmp while a save is written
+
+logger = logging.getLogger("anyarray_nn")
 
 
 class CheckpointError(ValueError):
@@ -63,47 +87,155 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
 
     ``epoch``, ``step`` and ``history`` (a :class:`~anyarray_nn.train.History`) record where
     training stands; ``loader`` (a DataLoader) records the position in the data order. The
-    global generator of :func:`anyarray_nn.seed` is saved too. The write is atomic. A symbolic
-    link at ``path`` is followed: the file it points to is replaced.
+    global generator of :func:`anyarray_nn.seed` is saved too. Missing folders are created.
+
+    The write is atomic: the file is built in memory and replaces ``path`` only once it is
+    complete on disk. A full disk, a folder that cannot be written or a path that cannot be
+    a file is an ``OSError`` (or ``ValueError`` for an empty path) naming ``path``; the
+    previous checkpoint there is left intact and no temporary file remains. A symbolic link
+    at ``path`` is followed: the file it points to is replaced.
     """
+    path = _target_path(path)
+    image = _hdf5_image(model, optimizer, epoch, step, history, loader)
+    write_atomically(path, _sealed(image), suffix=_TEMPORARY_SUFFIX, magic=_HEADER_MAGIC)
+    return path
+
+
+def _target_path(path: str | os.PathLike) -> pathlib.Path:
+    """``path`` as the regular file a save will replace, its folder created; errors name it."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ValueError(f"save_checkpoint: expected a file path, got {path!r}")
     path = pathlib.Path(path)
     if path.is_symlink():  # replace the file the link points to, and keep the link
         path = path.resolve()
-    h5py = _h5py()
-    folder = path.parent if str(path.parent) else pathlib.Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp_name = new_temporary_file(folder, path.name)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; give the path of a file to save the "
+                                f"checkpoint in")
+    folder = path.parent
     try:
-        with h5py.File(tmp_name, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["library_version"] = __version__
-            f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
-            group = f.create_group("model")
-            group.attrs["config"] = json.dumps(model.get_config())
-            _write_arrays(group, model.params())
-            buffers = model.buffers()
-            if buffers:
-                _write_arrays(f.create_group("buffers"), buffers)
-            if optimizer is not None:
-                _write_optimizer(f, optimizer)
-            train = f.create_group("train")
-            train.attrs["epoch"] = -1 if epoch is None else int(epoch)
-            train.attrs["step"] = -1 if step is None else int(step)
-            train.attrs["history"] = json.dumps(history.to_dict() if history is not None else None)
-            state = {"global_rng": _backend.host_rng().bit_generator.state,
-                     "layer_rngs": {name: rng.bit_generator.state
-                                    for name, rng in _layer_generators(model).items()},
-                     "loader": loader.state_dict() if loader is not None else None}
-            train.attrs["state"] = json.dumps(state, default=_json_default)
-        with open(tmp_name, "rb+") as raw:  # the bytes are on disk before the rename
-            os.fsync(raw.fileno())
-        os.replace(tmp_name, path)
-        _fsync_folder(folder)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-        raise
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, no permission, a full disk...
+        raise OSError(exc.errno, f"{path}: cannot create its folder {folder} "
+                                 f"({exc.strerror or exc})") from None
+    return path
+
+
+def _hdf5_image(model: Sequential, optimizer: Any, epoch: int | None, step: int | None,
+                history: Any, loader: Any) -> bytes:
+    """The checkpoint as HDF5 bytes, built in memory, with an empty user block for the
+    integrity header (no disk is touched, so no HDF5 write can fail half-way on disk)."""
+    h5py = _h5py()
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w", userblock_size=HEADER_SIZE) as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["library_version"] = __version__
+        f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        group = f.create_group("model")
+        group.attrs["config"] = json.dumps(model.get_config())
+        _write_arrays(group, model.params())
+        buffers = model.buffers()
+        if buffers:
+            _write_arrays(f.create_group("buffers"), buffers)
+        if optimizer is not None:
+            _write_optimizer(f, optimizer)
+        train = f.create_group("train")
+        train.attrs["epoch"] = -1 if epoch is None else int(epoch)
+        train.attrs["step"] = -1 if step is None else int(step)
+        train.attrs["history"] = json.dumps(history.to_dict() if history is not None else None)
+        state = {"global_rng": _backend.host_rng().bit_generator.state,
+                 "layer_rngs": {name: rng.bit_generator.state
+                                for name, rng in _layer_generators(model).items()},
+                 "loader": loader.state_dict() if loader is not None else None}
+        train.attrs["state"] = json.dumps(state, default=_json_default)
+    return buffer.getvalue()
+
+
+# --- the integrity header ---------------------------------------------------------------
+
+def _header(digest: str, size: int) -> bytes:
+    """The first HEADER_SIZE bytes of a checkpoint whose remaining ``size`` bytes have the
+    SHA-256 ``digest`` (hex)."""
+    text = _HEADER_MAGIC + f"sha256 {digest}\nsize {size}\n".encode("ascii")
+    return text.ljust(HEADER_SIZE, b"\0")
+
+
+def _sealed(image: bytes) -> list[Any]:
+    """An HDF5 image with an empty user block, as the header and the body to write."""
+    body = memoryview(image)[HEADER_SIZE:]
+    return [_header(hashlib.sha256(body).hexdigest(), body.nbytes), body]
+
+
+def _verified_image(path: pathlib.Path) -> bytes:
+    """The bytes of the checkpoint at ``path``, read once and checked before anything parses
+    them: the digest of a sealed file (format_version 2), the HDF5 signature of an older one
+    (loaded unverified, with a warning)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such checkpoint") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if data.startswith(_HDF5_SIGNATURE):
+        logger.warning("%s: a checkpoint without an integrity header (format_version 1, or "
+                       "written by another tool): loaded without verifying its bytes; save it "
+                       "again to add one", path)
+        return data
+    _check_header(data, path)
+    return data
+
+
+def _check_header(data: bytes, path: Any) -> None:
+    """Raise CheckpointError unless ``data`` starts with an integrity header that matches
+    every byte after it."""
+    match = _HEADER_PATTERN.fullmatch(data[:HEADER_SIZE])
+    if len(data) < HEADER_SIZE or match is None:
+        what = ("its integrity header (the first 512 bytes) is damaged"
+                if data.startswith(_HEADER_MAGIC[:8]) else
+                "it starts with neither the integrity header of an anyarray_nn checkpoint "
+                "nor the signature of an HDF5 file")
+        raise CheckpointError(f"{path}: not a readable checkpoint: {what}")
+    digest, size = match[1].decode("ascii"), int(match[2])
+    body = memoryview(data)[HEADER_SIZE:]
+    if data[:HEADER_SIZE] != _header(digest, size):  # e.g. a size written "0123"
+        raise CheckpointError(f"{path}: not a readable checkpoint: its integrity header (the "
+                              f"first 512 bytes) is damaged")
+    if size != body.nbytes:
+        raise CheckpointError(f"{path}: damaged: the header declares {size} bytes after it, "
+                              f"the file holds {body.nbytes} (truncated, or extended)")
+    actual = hashlib.sha256(body).hexdigest()
+    if actual != digest:
+        raise CheckpointError(f"{path}: damaged: the SHA-256 of its content is "
+                              f"{actual[:16]}..., the header records {digest[:16]}...; the file "
+                              f"changed after it was written (a disk or copy error, or an edit "
+                              f"by another tool)")
+
+
+def reseal_checkpoint(path: str | os.PathLike) -> pathlib.Path:
+    """Accept the current bytes of ``path`` as intended: recompute its integrity header.
+
+    For a checkpoint edited on purpose with another HDF5 tool (``h5py.File(path, "a")``),
+    whose digest no longer matches; also upgrades a format_version 1 file, which has no
+    header yet. Whatever the file holds is then trusted, so use it only on files you
+    changed yourself. The file is rewritten atomically.
+    """
+    path = pathlib.Path(path)
+    data = path.read_bytes()
+    if data.startswith(_HDF5_SIGNATURE):  # no user block yet: rebuild the HDF5 file
+        h5py = _h5py()
+        buffer = io.BytesIO()
+        with h5py.File(io.BytesIO(data), "r") as old, \
+                h5py.File(buffer, "w", userblock_size=HEADER_SIZE) as new:
+            for key, value in old.attrs.items():
+                new.attrs[key] = value
+            for name in old:
+                old.copy(old[name], new, name=name)
+            new.attrs["format_version"] = FORMAT_VERSION
+        data = buffer.getvalue()
+    elif _HEADER_PATTERN.match(data[:HEADER_SIZE]) is None:
+        raise CheckpointError(f"{path}: not a checkpoint (no integrity header, no HDF5 "
+                              f"signature); cannot reseal it")
+    write_atomically(path, _sealed(data), suffix=_TEMPORARY_SUFFIX, magic=_HEADER_MAGIC)
     return path
 
 
@@ -118,20 +250,6 @@ def _write_arrays(group: Any, arrays: dict[str, Any]) -> None:
         # reading instead of silently wrong weights.
         group.create_dataset(key.replace(".", "/"), data=host,
                              fletcher32=host.ndim > 0 and host.size > 0)
-
-
-def _fsync_folder(folder: pathlib.Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_optimizer(f: Any, optimizer: Any) -> None:
@@ -165,35 +283,30 @@ class CheckpointInfo:
     history: Any
 
 
-def _open(path: str | os.PathLike) -> Any:
-    """Open a checkpoint for reading and check that it is one this version understands."""
-    h5py = _h5py()
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise CheckpointError(f"{path}: not a readable HDF5 file (truncated or corrupt?): "
-                              f"{exc}") from None
-    try:
-        fmt = f.attrs.get("format")
-        if isinstance(fmt, bytes):  # a fixed-length string (HDF5's C API, MATLAB, np.bytes_)
-            fmt = fmt.decode("utf-8", "replace")
-        if fmt != FORMAT:
-            raise CheckpointError(f"{path}: expected attribute format={FORMAT!r}, got "
-                                  f"{fmt!r}: not an anyarray_nn checkpoint")
-        version = int(f.attrs.get("format_version", -1))
-        if not 1 <= version <= FORMAT_VERSION:
-            raise CheckpointError(f"{path}: format_version {version} is not supported by this "
-                                  f"version of anyarray_nn ({__version__}, reads 1 to "
-                                  f"{FORMAT_VERSION}); upgrade anyarray_nn to read it")
-    except (OSError, KeyError, RuntimeError, ValueError) as exc:
-        f.close()
-        if isinstance(exc, CheckpointError):
-            raise
-        raise CheckpointError(f"{path}: damaged file attributes: {exc}") from None
-    return f
+def _check_identity(f: Any, path: Any, sealed: bool) -> int:
+    """The file's format_version, after checking that it is a checkpoint this version reads."""
+    fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):  # a fixed-length string (HDF5's C API, MATLAB, np.bytes_)
+        fmt = fmt.decode("utf-8", "replace")
+    if not isinstance(fmt, str) or fmt != FORMAT:
+        raise CheckpointError(f"{path}: expected attribute format={FORMAT!r}, got "
+                              f"{shorten(fmt)}: not an anyarray_nn checkpoint")
+    if "format_version" not in f.attrs:
+        raise CheckpointError(f"{path}: missing the attribute format_version")
+    raw = f.attrs["format_version"]
+    version = as_int(raw)
+    if version is None:
+        raise CheckpointError(f"{path}: format_version: expected an integer, got "
+                              f"{shorten(raw)}")
+    if not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {version} is not supported by this "
+                              f"version of anyarray_nn ({__version__}, reads 1 to "
+                              f"{FORMAT_VERSION}); upgrade anyarray_nn to read it")
+    if version >= 2 and not sealed:
+        raise CheckpointError(f"{path}: format_version {version} files begin with an integrity "
+                              f"header and this one has none: its first {HEADER_SIZE} bytes "
+                              f"were replaced (reseal_checkpoint() accepts the file as it is)")
+    return version
 
 
 def _json_attr(f: Any, where: str, name: str, path: Any) -> Any:
@@ -251,21 +364,32 @@ def _read_dataset(item: Any, path: Any) -> np.ndarray:
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Everything in a checkpoint as host data: ``model_config``, ``params`` ({"conv1.W":
     array}), ``buffers`` (likewise), ``optimizer`` (a state dict or None), ``epoch``, ``step``,
-    ``history``, ``state``,
-    ``format_version``, ``created``. Errors name the file and the key."""
-    with _open(path) as f:
-        try:
-            return _read_open_file(f, path)
-        except (OSError, KeyError, RuntimeError) as exc:  # h5py's errors for damaged data
-            raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc}); "
-                                  f"a checksum or the file structure does not match") from None
+    ``history``, ``state``, ``format_version``, ``created``.
+
+    The file is read once and its integrity header checked before HDF5 parses a byte of it.
+    Errors are :class:`CheckpointError` naming the file and the key (``FileNotFoundError``
+    when there is no file).
+    """
+    path = pathlib.Path(path)
+    data = _verified_image(path)
+    h5py = _h5py()
+    try:
+        with h5py.File(io.BytesIO(data), "r") as f:
+            version = _check_identity(f, path, sealed=not data.startswith(_HDF5_SIGNATURE))
+            return _read_open_file(f, path, version)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # HDF5's errors for a file it cannot parse
+        raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: "
+                              f"{shorten(str(exc), 200)}); the HDF5 structure cannot be "
+                              f"read") from None
 
 
-def _read_open_file(f: Any, path: Any) -> dict[str, Any]:
+def _read_open_file(f: Any, path: Any, version: int) -> dict[str, Any]:
     """read_checkpoint's work on an open file (h5py errors are translated by the caller)."""
     if "model" not in f:
         raise CheckpointError(f"{path}: missing the group /model")
-    out = {"format_version": int(f.attrs["format_version"]),
+    out = {"format_version": version,
            "created": str(f.attrs.get("created", "")),
            "model_config": _model_config(f, path),
            "params": dict(_read_arrays(f["model"], path)),
@@ -332,7 +456,13 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
     Arrays go to the model's backend, whichever backend wrote them. Nothing is assigned
     until everything has been checked. Returns a :class:`CheckpointInfo`.
     """
-    data = read_checkpoint(path)
+    return _restore(read_checkpoint(path), path, model, optimizer, loader=loader,
+                    convert_dtype=convert_dtype, restore_rng=restore_rng)
+
+
+def _mismatches(data: dict[str, Any], model: Sequential, convert_dtype: bool) -> list[str]:
+    """How the stored arrays differ from the model's parameters and buffers (keys, shapes,
+    dtypes), as phrases for an error; empty when they match."""
     params = {**model.params(), **model.buffers()}
     stored = {**data["params"], **data["buffers"]}
     missing = sorted(set(params) - set(stored))
@@ -348,9 +478,18 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
         elif _backend.dtype_name(want.dtype) != str(got.dtype) and not convert_dtype:
             problems.append(f"{key}: the model is {_backend.dtype_name(want.dtype)}, the file "
                             f"{got.dtype} (pass convert_dtype=True to cast)")
+    return problems
+
+
+def _restore(data: dict[str, Any], path: Any, model: Sequential, optimizer: Any, *,
+             loader: Any, convert_dtype: bool, restore_rng: bool) -> CheckpointInfo:
+    """load_checkpoint's work on what :func:`read_checkpoint` returned."""
+    problems = _mismatches(data, model, convert_dtype)
     if problems:
         raise CheckpointError(f"{path}: does not match the model: " + "; ".join(problems) +
                               ". If the architecture changed on purpose, use warm_start().")
+    params = {**model.params(), **model.buffers()}
+    stored = {**data["params"], **data["buffers"]}
     if optimizer is not None and data["optimizer"] is None:
         raise CheckpointError(f"{path}: holds no optimizer state (/optimizer is missing)")
     state = data["state"] or {}
@@ -448,14 +587,29 @@ def load_model(path: str | os.PathLike, *, backend: Any = None,
     """
     data = read_checkpoint(path)
     stored_dtype = next((str(v.dtype) for v in data["params"].values()), "float32")
+    config, dtype_used = data["model_config"], dtype or stored_dtype
+    # Stand-ins first: their shapes are compared with the stored arrays before anything is
+    # allocated, so a config declaring a huge layer costs nothing (the arrays are bounded
+    # by the file's size, which reading checked).
+    try:
+        with shapes_only():
+            skeleton = Sequential.from_config(config, dtype=dtype_used,
+                                              rng=np.random.default_rng(0))
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: model/config cannot be rebuilt: {exc}") from None
+    problems = _mismatches(data, skeleton, convert_dtype=True)
+    if problems:
+        raise CheckpointError(f"{path}: model/config does not match the stored arrays: " +
+                              "; ".join(problems))
     try:
         # The stored weights replace the initial ones at once: draw those from a private
         # generator so that rebuilding leaves the global one (anyarray_nn.seed) untouched.
-        model = Sequential.from_config(data["model_config"], backend=backend,
-                                       dtype=dtype or stored_dtype, rng=np.random.default_rng(0))
+        model = Sequential.from_config(config, backend=backend, dtype=dtype_used,
+                                       rng=np.random.default_rng(0))
     except (KeyError, TypeError, ValueError, MemoryError) as exc:
         raise CheckpointError(f"{path}: model/config cannot be rebuilt: {exc}") from None
-    load_checkpoint(path, model, convert_dtype=dtype is not None, restore_rng=False)
+    _restore(data, path, model, None, loader=None, convert_dtype=dtype is not None,
+             restore_rng=False)
     return model
 
 

@@ -12,13 +12,18 @@ read from a file can only ever select one of these classes: nothing is imported 
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import contextvars
+from typing import Any, Iterator
+
+import numpy as np
 
 from .. import backend as _backend
 from ..errors import errors_named
 from ..init import get_initializer
 
 _REGISTRY: dict[str, type["Layer"]] = {}
+_SHAPES_ONLY = contextvars.ContextVar("anyarray_nn_shapes_only", default=False)
 
 
 class _NoCache:
@@ -35,6 +40,22 @@ class _NoCache:
 
 
 _NO_CACHE = _NoCache()
+
+
+@contextlib.contextmanager
+def shapes_only() -> Iterator[None]:
+    """Build layers without memory: inside this block every parameter and buffer a layer
+    creates is a read-only stand-in of its shape and dtype that holds no data.
+
+    Checkpoints build a stored architecture this way to compare its shapes with the stored
+    arrays before allocating anything: a config declaring a huge layer costs nothing.
+    Such layers cannot compute.
+    """
+    token = _SHAPES_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SHAPES_ONLY.reset(token)
 
 
 def register(cls: type["Layer"]) -> type["Layer"]:
@@ -166,6 +187,12 @@ class Layer:
     def _new_param(self, init: Any, shape: tuple, fan_in: int, fan_out: int,
                    backend: Any, dtype: str | None, rng: Any) -> Any:
         """Draw a parameter on the host, then cast and move it (same seed, same bits anywhere)."""
+        if _SHAPES_ONLY.get():  # one element broadcast to the shape: no memory is taken
+            try:
+                return np.broadcast_to(np.zeros((), dtype or _backend.DEFAULT_DTYPE), shape)
+            except ValueError:
+                raise ValueError(f"{self.describe()}: a parameter of shape {tuple(shape)} has "
+                                 f"more elements than any array can hold") from None
         host = get_initializer("he" if init is None else init)(
             tuple(shape), fan_in, fan_out, _backend.host_rng(rng))
         return _backend.asarray(host, backend=backend, dtype=dtype or _backend.DEFAULT_DTYPE)
