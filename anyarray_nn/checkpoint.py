@@ -730,36 +730,119 @@ class CheckpointEvery(Every):
 
     Pass the training ``loader`` so that its position in the data order is saved too.
     Checkpoints taken at the end of an epoch resume exactly (docs/checkpoints.md).
+
+    What it writes is recorded in ``folder/checkpoints.json`` (the file names and their
+    digests, oldest first), and only files recorded there and unchanged since are ever
+    deleted: a file of yours in the folder, whatever its name, is never touched, nor
+    overwritten (a save whose name is taken by a file it did not write is an error).
     """
 
     def __init__(self, folder: str | os.PathLike, n: int = 1, *, per: str = "epoch",
                  keep: int = 3, loader: Any = None) -> None:
-        if keep < 1:
-            raise ValueError(f"CheckpointEvery: expected keep >= 1, got {keep}")
+        if as_int(keep) is None or keep < 1:
+            raise ValueError(f"CheckpointEvery: expected keep >= 1, got {keep!r}")
         super().__init__(n, self.save, per=per)
         self.folder, self.keep, self.loader = pathlib.Path(folder), keep, loader
 
     def save(self, state: Any) -> pathlib.Path:
-        """Write the checkpoint of ``state`` and delete the oldest beyond ``keep``."""
+        """Write the checkpoint of ``state`` and delete the oldest it wrote beyond ``keep``."""
         target = self.folder / f"ckpt-{state.step:09d}.h5"
+        written = _read_manifest(self.folder)
+        if (target.exists() or target.is_symlink()) and (
+                _digest_of(target) is None or _digest_of(target) != written.get(target.name)):
+            raise CheckpointError(f"{target}: exists and was not written by CheckpointEvery "
+                                  f"(not recorded in {_MANIFEST}, or changed since); move it "
+                                  f"away or save into another folder. Nothing was overwritten")
         # epoch counts the epochs completed, as the history does (an iteration checkpoint on
         # the last step of an epoch comes before that epoch's summary).
         save_checkpoint(target, state.model, state.optimizer,
                         epoch=len(state.history.epochs), step=state.step,
                         history=state.history, loader=self.loader)
-        for old in _by_age(self.folder)[:-self.keep]:
-            if old != target:
-                old.unlink()
+        written.pop(target.name, None)
+        written[target.name] = _digest_of(target)  # newest last
+        old = list(written)[:-self.keep]
+        for name in old:
+            _remove_if_unchanged(self.folder / name, written.pop(name))
+        _write_manifest(self.folder, written)
         return target
 
 
-def _by_age(folder: pathlib.Path) -> list[pathlib.Path]:
-    # By write time, not name: a run restarted without its history counts steps from 0 again.
-    return sorted(pathlib.Path(folder).glob("ckpt-*.h5"),
-                  key=lambda p: (p.stat().st_mtime_ns, p.name))
+_MANIFEST = "checkpoints.json"
+_MANIFEST_FORMAT = "anyarray_nn CheckpointEvery"
+
+
+def _digest_of(path: pathlib.Path) -> str | None:
+    """The SHA-256 recorded in the integrity header of the regular file at ``path``, or None
+    (no such file, a folder or a link, no header)."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        with open(path, "rb") as f:
+            match = _HEADER_PATTERN.fullmatch(f.read(HEADER_SIZE))
+    except OSError:
+        return None
+    return match[1].decode("ascii") if match else None
+
+
+def _remove_if_unchanged(path: pathlib.Path, digest: str) -> None:
+    """Delete ``path`` if it is still the checkpoint with ``digest`` that was recorded."""
+    if _digest_of(path) == digest:
+        path.unlink()
+    elif path.exists() or path.is_symlink():
+        logger.warning("%s: changed since CheckpointEvery wrote it; kept, and no longer "
+                       "counted among its checkpoints", path)
+
+
+def _read_manifest(folder: pathlib.Path) -> dict[str, str]:
+    """{file name: digest} of the checkpoints CheckpointEvery wrote in ``folder``, oldest
+    first; empty when there is no record. A file of that name that is not such a record is
+    a CheckpointError: it is not ours to overwrite."""
+    path = folder / _MANIFEST
+    if not (path.exists() or path.is_symlink()):
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        record = exc
+    files = record.get("files") if isinstance(record, dict) else None
+    if not (isinstance(record, dict) and record.get("format") == _MANIFEST_FORMAT
+            and isinstance(files, list) and all(
+                isinstance(e, dict) and isinstance(e.get("name"), str)
+                and re.fullmatch(r"ckpt-[0-9]+\.h5", e["name"])
+                and isinstance(e.get("sha256"), str) for e in files)) or path.is_symlink():
+        raise CheckpointError(f"{path}: not a record of the checkpoints CheckpointEvery wrote "
+                              f"(got {shorten(record)}); move it away or save into another "
+                              f"folder. Nothing was deleted or overwritten")
+    return {e["name"]: e["sha256"] for e in files}
+
+
+def _write_manifest(folder: pathlib.Path, written: dict[str, str]) -> None:
+    record = {"format": _MANIFEST_FORMAT, "version": 1,
+              "files": [{"name": name, "sha256": digest} for name, digest in written.items()]}
+    write_atomically(folder / _MANIFEST, [json.dumps(record, indent=1).encode("utf-8")],
+                     suffix=".json-tmp", magic=b"{")
 
 
 def latest_checkpoint(folder: str | os.PathLike) -> pathlib.Path | None:
-    """The most recently written ``ckpt-<step>.h5`` of :class:`CheckpointEvery` (or None)."""
-    found = _by_age(pathlib.Path(folder))
+    """The checkpoint :class:`CheckpointEvery` wrote last in ``folder`` and that is still
+    there unchanged, or None.
+
+    A folder written by an older version (no ``checkpoints.json``) falls back to the
+    newest file named ``ckpt-<9 digits>.h5`` by write time.
+    """
+    folder = pathlib.Path(folder)
+    try:
+        written = _read_manifest(folder)
+    except CheckpointError as exc:
+        logger.warning("%s; looking for ckpt-<step>.h5 files by name instead", exc)
+        written = {}
+    else:
+        if written:
+            for name, digest in reversed(written.items()):
+                if _digest_of(folder / name) == digest:
+                    return folder / name
+            return None
+    found = sorted((p for p in folder.glob("ckpt-*.h5")
+                    if re.fullmatch(r"ckpt-[0-9]{9}\.h5", p.name) and p.is_file()),
+                   key=lambda p: (p.stat().st_mtime_ns, p.name))
     return found[-1] if found else None
