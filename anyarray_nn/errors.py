@@ -13,6 +13,12 @@ class InputError(ValueError):
     """An array of the wrong rank, shape or dtype, or values a kernel cannot accept (NaN)."""
 
 
+class NonFiniteError(InputError):
+    """A training step met NaN or infinite values (in the input batch, the loss or the
+    gradients) and was not applied: the parameters and the optimizer's state are those of
+    the last good step. An :class:`InputError`, since bad values are bad input."""
+
+
 @contextlib.contextmanager
 def errors_named(owner: str) -> Iterator[None]:
     """Prefix bad-input errors raised inside the block with ``owner`` (e.g. ``Dense 'fc'``).
@@ -46,4 +52,4 @@ def shorten(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-__all__ = ["InputError", "BackendError", "BackendMismatchError", "errors_named"]
+__all__ = ["InputError", "NonFiniteError", "BackendError", "BackendMismatchError", "errors_named"]

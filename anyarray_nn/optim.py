@@ -22,6 +22,13 @@ no weight decay, e.g. ``no_decay=("b", "gamma", "beta")`` for biases and normali
 
 ``state_dict()`` / ``load_state_dict()`` save and restore hyper-parameters, the step count and
 every per-parameter slot (``momentum``, ``m``, ``v``).
+
+What is refused, with a ValueError naming the optimizer, the option, the range and the value:
+a model without trainable parameters (at construction); a hyper-parameter that is not a finite
+number in its range (at construction, in ``load_state_dict``, and at every ``step()``, which
+sees a value set since by a schedule or by hand before any parameter changes); a loaded state
+whose step count is not an integer >= 0 or whose slots hold NaN or infinite values (or
+negative ones in ``v``, the running mean of squared gradients).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import numbers
 from typing import Any
 
 from . import backend as _backend
+from .errors import as_int, shorten
 from .functional._fast import cuda_kernels
 
 
@@ -38,9 +46,11 @@ class Optimizer:
     """Base class. Subclasses name their per-parameter ``slots`` and implement ``_update``."""
 
     slots: tuple[str, ...] = ()
+    nonnegative_slots: tuple[str, ...] = ()  # running means of squares: a negative one is NaN
 
     def __init__(self, model: Any, lr: float, weight_decay: float = 0.0,
                  no_decay: tuple[str, ...] = ()) -> None:
+        _check_model(type(self).__name__, model)
         self.model = model
         self.lr = lr
         self.weight_decay = weight_decay
@@ -66,8 +76,12 @@ class Optimizer:
         the model and the optimizer as they were.
         """
         params, grads = self.model.params(), self.model.grads()
-        # The learning rate may have been set since (a schedule, by hand): check it again.
-        self.lr = self._check_hyper("lr", self.lr, low=0.0)
+        try:  # a schedule or a hand may have set a hyper-parameter since: check them again
+            self._validate()
+        except ValueError as exc:
+            raise ValueError(f"{exc}; it was set after the optimizer was built (by a "
+                             f"learning-rate schedule or by hand), so step "
+                             f"{self.step_count + 1} was not applied") from None
         for key, w in params.items():
             g = grads.get(key)
             if g is None or not hasattr(g, "shape") or tuple(g.shape) != tuple(w.shape):
@@ -153,6 +167,7 @@ class Optimizer:
                     raise ValueError(f"{name}.load_state_dict: {key}/{slot} has shape "
                                      f"{tuple(value.shape)}, expected {tuple(w.shape)}")
                 new_state[key][slot] = _backend.asarray_like(value, w, copy=True)
+                self._check_slot_values(f"{key}/{slot}", slot, new_state[key][slot])
         config = state_dict.get("config", {})
         unknown = sorted(set(config) - set(self.get_config()))
         if unknown:
@@ -160,24 +175,65 @@ class Optimizer:
         for attr, value in config.items():
             setattr(self, attr, value)
         self._validate()
-        self.step_count = int(state_dict.get("step", 0))
+        step = as_int(state_dict.get("step", 0))
+        if step is None or step < 0:
+            raise ValueError(f"{name}.load_state_dict: expected step to be an integer >= 0 "
+                             f"(the number of steps taken), got "
+                             f"{shorten(state_dict.get('step'), 60)}")
+        self.step_count = step
         self.state = new_state
+
+    def _check_slot_values(self, where: str, slot: str, value: Any) -> None:
+        """Refuse a loaded slot with NaN or infinite values (or negative ones in a running mean
+        of squares): the first step would carry them into every parameter it touches."""
+        xp = _backend.namespace(value)
+        if not bool(xp.all(xp.isfinite(value))):
+            bad = int(xp.sum(xp.astype(~xp.isfinite(value), xp.int64)))
+            raise ValueError(f"{type(self).__name__}.load_state_dict: expected finite values "
+                             f"in {where}, got {bad} NaN or infinite of {math.prod(value.shape)}"
+                             f" (saved from a run that had diverged?)")
+        if slot in self.nonnegative_slots and not bool(xp.all(value >= 0)):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: expected values >= 0 in "
+                             f"{where} (a running mean of squared gradients), got a minimum of "
+                             f"{float(xp.min(value))}")
 
     def _check_hyper(self, label: str, value: float, low: float, high: float | None = None,
                      low_open: bool = False, high_open: bool = True) -> float:
         """``value`` as a Python float after checking its range (NumPy scalars too: kept as
-        they are, they would turn the updates into arrays of another library on some backends)."""
+        they are, they would turn the updates into arrays of another library on some backends).
+
+        ``high=None`` means no upper bound but a finite value: NaN and infinity fail every
+        range (an infinite rate or decay makes every weight infinite or NaN at the first step).
+        """
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"{type(self).__name__}: expected {label} to be a number, got "
-                             f"{value!r} ({type(value).__name__})")
-        value = float(value)
+                             f"{shorten(value, 60)} ({type(value).__name__})")
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond float's range
+            value = math.inf if value > 0 else -math.inf
+        top = math.inf if high is None else high
         ok = (value > low if low_open else value >= low) and (
-            high is None or (value < high if high_open else value <= high))
+            value < top if high_open or high is None else value <= top)
         if not ok:
-            lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-            bound = f"{lo}{low}, {high if high is not None else 'inf'}{hi}"
-            raise ValueError(f"{type(self).__name__}: expected {label} in {bound}, got {value!r}")
+            lo, hi = "(" if low_open else "[", ")" if high_open or high is None else "]"
+            raise ValueError(f"{type(self).__name__}: expected {label} in {lo}{low}, {top}{hi}, "
+                             f"got {value!r}")
         return value
+
+
+def _check_model(name: str, model: Any) -> None:
+    """An optimizer needs a model with ``params()`` and ``grads()`` and at least one parameter:
+    one with nothing to update would make every step, and a whole ``fit``, silently do nothing."""
+    if not all(callable(getattr(model, method, None)) for method in ("params", "grads")):
+        raise TypeError(f"{name}: expected a model with params() and grads() (a Sequential or "
+                        f"DataParallel), got {type(model).__name__}")
+    if not model.params():
+        layers = ", ".join(layer.name for layer in getattr(model, "layers", ()))
+        raise ValueError(f"{name}: expected a model with trainable parameters, got "
+                         f"{type(model).__name__} with none" + (f" (layers: {layers})" if layers
+                                                                  else "")
+                         + ": there is nothing to optimize")
 
 
 class SGD(Optimizer):
@@ -229,6 +285,7 @@ class Adam(Optimizer):
     """Adam (Kingma and Ba) with bias correction; ``weight_decay`` is L2, added to the gradient."""
 
     slots = ("m", "v")
+    nonnegative_slots = ("v",)
     decoupled = False
 
     def __init__(self, model: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -245,7 +302,8 @@ class Adam(Optimizer):
                              f"{self.betas!r}")
         self.betas = (self._check_hyper("betas[0]", self.betas[0], low=0.0, high=1.0),
                       self._check_hyper("betas[1]", self.betas[1], low=0.0, high=1.0))
-        self.eps = self._check_hyper("eps", self.eps, low=0.0)
+        # eps > 0: with 0, a parameter whose gradient is exactly 0 (a dead unit) gets 0 / 0
+        self.eps = self._check_hyper("eps", self.eps, low=0.0, low_open=True)
 
     def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float) -> None:
         xp = _backend.namespace(w)
@@ -282,6 +340,7 @@ class RMSProp(Optimizer):
     """RMSProp: divide the step by a running root-mean-square of recent gradients."""
 
     slots = ("v",)
+    nonnegative_slots = ("v",)
 
     def __init__(self, model: Any, lr: float = 0.01, rho: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, no_decay: tuple[str, ...] = ()) -> None:
@@ -292,7 +351,8 @@ class RMSProp(Optimizer):
     def _validate(self) -> None:
         super()._validate()
         self.rho = self._check_hyper("rho", self.rho, low=0.0, high=1.0)
-        self.eps = self._check_hyper("eps", self.eps, low=0.0)
+        # eps > 0: with 0, a parameter whose gradient is exactly 0 (a dead unit) gets 0 / 0
+        self.eps = self._check_hyper("eps", self.eps, low=0.0, low_open=True)
 
     def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float) -> None:
         xp = _backend.namespace(w)

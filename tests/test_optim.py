@@ -1,5 +1,7 @@
 """Optimizers against hand-computed steps and torch.optim; state dicts; bad hyper-parameters."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -47,13 +49,14 @@ def test_plain_sgd_step_by_hand(xp):
 
 
 def test_adam_first_step_is_lr_times_sign(xp):
-    # After bias correction, m/sqrt(v) = g/|g| on the first step.
-    w = run(ann.optim.Adam, [1.0, 1.0], [[3.0, -0.2]], lr=0.01, eps=0.0)
+    # After bias correction, m/sqrt(v) = g/|g| on the first step (eps 1e-300 vanishes next to
+    # |g| in float64; 0 is refused).
+    w = run(ann.optim.Adam, [1.0, 1.0], [[3.0, -0.2]], lr=0.01, eps=1e-300)
     np.testing.assert_allclose(w, [0.99, 1.01], rtol=1e-14)
 
 
 def test_adamw_decays_before_the_step_by_hand(xp):
-    w = run(ann.optim.AdamW, [2.0], [[1.0]], lr=0.1, weight_decay=0.5, eps=0.0)
+    w = run(ann.optim.AdamW, [2.0], [[1.0]], lr=0.1, weight_decay=0.5, eps=1e-300)
     assert w[0] == pytest.approx(2.0 * (1 - 0.1 * 0.5) - 0.1, rel=1e-14)
 
 
@@ -292,3 +295,106 @@ def test_a_parameter_that_changed_shape_says_to_create_the_optimizer_afresh():
     with pytest.raises(ValueError, match=r"'fc.W' has shape \(2, 2\) but the parameter now has "
                                          r"shape \(2, 3\).*create the optimizer afresh"):
         opt.step()
+
+
+# --- what the optimizers refuse --------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+# (class, arguments, option as named in the message, range, value as printed)
+BAD_HYPER_PARAMETERS = [
+    *[(cls, {"lr": v}, "lr", r"\[0.0, inf\)", shown) for cls in
+      (ann.optim.SGD, ann.optim.Adam, ann.optim.AdamW, ann.optim.RMSProp)
+      for v, shown in ((INF, "inf"), (NAN, "nan"), (-1e-3, "-0.001"), (10 ** 400, "inf"))],
+    *[(cls, {"weight_decay": v}, "weight_decay", r"\[0.0, inf\)", shown) for cls in
+      (ann.optim.SGD, ann.optim.Adam, ann.optim.AdamW, ann.optim.RMSProp)
+      for v, shown in ((INF, "inf"), (NAN, "nan"))],
+    *[(ann.optim.SGD, {"momentum": v, "form": form}, "momentum", r"\[0.0, 1.0\)", shown)
+      for form in ann.optim.SGD.FORMS for v, shown in ((NAN, "nan"), (INF, "inf"), (-0.5, "-0.5"))],
+    *[(cls, {"betas": b}, rf"betas\[{i}\]", r"\[0.0, 1.0\)", shown)
+      for cls in (ann.optim.Adam, ann.optim.AdamW)
+      for b, i, shown in (((NAN, 0.9), 0, "nan"), ((0.9, INF), 1, "inf"), ((1.0, 0.9), 0, "1.0"))],
+    *[(cls, {"eps": v}, "eps", r"\(0.0, inf\)", shown)
+      for cls in (ann.optim.Adam, ann.optim.AdamW, ann.optim.RMSProp)
+      for v, shown in ((INF, "inf"), (NAN, "nan"), (0.0, "0.0"), (-1e-8, "-1e-08"))],
+    *[(ann.optim.RMSProp, {"rho": v}, "rho", r"\[0.0, 1.0\)", shown)
+      for v, shown in ((NAN, "nan"), (1.0, "1.0"), (-INF, "-inf"))],
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,option,bounds,shown", BAD_HYPER_PARAMETERS,
+                         ids=[f"{c.__name__}-{kw}" for c, kw, *_ in BAD_HYPER_PARAMETERS])
+def test_non_finite_or_out_of_range_hyper_parameters_are_refused_everywhere(
+        cls, kwargs, option, bounds, shown):
+    message = rf"^{cls.__name__}: expected {option} in {bounds}, got {shown}"
+    with pytest.raises(ValueError, match=message):  # at construction
+        cls(FixedGrad(np.zeros(2)), **kwargs)
+
+    model = FixedGrad(np.array([1.0, -1.0]))
+    opt = cls(model)
+    model.g = np.array([0.5, 0.25])
+    opt.step()
+    good = opt.state_dict()
+    kept = ({k: v.copy() for k, v in opt.state["p.w"].items()}, model.w.copy(), opt.get_config())
+    bad = {**good, "config": {**good["config"], **kwargs}}  # loaded: refused, nothing changes
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(bad)
+    assert opt.get_config() == kept[2]
+
+    for key, value in kwargs.items():  # set by hand or a schedule: the next step refuses it
+        setattr(opt, key, value)
+    with pytest.raises(ValueError, match=message + r"; it was set after the optimizer was "
+                                                   r"built .*, so step 2 was not applied"):
+        opt.step()
+    assert opt.step_count == 1
+    np.testing.assert_array_equal(model.w, kept[1])
+    for slot, value in kept[0].items():
+        np.testing.assert_array_equal(opt.state["p.w"][slot], value)
+
+
+def test_a_model_without_trainable_parameters_is_refused():
+    for cls in (ann.optim.SGD, ann.optim.Adam, ann.optim.AdamW, ann.optim.RMSProp):
+        with pytest.raises(ValueError, match=rf"{cls.__name__}: expected a model with trainable "
+                                             r"parameters, got Sequential with none \(layers: "
+                                             r"relu1, flatten1\): there is nothing to optimize"):
+            cls(ann.Sequential([ann.layers.ReLU(), ann.layers.Flatten()]))
+        with pytest.raises(ValueError, match=r"got DataParallel with none \(layers: relu1\)"):
+            cls(ann.DataParallel(ann.Sequential([ann.layers.ReLU()]), 2))
+        with pytest.raises(TypeError, match=rf"{cls.__name__}: expected a model with params\(\) "
+                                            r"and grads\(\).*got list"):
+            cls([np.zeros(3)])  # the parameters themselves, as torch.optim takes them
+
+
+@pytest.mark.parametrize("step", [-1, 2.5, "3", True, None])
+def test_load_state_dict_refuses_a_step_count_that_is_not_a_count(step):
+    model = FixedGrad(np.zeros(2))
+    opt = ann.optim.Adam(model, lr=0.1)
+    model.g = np.ones(2)
+    opt.step()
+    with pytest.raises(ValueError, match=rf"Adam.load_state_dict: expected step to be an integer"
+                                         rf" >= 0 .*got {re.escape(repr(step))}"):
+        opt.load_state_dict({**opt.state_dict(), "step": step})
+    assert opt.step_count == 1
+    opt.load_state_dict({**opt.state_dict(), "step": np.int64(7)})  # NumPy integers are counts
+    assert opt.step_count == 7 and type(opt.step_count) is int
+
+
+@pytest.mark.parametrize("cls,slot,values,match", [
+    (ann.optim.SGD, "momentum", [NAN, 0.0], r"expected finite values in p.w/momentum, got 1 NaN "
+                                            r"or infinite of 2"),
+    (ann.optim.Adam, "m", [INF, -INF], r"expected finite values in p.w/m, got 2 NaN"),
+    (ann.optim.Adam, "v", [0.5, -1e-3], r"expected values >= 0 in p.w/v \(a running mean of "
+                                        r"squared gradients\), got a minimum of -0.001"),
+    (ann.optim.RMSProp, "v", [-2.0, 1.0], r"expected values >= 0 in p.w/v .*got a minimum of -2.0"),
+])
+def test_load_state_dict_refuses_slots_that_would_spoil_the_parameters(xp, cls, slot, values,
+                                                                       match):
+    model = FixedGrad(ann.asarray(np.array([1.0, 2.0])))
+    opt = cls(model, lr=0.1)
+    model.g = ann.asarray(np.array([0.5, 0.5]))
+    opt.step()
+    saved = opt.state_dict()
+    bad = {**saved, "state": {"p.w": {**saved["state"]["p.w"], slot: np.array(values)}}}
+    before = host(opt.state["p.w"][slot]).copy()
+    with pytest.raises(ValueError, match=rf"{cls.__name__}.load_state_dict: {match}"):
+        opt.load_state_dict(bad)
+    np.testing.assert_array_equal(host(opt.state["p.w"][slot]), before)
