@@ -5,6 +5,7 @@ all, made before long work that ends in writing it."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -68,8 +69,9 @@ def write_atomically(path: pathlib.Path, chunks: Iterable[bytes | memoryview], *
     folder = path.parent
     existed = path.exists()
     remove_stale_temporaries(folder, suffix, magic)
-    fd, tmp_name = _create_temporary(folder, path.name, suffix)
+    tmp_name = None
     try:
+        fd, tmp_name = _create_temporary(folder, path.name, suffix)
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "in use": not stale
@@ -82,10 +84,11 @@ def write_atomically(path: pathlib.Path, chunks: Iterable[bytes | memoryview], *
         finally:
             os.close(fd)
     except BaseException as exc:
-        if os.path.lexists(tmp_name):
-            os.remove(tmp_name)
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):  # the error that matters is the one above
+                os.remove(tmp_name)
         if isinstance(exc, OSError):
-            kept = ("the previous file is unchanged" if existed else "nothing was written")
+            kept = "the previous file is unchanged" if existed else "nothing was written"
             raise OSError(exc.errno, f"{path}: cannot write it ({exc.strerror or exc}); "
                                      f"{kept}") from None
         raise
