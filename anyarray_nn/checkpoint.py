@@ -296,8 +296,9 @@ def _check_identity(f: Any, path: Any, sealed: bool) -> int:
     raw = f.attrs["format_version"]
     version = as_int(raw)
     if version is None:
+        shown = raw.item() if isinstance(raw, np.generic) else raw  # 1.7, not np.float64(1.7)
         raise CheckpointError(f"{path}: format_version: expected an integer, got "
-                              f"{shorten(raw)}")
+                              f"{shorten(shown)}")
     if not 1 <= version <= FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {version} is not supported by this "
                               f"version of anyarray_nn ({__version__}, reads 1 to "
@@ -305,7 +306,8 @@ def _check_identity(f: Any, path: Any, sealed: bool) -> int:
     if version >= 2 and not sealed:
         raise CheckpointError(f"{path}: format_version {version} files begin with an integrity "
                               f"header and this one has none: its first {HEADER_SIZE} bytes "
-                              f"were replaced (reseal_checkpoint() accepts the file as it is)")
+                              f"were removed or replaced (reseal_checkpoint() accepts the file as "
+                              f"it is)")
     return version
 
 
