@@ -1,24 +1,26 @@
 """File helpers shared by the data-set loaders: where the data lives, finding a file among
-several possible places, and reading it with transparent decompression.
+several possible places, and reading it with transparent decompression that never holds or
+decompresses more than the format allows (a small file cannot inflate to gigabytes).
 
 Everything here works on the host: paths, bytes and NumPy arrays, never device arrays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import lzma
 import os
 import pathlib
 import zlib
-from typing import Iterable, Sequence
+from typing import BinaryIO, Iterable, Iterator, Sequence
+
+import numpy as np
 
 ENV_VAR = "ANYARRAY_NN_DATA"
 
 # A data file may sit on disk as it was published or compressed; these are tried in order.
 SUFFIXES = ("", ".gz", ".xz")
-
-_COMPRESSION = {".gz": "gzip", ".xz": "xz"}
 
 
 class DataFormatError(ValueError):
@@ -102,26 +104,140 @@ def root_note(root: pathlib.Path) -> str:
     return ""
 
 
-def open_member(path: str | os.PathLike) -> bytes:
-    """The contents of the file ``path``, decompressed when its name ends in ``.gz`` or ``.xz``.
+# How far a compressed file can expand at most, per byte on disk. Reading refuses up front a
+# size that the file cannot hold (a forged header), so a small file never makes the reader
+# allocate or decompress gigabytes.
+# - deflate (gzip) codes a match of at most 258 bytes in at least 2 bits: at most 1032 bytes
+#   out per byte in (zlib reaches 1029 on zeros);
+# - LZMA (xz) codes a match of at most 273 bytes in at least 14 range-coder decisions, each at
+#   least -log2(2017/2048) = 0.022 bits (its probabilities are 11-bit and adapt by 1/32): at
+#   most about 7,090 bytes out per byte in (7,073 measured on zeros in the .lzma format,
+#   6,851 in .xz); 8,000 leaves a margin.
+MAX_EXPANSION = {".gz": 1032, ".xz": 8000}
+_NAMES = {".gz": "gzip", ".xz": "xz"}
 
-    A damaged file (truncated gzip or xz stream, bad CRC, not compressed at all) raises
-    :class:`DataFormatError` naming the file; a missing file stays a
-    :class:`FileNotFoundError`.
+_CHUNK = 1 << 20   # decompressed bytes read at a time
+_MAGIC = {b"\x1f\x8b": ".gz", b"\xfd7zXZ\x00": ".xz"}
+
+
+def compression_of(path: pathlib.Path) -> str:
+    """``".gz"`` or ``".xz"`` when the file starts like one, else ``""`` (for a tarball, whose
+    name does not always say how it is compressed)."""
+    with open(path, "rb") as file:
+        start = file.read(6)
+    return next((kind for magic, kind in _MAGIC.items() if start.startswith(magic)), "")
+
+
+def max_decompressed_size(path: pathlib.Path) -> int:
+    """The most bytes the file ``path`` can hold once decompressed: its size on disk times
+    :data:`MAX_EXPANSION` for its suffix (``.gz``, ``.xz``), its size if it has neither."""
+    return path.stat().st_size * MAX_EXPANSION.get(path.suffix, 1)
+
+
+@contextlib.contextmanager
+def open_decompressed(path: str | os.PathLike,
+                      compression: str | None = None) -> Iterator[BinaryIO]:
+    """The file ``path`` opened for reading, decompressed as ``compression`` says (``".gz"``,
+    ``".xz"`` or ``""``; by default its suffix).
+
+    Every read is bounded by the size asked for, whatever the stream holds. A damaged stream
+    (truncated, bad CRC, not compressed at all) raises :class:`DataFormatError` naming the file
+    while it is read; a missing file stays a :class:`FileNotFoundError`.
     """
     path = pathlib.Path(path)
-    kind = _COMPRESSION.get(path.suffix)
-    opener = {"gzip": gzip.open, "xz": lzma.open}.get(kind, open)
+    kind = path.suffix if compression is None else compression
+    opener = {".gz": gzip.open, ".xz": lzma.open}.get(kind, open)
     try:
         with opener(path, "rb") as file:
-            return file.read()
+            yield file
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise  # about the path, not the contents: keep the standard error
     except (EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
         # EOFError: the stream stops early (a truncated download); BadGzipFile (an OSError),
         # LZMAError and zlib.error: the bytes are not a valid stream or the CRC is wrong.
-        expected = f"a complete {kind} stream" if kind else "a readable file"
+        expected = f"a complete {_NAMES[kind]} stream" if kind in _NAMES else "a readable file"
         raise DataFormatError(
             f"{path}: expected {expected}, but reading it failed "
             f"({type(exc).__name__}: {exc}); the file is damaged or truncated, "
             f"download it again") from None
+
+
+def read_header(path: pathlib.Path, size: int) -> bytes:
+    """The first ``size`` bytes of the file ``path`` decompressed (fewer if it is shorter);
+    nothing past them is decompressed."""
+    with open_decompressed(path) as file:
+        return file.read(size)
+
+
+def read_exactly(path: pathlib.Path, size: int, promise: str) -> np.ndarray:
+    """The decompressed contents of ``path`` as a new, writable uint8 array of ``size`` bytes:
+    the size its header declares (``promise`` says so in words, for the messages).
+
+    Raises :class:`DataFormatError` naming the file, the declared and the found size when
+    the file cannot hold ``size`` bytes (checked before anything is decompressed or
+    allocated) or holds fewer (truncated) or more (extra bytes; decompression stops one byte
+    past ``size``).
+    """
+    disk, limit = path.stat().st_size, max_decompressed_size(path)
+    stated = f"{path}: {promise}, i.e. {size} bytes (decompressed), but"
+    if path.suffix not in MAX_EXPANSION and disk != size:
+        state = "truncated" if disk < size else "has extra bytes"
+        raise DataFormatError(f"{stated} the file holds {disk} bytes: it is {state}")
+    if size > limit:
+        raise DataFormatError(
+            f"{stated} a {_NAMES[path.suffix]} file of {disk} bytes holds at most {limit} "
+            f"bytes ({MAX_EXPANSION[path.suffix]} times its size): the header is forged or "
+            f"the file is truncated")
+    buffer = np.empty(size, dtype=np.uint8)
+    filled = 0
+    with open_decompressed(path) as file:
+        while filled < size and (chunk := file.read(min(_CHUNK, size - filled))):
+            buffer[filled:filled + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+            filled += len(chunk)
+        extra = file.read(1) if filled == size else b""
+    if filled < size:
+        raise DataFormatError(f"{stated} the file holds {filled} bytes: it is truncated")
+    if extra:
+        raise DataFormatError(f"{stated} the file holds more (decompression stopped at "
+                              f"{size + 1} bytes): it has extra bytes")
+    return buffer
+
+
+def read_at_most(path: pathlib.Path, limit: int, what: str) -> bytes:
+    """The decompressed contents of ``path``, which may be at most ``limit`` bytes long
+    (``what`` says why, for the message).
+
+    A longer file raises :class:`DataFormatError` naming the file and both sizes; at most
+    ``limit + 1`` bytes are ever decompressed or held in memory.
+    """
+    if path.suffix not in MAX_EXPANSION and path.stat().st_size > limit:
+        raise DataFormatError(f"{path}: expected at most {limit:,} bytes ({what}), but the "
+                              f"file holds {path.stat().st_size:,} bytes")
+    with open_decompressed(path) as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise DataFormatError(f"{path}: expected at most {limit:,} bytes ({what}), but it "
+                              f"holds more (decompression stopped at {limit + 1:,} bytes)")
+    return data
+
+
+class LimitedReader:
+    """A stream that reads ``stream`` and raises :class:`DataFormatError` naming ``path`` as
+    soon as more than ``limit`` bytes came out of it (``what`` says why there is a limit):
+    what bounds the work done on an archive, whatever its headers declare."""
+
+    def __init__(self, stream: BinaryIO, limit: int, path: pathlib.Path, what: str) -> None:
+        self.stream, self.limit, self.path, self.what = stream, limit, path, what
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left within the limit, plus one, when negative)."""
+        left = self.limit - self.count + 1
+        data = self.stream.read(left if size < 0 else min(size, left))
+        self.count += len(data)
+        if self.count > self.limit:
+            raise DataFormatError(f"{self.path}: expected at most {self.limit:,} bytes "
+                                  f"({self.what}), but it holds more (decompression stopped "
+                                  f"at {self.count:,} bytes)")
+        return data
+

@@ -10,18 +10,24 @@ Two official distributions exist, and both are read here without unpacking anyth
   and ``b"labels"``, a list of 10,000 ints.
 
 The binary version is preferred: it needs no unpickling at all. A pickle can name any Python
-callable and have the unpickler call it, so the Python version is read with a restricted
-unpickler that only lets through the NumPy functions an array needs.
+callable and have the unpickler call it, so the Python version is never given to an unpickler:
+its opcodes run on a small stack machine of its own that builds only dicts, lists, strings,
+numbers and NumPy arrays (see "the Python version" below).
+
+No read goes past what a batch can hold (10,000 records), whatever a compressed file or a
+tar header declares.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import itertools
 import lzma
 import math
 import os
 import pathlib
-import pickle
+import pickletools
 import tarfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +35,8 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from ._files import (DataFormatError, data_root, first_existing, open_member, root_note,
-                     with_suffixes)
+from ._files import (DataFormatError, LimitedReader, compression_of, data_root, first_existing,
+                     open_decompressed, read_at_most, root_note, with_suffixes)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -39,7 +45,15 @@ BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("tes
 SHAPE = (3, 32, 32)
 PIXELS = 3 * 32 * 32                  # 3072 bytes of one image
 RECORD = 1 + PIXELS                   # 3073 bytes of one binary record
-OFFICIAL_RECORDS = 10_000             # records in each official batch file
+OFFICIAL_RECORDS = 10_000             # records in each official batch file, and the most read
+
+# The most bytes a batch file may hold, decompressed: 10,000 records in the binary version. A
+# pickle from Python 3 at protocol 2 stores bytes as UTF-8 text, up to two bytes for each, so
+# its pixels take up to twice their size; the labels and file names need well under 8 MiB.
+MAX_BINARY_BATCH = OFFICIAL_RECORDS * RECORD
+MAX_PICKLE_BATCH = 2 * OFFICIAL_RECORDS * PIXELS + (8 << 20)
+# A tarball holds the six batches, a readme and the class names (9 members in all).
+MAX_TAR_MEMBERS = 64
 
 BIN_FOLDER, BIN_TARBALL = "cifar-10-batches-bin", "cifar-10-binary.tar.gz"
 PY_FOLDER, PY_TARBALL = "cifar-10-batches-py", "cifar-10-python.tar.gz"
@@ -66,13 +80,13 @@ def load_cifar10(root: str | os.PathLike | None = None,
 
     Returns ``(images, labels)``: uint8 images of shape (N, 3, 32, 32) (NCHW, channels red,
     green, blue) and int64 labels of shape (N,) in 0..9; ``CIFAR10_CLASSES[label]`` names
-    the class. Batches of any whole number of records are accepted (the official ones hold
-    10,000 each).
+    the class. Batches of 1 to 10,000 records are accepted (the official ones hold 10,000).
 
     Raises :class:`FileNotFoundError` listing every place looked, and
     :class:`~anyarray_nn.data.DataFormatError` naming the file when one is truncated,
-    corrupt, holds labels outside 0..9, or (Python version) is a pickle that asks for
-    anything other than NumPy arrays.
+    corrupt, larger than a batch can be (reading stops there), holds labels outside 0..9,
+    or (Python version) is a pickle that holds anything but a batch's dict of strings,
+    numbers and NumPy arrays.
     """
     if split not in SPLITS:
         raise ValueError(f"load_cifar10: split must be one of "
@@ -92,15 +106,19 @@ class _Source(NamedTuple):
     suffix: str                # ".bin" for the binary version, "" for the Python version
     member_folder: str         # the folder inside the tarball
     parse: Parser
+    limit: int                 # the most bytes a batch file may hold
+    what: str                  # the limit in words, for messages
 
 
 def _sources(root: pathlib.Path) -> list[_Source]:
     """Every place CIFAR-10 may be, in order of preference."""
     def binary(path, tar=False):
-        return _Source(path, tar, ".bin", BIN_FOLDER, _parse_binary)
+        return _Source(path, tar, ".bin", BIN_FOLDER, _parse_binary, MAX_BINARY_BATCH,
+                       f"a batch of at most {OFFICIAL_RECORDS:,} records of {RECORD} bytes")
 
     def python(path, tar=False):
-        return _Source(path, tar, "", PY_FOLDER, _parse_pickle)
+        return _Source(path, tar, "", PY_FOLDER, _parse_pickle, MAX_PICKLE_BATCH,
+                       f"a pickled batch of at most {OFFICIAL_RECORDS:,} images")
 
     return [binary(root / "cifar-10" / BIN_FOLDER), binary(root / BIN_FOLDER), binary(root),
             binary(root / BIN_TARBALL, True), binary(root / "cifar-10" / BIN_TARBALL, True),
@@ -116,7 +134,7 @@ def _read_batches(root: pathlib.Path, batches: tuple[str, ...]) -> list[Batch]:
         if source.is_tarball:
             looked.append(f"  {source.path}")
             if source.path.is_file():
-                blobs = _read_tar_members(source.path, source.member_folder, names)
+                blobs = _read_tar_members(source, names)
                 return [source.parse(data, label) for label, data in blobs]
             continue
         looked.append(f"  {source.path}/  for {', '.join(names)} (optionally .gz/.xz)")
@@ -125,7 +143,7 @@ def _read_batches(root: pathlib.Path, batches: tuple[str, ...]) -> list[Batch]:
             # Decompressing xz is the slow part (about 1.4 s per batch); lzma and gzip
             # release the GIL, so the batches decompress in parallel.
             def read(path):
-                return source.parse(open_member(path), str(path))
+                return source.parse(read_at_most(path, source.limit, source.what), str(path))
             with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1)) as pool:
                 return list(pool.map(read, paths))
         if any(paths):
@@ -142,23 +160,43 @@ def _read_batches(root: pathlib.Path, batches: tuple[str, ...]) -> list[Batch]:
     raise FileNotFoundError(message)
 
 
-def _read_tar_members(tarball: pathlib.Path, folder: str,
-                      names: list[str]) -> list[tuple[str, bytes]]:
-    """The contents of ``folder/name`` for each of ``names`` inside ``tarball``, in the order
-    of ``names``, read in one pass over the archive without extracting anything to disk."""
+def _read_tar_members(source: _Source, names: list[str]) -> list[tuple[str, bytes]]:
+    """The contents of ``folder/name`` for each of ``names`` inside the tarball ``source``, in
+    the order of ``names``, read in one pass over the archive without extracting anything.
+
+    Only regular files are read, each at most ``source.limit`` bytes as its header declares;
+    links, devices, duplicates and archives longer than six such batches (plus 1 MiB for the
+    readme and the class names) are refused, as are more than :data:`MAX_TAR_MEMBERS` members.
+    """
+    tarball, folder = source.path, source.member_folder
     wanted = {f"{folder}/{name}": name for name in names}
     found: dict[str, bytes] = {}
+    batches = len(BATCHES["train"]) + len(BATCHES["test"])
     try:
-        with tarfile.open(tarball, mode="r:*") as archive:
-            for member in archive:                    # one pass: a .tar.gz cannot seek back
+        # Stream mode ("r|"): tarfile reads forward only, from a stream that stops the whole
+        # archive at its limit (a forged header cannot make it read or buffer more).
+        with open_decompressed(tarball, compression_of(tarball)) as stream, tarfile.open(
+                fileobj=LimitedReader(stream, batches * source.limit + (1 << 20), tarball,
+                                      f"a tar of {batches} batches"), mode="r|") as archive:
+            for count, member in enumerate(archive, start=1):
+                if count > MAX_TAR_MEMBERS:
+                    raise DataFormatError(f"{tarball}: expected at most {MAX_TAR_MEMBERS} "
+                                          f"members in a CIFAR-10 tarball, found more")
                 name = member.name.removeprefix("./")
                 if name not in wanted:
-                    continue
+                    continue                          # never extracted: its name is harmless
+                if wanted[name] in found:
+                    raise DataFormatError(f"{tarball}: member {name} appears twice; expected "
+                                          f"it once (which copy is the batch?)")
                 if not member.isreg():
                     # A link could point anywhere on disk or in the archive: never follow it.
                     raise DataFormatError(f"{tarball}: member {name} is a link or special "
                                           f"file, expected a regular file; refusing to "
                                           f"follow it")
+                if member.size > source.limit:
+                    raise DataFormatError(f"{tarball}: member {name} declares "
+                                          f"{member.size:,} bytes, expected at most "
+                                          f"{source.limit:,} ({source.what})")
                 found[wanted[name]] = archive.extractfile(member).read()
             # To the end, past the members we need: gzip and xz check their checksums only
             # there, and tarfile stops without a word at a damaged header further on.
@@ -214,156 +252,416 @@ def _check_labels(labels: np.ndarray, source: str) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the Python version
+#
+# A pickle is a program for a stack machine, and pickle.Unpickler runs it with Python's own
+# objects: find_class may only hand out allowed names, but the opcodes around them (BUILD,
+# SETITEM, REDUCE...) act on whatever they got, which can change attributes of the very
+# functions that were allowed. So no unpickler is used at all: pickletools.genops splits the
+# bytes into opcodes, and the small machine below runs only the opcodes a CIFAR-10 batch needs,
+# on values it creates itself. A name from the file (GLOBAL) becomes an inert label, never an
+# imported object; REDUCE and BUILD on a label make one of the stand-ins defined here, from
+# whose checked recipe the NumPy arrays are built with np.frombuffer. Nothing the file says can
+# reach any other object of the process.
 
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    # Python 3 pickles (protocol < 3) store bytes as _codecs.encode(text, "latin1"); only that
-    # use is let through, not the general codec machinery.
-    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} refused")
-    return text.encode("latin1")
-
-
-class _PickledDtype:
-    """What a pickle's ``numpy.dtype(name, align, copy)`` builds here: the name of a plain
-    numeric dtype and a byte order, nothing more. NumPy's own dtype would take its flags from
-    the file, which can turn raw bytes from the file into object pointers (a crash)."""
-
-    def __init__(self, name: Any, align: Any = False, copy: Any = False) -> None:
-        name = name.decode("latin1") if isinstance(name, bytes) else name
-        try:
-            plain = isinstance(name, str) and np.dtype(name).kind in "biufc"
-        except TypeError:
-            plain = False
-        if not plain:
-            raise pickle.UnpicklingError(f"dtype {name!r} refused: a CIFAR-10 batch holds "
-                                         f"plain numbers only")
-        self.name, self.order = name, "|"
-
-    def __setstate__(self, state: Any) -> None:
-        # (version, byte order, ...): only the byte order is used; flags are never trusted.
-        order = state[1] if isinstance(state, tuple) and len(state) > 1 else "|"
-        order = order.decode("latin1") if isinstance(order, bytes) else order
-        if order not in ("<", ">", "=", "|"):
-            raise pickle.UnpicklingError(f"byte order {order!r} refused")
-        self.order = order
-
-    def numpy(self) -> np.dtype:
-        """The NumPy dtype this stands for."""
-        return np.dtype(self.name).newbyteorder(self.order if self.order != "|" else "=")
-
-
-class _PickledArray:
-    """What a pickle's ``_reconstruct(ndarray, ...)`` builds here; its ``__setstate__`` makes a
-    NumPy array from the file's bytes with :func:`np.frombuffer` (``.array``)."""
-
-    def __init__(self, *args: Any) -> None:
-        self.array: np.ndarray | None = None
-
-    def __setstate__(self, state: Any) -> None:
-        if not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise pickle.UnpicklingError("array state refused: expected (shape, dtype, "
-                                         "fortran order, bytes)")
-        shape, dtype, fortran, raw = state[-4:]
-        self.array = _array_from_bytes(raw, dtype, shape, "F" if fortran else "C")
-
-
-def _array_from_bytes(raw: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
-    if isinstance(raw, str):  # Python 2 pickles read with encoding="latin1"
-        raw = raw.encode("latin1")
-    if not isinstance(dtype, _PickledDtype) or not isinstance(raw, (bytes, bytearray)) or not (
-            isinstance(shape, tuple) and all(type(d) is int and d >= 0 for d in shape)):
-        raise pickle.UnpicklingError("array refused: expected a shape, a plain dtype and bytes")
-    dt = dtype.numpy()
-    if len(raw) != math.prod(shape) * dt.itemsize:
-        raise pickle.UnpicklingError(f"array of shape {shape} and dtype {dt} needs "
-                                     f"{math.prod(shape) * dt.itemsize} bytes, got {len(raw)}")
-    return np.frombuffer(raw, dtype=dt).reshape(shape, order=order)
-
-
-def _reconstruct(cls: Any, *args: Any) -> _PickledArray:
-    if cls is not _PickledArray:
-        raise pickle.UnpicklingError("_reconstruct of anything but numpy.ndarray refused")
-    return _PickledArray()
-
-
-def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
-    order = order.decode("latin1") if isinstance(order, bytes) else order
-    return _array_from_bytes(bytes(buffer), dtype, shape, "F" if order == "F" else "C")
-
-
-def _scalar(dtype: Any, raw: Any) -> Any:
-    return _array_from_bytes(raw, dtype, (), "C")[()]
-
-
-def _unpickled(value: Any) -> Any:
-    """A value from the restricted unpickler with its array stand-ins replaced by arrays."""
-    return value.array if isinstance(value, _PickledArray) else value
-
-
-# What a pickled array (and a NumPy scalar) refers to, under the NumPy 1.x and 2.x module
-# names, mapped to the stand-ins above: the pickle's module names import nothing, and no NumPy
-# constructor sees the file's state.
-_ALLOWED_GLOBALS = {("numpy", "ndarray"): _PickledArray, ("numpy", "dtype"): _PickledDtype,
-                    ("_codecs", "encode"): _latin1_encode}
+# The names NumPy pickles an array, a dtype and a scalar with (NumPy 1.x and 2.x module names),
+# and the one Python 3 uses for bytes in protocol 2.
+_ALLOWED_GLOBALS = {("numpy", "ndarray"): "ndarray", ("numpy", "dtype"): "dtype",
+                    ("_codecs", "encode"): "encode"}
 for _module in ("numpy.core", "numpy._core"):
-    _ALLOWED_GLOBALS[(f"{_module}.multiarray", "_reconstruct")] = _reconstruct
-    _ALLOWED_GLOBALS[(f"{_module}.multiarray", "scalar")] = _scalar
-    _ALLOWED_GLOBALS[(f"{_module}.numeric", "_frombuffer")] = _frombuffer
+    _ALLOWED_GLOBALS[(f"{_module}.multiarray", "_reconstruct")] = "_reconstruct"
+    _ALLOWED_GLOBALS[(f"{_module}.multiarray", "scalar")] = "scalar"
+    _ALLOWED_GLOBALS[(f"{_module}.numeric", "_frombuffer")] = "_frombuffer"
+
+# Plain numeric dtypes, as a pickle names them (byte order apart); no others are built.
+_PLAIN_DTYPES = frozenset(f"{kind}{size}" for kind, sizes in
+                          (("b", "1"), ("i", "1248"), ("u", "1248"), ("f", "248"))
+                          for size in sizes)
+_KEYS = ("batch_label", "labels", "data", "filenames")       # what a CIFAR-10 batch holds
+# A batch takes about 9 opcodes per record (Python 3, protocol 2: a label, and a file name with
+# its memo bookkeeping); more means a file built to exhaust memory with small objects.
+MAX_PICKLE_OPCODES = 20 * OFFICIAL_RECORDS + 1000
+MAX_ARRAY_DIMS = 4
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that builds only dicts, lists, strings, numbers and NumPy arrays.
+@dataclasses.dataclass(frozen=True)
+class _Global:
+    """A name of :data:`_ALLOWED_GLOBALS` as the pickle refers to it: a label, not the object."""
 
-    A pickle refers to a callable by module and name (``os system``) and the unpickler calls
-    it while loading: plain :func:`pickle.load` on a file from the internet runs whatever the
-    file asks for. Every such reference goes through :meth:`find_class`, which here looks it
-    up in a short allow-list and refuses anything else with a :class:`DataFormatError`, so the
-    refused callable is never imported, let alone called. Containers, strings and numbers come
-    from pickle opcodes of their own and need no lookup.
-    """
+    name: str
 
-    def __init__(self, file: Any, source: str) -> None:
-        super().__init__(file, encoding="bytes")    # the official batches are Python 2 pickles
-        self.source = source
 
-    def find_class(self, module: str, name: str) -> Any:
-        """The allowed object for ``module.name``; anything else raises DataFormatError."""
+class _Dtype:
+    """What ``numpy.dtype(name, align, copy)`` makes here: a plain numeric dtype, whose byte
+    order (and nothing else) its BUILD may set once."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype, self.built = dtype, False
+
+
+class _Array:
+    """What ``_reconstruct(ndarray, ...)`` makes here: an empty stand-in whose BUILD (once)
+    gives it ``array``; ``_frombuffer(...)`` makes one with ``array`` already set."""
+
+    def __init__(self, array: np.ndarray | None = None) -> None:
+        self.array = array
+
+
+_LEAVES = (type(None), bool, int, float, str, bytes, bytearray)
+_STAND_INS = (_Global, _Dtype, _Array)
+
+
+class _PickleMachine:
+    """Runs the opcodes of one pickled CIFAR-10 batch (see the comment above); :meth:`run`
+    returns the dict it holds. Only these shapes of values exist, which keeps every container
+    shallow and every dict key hashable without recursion: a dict maps bytes or str keys to
+    leaves (None, bool, int, float, str, bytes), lists of leaves, or arrays; a tuple holds
+    leaves, stand-ins and tuples of leaves."""
+
+    def __init__(self, data: bytes, source: str) -> None:
+        self.data, self.source = data, source
+        self.stack: list[Any] = []
+        self.marks: list[int] = []
+        self.memo: dict[int, Any] = {}
+        self.position = 0
+
+    def refuse(self, why: str, note: str = "") -> DataFormatError:
+        """The error for the opcode at the current position."""
+        return DataFormatError(f"{self.source}: {why} (at byte {self.position}); a CIFAR-10 "
+                               f"batch is a pickled dict of NumPy arrays, lists and strings, "
+                               f"so this is not one{note}")
+
+    def run(self) -> dict:
+        """The dict the pickle holds; DataFormatError naming the file and the byte otherwise."""
+        stream = io.BytesIO(self.data)
+        opcodes = pickletools.genops(stream)
+        for count in itertools.count(1):
+            try:
+                opcode, arg, self.position = next(opcodes)
+            except StopIteration:
+                break
+            except ValueError as exc:  # cut short, a length past the end, an unknown opcode...
+                raise DataFormatError(f"{self.source}: expected a pickled CIFAR-10 batch, but "
+                                      f"the pickle is truncated or corrupt ({exc}; reading "
+                                      f"stopped at byte {stream.tell()})") from None
+            if count > MAX_PICKLE_OPCODES:
+                raise self.refuse(f"more than {MAX_PICKLE_OPCODES:,} pickle opcodes, for at "
+                                  f"most {OFFICIAL_RECORDS:,} records")
+            if count == 1 and opcode.name != "PROTO":
+                raise self.refuse(f"expected a pickle of protocol 2 to 5, it starts with the "
+                                  f"opcode {opcode.name}")
+            run = getattr(self, f"op_{opcode.name}", None)
+            if run is None:
+                raise self.refuse(f"refused the pickle opcode {opcode.name}")
+            run(arg)
+        if stream.tell() != len(self.data):
+            raise DataFormatError(f"{self.source}: expected the pickle to end the file, but "
+                                  f"the file goes on for {len(self.data) - stream.tell():,} "
+                                  f"bytes after it")
+        return self.result
+
+    # -- the stack
+
+    def push(self, value: Any) -> None:
+        self.stack.append(value)
+
+    def peek(self, kind: str = "value") -> Any:
+        """The value on top of the stack, above the last MARK (like pickle, never below it)."""
+        if len(self.stack) <= (self.marks[-1] if self.marks else 0):
+            raise self.refuse(f"expected a {kind} on the pickle stack, found none")
+        return self.stack[-1]
+
+    def pop(self, kind: str = "value") -> Any:
+        self.peek(kind)
+        return self.stack.pop()
+
+    def pop_mark(self) -> list[Any]:
+        if not self.marks:
+            raise self.refuse("expected a MARK before this opcode, found none")
+        start = self.marks.pop()
+        items = self.stack[start:]
+        del self.stack[start:]
+        return items
+
+    def top(self, kind: type, what: str) -> Any:
+        target = self.peek(what)
+        if type(target) is not kind:
+            raise self.refuse(f"expected {what} to add to, found {_describe(target)}")
+        return target
+
+    def tuple_of(self, items: list[Any]) -> tuple:
+        for item in items:
+            if not (isinstance(item, _LEAVES + _STAND_INS) or (type(item) is tuple and all(
+                    isinstance(inner, _LEAVES) for inner in item))):
+                raise self.refuse(f"refused {_describe(item)} inside a tuple")
+        return tuple(items)
+
+    # -- opcodes: the frame of the pickle
+
+    def op_PROTO(self, protocol: int) -> None:
+        if self.position != 0 or not 2 <= protocol <= 5:
+            raise self.refuse(f"expected one PROTO of 2 to 5 at the start, found PROTO "
+                              f"{protocol}")
+
+    def op_FRAME(self, size: int) -> None:
+        pass  # only a hint for buffering
+
+    def op_STOP(self, arg: None) -> None:
+        if self.marks or len(self.stack) != 1:
+            raise self.refuse(f"expected one value on the pickle stack at STOP, found "
+                              f"{len(self.stack)} and {len(self.marks)} open MARKs")
+        self.result = self.stack.pop()
+        if type(self.result) is not dict:
+            raise DataFormatError(f"{self.source}: expected a pickled dict, found "
+                                  f"{_describe(self.result)}")
+
+    def op_MARK(self, arg: None) -> None:
+        self.marks.append(len(self.stack))
+
+    # -- values
+
+    def op_NONE(self, arg: None) -> None:
+        self.push(None)
+
+    def op_NEWTRUE(self, arg: None) -> None:
+        self.push(True)
+
+    def op_NEWFALSE(self, arg: None) -> None:
+        self.push(False)
+
+    def op_BININT(self, value: Any) -> None:
+        self.push(value)
+
+    op_BININT1 = op_BININT2 = op_LONG1 = op_BINFLOAT = op_BININT
+    op_SHORT_BINUNICODE = op_BINUNICODE = op_BINUNICODE8 = op_BININT
+    op_SHORT_BINBYTES = op_BINBYTES = op_BINBYTES8 = op_BYTEARRAY8 = op_BININT
+
+    def op_SHORT_BINSTRING(self, text: str) -> None:
+        self.push(text.encode("latin-1"))   # a Python 2 str: its bytes, as encoding="bytes"
+
+    op_BINSTRING = op_SHORT_BINSTRING
+
+    # -- containers
+
+    def op_EMPTY_DICT(self, arg: None) -> None:
+        self.push({})
+
+    def op_EMPTY_LIST(self, arg: None) -> None:
+        self.push([])
+
+    def op_EMPTY_TUPLE(self, arg: None) -> None:
+        self.push(())
+
+    def op_TUPLE(self, arg: None) -> None:
+        self.push(self.tuple_of(self.pop_mark()))
+
+    def op_TUPLE1(self, arg: None) -> None:
+        self.push(self.tuple_of([self.pop("tuple item")]))
+
+    def op_TUPLE2(self, arg: None) -> None:
+        second, first = self.pop("tuple item"), self.pop("tuple item")
+        self.push(self.tuple_of([first, second]))
+
+    def op_TUPLE3(self, arg: None) -> None:
+        third, second, first = (self.pop("tuple item") for _ in range(3))
+        self.push(self.tuple_of([first, second, third]))
+
+    def op_APPEND(self, arg: None) -> None:
+        self.extend([self.pop("list item")])
+
+    def op_APPENDS(self, arg: None) -> None:
+        self.extend(self.pop_mark())
+
+    def extend(self, items: list[Any]) -> None:
+        target = self.top(list, "a list")
+        for item in items:
+            if not isinstance(item, _LEAVES):
+                raise self.refuse(f"refused {_describe(item)} inside a list")
+        target.extend(items)
+
+    def op_SETITEM(self, arg: None) -> None:
+        value, key = self.pop("dict value"), self.pop("dict key")
+        self.set_items([key, value])
+
+    def op_SETITEMS(self, arg: None) -> None:
+        self.set_items(self.pop_mark())
+
+    def set_items(self, items: list[Any]) -> None:
+        target = self.top(dict, "a dict")
+        if len(items) % 2:
+            raise self.refuse("expected key, value pairs for SETITEMS, found an odd count")
+        for key, value in zip(items[::2], items[1::2]):
+            if type(key) not in (bytes, str):
+                raise self.refuse(f"refused a dict key that is {_describe(key)}")
+            if key in target:
+                raise self.refuse(f"the dict key {_shorten(key)} is set twice")
+            if not (isinstance(value, _LEAVES) or type(value) in (list, _Array)):
+                raise self.refuse(f"refused {_describe(value)} as a dict value")
+            target[key] = value
+
+    # -- the memo
+
+    def op_BINPUT(self, index: int) -> None:
+        self.memo[index] = self.peek("value to memoize")
+
+    op_LONG_BINPUT = op_BINPUT
+
+    def op_MEMOIZE(self, arg: None) -> None:
+        self.op_BINPUT(len(self.memo))
+
+    def op_BINGET(self, index: int) -> None:
+        if index not in self.memo:
+            raise self.refuse(f"the memo has no entry {index}")
+        self.push(self.memo[index])
+
+    op_LONG_BINGET = op_BINGET
+
+    # -- names, calls and states: only the allowed names, only on the stand-ins
+
+    def op_GLOBAL(self, names: str) -> None:
+        module, _, name = names.partition(" ")
+        self.push(self.allowed(module, name))
+
+    def op_STACK_GLOBAL(self, arg: None) -> None:
+        name, module = self.pop("global name"), self.pop("module name")
+        if type(module) is not str or type(name) is not str:
+            raise self.refuse(f"expected two strings for STACK_GLOBAL, found "
+                              f"{_describe(module)} and {_describe(name)}")
+        self.push(self.allowed(module, name))
+
+    def allowed(self, module: str, name: str) -> _Global:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise self.refuse(f"refused to unpickle the global {_shorten(module)}."
+                              f"{_shorten(name)}", " (loaded with plain pickle, it could run "
+                                                   "code)")
+        return _Global(_ALLOWED_GLOBALS[(module, name)])
+
+    def op_REDUCE(self, arg: None) -> None:
+        args, func = self.pop("argument tuple"), self.pop("callable")
+        if type(func) is not _Global or type(args) is not tuple:
+            raise self.refuse(f"refused to call {_describe(func)} with {_describe(args)}")
+        self.push(self.call(func.name, args))
+
+    def call(self, name: str, args: tuple) -> Any:
+        """What the allowed ``name`` called with ``args`` makes here."""
+        if name == "encode" and len(args) == 2 and type(args[0]) is str:
+            if args[1] not in ("latin1", "latin-1"):
+                raise self.refuse(f"_codecs.encode with encoding {_shorten(args[1])} refused")
+            try:
+                return args[0].encode("latin-1")
+            except UnicodeEncodeError:
+                raise self.refuse("expected latin-1 text for _codecs.encode") from None
+        if name == "dtype" and len(args) == 3 and type(args[0]) in (str, bytes):
+            code = args[0].decode("latin-1") if type(args[0]) is bytes else args[0]
+            if code not in _PLAIN_DTYPES:
+                raise self.refuse(f"dtype {_shorten(repr(code))} refused: not a plain "
+                                  f"numeric dtype")
+            return _Dtype(np.dtype(code))
+        if name == "_reconstruct" and len(args) == 3 and args[0] == _Global("ndarray"):
+            return _Array()
+        if name == "scalar" and len(args) == 2 and type(args[0]) is _Dtype:
+            return self.array(args[1], args[0], (), False).item()
+        if name == "_frombuffer" and len(args) == 4 and args[3] in ("C", "F"):
+            return _Array(self.array(args[0], args[1], args[2], args[3] == "F"))
+        raise self.refuse(f"refused the call of {name} with {_describe(args)}")
+
+    def op_BUILD(self, arg: None) -> None:
+        state, target = self.pop("state"), self.pop("object")
+        self.push(target)
+        if type(target) is _Dtype and not target.built and type(state) is tuple \
+                and len(state) >= 2:
+            order = state[1].decode("latin-1") if type(state[1]) is bytes else state[1]
+            if order not in ("<", ">", "=", "|"):
+                raise self.refuse(f"refused the byte order {_shorten(order)}")
+            target.dtype = target.dtype.newbyteorder("=" if order == "|" else order)
+            target.built = True
+        elif type(target) is _Array and target.array is None and type(state) is tuple \
+                and len(state) in (4, 5):
+            shape, dtype, fortran, raw = state[-4:]
+            target.array = self.array(raw, dtype, shape, fortran)
+        else:
+            raise self.refuse(f"refused to set the state of {_describe(target)} to "
+                              f"{_describe(state)}")
+
+    def array(self, raw: Any, dtype: Any, shape: Any, fortran: Any) -> np.ndarray:
+        """The array that ``raw`` holds, after checking that it is bytes of exactly the length
+        ``shape`` and ``dtype`` (a :class:`_Dtype`) need."""
+        if type(raw) not in (bytes, bytearray) or type(dtype) is not _Dtype \
+                or type(shape) is not tuple or len(shape) > MAX_ARRAY_DIMS \
+                or not all(type(n) is int and n >= 0 for n in shape) \
+                or type(fortran) not in (bool, int):
+            raise self.refuse(f"refused an array made of {_describe(raw)}, {_describe(dtype)} "
+                              f"and {_describe(shape)}: expected bytes, a plain dtype and a "
+                              f"shape of at most {MAX_ARRAY_DIMS} dimensions")
+        needed = math.prod(shape) * dtype.dtype.itemsize   # Python ints: cannot wrap around
+        if len(raw) != needed:
+            raise self.refuse(f"an array of shape {shape} and dtype {dtype.dtype} needs "
+                              f"{needed:,} bytes, the pickle holds {len(raw):,}")
         try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise DataFormatError(
-                f"{self.source}: refused to unpickle the global {module}.{name}; a CIFAR-10 "
-                f"batch needs only NumPy arrays, so this is not one (loaded with plain pickle "
-                f"it could run code)") from None
+            return np.frombuffer(raw, dtype=dtype.dtype).reshape(shape,
+                                                                 order="F" if fortran else "C")
+        except ValueError as exc:       # e.g. a zero-size array with a dimension past 2**63
+            raise self.refuse(f"refused an array of shape {shape} ({exc})") from None
+
+
+def _shorten(value: Any, width: int = 60) -> str:
+    """``value`` (a str as it is, anything else as its repr) cut to ``width`` characters: the
+    names and keys a file holds go into messages."""
+    text = value if type(value) is str else repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _describe(value: Any) -> str:
+    """A short description of a value from the pickle, for messages: its type, and for a tuple
+    the types inside (never a long or deep repr)."""
+    if type(value) is tuple:
+        return "a tuple (" + ", ".join(_describe(item) for item in value[:6]) + \
+            (", ...)" if len(value) > 6 else ")")
+    if type(value) is _Global:
+        return f"the global {value.name}"
+    if type(value) in (_Dtype, _Array):
+        return f"a {type(value).__name__.strip('_').lower()} stand-in"
+    return type(value).__name__
 
 
 def _parse_pickle(data: bytes, source: str) -> Batch:
     """Images (N, 3, 32, 32) and labels (N,) from the bytes of one Python-version batch."""
-    try:
-        batch = RestrictedUnpickler(io.BytesIO(data), source).load()
-    except DataFormatError:
-        raise
-    except Exception as exc:  # a damaged pickle fails in many ways: EOFError, UnpicklingError,
-        # ValueError, TypeError from a truncated array state...; all mean "not a valid batch"
-        raise DataFormatError(f"{source}: expected a pickled CIFAR-10 batch, but unpickling "
-                              f"failed ({type(exc).__name__}: {exc}); the file is truncated or "
-                              f"corrupt") from None
-    if not isinstance(batch, dict):
-        raise DataFormatError(f"{source}: expected a pickled dict, found {type(batch).__name__}")
-    images, labels = (_unpickled(batch.get(key.encode(), batch.get(key)))
-                      for key in ("data", "labels"))
+    batch: dict[str, Any] = {}
+    for key, value in _PickleMachine(data, source).run().items():
+        name = key.decode("latin-1") if type(key) is bytes else key
+        if name not in _KEYS or name in batch:
+            problem = "twice (as bytes and as str)" if name in batch else "unexpectedly"
+            raise DataFormatError(f"{source}: the key {_shorten(key)} appears {problem}; "
+                                  f"expected the keys {', '.join(_KEYS)} of a CIFAR-10 batch")
+        batch[name] = value
+    images = batch.get("data").array if type(batch.get("data")) is _Array else None
     if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2
-            and images.shape[1] == PIXELS and len(images) > 0):
-        found = (f"{images.dtype} array of shape {images.shape}"
-                 if isinstance(images, np.ndarray) else type(images).__name__)
+            and images.shape[1] == PIXELS and 0 < len(images) <= OFFICIAL_RECORDS):
+        found = (f"{images.dtype} array of shape {images.shape}" if images is not None else
+                 _describe(batch["data"]) if "data" in batch else "no such key")
         raise DataFormatError(f"{source}: expected b'data' to be a uint8 array of shape "
-                              f"(N, {PIXELS}) (N = {OFFICIAL_RECORDS:,} in the official "
-                              f"batches), found {found}")
-    if isinstance(labels, (list, tuple)):
-        labels = [_unpickled(v) for v in labels]
-    labels = np.asarray(labels) if isinstance(labels, (list, tuple, np.ndarray)) else None
-    if labels is None or labels.dtype.kind not in "iu" or labels.shape != (len(images),):
-        raise DataFormatError(f"{source}: expected b'labels' to be a list of {len(images)} "
-                              f"integers (one per image)")
+                              f"(N, {PIXELS}) with 1 <= N <= {OFFICIAL_RECORDS:,} (N = "
+                              f"{OFFICIAL_RECORDS:,} in the official batches), found {found}")
+    labels = _labels(batch.get("labels"), len(images), source)
+    label, filenames = batch.get("batch_label", b""), batch.get("filenames", [])
+    if type(label) not in (bytes, str) or type(filenames) is not list or not all(
+            type(name) in (bytes, str) for name in filenames):
+        raise DataFormatError(f"{source}: expected b'batch_label' to be a string and "
+                              f"b'filenames' a list of strings, found {_describe(label)} and "
+                              f"{_describe(filenames)}")
     images = np.ascontiguousarray(images)  # a pickle may hold a Fortran-order array
-    return images.reshape(len(images), *SHAPE), _check_labels(labels, source)
+    return images.reshape(len(images), *SHAPE), labels
+
+
+def _labels(value: Any, count: int, source: str) -> np.ndarray:
+    """The int64 labels of a pickled batch: a list of ``count`` ints, or a 1-D integer array."""
+    if type(value) is list and len(value) == count and all(type(v) is int for v in value):
+        bad = next((i for i, v in enumerate(value) if not 0 <= v < len(CIFAR10_CLASSES)), None)
+        if bad is not None:     # before np.array: a huge int would not fit int64
+            raise DataFormatError(f"{source}: expected labels 0..{len(CIFAR10_CLASSES) - 1}, "
+                                  f"label {bad} is {value[bad]}")
+        return np.array(value, dtype=np.int64)
+    labels = value.array if type(value) is _Array else None
+    if labels is None or labels.dtype.kind not in "iu" or labels.shape != (count,):
+        raise DataFormatError(f"{source}: expected b'labels' to be a list of {count} integers "
+                              f"(one per image), found {_describe(value)}")
+    return _check_labels(labels, source)
