@@ -45,6 +45,9 @@ import logging
 import os
 import pathlib
 import re
+import signal
+import subprocess
+import sys
 from typing import Any, Iterator
 
 import numpy as np
@@ -168,8 +171,8 @@ def _sealed(image: bytes) -> list[Any]:
 
 def _verified_image(path: pathlib.Path) -> bytes:
     """The bytes of the checkpoint at ``path``, read once and checked before anything parses
-    them: the digest of a sealed file (format_version 2), the HDF5 signature of an older one
-    (loaded unverified, with a warning)."""
+    them: the digest of a sealed file (format_version 2); for an older one, which has no
+    digest, a first parse in a separate process (with a logged warning)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -178,8 +181,9 @@ def _verified_image(path: pathlib.Path) -> bytes:
         raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if data.startswith(_HDF5_SIGNATURE):
         logger.warning("%s: a checkpoint without an integrity header (format_version 1, or "
-                       "written by another tool): loaded without verifying its bytes; save it "
-                       "again to add one", path)
+                       "written by another tool): its bytes cannot be verified; parsing it in "
+                       "a separate process first. reseal_checkpoint() adds a header", path)
+        _parse_in_child(data, path)
         return data
     _check_header(data, path)
     return data
@@ -222,6 +226,7 @@ def reseal_checkpoint(path: str | os.PathLike) -> pathlib.Path:
     path = pathlib.Path(path)
     data = path.read_bytes()
     if data.startswith(_HDF5_SIGNATURE):  # no user block yet: rebuild the HDF5 file
+        _parse_in_child(data, path)
         h5py = _h5py()
         buffer = io.BytesIO()
         with h5py.File(io.BytesIO(data), "r") as old, \
@@ -373,7 +378,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     when there is no file).
     """
     path = pathlib.Path(path)
-    data = _verified_image(path)
+    return _parse(_verified_image(path), path)
+
+
+def _parse(data: bytes, path: Any) -> dict[str, Any]:
+    """read_checkpoint's work on the file's bytes, in memory."""
     h5py = _h5py()
     try:
         with h5py.File(io.BytesIO(data), "r") as f:
@@ -385,6 +394,50 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: "
                               f"{shorten(str(exc), 200)}); the HDF5 structure cannot be "
                               f"read") from None
+
+
+# A file without the integrity header is parsed by a child process first: HDF5 can crash or
+# hang on damaged metadata, and then only the child does. 3: a CheckpointError, on stderr.
+_CHILD_PARSE = """
+import sys
+from anyarray_nn.checkpoint import CheckpointError, _parse
+try:
+    _parse(sys.stdin.buffer.read(), sys.argv[1])
+except CheckpointError as exc:
+    sys.stderr.write(str(exc))
+    sys.exit(3)
+"""
+
+
+def _parse_in_child(data: bytes, path: Any, code: str = _CHILD_PARSE,
+                    timeout: float | None = None) -> None:
+    """Parse ``data`` in a separate Python process; a crash, a hang (beyond ``timeout``
+    seconds, by default a minute plus one per 20 MB) or an error there is a CheckpointError
+    here, and this process never parses what made the child fail."""
+    if timeout is None:
+        timeout = 60.0 + len(data) / 20e6
+    package_root = str(pathlib.Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    where = f"{path}: a checkpoint without an integrity header"
+    try:
+        run = subprocess.run([sys.executable, "-c", code, str(path)], input=data,
+                             capture_output=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise CheckpointError(f"{where}, and HDF5 did not finish reading it within "
+                              f"{timeout:.0f} s: damaged") from None
+    except OSError as exc:
+        raise CheckpointError(f"{where}: cannot check it in a separate process ({exc})") from None
+    if run.returncode == 3:
+        raise CheckpointError(run.stderr.decode("utf-8", "replace"))
+    if run.returncode != 0:
+        if run.returncode < 0:
+            cause = f"it died of {signal.Signals(-run.returncode).name}"
+        else:
+            lines = run.stderr.decode("utf-8", "replace").strip().splitlines()
+            cause = f"exit status {run.returncode}: {(lines[-1] if lines else '')[:200]}"
+        raise CheckpointError(f"{where}, and reading it in a separate process failed ({cause}): "
+                              f"damaged")
 
 
 def _read_open_file(f: Any, path: Any, version: int) -> dict[str, Any]:
