@@ -46,6 +46,7 @@ import os
 import pathlib
 import re
 import signal
+import stat
 import subprocess
 import sys
 from typing import Any, Iterator
@@ -174,11 +175,16 @@ def _verified_image(path: pathlib.Path) -> bytes:
     them: the digest of a sealed file (format_version 2); for an older one, which has no
     digest, a first parse in a separate process (with a logged warning)."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or a device would block or not end
+            raise CheckpointError(f"{path}: not a regular file, so not a checkpoint")
         data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such checkpoint") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except MemoryError:
+        raise CheckpointError(f"{path}: its {path.stat().st_size} bytes do not fit in "
+                              f"memory") from None
     if data.startswith(_HDF5_SIGNATURE):
         logger.warning("%s: a checkpoint without an integrity header (format_version 1, or "
                        "written by another tool): its bytes cannot be verified; parsing it in "

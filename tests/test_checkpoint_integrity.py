@@ -174,6 +174,17 @@ def test_a_cut_extended_or_forged_header_is_refused(tmp_path, damage, message):
         ann.load_model(path)
 
 
+def test_paths_that_are_not_files_are_refused_without_reading(tmp_path):
+    fifo = tmp_path / "pipe.h5"
+    os.mkfifo(fifo)  # reading it would block forever
+    with pytest.raises(CheckpointError, match=r"pipe\.h5: not a regular file"):
+        ann.load_model(fifo)
+    with pytest.raises(CheckpointError, match=r"zero: not a regular file"):
+        ck.read_checkpoint("/dev/zero")  # reading it would never end
+    with pytest.raises(CheckpointError, match=r"tmp.*: not a regular file"):
+        ck.read_checkpoint(tmp_path)
+
+
 def test_a_format_2_file_without_its_header_is_refused(tmp_path):
     path, _ = full_checkpoint(tmp_path / "a.h5")
     stripped = tmp_path / "stripped.h5"
