@@ -5,18 +5,26 @@ bookkeeping around it: epochs or a number of iterations, validation every epoch 
 iterations, the loss and accuracy of every iteration and epoch, a progress bar, and
 callbacks (learning-rate schedules, early stopping, periodic hooks such as checkpoints). With
 a fixed seed a run is deterministic on one backend.
+
+``fit`` refuses, before the first step, an optimizer built for another model. A step whose
+input batch, loss or gradients hold NaN or infinite values is not applied: ``fit`` raises
+:class:`NonFiniteError` naming the epoch, the step and what was not finite, with the
+parameters, the optimizer's state and (for layers that replace them, as BatchNorm does) the
+running statistics of the last good step. The check is folded into the one device-to-host
+read a step makes anyway (the loss and the number of correct predictions).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from . import backend as _backend
-from .errors import shorten
+from .errors import InputError, NonFiniteError, shorten
 
 
 @dataclasses.dataclass
@@ -302,6 +310,7 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
     if epochs is not None and not hasattr(train_loader, "__len__"):
         raise ValueError(f"fit: epochs= needs a training loader with len() (batches per "
                          f"epoch), and {type(train_loader).__name__} has none; use iterations=")
+    _check_optimizer_is_for(model, optimizer)
     callbacks = list(callbacks)
     state = TrainState(model, optimizer, history or History(), validates=val_loader is not None)
     state.epoch = len(state.history.epochs)
@@ -333,14 +342,9 @@ def _train(state: TrainState, model: Any, loss_fn: Any, optimizer: Any, train_lo
         start, seen, epoch_loss, epoch_correct = time.perf_counter(), 0, 0.0, 0
         validating = 0.0  # seconds of val_every validations, left out of the epoch's time
         for xb, yb in train_loader:
-            logits = model.forward(xb, train=True)
-            loss = loss_fn.forward(logits, yb)
-            model.backward(loss_fn.backward())
-            optimizer.step()
-            xp = _backend.namespace(logits)
+            loss_value, correct = _forward_backward(state, model, loss_fn, xb, yb)
+            optimizer.step()  # only now: every value it reads was found finite
             n = int(yb.shape[0])
-            loss_value = float(loss)  # with the count below, a step's two device-to-host reads
-            correct = _correct_count(xp, xp.argmax(logits, axis=1), yb)
             state.step += 1
             steps_done += 1
             seen += n
@@ -373,6 +377,152 @@ def _train(state: TrainState, model: Any, loss_fn: Any, optimizer: Any, train_lo
         state.history.epochs.append(summary)
         for cb in callbacks:
             cb.on_epoch_end(state)
+
+
+def _check_optimizer_is_for(model: Any, optimizer: Any) -> None:
+    """Refuse an optimizer that updates other arrays than ``model``'s parameters: ``fit``
+    would run and the model would never change. The same arrays pass, so an optimizer of the
+    model trains its :class:`~anyarray_nn.DataParallel` wrapper and the other way round."""
+    theirs = getattr(optimizer, "model", None)  # None: an optimizer class of the user's own
+    if theirs is None or theirs is model:
+        return
+    ours, their_params = model.params(), theirs.params()
+    differ = [key for key, value in ours.items() if their_params.get(key) is not value]
+    extra = [key for key in their_params if key not in ours]
+    if not differ and not extra:  # the same arrays: a model and its DataParallel wrapper
+        return
+    problems = []
+    if differ:
+        problems.append(f"its arrays for {_some(differ)} are not the model's")
+    if extra:
+        problems.append(f"it also updates {_some(extra)}, which the model lacks")
+    name = type(optimizer).__name__
+    raise ValueError(f"fit: the optimizer {name} was built for another model ({_describe(theirs)})"
+                     f" than the one to train ({_describe(model)}): {'; '.join(problems)}; its "
+                     f"steps would not train this model. Build it from the model you train: "
+                     f"{name}(model, ...)")
+
+
+def _describe(model: Any) -> str:
+    return f"{type(model).__name__} at {id(model):#x}"
+
+
+def _some(keys: list[str], limit: int = 4) -> str:
+    """``keys`` for a message: the first ``limit`` and how many more."""
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _forward_backward(state: TrainState, model: Any, loss_fn: Any, xb: Any,
+                      yb: Any) -> tuple[float, int]:
+    """Forward, loss and backward of one batch: the step up to the optimizer's update.
+
+    Returns the loss and the number of correct predictions, read from the device in one read
+    together with a screen for non-finite values (see :func:`_step_values`). Only if the
+    screen is not finite does the slow diagnosis run; if it finds a NaN or infinity (not
+    merely a sum of large values that overflowed), the step raises :class:`NonFiniteError`.
+    An :class:`InputError` of the step (the loss's check of the logits) is raised again
+    with the epoch and the step, as a NonFiniteError where values were not finite. On any
+    error the layers' buffers go back to their values before the step (for layers that
+    replace them rather than write into them, as BatchNorm does: nothing is copied).
+    """
+    stores = [layer.buffers for layer in getattr(model, "layers", ()) if layer.buffers]
+    saved = [dict(store) for store in stores]  # references only: no array is copied
+    logits = None
+    try:
+        logits = model.forward(xb, train=True)
+        loss = loss_fn.forward(logits, yb)
+        model.backward(loss_fn.backward())
+        grads = model.grads()
+        loss_value, correct, screen = _step_values(xb, logits, yb, loss, grads)
+    except InputError as exc:
+        _restore(stores, saved)
+        problems = _non_finite(model, xb, logits)
+        if isinstance(exc, NonFiniteError) or problems:
+            raise NonFiniteError(_not_applied(state, [*problems, f"the loss: {exc}"])) from exc
+        raise type(exc)(f"fit: epoch {state.epoch}, step {state.step + 1}: {exc}") from exc
+    except BaseException:
+        _restore(stores, saved)
+        raise
+    if math.isfinite(screen):
+        return loss_value, correct
+    problems = _non_finite(model, xb, logits, loss_value, grads)
+    if not problems:  # finite values whose sum overflowed: a good step
+        return loss_value, correct
+    _restore(stores, saved)
+    raise NonFiniteError(_not_applied(state, problems))
+
+
+def _step_values(xb: Any, logits: Any, yb: Any, loss: Any,
+                 grads: dict[str, Any]) -> tuple[float, int, float]:
+    """The loss, the number of correct predictions, and a screen: the loss plus the sums of
+    the input batch and of every gradient, NaN or infinite if any of them holds a NaN or an
+    infinity. One device-to-host read for all three, the reads a step makes anyway."""
+    xp = _backend.namespace(logits)
+    correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, xp.int64))
+    sums = [xp.sum(g) for g in grads.values()]
+    if _is_floating(xp, xb):
+        sums.append(xp.sum(xb))
+    screen = sum(sums, loss)
+    values = xp.stack([loss, xp.astype(correct, loss.dtype), xp.astype(screen, loss.dtype)])
+    loss_value, count, screen_value = _backend.to_host(values).tolist()
+    return loss_value, int(count), screen_value
+
+
+def _non_finite(model: Any, xb: Any, logits: Any, loss_value: float | None = None,
+                grads: dict[str, Any] | None = None) -> list[str]:
+    """What in the step is NaN or infinite, one phrase each (the slow path: one read per
+    array); empty if nothing is."""
+    problems = []
+    if logits is not None or hasattr(xb, "dtype"):  # not when a non-array failed the forward
+        xp = _backend.namespace(xb)
+        if _is_floating(xp, xb):
+            nan = int(xp.sum(xp.astype(xp.isnan(xb), xp.int64)))
+            inf = int(xp.sum(xp.astype(xp.isinf(xb), xp.int64)))
+            if nan or inf:
+                problems.append(f"the input batch (shape {tuple(xb.shape)}) has {nan} NaN and "
+                                f"{inf} infinite values")
+    broken = _non_finite_keys(model.params())
+    if broken:  # set by hand, loaded, or an update that overflowed
+        problems.append(f"parameters already not finite before this step: {_some(broken)}")
+    if logits is not None and _non_finite_keys({"output": logits}):
+        xp = _backend.namespace(logits)
+        bad = int(xp.sum(xp.astype(~xp.isfinite(logits), xp.int64)))
+        problems.append(f"the model's output has {bad} NaN or infinite values")
+    if loss_value is not None and not math.isfinite(loss_value):
+        problems.append(f"the loss is {loss_value}")
+    bad_grads = _non_finite_keys(grads or {})
+    if bad_grads:
+        problems.append(f"gradients with NaN or infinite values: {_some(bad_grads)}")
+    return problems
+
+
+def _non_finite_keys(arrays: dict[str, Any]) -> list[str]:
+    """The keys of the arrays holding a NaN or an infinity."""
+    bad = []
+    for key, a in arrays.items():
+        xp = _backend.namespace(a)
+        if not bool(xp.all(xp.isfinite(a))):
+            bad.append(key)
+    return bad
+
+
+def _is_floating(xp: Any, x: Any) -> bool:
+    return xp.isdtype(x.dtype, "real floating")
+
+
+def _not_applied(state: TrainState, problems: list[str]) -> str:
+    """The message of a step refused for NaN or infinite values."""
+    return (f"fit: epoch {state.epoch}, step {state.step + 1}: NaN or infinite values, so this "
+            f"step was not applied (the parameters, the optimizer's state and the BatchNorm "
+            f"statistics are those after step {state.step}): {'; '.join(problems)}")
+
+
+def _restore(stores: list[dict[str, Any]], saved: list[dict[str, Any]]) -> None:
+    """Put the layers' buffers back as they were before the step."""
+    for store, before in zip(stores, saved):
+        store.clear()
+        store.update(before)
 
 
 def _no_batches_message(loader: Any) -> str:

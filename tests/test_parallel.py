@@ -442,3 +442,32 @@ def test_a_wrapper_that_has_split_a_batch_can_be_copied(rng):
         finally:
             parallel.close()
             twin.close()
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_fit_stops_a_data_parallel_step_with_an_infinite_input_before_the_update(rng,
+                                                                                 processes):
+    parallel = ann.DataParallel(mnist_net(rng=0), 2, processes=processes, min_batch=1)
+    x = rng.standard_normal((48, 1, 28, 28)).astype(np.float32)
+    x[16 + 12, 0, 3, 3] = -np.inf  # in the second batch, in the helper's slice
+    y = (np.arange(48) % 10).astype(np.int64)
+    opt = SGD(parallel, lr=0.01, momentum=0.9)
+    kept = []
+
+    class Keep(ann.train.Callback):
+        def on_iteration_end(self, state):
+            kept[:] = [{k: host(v).copy() for k, v in state.model.params().items()},
+                       {k: host(s["momentum"]).copy() for k, s in state.optimizer.state.items()}]
+
+    with np.errstate(all="ignore"), pytest.raises(ann.errors.NonFiniteError,
+                                                  match=r"fit: epoch 1, step 2: .*the input "
+                                                        r"batch \(shape \(16, 1, 28, 28\)\) has "
+                                                        r"0 NaN and 1 infinite values"):
+        ann.fit(parallel, SoftmaxCrossEntropy(), opt, DataLoader(x, y, 16, shuffle=False),
+                epochs=1, progress=False, callbacks=[Keep()])
+    assert parallel._bounds is not None  # the batch was split
+    assert opt.step_count == 1
+    for key, value in parallel.params().items():
+        np.testing.assert_array_equal(host(value), kept[0][key])
+        np.testing.assert_array_equal(host(opt.state[key]["momentum"]), kept[1][key])
+    parallel.close()
