@@ -115,6 +115,9 @@ def _target_path(path: str | os.PathLike) -> pathlib.Path:
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder; give the path of a file to save the "
                                 f"checkpoint in")
+    if path.exists() and not path.is_file():  # renaming over /dev/null would replace it
+        raise FileExistsError(f"{path}: exists and is not a regular file (a device, a FIFO or "
+                              f"a socket); a checkpoint replaces only regular files")
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import os
 import pathlib
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -322,6 +323,11 @@ def test_bad_paths_are_clear_errors_and_change_nothing(tmp_path):
     (tmp_path / "folder.h5").mkdir()
     with pytest.raises(IsADirectoryError, match=r"folder\.h5: is a folder"):
         ck.save_checkpoint(tmp_path / "folder.h5", model)
+    os.mkfifo(tmp_path / "pipe.h5")
+    with pytest.raises(FileExistsError, match=r"pipe\.h5: exists and is not a regular file"):
+        ck.save_checkpoint(tmp_path / "pipe.h5", model)
+    assert stat.S_ISFIFO((tmp_path / "pipe.h5").stat().st_mode)
+    (tmp_path / "pipe.h5").unlink()
     (tmp_path / "file").write_text("mine")
     with pytest.raises(OSError, match=r"file/sub/a\.h5: cannot create its folder"):
         ck.save_checkpoint(tmp_path / "file" / "sub" / "a.h5", model)
