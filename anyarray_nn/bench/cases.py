@@ -15,21 +15,36 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 import numpy as np
 
 from .. import backend as _backend
 from .. import functional as F
-from ..functional.conv import _conv2d_forward_with_patches, _input_gradient
+from ..functional.conv import _conv2d_forward_with_patches, _input_gradient, _lowering
 from ..losses import SoftmaxCrossEntropy
 from ..networks import NETWORKS
 from ..optim import SGD
-from ..parallel import DataParallel
+from ..parallel import DataParallel, cpu_count
 
 INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar10_large": (3, 32, 32)}
 SUITES = ("conv", "dense", "pool", "train")
+PIECES = {"conv": ("forward", "dX", "dW"), "dense": ("forward", "backward"),
+          "pool": ("forward", "backward")}  # what is timed of each layer
+NUM_CLASSES = 10  # every course network ends in 10 logits
 PARALLEL_STEPS = {"step-threads": False, "step-processes": True}  # piece -> processes
+HOST_ITEMSIZE = 8  # inputs are drawn on the host in float64, then cast and moved
+HELPER_PROCESS_BYTES = 200 * 10**6  # a DataParallel helper interpreter (measured: 174 MB RSS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+    """Estimated bytes one target needs for one case at one batch size (``Case.memory``)."""
+
+    kept: int      # held from building to the end of timing: inputs, weights, saved patches
+    working: int   # allocated and freed by one run: padded copies, im2col matrices, outputs
+    staging: int   # host memory: the float64 draws alive at once while building
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +86,26 @@ class Case:
             return training_step_flops(self.spec[0], batch)
         return None
 
+    def memory(self, batch: int, dtype: str, target: str) -> Memory:
+        """An upper estimate of the memory ``target`` (as for :meth:`build`) needs to build
+        and run this case once, from the shapes of the arrays it makes (see
+        :func:`_conv_elements` and its neighbours). PyTorch's reference computes the same
+        arrays (measured: it needs no more than our kernels), so it gets the same estimate."""
+        piece = self.piece
+        if target.startswith("pytorch") and piece in PARALLEL_STEPS:
+            piece = "step"  # the reference runs the plain step
+        gpu = _backend.on_gpu(target)
+        kept, working, drawn = _ELEMENTS[self.suite](self.spec, piece, batch, gpu)
+        itemsize = np.dtype(dtype).itemsize
+        helpers = (cpu_count() - 1) * HELPER_PROCESS_BYTES if piece == "step-processes" else 0
+        return Memory(kept * itemsize + helpers, working * itemsize, drawn * HOST_ITEMSIZE)
+
+    def runs_on(self, target: str) -> bool:
+        """Whether this case runs on ``target`` (a backend name, or "pytorch"/"pytorch:cuda"):
+        the DataParallel steps split a batch over CPU cores, so they are NumPy's alone."""
+        return (self.piece not in PARALLEL_STEPS or target == "numpy"
+                or target.startswith("pytorch"))
+
     def build(self, target: str, batch: int, dtype: str) -> Callable[[], Any]:
         """A no-argument callable running this case once on ``target``.
 
@@ -101,15 +136,13 @@ def _layer_sizes(network: str) -> tuple[tuple[str, str, tuple], ...]:
 
 def all_cases() -> list[Case]:
     """Every case of every suite, each distinct layer shape once (first network that has it)."""
-    pieces = {"conv": ("forward", "dX", "dW"), "dense": ("forward", "backward"),
-              "pool": ("forward", "backward")}
     cases, seen = [], set()
     for network in NETWORKS:
         for name, suite, spec in _layer_sizes(network):
             if (suite, spec) in seen:
                 continue
             seen.add((suite, spec))
-            cases += [Case(suite, f"{network}.{name}", piece, spec) for piece in pieces[suite]]
+            cases += [Case(suite, f"{network}.{name}", piece, spec) for piece in PIECES[suite]]
     # The same step through DataParallel, one batch slice per core (NumPy): the other slices
     # on threads ("step-threads") or in helper processes ("step-processes").
     cases += [Case("train", network, piece, (network,))
@@ -129,6 +162,104 @@ def training_step_flops(network: str, batch: int) -> int:
         forward = case.flops(batch)
         total += forward * (2 if i == 0 else 3)
     return total
+
+
+# --- memory ---------------------------------------------------------------------------------
+# Element counts (kept, working, drawn) of the arrays one target makes for a case, for
+# Case.memory: kept from building to the end of timing, allocated and freed by one run (or by
+# the forward pass that building runs), and the float64 host draws alive at once. Each count
+# is the largest over the paths a kernel may take (see _lowered).
+
+def _lowered(channels: int, out_channels: int, spec: tuple, batch: int, gpu: bool
+             ) -> tuple[int, int]:
+    """Elements of the largest matrix a convolution with ``spec``'s window lowers
+    ``channels`` planes to, and of its product for ``out_channels`` outputs: the im2col
+    matrix on conv.py's wide grid (H x (W + 2*pad) positions; kernel rows only where
+    conv.py's ``_lowering`` unrolls only those, with a product for each kernel column),
+    numba's Winograd tiles for 3x3 kernels (16 values per 2x2 outputs) and on a GPU the full
+    im2col matrix on the output grid (CuPy's kernel; a bound for cuDNN's workspace too)."""
+    _, _, k, h, w, pad = spec
+    wide = batch * h * (w + 2 * pad)
+    if _lowering(channels, k, (1, 1)) == "rows":
+        patches, products = channels * k * wide, k * out_channels * wide
+    else:
+        patches, products = channels * k * k * wide, out_channels * wide
+    if k == 3:
+        tiles = 16 * batch * -(-h // 2) * -(-w // 2)
+        patches, products = max(patches, channels * tiles), max(products, out_channels * tiles)
+    if gpu:
+        patches = max(patches, channels * k * k * batch * h * w)
+    return patches, products
+
+
+def _conv_elements(spec: tuple, piece: str, batch: int, gpu: bool) -> tuple[int, int, int]:
+    c, o, k, h, w, pad = spec  # "same" padding: the output is H x W too
+    x, dy, weights = batch * c * h * w, batch * o * h * w, o * c * k * k + o
+    wide = batch * h * (w + 2 * pad)                    # outputs on conv.py's wide grid
+    padded = batch * (h + 2 * pad + 1) * (w + 2 * pad)  # one zero-padded plane per image
+    x_patches, y_products = _lowered(c, o, spec, batch, gpu)
+    forward = c * padded + x_patches + y_products + dy  # + the bias added to the output
+    working = forward  # building runs the forward pass for its patches
+    if piece == "dX":  # the transposed convolution lowers dY's padded planes the same way
+        dy_patches, x_products = _lowered(o, c, spec, batch, gpu)
+        working = max(forward, o * padded + dy_patches + x_products + x)
+    elif piece == "dW":  # dY on the wide grid and shifted like the products; patches afresh
+        working = max(forward, c * padded + x_patches + o * wide + y_products + k * weights)
+    return x + dy + weights + x_patches, working, max(x, dy)
+
+
+def _dense_elements(spec: tuple, piece: str, batch: int, gpu: bool) -> tuple[int, int, int]:
+    fin, fout = spec
+    kept = batch * fin + fout * fin + fout + batch * fout  # x, W, b, dY
+    working = 2 * batch * fout if piece == "forward" else batch * fin + fout * fin + fout
+    return kept, working, max(batch * fin, fout * fin)
+
+
+def _pool_elements(spec: tuple, piece: str, batch: int, gpu: bool) -> tuple[int, int, int]:
+    c, h, w, k = spec
+    x, y = batch * c * h * w, batch * c * (h // k) * (w // k)
+    drawn = 2 * x  # the draw and its ReLU
+    if piece == "forward":  # the running maximum and one slice's copy
+        return x, 2 * y, drawn
+    return x + 2 * y, x + 5 * y, drawn  # kept: x, y, dY; working: dX and each slice's masks
+
+
+def _train_elements(spec: tuple, piece: str, batch: int, gpu: bool) -> tuple[int, int, int]:
+    """A whole step: what the forward pass saves for the backward one (each layer's output,
+    ReLU's after each convolution and dense layer, a convolution's patches) and what each
+    parameter needs, while the layer that needs the most runs its forward or backward pass
+    (dX or dW, with dY coming in). The DataParallel steps split the same arrays over threads
+    or processes (whose interpreters Case.memory adds)."""
+    network = spec[0]
+    drawn = batch * math.prod(INPUT_SHAPES[network])
+    kept, working = drawn + 3 * batch * NUM_CLASSES, 0  # the input; logits, softmax, gradient
+    first = True  # Sequential.backward computes no dX for the first layer
+    # weights, gradients, momentum and a temporary of the update; DataParallel's workers
+    # each write their own gradients
+    per_parameter = 4 + (cpu_count() if piece in PARALLEL_STEPS else 0)
+    for _, suite, layer in _layer_sizes(network):
+        if suite == "conv":
+            c, o, k, h, w, _ = layer
+            out, params = batch * o * h * w, o * c * k * k + o
+            saved = 2 * out + _lowered(c, o, layer, batch, gpu)[0]
+        elif suite == "dense":
+            fin, fout = layer
+            out, params = batch * fout, fin * fout + fout
+            saved = 2 * out
+        else:
+            c, h, w, k = layer
+            out, params = batch * c * (h // k) * (w // k), 0
+            saved = out
+        forward, *backward = [_ELEMENTS[suite](layer, part, batch, gpu)[1]
+                              for part in PIECES[suite] if not (first and part == "dX")]
+        kept += saved + per_parameter * params
+        working = max(working, forward, max(backward) + out)
+        first = False
+    return kept, working, drawn
+
+
+_ELEMENTS = {"conv": _conv_elements, "dense": _dense_elements, "pool": _pool_elements,
+             "train": _train_elements}
 
 
 # --- ours ---------------------------------------------------------------------------------
@@ -176,13 +307,13 @@ def _ours_pool(case: Case, target: str, batch: int, dtype: str) -> Callable[[], 
 def _ours_train(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any] | None:
     network = case.spec[0]
     split = case.piece in PARALLEL_STEPS
-    if split and target != "numpy":  # torch has its own thread pool; a GPU needs none
+    if not case.runs_on(target):  # torch has its own thread pool; a GPU needs none
         return None
     model = NETWORKS[network](rng=0, backend=target, dtype=dtype)
     if split:  # every batch size split, to show where it pays (DataParallel's min_batch: 16 or 32)
         model = DataParallel(model, processes=PARALLEL_STEPS[case.piece], min_batch=1)
     x = _backend.asarray(_host((batch, *INPUT_SHAPES[network]), 0), backend=target, dtype=dtype)
-    labels = _backend.asarray(np.arange(batch) % 10, backend=target)
+    labels = _backend.asarray(np.arange(batch) % NUM_CLASSES, backend=target)
     loss_fn = SoftmaxCrossEntropy()
     opt = SGD(model, lr=1e-3, momentum=0.9, weight_decay=1e-3, form="classic")
 
@@ -250,7 +381,7 @@ def _ref_train(case: Case, target: str, batch: int, dtype: str) -> Callable[[], 
     model = torch_network(network, torch).to(device=_device(target), dtype=getattr(torch, dtype))
     x = torch.tensor(_host((batch, *INPUT_SHAPES[network]), 0), dtype=getattr(torch, dtype),
                      device=_device(target))
-    labels = torch.tensor(np.arange(batch) % 10, device=x.device)
+    labels = torch.tensor(np.arange(batch) % NUM_CLASSES, device=x.device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-3)
 
     def step() -> None:

@@ -63,6 +63,12 @@ def portable_twins(backends: list[str], dtype: str) -> list[str]:
     return twins
 
 
+def all_targets(settings: Settings) -> list[str]:
+    """What ``run`` times: our backends, their portable twins (--portable), the references."""
+    twins = portable_twins(settings.backends, settings.dtype) if settings.portable else []
+    return settings.backends + twins + settings.references
+
+
 def device_of(target: str) -> str:
     """"cuda" for targets that run on a GPU, "cpu" otherwise."""
     return "cuda" if _backend.on_gpu(split_target(target)[0]) else "cpu"
@@ -237,8 +243,7 @@ def empty_result(settings: Settings) -> dict[str, Any]:
 def run(cases: list[Case], settings: Settings,
         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time every case at every batch size on every target; return the JSON-ready result."""
-    twins = portable_twins(settings.backends, settings.dtype) if settings.portable else []
-    targets = settings.backends + twins + settings.references
+    targets = all_targets(settings)
     peaks = gemm_peak(settings.backends + settings.references, settings.dtype)
     rows = []
     for case in cases:
@@ -254,6 +259,7 @@ def run(cases: list[Case], settings: Settings,
                 if case.suite == "train":
                     row["peak_memory_mb"] = peak_memory_mb(calls[target], target)
                 rows.append(row)
+            del calls  # this case's arrays go before the next case's are built (memory.py)
     result = empty_result(settings)
     result.update(gemm_peak_gflops={d: p / 1e9 for d, p in peaks.items()}, rows=rows)
     return result
