@@ -87,7 +87,7 @@ def test_compare_two_runs(tmp_path):
     foreign = tmp_path / "foreign.json"
     foreign.write_text(json.dumps({"rows": []}))
     bad = invoke("compare", str(a), str(foreign))
-    assert bad.exit_code == 1 and "foreign.json: expected a result with schema" in bad.output
+    assert bad.exit_code == 2 and "foreign.json: schema: expected 'anyarray-bench/1'" in bad.output
 
 
 @pytest.mark.parametrize("args,message", [
@@ -98,7 +98,7 @@ def test_compare_two_runs(tmp_path):
     (["-b", "torch:gpu"], "unknown device in backend name 'torch:gpu'"),
     (["-b", "torch:cuda:x"], "expected one of torch, torch:cpu, torch:cuda, torch:cuda:N"),
     (["-b", "numpy:cuda"], "backend 'numpy' takes no device"),
-    (["-c", "nothing/*"], "no case matches"),
+    (["-c", "nothing/*"], "'nothing/*' matches no case"),
     (["--repeats", "-1"], "-1 is not in the range"),
 ])
 def test_bad_options_are_usage_errors(args, message):
@@ -220,27 +220,6 @@ def test_a_case_a_backend_did_not_run_gets_no_bar():
             {"case": "b", "batch": 16, "backend": "torch", "gflops": 9.0}]
     assert report.bars(rows, 16, "torch", ["a", "b"]) == [(1, 9.0)]
     assert report.bars(rows, 16, "numpy", ["a", "b"]) == [(0, 5.0), (1, 7.0)]
-
-
-@pytest.mark.parametrize("change,message", [
-    (lambda r: r.pop("rows"), "expected 'rows' to be a list, got None"),
-    (lambda r: r["rows"][0].pop("dtype"), "row 0 lacks 'dtype'"),
-    (lambda r: r["rows"][1].update(median_s=0), "row 1 (dense/mnist.fc/backward): expected a "
-                                                 "positive 'median_s', got 0"),
-])
-def test_compare_names_the_file_and_what_is_wrong(tmp_path, change, message):
-    good = tmp_path / "good.json"
-    assert invoke("-b", "numpy", *SMALL, "--no-reference", "--json", str(good)).exit_code == 0
-    result = json.loads(good.read_text())
-    change(result)
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(result))
-    out = invoke("compare", str(good), str(bad))
-    assert out.exit_code == 1 and "bad.json: " in out.output and message in out.output
-    binary = tmp_path / "figure.png"
-    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
-    out = invoke("compare", str(binary), str(good))
-    assert out.exit_code == 1 and "figure.png: not a readable benchmark result" in out.output
 
 
 def test_threads_reach_the_fresh_process_of_the_openblas_figure(monkeypatch):

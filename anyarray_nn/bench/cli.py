@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from typing import Any, Iterator
@@ -19,11 +18,14 @@ import click
 
 from .. import backend as _backend
 from .._atomic import unwritable_folder
+from ..parallel import cpu_count
 from . import cases as _cases
-from . import harness, report
+from . import harness, memory, report
 
 DEFAULT_BATCHES = (16, 64, 256)
 OUR_BACKENDS = ("numpy", "torch", "torch:cuda", "cupy", "array_api_strict")
+MAX_REPEATS = 1000  # a median over more runs is no steadier; 10**9 would never end
+CORES = cpu_count()  # more threads than cores would time contention, not the kernels
 
 
 def _available(name: str) -> str | None:
@@ -104,6 +106,24 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
+class ResultFile(click.Path):
+    """A result file written by ``--json``: converted to (path, result), read and checked by
+    ``report.load``, so a damaged file is a usage error that names the file and the field."""
+
+    name = "result"
+
+    def __init__(self) -> None:
+        super().__init__(exists=True, dir_okay=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> tuple[str, dict[str, Any]]:
+        path = super().convert(value, param, ctx)
+        try:
+            return path, report.load(path)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-b", "--backend", "backends", multiple=True, callback=_parse_backends,
               help="Backend for our kernels (repeatable): numpy, torch, torch:cuda, cupy, "
@@ -113,12 +133,14 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("-c", "--case", "patterns", multiple=True, metavar="GLOB",
               help="Only cases whose name matches (repeatable), e.g. 'conv/*/dW'.")
 @click.option("-n", "--batch", "batches", multiple=True, type=click.IntRange(min=1),
-              help=f"Batch size (repeatable); default: {', '.join(map(str, DEFAULT_BATCHES))}.")
+              help=f"Batch size (repeatable); default: {', '.join(map(str, DEFAULT_BATCHES))}. "
+                   f"Sizes whose arrays would not fit in memory are refused.")
 @click.option("--dtype", type=click.Choice(_backend.DTYPES), default=_backend.DEFAULT_DTYPE,
               show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads for BLAS and PyTorch (default: the libraries' own setting).")
-@click.option("--repeats", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(min=1, max=CORES), default=None,
+              help="Threads for BLAS and PyTorch, at most one per core (default: the "
+                   "libraries' own setting).")
+@click.option("--repeats", type=click.IntRange(min=1, max=MAX_REPEATS), default=None,
               help="Timed runs per case and backend, after warm-up.  [default: 10; 3 with "
                    "--quick]")
 @click.option("--quick", is_flag=True,
@@ -146,31 +168,35 @@ def main(ctx: click.Context, backends: tuple[str, ...], suites: tuple[str, ...],
     against PyTorch, on every available backend. Run without a command to benchmark."""
     if ctx.invoked_subcommand is not None:
         return
-    chosen = _cases.select(_cases.all_cases(), suites, patterns)
-    if not chosen:
-        raise click.UsageError(f"no case matches suites {list(suites) or 'all'} and patterns "
-                               f"{list(patterns)}; see 'anyarray-bench list'")
+    if json_path and plot_path and os.path.abspath(json_path) == os.path.abspath(plot_path):
+        raise click.UsageError(f"--json and --plot name the same file {json_path!r}; the "
+                               f"figure would overwrite the result")
+    chosen = _chosen_cases(suites, patterns)
     skipped: list[tuple[str, str]] = []
     requested = list(backends) or _default_backends()
     if not backends:
         skipped += [(b, r) for b in ("cupy",) if (r := _available(b)) is not None]
     runnable = []
-    for name in requested:
+    for name in dict.fromkeys(requested):
         reason = _available(name)
         if reason is None:
             runnable.append(_backend.get_backend(name).name)
         else:
             skipped.append((name, reason))
+    runnable = list(dict.fromkeys(runnable))  # torch and torch:cpu are one backend
     refs, ref_skips = _references(runnable) if reference and runnable else ([], [])
     skipped += ref_skips
     settings = harness.Settings(backends=runnable, references=refs,
                                 batches=[16] if quick and not batches else
-                                list(batches or DEFAULT_BATCHES),
+                                list(dict.fromkeys(batches or DEFAULT_BATCHES)),
                                 dtype=dtype, repeats=repeats or (3 if quick else 10),
                                 blocks=1 if quick else 2, threads=threads, portable=portable)
     if not runnable:  # reported, not a failure: the same command works on every machine
         result = harness.empty_result(settings)
     else:
+        too_big = memory.refusal(chosen, settings)
+        if too_big:  # before anything is built or timed
+            raise click.BadParameter(too_big, ctx, param_hint="'-n' / '--batch'")
         with _threads(threads):
             result = harness.run(chosen, settings,
                                  progress=lambda s: click.echo(f"  {s}", err=True))
@@ -179,8 +205,11 @@ def main(ctx: click.Context, backends: tuple[str, ...], suites: tuple[str, ...],
                "nothing measured: none of the requested backends can run here\n" +
                "\n".join(f"skipped {s['backend']}: {s['reason']}" for s in result["skipped"]))
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=1)
+        try:
+            report.save(result, json_path)
+        except (OSError, ValueError) as exc:  # the folder went away during the run, ...
+            raise click.ClickException(f"could not write {json_path}: {exc} (the table above "
+                                       f"holds the measurements)") from None
         click.echo(f"\nwrote {json_path}")
     if plot_path:
         try:
@@ -199,15 +228,25 @@ def list_cases() -> None:
 
 
 @main.command()
-@click.argument("first", type=click.Path(exists=True, dir_okay=False))
-@click.argument("second", type=click.Path(exists=True, dir_okay=False))
-def compare(first: str, second: str) -> None:
-    """Compare two results written by --json: B's speed-up over A for each common row."""
-    try:
-        a, b = report.load(first), report.load(second)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(report.compare(a, b, os.path.basename(first), os.path.basename(second)))
+@click.argument("old", type=ResultFile())
+@click.argument("new", type=ResultFile())
+def compare(old: tuple[str, dict[str, Any]], new: tuple[str, dict[str, Any]]) -> None:
+    """Compare two results written by --json: NEW's speed-up over OLD for each common row.
+    Both files are checked first; a damaged one is an error naming the file and the field."""
+    (old_path, a), (new_path, b) = old, new
+    click.echo(report.compare(a, b, os.path.basename(old_path), os.path.basename(new_path)))
+
+
+def _chosen_cases(suites: tuple[str, ...], patterns: tuple[str, ...]) -> list[_cases.Case]:
+    """The cases of ``suites`` matching ``patterns``; a usage error for a pattern that
+    matches none of them (a typo would otherwise drop its cases without a word)."""
+    in_suites = _cases.select(_cases.all_cases(), suites)
+    for pattern in patterns:
+        if not _cases.select(in_suites, patterns=(pattern,)):
+            raise click.BadParameter(
+                f"{pattern!r} matches no case of suites {', '.join(suites or _cases.SUITES)}; "
+                f"see 'anyarray-bench list'", param_hint="'-c' / '--case'")
+    return _cases.select(in_suites, patterns=patterns)
 
 
 def run_main(argv: list[str] | None = None) -> Any:

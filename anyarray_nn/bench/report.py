@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
+import pathlib
 from typing import Any
 
+from .._atomic import new_temporary_file
 from ..errors import shorten
 from .harness import SCHEMA
 
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "tif", "tiff", "eps", "ps")
-ROW_KEYS = ("case", "batch", "backend", "dtype", "median_s")
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -79,42 +83,147 @@ def blas_notes(env: dict[str, Any]) -> list[str]:
     return notes
 
 
-def load(path: str) -> dict[str, Any]:
-    """Read a result written by ``--json``; a clear error for anything else."""
+def save(result: dict[str, Any], path: str) -> None:
+    """Write a result as JSON to ``path``, whole or not at all (a temporary file renamed into
+    place), in the form :func:`load` reads back; OSError if it cannot be written."""
+    folder = pathlib.Path(os.path.abspath(path)).parent
+    temporary = new_temporary_file(folder, os.path.basename(path))
     try:
-        with open(path, encoding="utf-8") as f:
-            result = json.load(f)
-    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text
-        raise ValueError(f"{path}: not a readable benchmark result ({exc})") from None
-    if not isinstance(result, dict) or result.get("schema") != SCHEMA:
-        found = result.get("schema") if isinstance(result, dict) else type(result).__name__
-        raise ValueError(f"{path}: expected a result with schema {SCHEMA!r}, got {found!r}")
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1, allow_nan=False)  # NaN is not JSON: load refuses it
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+
+
+MAX_RESULT_BYTES = 256 * 2**20  # a run of every case at many batch sizes is a few MB
+# No timed call takes less than a nanosecond; the bounds keep every ratio finite.
+MIN_SECONDS, MAX_SECONDS = 1e-9, 1e6
+
+
+def _text(value: Any) -> str | None:
+    ok = isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
+    return None if ok else "a non-empty printable string of at most 200 characters"
+
+
+def _batch(value: Any) -> str | None:
+    ok = type(value) is int and value >= 1  # not bool, not 2.0
+    return None if ok else "a positive integer"
+
+
+def _seconds(value: Any) -> str | None:
+    ok = (type(value) in (int, float) and math.isfinite(value)
+          and MIN_SECONDS <= value <= MAX_SECONDS)
+    return None if ok else (f"a positive finite number of seconds, from {MIN_SECONDS:g} to "
+                            f"{MAX_SECONDS:g}")
+
+
+# What compare reads of each row, and what each must be.
+ROW_FIELDS = {"case": _text, "batch": _batch, "backend": _text, "dtype": _text,
+              "median_s": _seconds}
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"expected finite numbers, got {name}, which is not JSON")
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"expected finite numbers, got {literal}, beyond a float's range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) < len(pairs):  # json.load would keep the last silently
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"expected each key once in an object, got {twice!r} more than once")
+    return result
+
+
+def load(path: str) -> dict[str, Any]:
+    """Read a result written by ``--json`` and check everything :func:`compare` uses.
+
+    Anything else is a ValueError that names the file and what is wrong, e.g.
+    ``new.json: rows[3].median_s: expected a positive finite number of seconds, from 1e-09 to
+    1e+06, got 0``: a file that cannot be read, is too large, is not UTF-8 text or not JSON
+    (NaN and Infinity are not), an object with a key twice, a schema other than
+    ``anyarray-bench/1``, rows that are not a list of objects, a row's case, batch, backend,
+    dtype or median_s missing or of the wrong type or range, or two rows for the same case,
+    batch size, backend and dtype.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_RESULT_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_RESULT_BYTES:
+        raise ValueError(f"{path}: expected a result of at most {MAX_RESULT_BYTES} bytes, got "
+                         f"a larger file")
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark, as some editors write, is fine
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: expected UTF-8 text, got the byte 0x{data[exc.start]:02x} "
+                         f"at offset {exc.start}") from None
+    try:
+        result = json.loads(text, parse_constant=_no_constants, parse_float=_finite,
+                            object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError(f"{path}: expected a result, got JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError included: it says where
+        raise ValueError(f"{path}: not a valid JSON result: {exc}") from None
+    _check(result, path)
+    return result
+
+
+def _check(result: Any, path: str) -> None:
+    """Raise a ValueError naming ``path`` and the field for anything compare cannot use."""
+    if not isinstance(result, dict):
+        raise ValueError(f"{path}: expected a JSON object with schema {SCHEMA!r}, got "
+                         f"{shorten(result, 60)}")
+    if result.get("schema") != SCHEMA:
+        found = shorten(result["schema"], 60) if "schema" in result else "no schema"
+        raise ValueError(f"{path}: schema: expected {SCHEMA!r}, got {found}")
     rows = result.get("rows")
     if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected 'rows' to be a list, got {shorten(rows, 60)}")
+        found = shorten(rows, 60) if "rows" in result else "no rows"
+        raise ValueError(f"{path}: rows: expected a list, got {found}")
+    first_of: dict[tuple, int] = {}
     for i, row in enumerate(rows):
-        missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
-        if missing:
-            raise ValueError(f"{path}: row {i} lacks {', '.join(map(repr, missing))}: "
-                             f"{shorten(row, 60)}")
-        median = row["median_s"]
-        if isinstance(median, bool) or not isinstance(median, (int, float)) or not median > 0:
-            raise ValueError(f"{path}: row {i} ({row['case']}): expected a positive "
-                             f"'median_s', got {median!r}")
-    return result
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: rows[{i}]: expected an object, got {shorten(row, 60)}")
+        for field, expected in ROW_FIELDS.items():
+            if field not in row:
+                raise ValueError(f"{path}: rows[{i}].{field}: missing (a row needs "
+                                 f"{', '.join(ROW_FIELDS)})")
+            problem = expected(row[field])
+            if problem:
+                raise ValueError(f"{path}: rows[{i}].{field}: expected {problem}, got "
+                                 f"{shorten(row[field], 60)}")
+        key = _key(row)
+        if key in first_of:
+            raise ValueError(f"{path}: rows[{i}]: expected one row per case, batch size, "
+                             f"backend and dtype, got {shorten(key, 120)} again (as in "
+                             f"rows[{first_of[key]}])")
+        first_of[key] = i
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    return row["case"], row["batch"], row["backend"], row["dtype"]
 
 
 def compare(a: dict[str, Any], b: dict[str, Any], a_name: str = "A", b_name: str = "B") -> str:
     """Rows present in both runs, with B's speed relative to A's (A time / B time)."""
-    def key(r: dict[str, Any]) -> tuple:
-        return r["case"], r["batch"], r["backend"], r["dtype"]
-
-    first = {key(r): r for r in a["rows"]}
+    first = {_key(r): r for r in a["rows"]}
     rows = []
     for r in b["rows"]:
-        if key(r) not in first:
+        if _key(r) not in first:
             continue
-        old = first[key(r)]
+        old = first[_key(r)]
         rows.append([r["case"], str(r["batch"]), r["backend"], r["dtype"],
                      f"{old['median_s'] * 1e3:.3f}", f"{r['median_s'] * 1e3:.3f}",
                      f"{old['median_s'] / r['median_s']:.2f}"])
