@@ -219,8 +219,11 @@ def test_host_memory_comes_from_meminfo_then_sysconf_and_the_container_limit(mon
     (["--json", "{tmp}"], "is a directory"),
     (["--json", "{tmp}/missing/r.json"], "does not exist"),
     (["--json", "{tmp}/r.pdf", "--plot", "{tmp}/r.pdf"], "--json and --plot name the same file"),
+    (["--json", "{tmp}/fifo"], "fifo' exists and is not a regular file (a device, a FIFO or a "
+                               "socket); expected the path of a new or a regular file"),
 ])
 def test_bad_options_are_refused_before_anything_runs(nothing_runs, tmp_path, args, message):
+    os.mkfifo(tmp_path / "fifo")  # renaming a result over it (or /dev/null) would replace it
     args = [str(a).replace("{tmp}", str(tmp_path)) for a in args]
     assert_usage_error(invoke("-b", "numpy", *args), message)
 
@@ -249,6 +252,10 @@ def test_save_writes_whole_files_or_leaves_the_old_one(tmp_path, monkeypatch):
         report.save({"schema": harness.SCHEMA, "rows": [{"median_s": float("nan")}]}, str(path))
     assert json.loads(path.read_text())["rows"] == []  # the old file, untouched
     assert os.listdir(tmp_path) == ["r.json"]  # and no temporary left behind
+    link = tmp_path / "link.json"
+    link.symlink_to(path)
+    report.save({"schema": harness.SCHEMA, "rows": [], "via": "link"}, str(link))
+    assert link.is_symlink() and json.loads(path.read_text())["via"] == "link"
 
 
 # --- compare -----------------------------------------------------------------------------------

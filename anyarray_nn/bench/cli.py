@@ -96,6 +96,10 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str | None
     problem = unwritable_folder(value)
     if problem:
         raise click.BadParameter(problem, ctx, param)
+    if os.path.exists(value) and not os.path.isfile(value):  # the JSON is renamed into place:
+        raise click.BadParameter(                            # that would replace /dev/null
+            f"{value!r} exists and is not a regular file (a device, a FIFO or a socket); "
+            f"expected the path of a new or a regular file", ctx, param)
     if param.name == "plot_path":
         suffix = os.path.splitext(value)[1].lower().lstrip(".")
         formats = report.PLOT_FORMATS

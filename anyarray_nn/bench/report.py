@@ -85,8 +85,10 @@ def blas_notes(env: dict[str, Any]) -> list[str]:
 
 def save(result: dict[str, Any], path: str) -> None:
     """Write a result as JSON to ``path``, whole or not at all (a temporary file renamed into
-    place), in the form :func:`load` reads back; OSError if it cannot be written."""
-    folder = pathlib.Path(os.path.abspath(path)).parent
+    place), in the form :func:`load` reads back; OSError if it cannot be written. A symbolic
+    link at ``path`` is kept: the file it points to is replaced."""
+    path = os.path.realpath(path)
+    folder = pathlib.Path(path).parent
     temporary = new_temporary_file(folder, os.path.basename(path))
     try:
         with open(temporary, "w", encoding="utf-8") as f:
