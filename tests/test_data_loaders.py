@@ -698,10 +698,17 @@ def test_downloaded_files_get_the_umask_permissions(tmp_path, monkeypatch):
 def test_mnist_header_whose_sizes_overflow_int64_names_the_file(tmp_path):
     make_mnist(tmp_path)
     count = 2**32 - 1                                     # the largest count IDX can state
-    write(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", idx_header(0x803, count, 28, 28))
-    path = write(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", idx_header(0x801, count))
-    with pytest.raises(DataFormatError, match=rf"{path}: the header promises {count} labels .*"
-                                              rf"i.e. {8 + count} bytes .* at most"):
+    path = write(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz",
+                 idx_header(0x803, count, 28, 28))
+    write(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", idx_header(0x801, count))
+    with pytest.raises(DataFormatError, match=rf"{path}: expected at most 1,000,000 images, the "
+                                              rf"header says 4,294,967,295"):
+        load_mnist(tmp_path, "test")
+    # A plausible count, in labels that stop after their header: refused before reading.
+    path = write(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", idx_header(0x801, 10**6))
+    write(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", idx_header(0x803, 10**6, 28, 28))
+    with pytest.raises(DataFormatError, match=rf"{path}: the header promises 1000000 labels .*"
+                                              rf"i.e. 1000008 bytes .* at most"):
         load_mnist(tmp_path, "test")
     path = write(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz",
                  idx_header(0x803, 2**22, 2**21, 2**21))

@@ -114,9 +114,12 @@ def root_note(root: pathlib.Path) -> str:
 #   most about 7,090 bytes out per byte in (7,073 measured on zeros in the .lzma format,
 #   6,851 in .xz); 8,000 leaves a margin.
 MAX_EXPANSION = {".gz": 1032, ".xz": 8000}
+# The most memory decoding one xz stream may take: xz -9 needs 65 MiB (its 64 MiB dictionary);
+# a stream that asks for more is refused rather than allowed to reserve gigabytes.
+XZ_MEMORY_LIMIT = 256 << 20
 _NAMES = {".gz": "gzip", ".xz": "xz"}
 
-_CHUNK = 1 << 20   # decompressed bytes read at a time
+_CHUNK = 1 << 20   # bytes read at a time
 _MAGIC = {b"\x1f\x8b": ".gz", b"\xfd7zXZ\x00": ".xz"}
 
 
@@ -146,7 +149,7 @@ def open_decompressed(path: str | os.PathLike,
     """
     path = pathlib.Path(path)
     kind = path.suffix if compression is None else compression
-    opener = {".gz": gzip.open, ".xz": lzma.open}.get(kind, open)
+    opener = {".gz": gzip.open, ".xz": _XzReader}.get(kind, open)
     try:
         with opener(path, "rb") as file:
             yield file
@@ -160,6 +163,48 @@ def open_decompressed(path: str | os.PathLike,
             f"{path}: expected {expected}, but reading it failed "
             f"({type(exc).__name__}: {exc}); the file is damaged or truncated, "
             f"download it again") from None
+
+
+class _XzReader:
+    """The decompressed contents of an ``.xz`` (or ``.lzma``) file, read ``size`` bytes at a time.
+
+    xz allows several streams one after the other, with zero bytes of padding between them;
+    anything else after a stream is damage, which :func:`lzma.open` would silently ignore, and
+    raises :class:`lzma.LZMAError` here. Decoding may use at most :data:`XZ_MEMORY_LIMIT`
+    bytes, whatever dictionary size the stream asks for.
+    """
+
+    def __init__(self, path: pathlib.Path, mode: str = "rb") -> None:
+        self.file = open(path, mode)
+        self.decompressor = lzma.LZMADecompressor(memlimit=XZ_MEMORY_LIMIT)
+
+    def __enter__(self) -> "_XzReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` decompressed bytes; fewer only at the end of the last stream."""
+        chunks = []
+        while size > 0:
+            if self.decompressor.eof:                   # the next stream, or the end
+                data = self.decompressor.unused_data.lstrip(b"\0")
+                while not data and (more := self.file.read(_CHUNK)):
+                    data = more.lstrip(b"\0")          # padding: never held, however long
+                if not data:
+                    break
+                self.decompressor = lzma.LZMADecompressor(memlimit=XZ_MEMORY_LIMIT)
+            elif self.decompressor.needs_input:
+                data = self.file.read(_CHUNK)
+                if not data:
+                    raise EOFError("the xz stream ends before its end marker")
+            else:
+                data = b""                              # output still pending inside
+            chunk = self.decompressor.decompress(data, size)
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
 
 
 def read_header(path: pathlib.Path, size: int) -> bytes:
@@ -181,14 +226,18 @@ def read_exactly(path: pathlib.Path, size: int, promise: str) -> np.ndarray:
     disk, limit = path.stat().st_size, max_decompressed_size(path)
     stated = f"{path}: {promise}, i.e. {size} bytes (decompressed), but"
     if path.suffix not in MAX_EXPANSION and disk != size:
-        state = "truncated" if disk < size else "has extra bytes"
-        raise DataFormatError(f"{stated} the file holds {disk} bytes: it is {state}")
+        state = "is truncated" if disk < size else "has extra bytes"
+        raise DataFormatError(f"{stated} the file holds {disk} bytes: it {state}")
     if size > limit:
         raise DataFormatError(
             f"{stated} a {_NAMES[path.suffix]} file of {disk} bytes holds at most {limit} "
             f"bytes ({MAX_EXPANSION[path.suffix]} times its size): the header is forged or "
             f"the file is truncated")
-    buffer = np.empty(size, dtype=np.uint8)
+    try:
+        buffer = np.empty(size, dtype=np.uint8)
+    except MemoryError:
+        raise MemoryError(f"{path}: {promise}, i.e. {size:,} bytes, more memory than could be "
+                          f"allocated") from None
     filled = 0
     with open_decompressed(path) as file:
         while filled < size and (chunk := file.read(min(_CHUNK, size - filled))):

@@ -264,9 +264,10 @@ def _check_labels(labels: np.ndarray, source: str) -> np.ndarray:
 # reach any other object of the process.
 
 # The names NumPy pickles an array, a dtype and a scalar with (NumPy 1.x and 2.x module names),
-# and the one Python 3 uses for bytes in protocol 2.
+# and those Python 3 writes bytes with in protocol 2 (empty bytes as a call of bytes()).
 _ALLOWED_GLOBALS = {("numpy", "ndarray"): "ndarray", ("numpy", "dtype"): "dtype",
-                    ("_codecs", "encode"): "encode"}
+                    ("_codecs", "encode"): "encode", ("__builtin__", "bytes"): "bytes",
+                    ("builtins", "bytes"): "bytes"}
 for _module in ("numpy.core", "numpy._core"):
     _ALLOWED_GLOBALS[(f"{_module}.multiarray", "_reconstruct")] = "_reconstruct"
     _ALLOWED_GLOBALS[(f"{_module}.multiarray", "scalar")] = "scalar"
@@ -493,7 +494,7 @@ class _PickleMachine:
             if type(key) not in (bytes, str):
                 raise self.refuse(f"refused a dict key that is {_describe(key)}")
             if key in target:
-                raise self.refuse(f"the dict key {_shorten(key)} is set twice")
+                raise self.refuse(f"the dict key {_shorten(repr(key))} is set twice")
             if not (isinstance(value, _LEAVES) or type(value) in (list, _Array)):
                 raise self.refuse(f"refused {_describe(value)} as a dict value")
             target[key] = value
@@ -550,6 +551,8 @@ class _PickleMachine:
                 return args[0].encode("latin-1")
             except UnicodeEncodeError:
                 raise self.refuse("expected latin-1 text for _codecs.encode") from None
+        if name == "bytes" and not args:
+            return b""
         if name == "dtype" and len(args) == 3 and type(args[0]) in (str, bytes):
             code = args[0].decode("latin-1") if type(args[0]) is bytes else args[0]
             if code not in _PLAIN_DTYPES:
@@ -619,7 +622,7 @@ def _describe(value: Any) -> str:
     if type(value) is _Global:
         return f"the global {value.name}"
     if type(value) in (_Dtype, _Array):
-        return f"a {type(value).__name__.strip('_').lower()} stand-in"
+        return "a dtype stand-in" if type(value) is _Dtype else "an array stand-in"
     return type(value).__name__
 
 
@@ -630,7 +633,7 @@ def _parse_pickle(data: bytes, source: str) -> Batch:
         name = key.decode("latin-1") if type(key) is bytes else key
         if name not in _KEYS or name in batch:
             problem = "twice (as bytes and as str)" if name in batch else "unexpectedly"
-            raise DataFormatError(f"{source}: the key {_shorten(key)} appears {problem}; "
+            raise DataFormatError(f"{source}: the key {_shorten(repr(key))} appears {problem}; "
                                   f"expected the keys {', '.join(_KEYS)} of a CIFAR-10 batch")
         batch[name] = value
     images = batch.get("data").array if type(batch.get("data")) is _Array else None

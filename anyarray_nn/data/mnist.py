@@ -34,6 +34,9 @@ FOLDERS = ("mnist", ".", "MNIST/raw")
 
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
+# The most images a file may declare: MNIST has 60,000, the largest data set in its format
+# (EMNIST ByClass) 697,932. A larger count is a forged header, refused before any reading.
+MAX_COUNT = 1_000_000
 
 
 def load_mnist(root: str | os.PathLike | None = None,
@@ -72,6 +75,9 @@ def load_mnist(root: str | os.PathLike | None = None,
     if image_shape[1:] != IMAGE_SIZE:
         raise DataFormatError(f"{paths[0]}: expected {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} images, "
                               f"the header says {image_shape[1]}x{image_shape[2]}")
+    if image_shape[0] > MAX_COUNT:
+        raise DataFormatError(f"{paths[0]}: expected at most {MAX_COUNT:,} images, the header "
+                              f"says {image_shape[0]:,}")
     if image_shape[0] != label_shape[0]:
         raise DataFormatError(f"{paths[0]} holds {image_shape[0]} images but {paths[1]} holds "
                               f"{label_shape[0]} labels; expected the same count (mixed-up "
