@@ -228,6 +228,23 @@ def test_bad_options_are_refused_before_anything_runs(nothing_runs, tmp_path, ar
     assert_usage_error(invoke("-b", "numpy", *args), message)
 
 
+def test_a_device_that_cannot_make_arrays_is_skipped_with_the_reason(runs, monkeypatch):
+    pytest.importorskip("torch")
+    from anyarray_nn import backend
+    real = backend.asarray
+
+    def no_such_gpu(data, backend=None, **kwargs):  # as torch:cuda:7 on a machine with one GPU
+        if backend == "torch":
+            raise RuntimeError("CUDA error: invalid device ordinal")
+        return real(data, backend=backend, **kwargs)
+    monkeypatch.setattr(backend, "asarray", no_such_gpu)
+    out = invoke("-b", "torch", "-b", "numpy", "-c", "dense/*", "--no-reference", "-n", 2)
+    assert out.exit_code == 0, out.output
+    assert runs[0].backends == ["numpy"]
+    assert ("skipped torch: backend 'torch' cannot make an array here (RuntimeError: CUDA "
+            "error: invalid device ordinal)") in out.output
+
+
 def test_repeated_backends_are_timed_once(runs):
     assert invoke("-b", "numpy", "-b", "numpy", "-c", "dense/*", "--no-reference",
                   "-n", 2).exit_code == 0

@@ -32,8 +32,11 @@ def _available(name: str) -> str | None:
     """None when the backend can run here, else the reason it cannot."""
     try:
         _backend.get_backend(name)
+        _backend.asarray([0.0], backend=name)  # a device past the last GPU fails only here
     except _backend.BackendError as exc:
         return str(exc).split(". ")[0]
+    except Exception as exc:  # the library's own error, e.g. CUDA's invalid device ordinal
+        return f"backend {name!r} cannot make an array here ({type(exc).__name__}: {exc})"
     return None
 
 
