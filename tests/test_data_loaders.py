@@ -684,6 +684,39 @@ def test_download_says_truncated_when_every_mirror_cuts_off(tmp_path, monkeypatc
     assert list((tmp_path / "data" / "mnist").iterdir()) == []
 
 
+def test_download_stops_a_server_that_sends_more_than_any_published_file(tmp_path,
+                                                                         monkeypatch):
+    _serve(tmp_path, monkeypatch, {}, {"a.gz": "0" * 64})
+    monkeypatch.setitem(download_module.MIRRORS, "mnist", ["http://127.0.0.1:9/"])
+    monkeypatch.setattr(download_module, "MAX_DOWNLOAD_BYTES", 3 * (1 << 20))
+    sent = []
+
+    class Endless(_CutResponse):                # no Content-Length, and no end
+        def read(self, size=-1):
+            sent.append(size)
+            return bytes(size)
+
+    monkeypatch.setattr(download_module.urllib.request, "urlopen",
+                        lambda request, timeout: Endless(b"", 0))
+    monkeypatch.setattr(download_module, "_resolve", lambda host, timeout: None)
+    with pytest.raises(ConnectionError, match="sent more than 3,145,728 bytes, more than any "
+                                              "published file; stopped"):
+        download("mnist", tmp_path / "data", timeout=3)
+    assert sum(sent) == 4 * (1 << 20)            # read in 1 MiB chunks, one past the limit
+    assert list((tmp_path / "data" / "mnist").iterdir()) == []
+
+
+@pytest.mark.parametrize("limit,matches", [(40_000, True), (30_000, False)])
+def test_verify_stops_unpacking_past_the_largest_published_file(tmp_path, monkeypatch, limit,
+                                                                matches):
+    data = os.urandom(5000) * 7                  # 35,000 bytes, compressible: xz of ~5 KB
+    write(tmp_path / "cifar-10-batches-bin" / "test_batch.bin.xz", data)
+    monkeypatch.setitem(download_module.CIFAR10_BIN_SHA256, "test_batch.bin",
+                        hashlib.sha256(data).hexdigest())
+    monkeypatch.setattr(download_module, "MAX_UNPACKED_BYTES", limit)
+    assert verify("cifar10", tmp_path) == {"cifar-10-batches-bin/test_batch.bin.xz": matches}
+
+
 def test_downloaded_files_get_the_umask_permissions(tmp_path, monkeypatch):
     data = b"first file"
     _serve(tmp_path, monkeypatch, {"a.gz": data}, {"a.gz": hashlib.sha256(data).hexdigest()})

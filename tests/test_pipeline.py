@@ -1,5 +1,7 @@
 """The data pipeline: split, standardization, loader order, device batches, augmentation."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -194,3 +196,66 @@ def test_loader_refuses_a_bad_state_and_stays_unchanged():
         assert loader.state_dict() == good  # nothing changed
     loader.load_state_dict({**good, "epoch": np.int64(4)})
     assert loader.epoch == 4 and type(loader.epoch) is int
+
+
+@pytest.mark.parametrize("x,found", [
+    (np.array([["a"], ["b"]]), "got <U1 of shape (2, 1)"),
+    (np.array([[object()], [None]]), "got object of shape (2, 1)"),
+    (np.ones((2, 1), np.complex64), "got complex64 of shape (2, 1)"),
+    (np.float64(1.0), "got float64 of shape ()"),
+], ids=["strings", "objects", "complex", "scalar"])
+def test_loader_refuses_x_that_does_not_hold_numbers(x, found):
+    with pytest.raises(ValueError) as info:
+        DataLoader(x, [0, 1])
+    assert str(info.value) == (f"DataLoader: expected x to hold examples of numbers (bool, "
+                               f"integer or float) along axis 0, {found}")
+
+
+def test_loader_takes_a_list_of_numbers_as_x():
+    loader = DataLoader([[1.0], [2.0]], [0, 1], 2, shuffle=False)
+    assert host(next(iter(loader))[0]).tolist() == [[1.0], [2.0]]
+
+
+@pytest.mark.parametrize("y,shown", [
+    (np.array([0, -1]), "y[1] = -1"),
+    (np.array([0, 2**63], np.uint64), "y[1] = 9223372036854775808"),   # int64 would wrap it
+    (np.array([2.0**63, 0.0]), "y[0] = 9.223372036854776e+18"),
+    (np.array([1e300, 0.0]), "y[0] = 1e+300"),
+    (np.array([0.0, -3.0]), "y[1] = -3.0"),
+], ids=["negative", "uint64-past-int64", "float-2**63", "float-huge", "float-negative"])
+def test_loader_refuses_labels_that_are_not_class_indices(y, shown):
+    with pytest.raises(ValueError, match=rf"DataLoader: expected class indices from 0 to "
+                                         rf"2\*\*63 - 1, got {re.escape(shown)}$"):
+        DataLoader(np.zeros((2, 1)), y)
+
+
+def test_loader_labels_at_the_edges_of_int64_and_bool():
+    x = np.zeros((2, 1))
+    assert DataLoader(x, np.array([True, False])).y.tolist() == [1, 0]
+    assert DataLoader(x, np.array([2**63 - 1, 0], np.uint64)).y.tolist() == [2**63 - 1, 0]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e308])
+@pytest.mark.parametrize("layout", ["features", "images"])
+def test_standardize_fit_names_the_feature_that_holds_nan_or_infinity(bad, layout):
+    x = np.random.default_rng(0).normal(size=(6, 3, 2, 2) if layout == "images" else (6, 3))
+    x[4, 2] = bad
+    x[5, 2] = bad                                 # 1e308 twice: the sum overflows
+    what = "channel" if layout == "images" else "feature"
+    with pytest.raises(ValueError, match=rf"Standardize.fit: {what} 2 of x holds NaN or "
+                                         rf"infinity"):
+        Standardize.fit(x, chunk=4)
+
+
+@pytest.mark.parametrize("mean,std,scale,match", [
+    ([np.nan], [1.0], 1.0, r"mean must be finite, got \[nan\]"),
+    ([np.inf], [1.0], 1.0, r"mean must be finite, got \[inf\]"),
+    ([0.0], [np.inf], 1.0, r"std must be positive and finite, got \[inf\]"),
+    ([0.0], [np.nan], 1.0, r"std must be positive and finite, got \[nan\]"),
+    ([0.0], [1.0], np.nan, "expected a finite, non-zero scale, got nan"),
+    ([0.0], [1.0], 0.0, "expected a finite, non-zero scale, got 0.0"),
+    ([0.0], [1.0], np.inf, "expected a finite, non-zero scale, got inf"),
+])
+def test_standardize_refuses_statistics_that_are_not_finite(mean, std, scale, match):
+    with pytest.raises(ValueError, match=f"Standardize: {match}"):
+        Standardize(mean, std, scale)

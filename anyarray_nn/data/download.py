@@ -84,6 +84,11 @@ MIRRORS = {
 }
 
 _CHUNK = 1 << 20
+# No published file is larger than the CIFAR-10 tarball (about 163 MiB), and none decompresses
+# to more than MNIST's training images (47,040,016 bytes): a mirror sending more, or a local
+# file unpacking to more, cannot match a checksum, so reading stops there.
+MAX_DOWNLOAD_BYTES = 256 << 20
+MAX_UNPACKED_BYTES = 16 + 60_000 * 28 * 28
 
 
 def download(name: str, root: str | os.PathLike | None = None, *,
@@ -156,12 +161,17 @@ def _remote(name: str) -> Remote:
 
 def _file_digest(path: pathlib.Path, algorithm: str, unpack: bool = False) -> str | None:
     """The hex digest of the file (of its decompressed contents when ``unpack``), or ``None``
-    when it cannot be read."""
+    when it cannot be read or unpacks to more than any published file
+    (:data:`MAX_UNPACKED_BYTES`; decompression stops there)."""
     opener = {".gz": gzip.open, ".xz": lzma.open}.get(path.suffix, open) if unpack else open
     digest = hashlib.new(algorithm)
+    size = 0
     try:
         with opener(path, "rb") as file:
             while chunk := file.read(_CHUNK):
+                size += len(chunk)
+                if unpack and size > MAX_UNPACKED_BYTES:
+                    return None
                 digest.update(chunk)
     except (EOFError, OSError, lzma.LZMAError, zlib.error):
         return None
@@ -207,7 +217,9 @@ def _fetch(name: str, root: pathlib.Path, target: pathlib.Path, algorithm: str, 
 
 def _copy_url(url: str, out, algorithm: str, timeout: float) -> str:
     """Copy the body of ``url`` to ``out``; return its hex digest. A body shorter than the
-    server's Content-Length (a closed connection) raises ConnectionError."""
+    server's Content-Length (a closed connection), or longer than any published file
+    (:data:`MAX_DOWNLOAD_BYTES`: a broken or hostile server filling the disk), raises
+    ConnectionError."""
     host = urllib.parse.urlsplit(url).hostname
     if host:
         _resolve(host, timeout)
@@ -217,9 +229,12 @@ def _copy_url(url: str, out, algorithm: str, timeout: float) -> str:
     with urllib.request.urlopen(request, timeout=timeout) as response:
         length = response.headers.get("Content-Length")
         while chunk := response.read(_CHUNK):
+            received += len(chunk)
+            if received > MAX_DOWNLOAD_BYTES:
+                raise ConnectionError(f"the server sent more than {MAX_DOWNLOAD_BYTES:,} "
+                                      f"bytes, more than any published file; stopped")
             digest.update(chunk)
             out.write(chunk)
-            received += len(chunk)
     if length is not None and length.isdigit() and received != int(length):
         raise ConnectionError(f"truncated: received {received:,} of {int(length):,} bytes")
     return digest.hexdigest()

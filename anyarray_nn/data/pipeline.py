@@ -61,9 +61,15 @@ class Standardize:
         if self.mean.shape != self.std.shape or self.mean.ndim != 1:
             raise ValueError(f"Standardize: mean and std must be 1-D of equal length, got "
                              f"shapes {self.mean.shape} and {self.std.shape}")
-        if np.any(self.std <= 0):
-            raise ValueError(f"Standardize: std must be positive, got {self.std.tolist()}")
+        if not np.all(np.isfinite(self.mean)):
+            raise ValueError(f"Standardize: mean must be finite, got {self.mean.tolist()} "
+                             f"(NaN or infinity in the data it was computed from?)")
+        if not np.all((self.std > 0) & np.isfinite(self.std)):
+            raise ValueError(f"Standardize: std must be positive and finite, got "
+                             f"{self.std.tolist()}")
         self.scale = float(scale)
+        if not math.isfinite(self.scale) or self.scale == 0:
+            raise ValueError(f"Standardize: expected a finite, non-zero scale, got {scale!r}")
         self._on: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     @classmethod
@@ -82,15 +88,22 @@ class Standardize:
                              f"{x.shape}")
         axes = (0,) if x.ndim == 2 else (0, 2, 3)
         count = x.size // x.shape[1]
+        _check_numbers(x, "Standardize.fit")
 
         def parts():
             for start in range(0, len(x), chunk):
                 yield x[start:start + chunk].astype(np.float64) * scale
 
-        mean = sum(part.sum(axis=axes) for part in parts()) / count
-        centre = mean.reshape((1, -1) if x.ndim == 2 else (1, -1, 1, 1))
-        squares = sum(((part - centre) ** 2).sum(axis=axes) for part in parts())
-        std = np.sqrt(squares / count)
+        with np.errstate(invalid="ignore", over="ignore"):   # checked right after
+            mean = sum(part.sum(axis=axes) for part in parts()) / count
+            centre = mean.reshape((1, -1) if x.ndim == 2 else (1, -1, 1, 1))
+            squares = sum(((part - centre) ** 2).sum(axis=axes) for part in parts())
+            std = np.sqrt(squares / count)
+        bad = np.flatnonzero(~np.isfinite(mean) | ~np.isfinite(std))
+        if bad.size:  # NaN or infinity in x would make every standardized batch NaN
+            raise ValueError(f"Standardize.fit: {'feature' if x.ndim == 2 else 'channel'} "
+                             f"{bad[0]} of x holds NaN or infinity (or values too large to "
+                             f"sum); clean the data first")
         constant = std <= cls.constant_rtol * np.abs(mean)
         return cls(mean, np.where(constant, 1.0, std), scale)
 
@@ -181,9 +194,11 @@ class DataLoader:
     ``augment`` is given and ``train`` is True, through each augmentation with the loader's
     generator; ``y`` as int64. ``drop_last`` drops a final smaller batch.
 
-    ``y`` holds one class index per example: a 1-D array of integers, or of floats that are
-    whole numbers (cast to int64). Anything else (fractional values, one-hot rows) raises a
-    ValueError rather than being truncated.
+    ``x`` must hold numbers (booleans, integers or floats; a NaN or infinity in a batch is
+    caught by training, which skips that step with a :class:`~anyarray_nn.errors.NonFiniteError`).
+    ``y`` holds one class index per example: a 1-D array of integers >= 0, or of floats that
+    are whole numbers (cast to int64). Anything else (negative or fractional values, one-hot
+    rows, strings) raises a ValueError rather than being truncated or wrapped around.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int = 64, *,
@@ -191,11 +206,14 @@ class DataLoader:
                  dtype: str = "float32", preprocess: Callable[[Any], Any] | None = None,
                  augment: Sequence[Callable[[Any, np.random.Generator], Any]] = (),
                  train: bool = True, drop_last: bool = False) -> None:
+        x = x if isinstance(x, np.ndarray) else np.asarray(x)
+        _check_numbers(x, "DataLoader")
+        y = _class_labels(y)
         if len(x) != len(y):
             raise ValueError(f"DataLoader: x has {len(x)} examples but y has {len(y)}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"DataLoader: expected batch_size >= 1, got {batch_size!r}")
-        self.x, self.y = x, _class_labels(y)
+        self.x, self.y = x, y
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.backend = _backend.get_backend(backend).name
         self.dtype, self.preprocess, self.augment, self.train = dtype, preprocess, augment, train
@@ -258,9 +276,17 @@ class DataLoader:
         self.rng.bit_generator.state = state["rng"]
 
 
+def _check_numbers(x: np.ndarray, who: str) -> None:
+    """Raise a ValueError naming ``who`` unless ``x`` holds examples of numbers along axis 0
+    (strings, objects or complex numbers would fail later, far from the cause)."""
+    if x.ndim == 0 or x.dtype.kind not in "biuf":
+        raise ValueError(f"{who}: expected x to hold examples of numbers (bool, integer or "
+                         f"float) along axis 0, got {x.dtype} of shape {x.shape}")
+
+
 def _class_labels(y: Any) -> np.ndarray:
-    """``y`` as a 1-D int64 array of class indices; a ValueError names the shape or dtype
-    when it is not one (floats are accepted when they are whole numbers)."""
+    """``y`` as a 1-D int64 array of class indices; a ValueError names the shape, dtype or
+    value when it is not one (floats are accepted when they are whole numbers)."""
     y = np.asarray(y)
     if y.ndim != 1:
         hint = "; for one-hot rows pass y.argmax(axis=1)" if y.ndim == 2 else ""
@@ -274,4 +300,10 @@ def _class_labels(y: Any) -> np.ndarray:
                              f"{y[bad[0]]})")
     elif y.dtype.kind not in "iub":
         raise ValueError(f"DataLoader: expected integer class labels, got {y.dtype} labels")
+    if y.dtype.kind != "b":
+        # Compared before the cast: a uint64 or a float from 2**63 on would wrap around.
+        bad = np.flatnonzero((y < 0) | (y >= 2**63))
+        if bad.size:
+            raise ValueError(f"DataLoader: expected class indices from 0 to 2**63 - 1, got "
+                             f"y[{bad[0]}] = {y[bad[0]]}")
     return y.astype(np.int64)
