@@ -213,7 +213,7 @@ def test_idx_header_declaring_more_than_the_file_can_hold_is_refused_up_front(bo
 def test_idx_stream_longer_than_its_header_stops_one_byte_past(bombs, suffix):
     root, outcome = bombs[f"mnist-endless{suffix}"]
     path = root / "mnist" / f"t10k-images-idx3-ubyte{suffix}"
-    assert outcome == (f"DataFormatError: {path}: the header promises 1 images of shape "
+    assert outcome == (f"DataFormatError: {path}: the header promises 1 image of shape "
                        f"(28, 28), i.e. 800 bytes (decompressed), but the file holds more "
                        f"(decompression stopped at 801 bytes): it has extra bytes")
 

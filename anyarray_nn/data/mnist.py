@@ -120,7 +120,8 @@ def _read_idx(path: pathlib.Path, shape: tuple[int, ...], magic: int, what: str)
     """The uint8 array of ``shape`` stored in the IDX file ``path``, whose header (``magic``,
     ``shape``) was checked: the file must hold exactly the bytes the header declares."""
     header = _header(magic, shape)
-    promise = f"the header promises {shape[0]} {what}s of shape {shape[1:] or '()'}"
+    promise = (f"the header promises {shape[0]} {what}{'' if shape[0] == 1 else 's'} of "
+               f"shape {shape[1:] or '()'}")
     # Python ints: a forged header cannot wrap around.
     data = read_exactly(path, len(header) + math.prod(shape), promise)
     if data[:len(header)].tobytes() != header:
