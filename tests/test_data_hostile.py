@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import zlib
 
 import numpy as np
 import pytest
@@ -337,6 +338,20 @@ def test_idx_labels_of_another_count_fail_before_any_image_is_read(tmp_path):
     with pytest.raises(DataFormatError, match=rf"{image_path} holds 3 images but {label_path} "
                                               rf"holds 4 labels"):
         load_mnist(tmp_path, "test")
+
+
+def test_xz_stream_asking_for_a_4_gib_dictionary_is_refused(tmp_path):
+    """The dictionary size sits in the block header: patched to 4 GiB (and the header's CRC
+    fixed), a decoder without a memory limit would reserve that much before any output."""
+    xz = bytearray(compressed(".xz", cifar_records(1)[0]))
+    size = (xz[12] + 1) * 4                       # the block header, after the stream header
+    header = xz[12:12 + size]
+    header[header.index(b"\x21\x01", 2) + 2] = 40     # LZMA2, one property byte: 4 GiB - 1
+    header[-4:] = struct.pack("<I", zlib.crc32(bytes(header[:-4])))
+    xz[12:12 + size] = header
+    path = write(tmp_path / "cifar-10-batches-bin" / "test_batch.bin.xz", bytes(xz))
+    with pytest.raises(DataFormatError, match=rf"{path}: .*Memory usage limit"):
+        load_cifar10(tmp_path, "test")
 
 
 def test_plain_cifar_batch_larger_than_a_batch_is_refused_before_reading(tmp_path):
@@ -802,7 +817,8 @@ def _batch_pickle(protocol: int = 2, **changes) -> bytes:
     (_batch_pickle(filenames=[b"x", 3]), "b'filenames' a list of strings"),
     (_batch_pickle(coarse_labels=[1, 2]), "the key b'coarse_labels' appears unexpectedly"),
     (pickle.dumps({**batch(), "data": batch()[b"data"]}, 2), "the key 'data' appears twice"),
-    (pickle.dumps((b"data", b"labels"), 2), r"expected a pickled dict, found a tuple \(bytes, bytes\)"),
+    (pickle.dumps((b"data", b"labels"), 2),
+     r"expected a pickled dict, found a tuple \(bytes, bytes\)"),
 ], ids=["float32", "int64", "3-d", "empty", "str", "void", "complex", "bytes", "list", "float",
         "bool", "none", "bytes-labels", "count", "huge", "negative", "ten", "float-array",
         "bool-array", "2-d-labels", "uint16-out-of-range", "big-endian-negative",
