@@ -297,6 +297,11 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
     iterations. ``callbacks`` see every step, validation and epoch. ``progress`` shows a
     tqdm bar with the running loss and accuracy. Passing a ``history`` continues it.
     Returns the :class:`History`.
+
+    Raises ValueError before the first step for an ``optimizer`` built for another model,
+    and :class:`NonFiniteError` for a step whose input batch, loss or gradients hold NaN or
+    infinite values; that step is not applied (the parameters, the optimizer's state and
+    BatchNorm's statistics stay those of the last good step, ready to save).
     """
     if (epochs is None) == (iterations is None):
         raise ValueError("fit: give exactly one of epochs= or iterations=")
@@ -464,6 +469,7 @@ def _step_values(xb: Any, logits: Any, yb: Any, loss: Any,
     if _is_floating(xp, xb):
         sums.append(xp.sum(xb))
     screen = sum(sums, loss)
+    # In the loss's dtype: float32 counts exactly up to 2**24 images per batch.
     values = xp.stack([loss, xp.astype(correct, loss.dtype), xp.astype(screen, loss.dtype)])
     loss_value, count, screen_value = _backend.to_host(values).tolist()
     return loss_value, int(count), screen_value
@@ -474,7 +480,7 @@ def _non_finite(model: Any, xb: Any, logits: Any, loss_value: float | None = Non
     """What in the step is NaN or infinite, one phrase each (the slow path: one read per
     array); empty if nothing is."""
     problems = []
-    if logits is not None or hasattr(xb, "dtype"):  # not when a non-array failed the forward
+    if hasattr(xb, "dtype"):  # not when a non-array failed the forward
         xp = _backend.namespace(xb)
         if _is_floating(xp, xb):
             nan = int(xp.sum(xp.astype(xp.isnan(xb), xp.int64)))
