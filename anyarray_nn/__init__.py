@@ -21,7 +21,7 @@ from .backend import (
     to_host,
     using,
 )
-from .errors import BackendError, BackendMismatchError, InputError
+from .errors import BackendError, BackendMismatchError, InputError, NonFiniteError
 from .gradcheck import GradCheckReport, check_gradients
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, warm_start
 from .model import Sequential
@@ -31,7 +31,7 @@ from .train import History, evaluate, fit
 __all__ = [
     "Backend", "available_backends", "asarray", "current_backend", "get_backend", "seed",
     "set_backend", "synchronize", "to_host", "using",
-    "BackendError", "BackendMismatchError", "InputError",
+    "BackendError", "BackendMismatchError", "InputError", "NonFiniteError",
     "GradCheckReport", "check_gradients", "Sequential", "DataParallel",
     "save_checkpoint", "load_checkpoint", "warm_start", "load_model", "checkpoint",
     "data", "functional", "gradcheck", "init", "layers", "losses", "metrics", "networks", "optim",

@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 from ..backend import dtype_name, namespace
-from ..errors import InputError
+from ..errors import InputError, NonFiniteError
 from ._checks import check_floating, check_ndim, check_same_dtype, check_same_shape
 from ._fast import cuda_kernels
 
@@ -70,9 +70,9 @@ def _check_values(xp: Any, logits: Any, labels: Any, loss: Any = None) -> None:
                          f"{int(xp.min(labels))} to {int(xp.max(labels))}")
     bad = int(xp.sum(xp.astype(~xp.isfinite(logits), xp.int64)))
     if bad == 0:
-        raise InputError(f"logits: expected a finite loss, got {float(loss)} from finite "
+        raise NonFiniteError(f"logits: expected a finite loss, got {float(loss)} from finite "
                          f"logits (differences between them overflow {dtype_name(logits.dtype)})")
-    raise InputError(f"logits: expected finite values, got {bad} NaN or infinite "
+    raise NonFiniteError(f"logits: expected finite values, got {bad} NaN or infinite "
                      f"entries (loss is {float(loss)})")
 
 
