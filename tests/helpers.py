@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import h5py
 import numpy as np
 
 import anyarray_nn as ann
@@ -76,3 +79,24 @@ class FailsWithAnOddError(ann.layers.Layer):
 
     def _backward(self, dy, cache, input_grad):
         return dy, {}
+
+
+@contextlib.contextmanager
+def edited_checkpoint(path):
+    """Change a checkpoint with plain h5py, then accept the change (reseal its digest): how
+    tests make files whose HDF5 content is wrong but whose bytes are intact."""
+    with h5py.File(path, "a") as f:
+        yield f
+    ann.checkpoint.reseal_checkpoint(path)
+
+
+def legacy_copy(source, target, version=1):
+    """``source`` as a file without the integrity header (format_version 1): what anyarray_nn
+    wrote before the header, and what other tools write."""
+    with h5py.File(source, "r") as old, h5py.File(target, "w") as new:
+        for key, value in old.attrs.items():
+            new.attrs[key] = value
+        for name in old:
+            old.copy(old[name], new, name=name)
+        new.attrs["format_version"] = version
+    return target

@@ -1,7 +1,6 @@
 """HDF5 checkpoints: round trips on every backend, exact resume in a new process, warm starts,
 atomic writes under SIGKILL, damaged and foreign files, hand-written files."""
 
-import contextlib
 import json
 import os
 import pathlib
@@ -18,18 +17,9 @@ from anyarray_nn import checkpoint as ck
 from anyarray_nn import train
 from anyarray_nn.data.pipeline import DataLoader
 from anyarray_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Tanh
-from helpers import host
+from helpers import edited_checkpoint, host, legacy_copy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def edit(path):
-    """Change a checkpoint with plain h5py, then accept the change (reseal its digest): how
-    these tests make files whose HDF5 content is wrong but whose bytes are intact."""
-    with h5py.File(path, "a") as f:
-        yield f
-    ck.reseal_checkpoint(path)
 
 
 def trained_mnist_net(steps=2):
@@ -296,13 +286,13 @@ def test_damaged_and_foreign_files_name_the_file_and_key(tmp_path):
         ann.load_checkpoint(foreign, model)
     newer = tmp_path / "newer.h5"
     newer.write_bytes(good.read_bytes())
-    with edit(newer) as f:
+    with edited_checkpoint(newer) as f:
         f.attrs["format_version"] = 99
     with pytest.raises(ck.CheckpointError, match=r"newer\.h5: format_version 99 is not supported"):
         ann.load_checkpoint(newer, model)
     missing = tmp_path / "missing.h5"
     missing.write_bytes(good.read_bytes())
-    with edit(missing) as f:
+    with edited_checkpoint(missing) as f:
         del f["model/conv2/b"]
     with pytest.raises(ck.CheckpointError, match=r"missing\.h5: does not match the model: missing in the file: conv2\.b"):
         ann.load_checkpoint(missing, model)
@@ -313,24 +303,12 @@ def test_damaged_and_foreign_files_name_the_file_and_key(tmp_path):
 def test_load_model_builds_only_registered_layer_types(tmp_path):
     model = ann.Sequential([Dense(2, 2, name="fc")])
     path = ck.save_checkpoint(tmp_path / "a.h5", model)
-    with edit(path) as f:
+    with edited_checkpoint(path) as f:
         config = json.loads(f["model"].attrs["config"])
         config["layers"][0]["type"] = "os.system"
         f["model"].attrs["config"] = json.dumps(config)
     with pytest.raises(ck.CheckpointError, match=r"a\.h5: model/config cannot be rebuilt: unknown layer type 'os.system'"):
         ann.load_model(path)
-
-
-def legacy_copy(source, target):
-    """A format_version 1 file (no integrity header) with the content of ``source``: what
-    anyarray_nn wrote before the header, and what other tools write."""
-    with h5py.File(source, "r") as old, h5py.File(target, "w") as new:
-        for key, value in old.attrs.items():
-            new.attrs[key] = value
-        for name in old:
-            old.copy(old[name], new, name=name)
-        new.attrs["format_version"] = 1
-    return target
 
 
 def test_changed_bytes_in_an_array_are_detected_by_the_checksums(tmp_path):
@@ -405,7 +383,7 @@ def fresh_state():
 
 
 def edit_json_attr(path, where, name, change):
-    with edit(path) as f:
+    with edited_checkpoint(path) as f:
         f[where].attrs[name] = json.dumps(change(json.loads(f[where].attrs[name])))
 
 
@@ -463,7 +441,7 @@ def test_an_optimizer_refuses_bad_hyper_parameters_and_stays_as_it_was():
 ])
 def test_damaged_attributes_are_named(tmp_path, where, name, value):
     path = small_trained(tmp_path)
-    with edit(path) as f:
+    with edited_checkpoint(path) as f:
         f[where].attrs[name] = value
     model, opt, _ = fresh_state()
     for load in (lambda: ann.load_checkpoint(path, model, opt), lambda: ann.warm_start(model, path)):
@@ -472,7 +450,7 @@ def test_damaged_attributes_are_named(tmp_path, where, name, value):
 
 
 def replace_dataset(path, key, **create):
-    with edit(path) as f:
+    with edited_checkpoint(path) as f:
         del f[key]
         f.create_dataset(key, **create)
 
@@ -495,7 +473,7 @@ def test_arrays_stored_outside_the_file_are_refused(tmp_path):
         ann.load_checkpoint(path, fresh_state()[0])
     other = ck.save_checkpoint(tmp_path / "b.h5", fresh_state()[0])
     path = small_trained(tmp_path)
-    with edit(path) as f:
+    with edited_checkpoint(path) as f:
         del f["model/fc/W"]
         f["model/fc/W"] = h5py.ExternalLink(str(other), "/model/fc/W")
     with pytest.raises(ck.CheckpointError, match="/model/fc/W: a ExternalLink"):
@@ -546,7 +524,7 @@ def small_net():
 
 def test_a_big_endian_file_loads_like_any_other(tmp_path):
     path = ann.save_checkpoint(tmp_path / "be.h5", small_net())
-    with edit(path) as f:  # as written on a big-endian machine
+    with edited_checkpoint(path) as f:  # as written on a big-endian machine
         for key in ("model/fc/W", "model/fc/b"):
             data = f[key][()]
             del f[key]
@@ -601,7 +579,7 @@ def test_restore_rng_false_still_restores_the_layers_generators(tmp_path):
 def test_a_bad_generator_state_names_the_generator_and_what_the_file_holds(tmp_path, key):
     path = ann.save_checkpoint(tmp_path / "d.h5", dropout_net(0))
     philox = {"bit_generator": "Philox", "state": {"counter": [0, 0, 0, 0], "key": [0, 0]}}
-    with edit(path) as f:
+    with edited_checkpoint(path) as f:
         state = json.loads(f["train"].attrs["state"])
         if key == "global_rng":
             state["global_rng"] = philox
@@ -618,7 +596,7 @@ def test_a_history_that_is_not_lists_of_records_is_refused(tmp_path):
     model = small_net()
     history = train.History(epochs=[{"epoch": 1, "loss": 0.5}])
     path = ann.save_checkpoint(tmp_path / "h.h5", model, history=history)
-    with edit(path) as f:
+    with edited_checkpoint(path) as f:
         f["train"].attrs["history"] = json.dumps({"iterations": [1, 2, 3], "epochs": "abc"})
     with pytest.raises(ck.CheckpointError, match=r"train/history cannot be read: .*expected "
                                                  r"'iterations' to be a list of dicts, got \[1, 2, 3\]"):

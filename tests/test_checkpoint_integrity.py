@@ -4,7 +4,6 @@ pruning beside files that are not its own. The outcome is always a CheckpointErr
 OSError naming the file, for writes) or a correct result, and a previous checkpoint is never
 lost."""
 
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -31,7 +30,7 @@ from anyarray_nn import train
 from anyarray_nn.checkpoint import CheckpointError, CheckpointEvery, latest_checkpoint
 from anyarray_nn.data.pipeline import DataLoader
 from anyarray_nn.layers import Dense, ReLU
-from helpers import host
+from helpers import edited_checkpoint, host, legacy_copy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -62,24 +61,6 @@ def assert_same(a, b):
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
-
-
-@contextlib.contextmanager
-def edit(path):
-    with h5py.File(path, "a") as f:
-        yield f
-    ck.reseal_checkpoint(path)
-
-
-def legacy_copy(source, target, version=1):
-    """``source`` as a file without the integrity header (format_version 1)."""
-    with h5py.File(source, "r") as old, h5py.File(target, "w") as new:
-        for key, value in old.attrs.items():
-            new.attrs[key] = value
-        for name in old:
-            old.copy(old[name], new, name=name)
-        new.attrs["format_version"] = version
-    return target
 
 
 # --- every byte --------------------------------------------------------------------------
@@ -275,7 +256,7 @@ def test_format_version_is_read_strictly(tmp_path, value, message, sealed):
     path, _ = full_checkpoint(tmp_path / "new.h5")
     if not sealed:
         path = legacy_copy(path, tmp_path / "old.h5")
-    with (edit(path) if sealed else h5py.File(path, "a")) as f:
+    with (edited_checkpoint(path) if sealed else h5py.File(path, "a")) as f:
         if value is None:
             del f.attrs["format_version"]
         else:
@@ -289,7 +270,7 @@ def test_a_config_declaring_a_huge_layer_allocates_nothing(tmp_path):
     compared with the stored arrays on memoryless stand-ins first."""
     path, _ = full_checkpoint(tmp_path / "a.h5")
     for size in (10**6, 10**30):
-        with edit(path) as f:
+        with edited_checkpoint(path) as f:
             config = json.loads(f["model"].attrs["config"])
             config["layers"][0]["config"].update(in_features=size, out_features=size)
             f["model"].attrs["config"] = json.dumps(config)
@@ -305,7 +286,7 @@ def test_a_config_declaring_a_huge_layer_allocates_nothing(tmp_path):
 
 def test_a_config_that_does_not_match_its_arrays_names_them(tmp_path):
     path, _ = full_checkpoint(tmp_path / "a.h5")
-    with edit(path) as f:
+    with edited_checkpoint(path) as f:
         config = json.loads(f["model"].attrs["config"])
         config["layers"][0]["config"]["out_features"] = 5
         f["model"].attrs["config"] = json.dumps(config)
