@@ -216,9 +216,12 @@ class Optimizer:
         ok = (value > low if low_open else value >= low) and (
             value < top if high_open or high is None else value <= top)
         if not ok:
-            lo, hi = "(" if low_open else "[", ")" if high_open or high is None else "]"
-            raise ValueError(f"{type(self).__name__}: expected {label} in {lo}{low}, {top}{hi}, "
-                             f"got {value!r}")
+            if high is None:  # "in [0.0, inf), got inf" would read oddly
+                wanted = f"to be a finite number {'>' if low_open else '>='} {low}"
+            else:
+                lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+                wanted = f"in {lo}{low}, {top}{hi}"
+            raise ValueError(f"{type(self).__name__}: expected {label} {wanted}, got {value!r}")
         return value
 
 

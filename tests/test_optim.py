@@ -141,11 +141,11 @@ def test_load_state_dict_is_strict():
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda m: ann.optim.SGD(m, lr=-0.1), r"lr in \[0.0, inf\), got -0.1"),
+    (lambda m: ann.optim.SGD(m, lr=-0.1), r"lr to be a finite number >= 0.0, got -0.1"),
     (lambda m: ann.optim.SGD(m, lr=0.1, momentum=1.0), r"momentum in \[0.0, 1.0\), got 1.0"),
     (lambda m: ann.optim.SGD(m, lr=0.1, form="heavy-ball"), "form in .*got 'heavy-ball'"),
     (lambda m: ann.optim.Adam(m, betas=(0.9, 1.5)), r"betas\[1\] in \[0.0, 1.0\), got 1.5"),
-    (lambda m: ann.optim.RMSProp(m, weight_decay=-1.0), r"weight_decay in \[0.0, inf\), got -1.0"),
+    (lambda m: ann.optim.RMSProp(m, weight_decay=-1.0), r"weight_decay to be a finite number >= 0.0, got -1.0"),
 ])
 def test_bad_hyper_parameters(make, match):
     with pytest.raises(ValueError, match=match):
@@ -300,32 +300,32 @@ def test_a_parameter_that_changed_shape_says_to_create_the_optimizer_afresh():
 # --- what the optimizers refuse --------------------------------------------------------
 
 NAN, INF = float("nan"), float("inf")
-# (class, arguments, option as named in the message, range, value as printed)
+# (class, arguments, option as named in the message, what was expected, value as printed)
 BAD_HYPER_PARAMETERS = [
-    *[(cls, {"lr": v}, "lr", r"\[0.0, inf\)", shown) for cls in
+    *[(cls, {"lr": v}, "lr", "to be a finite number >= 0.0", shown) for cls in
       (ann.optim.SGD, ann.optim.Adam, ann.optim.AdamW, ann.optim.RMSProp)
       for v, shown in ((INF, "inf"), (NAN, "nan"), (-1e-3, "-0.001"), (10 ** 400, "inf"))],
-    *[(cls, {"weight_decay": v}, "weight_decay", r"\[0.0, inf\)", shown) for cls in
+    *[(cls, {"weight_decay": v}, "weight_decay", "to be a finite number >= 0.0", shown) for cls in
       (ann.optim.SGD, ann.optim.Adam, ann.optim.AdamW, ann.optim.RMSProp)
       for v, shown in ((INF, "inf"), (NAN, "nan"))],
-    *[(ann.optim.SGD, {"momentum": v, "form": form}, "momentum", r"\[0.0, 1.0\)", shown)
+    *[(ann.optim.SGD, {"momentum": v, "form": form}, "momentum", r"in \[0.0, 1.0\)", shown)
       for form in ann.optim.SGD.FORMS for v, shown in ((NAN, "nan"), (INF, "inf"), (-0.5, "-0.5"))],
-    *[(cls, {"betas": b}, rf"betas\[{i}\]", r"\[0.0, 1.0\)", shown)
+    *[(cls, {"betas": b}, rf"betas\[{i}\]", r"in \[0.0, 1.0\)", shown)
       for cls in (ann.optim.Adam, ann.optim.AdamW)
       for b, i, shown in (((NAN, 0.9), 0, "nan"), ((0.9, INF), 1, "inf"), ((1.0, 0.9), 0, "1.0"))],
-    *[(cls, {"eps": v}, "eps", r"\(0.0, inf\)", shown)
+    *[(cls, {"eps": v}, "eps", "to be a finite number > 0.0", shown)
       for cls in (ann.optim.Adam, ann.optim.AdamW, ann.optim.RMSProp)
       for v, shown in ((INF, "inf"), (NAN, "nan"), (0.0, "0.0"), (-1e-8, "-1e-08"))],
-    *[(ann.optim.RMSProp, {"rho": v}, "rho", r"\[0.0, 1.0\)", shown)
+    *[(ann.optim.RMSProp, {"rho": v}, "rho", r"in \[0.0, 1.0\)", shown)
       for v, shown in ((NAN, "nan"), (1.0, "1.0"), (-INF, "-inf"))],
 ]
 
 
-@pytest.mark.parametrize("cls,kwargs,option,bounds,shown", BAD_HYPER_PARAMETERS,
+@pytest.mark.parametrize("cls,kwargs,option,wanted,shown", BAD_HYPER_PARAMETERS,
                          ids=[f"{c.__name__}-{kw}" for c, kw, *_ in BAD_HYPER_PARAMETERS])
 def test_non_finite_or_out_of_range_hyper_parameters_are_refused_everywhere(
-        cls, kwargs, option, bounds, shown):
-    message = rf"^{cls.__name__}: expected {option} in {bounds}, got {shown}"
+        cls, kwargs, option, wanted, shown):
+    message = rf"^{cls.__name__}: expected {option} {wanted}, got {shown}"
     with pytest.raises(ValueError, match=message):  # at construction
         cls(FixedGrad(np.zeros(2)), **kwargs)
 

@@ -241,7 +241,7 @@ def test_a_learning_rate_schedule_that_gives_nan_stops_before_the_update():
     snapshots = Snapshots()
     schedule = train.LearningRateSchedule(lambda t: 0.1 if t < 2 else float("nan"),
                                           per="iteration")
-    with pytest.raises(ValueError, match=r"SGD: expected lr in \[0.0, inf\), got nan; it was "
+    with pytest.raises(ValueError, match=r"SGD: expected lr to be a finite number >= 0.0, got nan; it was "
                                          r"set after the optimizer was built .*step 3 was not"):
         train.fit(model, ann.losses.SoftmaxCrossEntropy(), opt, DataLoader(x, y, batch),
                   epochs=1, progress=False, callbacks=[snapshots, schedule])
