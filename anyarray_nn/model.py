@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 from . import backend as _backend
 from .layers.activation import ReLU
 from .layers.base import Layer, layer_class
-from .layers.conv import MaxPool2D
+from .layers.pool import MaxPool2D
 
 
 class Sequential:

@@ -2,9 +2,10 @@
 
 from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
 from .base import Layer, layer_class, register
-from .conv import AvgPool2D, Conv2D, GlobalAvgPool2D, MaxPool2D
+from .conv import Conv2D
 from .dense import Dense
 from .norm import BatchNorm1D, BatchNorm2D, Dropout
+from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .reshape import Flatten
 
 __all__ = ["Layer", "register", "layer_class", "Dense", "ReLU", "LeakyReLU", "Tanh",
