@@ -43,7 +43,7 @@ from typing import Any, Sequence
 
 from ..backend import namespace
 from ..errors import InputError, as_int
-from ._checks import check_gradient, check_ndim, check_weights
+from ._checks import check_floating, check_gradient, check_ndim, check_same_dtype
 from ._fast import cuda_kernels, direct_kernels, winograd_kernels
 
 Padding = tuple[int, int, int, int]  # top, bottom, left, right
@@ -100,22 +100,6 @@ def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_a
                      dilation: int = 1) -> int:
     """Output length along one axis: floor((size + pads - d*(k-1) - 1) / s) + 1."""
     return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def _check_conv(x: Any, w: Any, b: Any | None, pads: Padding, stride: tuple[int, int],
-                dilation: tuple[int, int]) -> tuple[int, int]:
-    check_ndim(x, 4, "x", "(N, C, H, W)")
-    check_ndim(w, 4, "W", "(out_channels, in_channels, kh, kw)")
-    check_weights(x, w, b, "input channels")
-    h, wd = x.shape[2], x.shape[3]
-    kh, kw = w.shape[2], w.shape[3]
-    ho = conv_output_size(h, kh, stride[0], pads[0], pads[1], dilation[0])
-    wo = conv_output_size(wd, kw, stride[1], pads[2], pads[3], dilation[1])
-    if ho < 1 or wo < 1:
-        raise InputError(f"x: the kernel {(kh, kw)} (dilation {dilation}) is larger than the "
-                         f"padded input {(h + pads[0] + pads[1], wd + pads[2] + pads[3])}; "
-                         f"x has shape {tuple(x.shape)}, W has shape {tuple(w.shape)}")
-    return ho, wo
 
 
 def _padded_cnhw(xp: Any, x_nchw: Any, pads: Padding, spread: tuple[int, int] = (1, 1),
@@ -263,25 +247,315 @@ def _extra_rows(kernel: tuple[int, int], stride: tuple[int, int], dilation: tupl
     return math.ceil((kernel[1] - 1) * dilation[1] / wp) if wp else 0
 
 
-def conv2d_forward(x: Any, w: Any, b: Any | None = None, stride: Any = 1, padding: Any = 0,
-                   dilation: Any = 1) -> Any:
-    """2-D convolution of NCHW ``x`` with weights (O, C, kh, kw); returns (N, O, Ho, Wo).
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
-    ``padding``: int, pair, 4-tuple (top, bottom, left, right), ``"same"`` (stride 1) or
-    ``"valid"``. ``stride`` and ``dilation``: int or pair.
+
+@dataclasses.dataclass(frozen=True)
+class _Conv:
+    """The resolved options of one convolution call (see :func:`_resolve`)."""
+
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pads: Padding               # as requested, in ``padding_mode``
+    groups: int
+    padding_mode: str
+    batched: bool               # False for an unbatched (C, H, W) input
+    out_hw: tuple[int, int]
+
+    @property
+    def inner_pads(self) -> Padding:
+        """The zero padding the convolution itself applies: other modes pad x beforehand."""
+        return self.pads if self.padding_mode == "zeros" else (0, 0, 0, 0)
+
+
+def _resolve(x: Any, w: Any, b: Any | None, stride: Any, padding: Any, dilation: Any,
+             groups: Any, padding_mode: Any) -> _Conv:
+    """Check the arrays and options of a convolution call and resolve the options."""
+    stride, dilation = _stride_dilation(stride, dilation)
+    groups_int = as_int(groups)
+    if groups_int is None or groups_int < 1:
+        raise InputError(f"groups: expected an int >= 1, got {groups!r}")
+    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+        raise InputError(f"padding_mode: expected one of {', '.join(map(repr, PADDING_MODES))}, "
+                         f"got {padding_mode!r}")
+    if x.ndim not in (3, 4):
+        raise InputError(f"x: expected a 4-D array (N, C, H, W) or an unbatched 3-D array "
+                         f"(C, H, W), got shape {tuple(x.shape)}")
+    check_ndim(w, 4, "W", "(out_channels, in_channels / groups, kh, kw)")
+    kernel = (w.shape[2], w.shape[3])
+    pads = conv_padding(padding, kernel, stride, dilation)
+    out_hw = _check_conv(x, w, b, pads, stride, dilation, groups_int)
+    _check_padding_mode(x, pads, padding_mode)
+    return _Conv(stride, dilation, pads, groups_int, padding_mode, x.ndim == 4, out_hw)
+
+
+def _check_conv(x: Any, w: Any, b: Any | None, pads: Padding, stride: tuple[int, int],
+                dilation: tuple[int, int], groups: int) -> tuple[int, int]:
+    check_floating(w, "W")
+    check_same_dtype(x, w, "x", "W")
+    channels, h, wd = x.shape[-3:]
+    o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
+    grouped = f", groups {groups}" if groups > 1 else ""
+    if channels != w.shape[1] * groups:
+        raise InputError(f"x: expected {w.shape[1] * groups} input channels (W has shape "
+                         f"{tuple(w.shape)}{grouped}), got shape {tuple(x.shape)}")
+    if o % groups:
+        raise InputError(f"W: expected out_channels divisible by groups {groups}, got shape "
+                         f"{tuple(w.shape)}")
+    if b is not None:
+        check_same_dtype(b, w, "b", "W")
+        if tuple(b.shape) != (o,):
+            raise InputError(f"b: expected shape ({o},), got {tuple(b.shape)}")
+    ho = conv_output_size(h, kh, stride[0], pads[0], pads[1], dilation[0])
+    wo = conv_output_size(wd, kw, stride[1], pads[2], pads[3], dilation[1])
+    if ho < 1 or wo < 1:
+        raise InputError(f"x: the kernel {(kh, kw)} (dilation {dilation}) is larger than the "
+                         f"padded input {(h + pads[0] + pads[1], wd + pads[2] + pads[3])}; "
+                         f"x has shape {tuple(x.shape)}, W has shape {tuple(w.shape)}")
+    return ho, wo
+
+
+def _check_padding_mode(x: Any, pads: Padding, mode: str) -> None:
+    # As torch: a reflection must not reach past the opposite edge, a wrap not wrap twice.
+    h, w = x.shape[-2], x.shape[-1]
+    sizes = (h, h, w, w)
+    if mode == "reflect" and any(p >= size for p, size in zip(pads, sizes)):
+        raise InputError(f"padding_mode 'reflect': expected padding smaller than the input "
+                         f"(H, W) = {(h, w)}, got padding {pads}")
+    if mode == "circular" and any(p > size for p, size in zip(pads, sizes)):
+        raise InputError(f"padding_mode 'circular': expected padding at most the input "
+                         f"(H, W) = {(h, w)}, got padding {pads}")
+
+
+# --- padding modes ---------------------------------------------------------------------------
+
+def _source_positions(size: int, before: int, after: int, mode: str) -> list[int]:
+    """For each position of an axis padded by ``before`` and ``after`` in ``mode``, the input
+    position it copies: reflect mirrors about the edge (-1 -> 1), replicate repeats the edge,
+    circular wraps around."""
+    def source(p: int) -> int:
+        if mode == "circular":
+            return p % size
+        if mode == "replicate":
+            return min(max(p, 0), size - 1)
+        return -p if p < 0 else (2 * (size - 1) - p if p >= size else p)  # reflect
+    return [source(p) for p in range(-before, size + after)]
+
+
+def _pad_input(xp: Any, x: Any, pads: Padding, mode: str) -> Any:
+    """NCHW ``x`` padded in ``mode`` (reflect, replicate or circular): rows, then columns,
+    gathered by their source positions."""
+    top, bottom, left, right = pads
+    rows = _source_positions(x.shape[2], top, bottom, mode)
+    cols = _source_positions(x.shape[3], left, right, mode)
+    x = xp.take(x, xp.asarray(rows, dtype=xp.int64, device=x.device), axis=2)
+    return xp.take(x, xp.asarray(cols, dtype=xp.int64, device=x.device), axis=3)
+
+
+def _fold_padding(xp: Any, dxpad: Any, in_hw: tuple[int, int], pads: Padding,
+                  mode: str) -> Any:
+    """The gradient of :func:`_pad_input`: each padded border row, then column, adds its
+    gradient onto the input row or column it copied."""
+    (h, w), (top, bottom, left, right) = in_hw, pads
+    dx_rows = xp.asarray(dxpad[:, :, top:top + h, :], copy=True)
+    for p, source in enumerate(_source_positions(h, top, bottom, mode)):
+        if not top <= p < top + h:  # a border row
+            dx_rows[:, :, source:source + 1, :] += dxpad[:, :, p:p + 1, :]
+    dx = xp.asarray(dx_rows[:, :, :, left:left + w], copy=True)
+    for q, source in enumerate(_source_positions(w, left, right, mode)):
+        if not left <= q < left + w:  # a border column
+            dx[:, :, :, source:source + 1] += dx_rows[:, :, :, q:q + 1]
+    return dx
+
+
+def _batch_input(xp: Any, x: Any, conv: _Conv) -> Any:
+    """``x`` as the NCHW input of the zero-padded convolution: a batch axis added to an
+    unbatched input, and padded beforehand where ``padding_mode`` is not zeros."""
+    x = x if conv.batched else xp.expand_dims(x, axis=0)
+    return x if conv.padding_mode == "zeros" else _pad_input(xp, x, conv.pads, conv.padding_mode)
+
+
+# --- grouped convolutions ----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Taps:
+    """Where each kernel tap (i, j) reads a zero-padded (C, N, Hp, Wp) buffer, as a (C, M)
+    matrix whose columns are output positions: the grouped kernels' im2col without the copy.
+
+    Stride 1: the positions are the whole wide grid (N, Hp, Wp) read as one flat row per
+    channel, and tap (i, j) is one contiguous run starting at ``i*dh*Wp + j*dw``; only the
+    first ``M = N*Hp*Wp - reach`` positions are computed (the rest lie past the last valid
+    output). Other strides: the (N, Ho, Wo) positions, each tap a strided slice (copied).
     """
-    return _conv2d_forward_with_patches(x, w, b, stride, padding, dilation)[0]
+
+    padded: tuple[int, int, int, int]  # C, N, Hp, Wp
+    out_hw: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    kernel: tuple[int, int]
+
+    @property
+    def wide(self) -> bool:
+        return self.stride == (1, 1)
+
+    @property
+    def grid(self) -> int:
+        """Number of output positions on the grid (valid or not)."""
+        _, n, hp, wp = self.padded
+        return n * hp * wp if self.wide else n * self.out_hw[0] * self.out_hw[1]
+
+    @property
+    def positions(self) -> int:
+        """M, the positions computed: the grid less the flat runs' overrun at stride 1."""
+        return self.grid - self._offset(self.kernel[0] - 1, self.kernel[1] - 1)
+
+    def _offset(self, i: int, j: int) -> int:
+        return (i * self.dilation[0] * self.padded[3] + j * self.dilation[1]) if self.wide else 0
+
+    def _window(self, i: int, j: int) -> tuple[slice, slice]:
+        (ho, wo), (sh, sw), (dh, dw) = self.out_hw, self.stride, self.dilation
+        return (slice(i * dh, i * dh + (ho - 1) * sh + 1, sh),
+                slice(j * dw, j * dw + (wo - 1) * sw + 1, sw))
+
+    def read(self, xp: Any, buf: Any, i: int, j: int) -> Any:
+        """Tap (i, j) of the padded buffer ``buf``: (C, M)."""
+        c = self.padded[0]
+        if self.wide:
+            start = self._offset(i, j)
+            return xp.reshape(buf, (c, self.grid))[:, start:start + self.positions]
+        rows, cols = self._window(i, j)
+        return xp.reshape(buf[:, :, rows, cols], (c, self.grid))
+
+    def add(self, xp: Any, buf: Any, i: int, j: int, values: Any) -> None:
+        """Add (C, M) ``values`` onto tap (i, j) of the padded buffer ``buf`` (our own array)."""
+        c, n = self.padded[:2]
+        if self.wide:
+            start = self._offset(i, j)
+            flat = xp.reshape(buf, (c, self.grid))  # a view of our own contiguous buffer
+            flat[:, start:start + self.positions] += values
+            return
+        rows, cols = self._window(i, j)
+        buf[:, :, rows, cols] += xp.reshape(values, (c, n, *self.out_hw))
+
+    def outputs(self, xp: Any, y: Any) -> Any:
+        """(O, grid) outputs as the (O, N, Ho, Wo) valid ones (a view at stride 1)."""
+        _, n, hp, wp = self.padded
+        (ho, wo), o = self.out_hw, y.shape[0]
+        if self.wide:
+            return xp.reshape(y, (o, n, hp, wp))[:, :, :ho, :wo]
+        return xp.reshape(y, (o, n, ho, wo))
+
+    def gradient(self, xp: Any, dy: Any) -> Any:
+        """NCHW ``dy`` on the grid: (O, M), zero at the positions that are not outputs."""
+        _, n, hp, wp = self.padded
+        (ho, wo), o = self.out_hw, dy.shape[1]
+        if not self.wide:
+            return xp.reshape(xp.permute_dims(dy, (1, 0, 2, 3)), (o, self.grid))
+        wide = xp.zeros((o, n, hp, wp), dtype=dy.dtype, device=dy.device)
+        wide[:, :, :ho, :wo] = xp.permute_dims(dy, (1, 0, 2, 3))
+        return xp.reshape(wide, (o, self.grid))[:, :self.positions]
+
+
+def _grouped_taps(xp: Any, x: Any, w: Any, pads: Padding, conv: _Conv) -> tuple[Any, _Taps]:
+    """The zero-padded (C, N, Hp, Wp) copy of NCHW ``x`` and its :class:`_Taps`."""
+    xpad = _padded_cnhw(xp, x, pads)
+    taps = _Taps(tuple(xpad.shape), conv.out_hw, conv.stride, conv.dilation,
+                 (w.shape[2], w.shape[3]))
+    return xpad, taps
+
+
+def _grouped_forward(xp: Any, xpad: Any, taps: _Taps, w: Any, groups: int) -> Any:
+    """(O, grid) outputs of a grouped convolution: the sum over taps (i, j) of
+    ``W[g, :, :, i, j] @ tap_g`` for every group g, one batched GEMM per tap. Depthwise
+    (one input channel per group): each output channel scales its input channel's tap."""
+    o, cg, kh, kw = w.shape
+    og, m = o // groups, taps.positions
+    wg = xp.reshape(w, (groups, og, cg, kh, kw))
+    y = xp.zeros((groups, og, taps.grid), dtype=w.dtype, device=w.device)
+    for i in range(kh):
+        for j in range(kw):
+            tap = xp.reshape(taps.read(xp, xpad, i, j), (groups, cg, m))
+            if cg == 1:
+                y[:, :, :m] += wg[:, :, 0, i, j][:, :, None] * tap
+            else:
+                y[:, :, :m] += wg[:, :, :, i, j] @ tap
+    return xp.reshape(y, (o, taps.grid))
+
+
+def _grouped_weight_gradient(xp: Any, xpad: Any, taps: _Taps, dy_grid: Any,
+                             w_shape: tuple[int, ...], groups: int) -> Any:
+    """dW[g, :, :, i, j] = dY_g @ tap_g^T for each tap: one batched GEMM per tap."""
+    o, cg, kh, kw = w_shape
+    og, m = o // groups, taps.positions
+    dyg = xp.reshape(dy_grid, (groups, og, m))
+    dw = xp.zeros((groups, og, cg, kh, kw), dtype=dy_grid.dtype, device=dy_grid.device)
+    for i in range(kh):
+        for j in range(kw):
+            tap = xp.reshape(taps.read(xp, xpad, i, j), (groups, cg, m))
+            dw[:, :, :, i, j] = dyg @ xp.matrix_transpose(tap)
+    return xp.reshape(dw, w_shape)
+
+
+def _grouped_input_gradient(xp: Any, taps: _Taps, dy_grid: Any, w: Any, groups: int) -> Any:
+    """The (C, N, Hp, Wp) gradient of the padded input: each tap adds ``W[g, :, :, i, j]^T
+    @ dY_g`` back where it read (col2im without the matrix). With one output channel per
+    group the product is a scaling."""
+    o, cg, kh, kw = w.shape
+    og, m = o // groups, taps.positions
+    wg = xp.reshape(w, (groups, og, cg, kh, kw))
+    dyg = xp.reshape(dy_grid, (groups, og, m))
+    dxpad = xp.zeros(taps.padded, dtype=w.dtype, device=w.device)
+    for i in range(kh):
+        for j in range(kw):
+            if og == 1:
+                values = wg[:, 0, :, i, j][:, :, None] * dyg
+            else:
+                values = xp.matrix_transpose(wg[:, :, :, i, j]) @ dyg
+            taps.add(xp, dxpad, i, j, xp.reshape(values, (groups * cg, m)))
+    return dxpad
+
+
+# --- the public kernels -----------------------------------------------------------------------
+
+def conv2d_forward(x: Any, w: Any, b: Any | None = None, stride: Any = 1, padding: Any = 0,
+                   dilation: Any = 1, groups: Any = 1, padding_mode: str = "zeros") -> Any:
+    """2-D convolution of NCHW ``x`` (or unbatched (C, H, W)) with weights
+    (O, C / groups, kh, kw); returns (N, O, Ho, Wo) (or (O, Ho, Wo)).
+
+    Arguments in the order of ``torch.nn.functional.conv2d``. ``padding``: int, pair,
+    4-tuple (top, bottom, left, right), ``"same"`` (stride 1) or ``"valid"``. ``stride`` and
+    ``dilation``: int or pair. ``groups``: input and output channels split into that many
+    groups, each convolved with its own weights (``groups == C``: depthwise).
+    ``padding_mode`` (as ``torch.nn.Conv2d``): "zeros", "reflect", "replicate" or "circular".
+    """
+    return _conv2d_forward_with_patches(x, w, b, stride, padding, dilation, groups,
+                                        padding_mode)[0]
 
 
 def _conv2d_forward_with_patches(x: Any, w: Any, b: Any | None, stride: Any, padding: Any,
-                              dilation: Any) -> tuple[Any, Patches]:
+                                 dilation: Any, groups: Any = 1, padding_mode: str = "zeros"
+                                 ) -> tuple[Any, Patches]:
     """Forward that also returns the :class:`Patches`, which the Conv2D layer keeps for dW."""
     xp = namespace(x, w, b, names=("x", "W", "b"))
-    stride, dilation = _stride_dilation(stride, dilation)
-    check_ndim(w, 4, "W", "(out_channels, in_channels, kh, kw)")
+    conv = _resolve(x, w, b, stride, padding, dilation, groups, padding_mode)
+    x4 = _batch_input(xp, x, conv)
+    if conv.groups == 1:
+        y, patches = _dense_forward(xp, x4, w, b, conv.inner_pads, conv.stride, conv.dilation,
+                                    conv.out_hw)
+    else:
+        xpad, taps = _grouped_taps(xp, x4, w, conv.inner_pads, conv)
+        y = taps.outputs(xp, _grouped_forward(xp, xpad, taps, w, conv.groups))
+        if b is not None:
+            y = y + b[:, None, None, None]
+        y, patches = xp.permute_dims(y, (1, 0, 2, 3)), Patches("grouped", xpad, xpad.shape[3])
+    return (y if conv.batched else y[0, ...]), patches
+
+
+def _dense_forward(xp: Any, x: Any, w: Any, b: Any | None, pads: Padding,
+                   stride: tuple[int, int], dilation: tuple[int, int],
+                   out_hw: tuple[int, int]) -> tuple[Any, Patches]:
+    """The forward pass with one group: through the fast paths where they apply."""
     kernel = (w.shape[2], w.shape[3])
-    pads = conv_padding(padding, kernel, stride, dilation)
-    out_hw = _check_conv(x, w, b, pads, stride, dilation)
     patches = _patches(xp, x, kernel, out_hw, pads, stride, dilation)
     if patches.kind == "winograd":  # the bias is added by the output transform
         fast = winograd_kernels(xp, x.dtype, (kernel, stride, dilation), x.shape[1])
@@ -297,28 +571,67 @@ def _conv2d_forward_with_patches(x: Any, w: Any, b: Any | None, stride: Any, pad
 
 
 def conv2d_backward(x: Any, w: Any, dy: Any, stride: Any = 1, padding: Any = 0,
-                    dilation: Any = 1, *, patches: Any = None, input_grad: bool = True
-                    ) -> tuple[Any, Any, Any]:
+                    dilation: Any = 1, groups: Any = 1, padding_mode: str = "zeros", *,
+                    patches: Any = None, input_grad: bool = True) -> tuple[Any, Any, Any]:
     """Gradients ``(dx, dW, db)`` of :func:`conv2d_forward` for upstream gradient ``dy``.
 
     ``patches`` are the forward's :class:`Patches` if the caller kept them (the Conv2D layer
     does); without them they are recomputed from ``x``. ``input_grad=False`` skips dx (None).
+    For a ``padding_mode`` other than zeros, dx is the gradient of the padded input folded
+    back: each border row and column adds onto the input row or column it copied.
     """
     xp = namespace(x, w, dy, names=("x", "W", "dy"))
-    stride, dilation = _stride_dilation(stride, dilation)
-    check_ndim(w, 4, "W", "(out_channels, in_channels, kh, kw)")
-    kernel = (w.shape[2], w.shape[3])
-    pads = conv_padding(padding, kernel, stride, dilation)
-    ho, wo = _check_conv(x, w, None, pads, stride, dilation)
-    n, c, h, wd = x.shape
-    o = w.shape[0]
-    check_gradient(x, dy, (n, o, ho, wo))
+    conv = _resolve(x, w, None, stride, padding, dilation, groups, padding_mode)
+    y_shape = (w.shape[0], *conv.out_hw)
+    check_gradient(x, dy, (x.shape[0], *y_shape) if conv.batched else y_shape)
+    x4 = _batch_input(xp, x, conv)
+    dy4 = dy if conv.batched else xp.expand_dims(dy, axis=0)
+    if conv.groups == 1:
+        dx, dw, db = _dense_backward(xp, x4, w, dy4, conv.inner_pads, conv.stride,
+                                     conv.dilation, conv.out_hw, patches, input_grad)
+    else:
+        dx, dw, db = _grouped_backward(xp, x4, w, dy4, conv, patches, input_grad)
+    if dx is not None and conv.padding_mode != "zeros":
+        dx = _fold_padding(xp, dx, tuple(x.shape[-2:]), conv.pads, conv.padding_mode)
+    if dx is not None and not conv.batched:
+        dx = dx[0, ...]
+    return dx, dw, db
 
+
+def _grouped_backward(xp: Any, x: Any, w: Any, dy: Any, conv: _Conv, patches: Any,
+                      input_grad: bool) -> tuple[Any, Any, Any]:
+    """dx (of ``x``, NCHW), dW and db of a grouped convolution, from the taps of the
+    forward's padded buffer (kept in ``patches`` or made afresh)."""
+    pads = conv.inner_pads
+    if patches is not None and patches.kind == "grouped":
+        xpad = patches.matrix
+        taps = _Taps(tuple(xpad.shape), conv.out_hw, conv.stride, conv.dilation,
+                     (w.shape[2], w.shape[3]))
+    else:
+        xpad, taps = _grouped_taps(xp, x, w, pads, conv)
+    dy_grid = taps.gradient(xp, dy)
+    dw = _grouped_weight_gradient(xp, xpad, taps, dy_grid, tuple(w.shape), conv.groups)
+    db = xp.sum(dy, axis=(0, 2, 3))
+    if not input_grad:
+        return None, dw, db
+    dxpad = _grouped_input_gradient(xp, taps, dy_grid, w, conv.groups)
+    top, _, left, _ = pads
+    h, wd = x.shape[2], x.shape[3]
+    return xp.permute_dims(dxpad[:, :, top:top + h, left:left + wd], (1, 0, 2, 3)), dw, db
+
+
+def _dense_backward(xp: Any, x: Any, w: Any, dy: Any, pads: Padding, stride: tuple[int, int],
+                    dilation: tuple[int, int], out_hw: tuple[int, int], patches: Any,
+                    input_grad: bool) -> tuple[Any, Any, Any]:
+    """dx, dW and db with one group: through the fast paths where they apply."""
+    kernel = (w.shape[2], w.shape[3])
+    (ho, wo), (n, c, h, wd), o = out_hw, x.shape, w.shape[0]
     # Winograd and direct patches are used by the kernels that made them, unless a
     # portable_kernels() block now rules those out: then the portable patches are made afresh.
     winograd = winograd_kernels(xp, x.dtype, (kernel, stride, dilation), c)
     direct = direct_kernels(xp, x.dtype, stride, c)
-    if (patches is None or (patches.kind == "winograd" and winograd is None)
+    if (patches is None or patches.kind == "grouped"
+            or (patches.kind == "winograd" and winograd is None)
             or (patches.kind == "direct" and direct is None)):
         patches = _patches(xp, x, kernel, (ho, wo), pads, stride, dilation)
     dm = dy2 = None
