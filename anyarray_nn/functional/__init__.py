@@ -23,11 +23,18 @@ from .activation import (
 from .conv import conv2d_backward, conv2d_forward
 from .dense import dense_backward, dense_forward
 from .loss import (
+    cross_entropy_backward,
+    cross_entropy_forward,
     mse_backward,
     mse_forward,
     one_hot,
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
+)
+from .softmax import (
+    log_softmax_backward,
+    log_softmax_forward,
+    softmax_backward,
     softmax_forward,
 )
 from .norm import (
@@ -59,7 +66,8 @@ __all__ = [
     "leaky_relu_forward", "leaky_relu_backward",
     "tanh_forward", "tanh_backward",
     "sigmoid_forward", "sigmoid_backward",
-    "softmax_forward", "one_hot",
+    "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
+    "one_hot", "cross_entropy_forward", "cross_entropy_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "mse_forward", "mse_backward",
     "portable_kernels",
