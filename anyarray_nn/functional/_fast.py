@@ -48,14 +48,21 @@ def cuda_kernels(xp: Any, dtype: Any) -> Any | None:
     return _cupy_kernels if dtype in _cupy_kernels.FLOATS else None
 
 
-def pool_kernels(xp: Any, dtype: Any, window: Any) -> Any | None:
+def pool_kernels(xp: Any, dtype: Any, window: Any, dilation: Any = (1, 1),
+                 ceil_adds_window: bool = False) -> Any | None:
     """The kernels module for max pooling with ``window`` (kernel, stride, padding pairs):
-    CuPy's for any window, numba's for NumPy and the 2x2 window it is written for; else None."""
+    CuPy's for any undilated window, numba's for NumPy and the 2x2 window it is written for
+    when ``ceil_mode`` adds no window past the input (``ceil_adds_window`` False); else None.
+    Neither is written for ``dilation`` other than (1, 1)."""
+    if tuple(dilation) != (1, 1):
+        return None
     fast = cuda_kernels(xp, dtype)
     if fast is not None:
         return fast
     numba_kernels = _numba_kernels(xp, dtype)
-    return numba_kernels if numba_kernels is not None and window == numba_kernels.WINDOW else None
+    if numba_kernels is None or ceil_adds_window:
+        return None
+    return numba_kernels if window == numba_kernels.WINDOW else None
 
 
 def winograd_kernels(xp: Any, dtype: Any, window: Any, channels: int) -> Any | None:

@@ -5,9 +5,11 @@ from .base import Layer, layer_class, register
 from .conv import Conv2D
 from .dense import Dense
 from .norm import BatchNorm1D, BatchNorm2D, Dropout
-from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .pool import (AdaptiveAvgPool2D, AdaptiveMaxPool2D, AvgPool2D, GlobalAvgPool2D,
+                   MaxPool2D)
 from .reshape import Flatten
 
 __all__ = ["Layer", "register", "layer_class", "Dense", "ReLU", "LeakyReLU", "Tanh",
-           "Sigmoid", "Flatten", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm1D", "BatchNorm2D",
+           "Sigmoid", "Flatten", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
+           "AdaptiveAvgPool2D", "AdaptiveMaxPool2D", "BatchNorm1D", "BatchNorm2D",
            "Dropout"]
