@@ -46,6 +46,10 @@ from .norm import (
     dropout_forward,
 )
 from .pool import (
+    adaptive_avgpool2d_backward,
+    adaptive_avgpool2d_forward,
+    adaptive_maxpool2d_backward,
+    adaptive_maxpool2d_forward,
     avgpool2d_backward,
     avgpool2d_forward,
     global_avgpool2d_backward,
@@ -60,6 +64,8 @@ __all__ = [
     "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
     "global_avgpool2d_forward", "global_avgpool2d_backward",
+    "adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
+    "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward",
     "batchnorm_forward", "batchnorm_backward", "batchnorm_inference", "batchnorm_update_running",
     "dropout_forward", "dropout_backward",
     "relu_forward", "relu_backward",
