@@ -424,3 +424,40 @@ def test_direct_dispatch_answers_only_for_numpy_floats_stride_1_and_few_channels
     assert _fast.direct_kernels(np, np.dtype("int64"), one, 1) is None
     with F.portable_kernels():
         assert _fast.direct_kernels(np, np.dtype("float64"), one, 1) is None
+
+
+# conv2d's options: one group in any padding mode pads x in that mode, then takes the fast
+# paths with padding 0 (unbatched inputs too); grouped convolutions take the portable kernels.
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("batched", [True, False])
+def test_padding_modes_take_winograd_and_equal_the_portable_kernel(winograd_calls, rng, mode,
+                                                                   batched):
+    shape = (2, 8, 6, 7) if batched else (8, 6, 7)
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    w, b = rng.standard_normal((8, 8, 3, 3)), rng.standard_normal(8)
+    assert_fast_equals_portable(lambda: conv_all(x, w, b, dy, padding=1, padding_mode=mode),
+                                1e-12, mode)
+    assert winograd_calls == ["winograd_patches", "winograd_forward", "winograd_patches",
+                              "winograd_output_gradient", "winograd_weight_gradient",
+                              "winograd_input_gradient"]
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_padding_modes_take_the_direct_path_and_equal_the_portable_kernel(direct_calls, rng,
+                                                                          mode):
+    x, dy = rng.standard_normal((2, 2, 6, 5)), rng.standard_normal((2, 4, 6, 5))
+    w, b = rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4)
+    assert_fast_equals_portable(lambda: conv_all(x, w, b, dy, padding=1, padding_mode=mode),
+                                1e-12, mode)
+    assert direct_calls == [("direct_convolution", 2), ("direct_weight_gradient", 2),
+                            ("direct_convolution", 4)]
+
+
+def test_grouped_convolutions_take_the_portable_kernels(winograd_calls, direct_calls, rng):
+    """8 input channels per group and 3x3 would be Winograd with one group, 2 per group
+    direct: grouped, neither runs (the portable grouped kernels are used on every backend)."""
+    for c, groups in ((16, 2), (4, 2), (4, 4)):
+        x, dy = rng.standard_normal((2, c, 6, 5)), rng.standard_normal((2, c, 6, 5))
+        w = rng.standard_normal((c, c // groups, 3, 3))
+        conv_all(x, w, None, dy, padding=1, groups=groups, padding_mode="reflect")
+    assert winograd_calls == [] and direct_calls == []
