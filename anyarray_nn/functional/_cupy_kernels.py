@@ -115,7 +115,7 @@ dx = g;
 
 
 _RELU_FORWARD = "y = (x > (T)0 || isnan(x)) ? x : (T)0;  // NaN stays, as xp.maximum"
-_RELU_BACKWARD = "dx = dy * (T)(x > (T)0);"
+_RELU_BACKWARD = "dx = dy * (T)(!(x <= (T)0));  // NaN passes dy, as PyTorch"
 
 _SOFTMAX_ROWS = r"""
 const T* row = &z[0] + i * z_row;

@@ -1,7 +1,7 @@
-"""Batch normalization and dropout kernels.
+"""Normalization (batch, layer, group) and dropout kernels.
 
-Batch normalization over the batch (and, for images, the spatial) axes, with m values per
-feature, in training mode:
+Batch normalization of x of shape (N, C, *) over every axis but the channels (the batch and
+any length or spatial axes), with m values per feature, in training mode:
 
     mean = sum(x) / m      var = sum((x - mean)^2) / m      (biased, as in the paper)
     xhat = (x - mean) / sqrt(var + eps)         y = gamma * xhat + beta
@@ -10,15 +10,25 @@ feature, in training mode:
 
 In evaluation mode the running statistics replace mean and var. The running statistics are
 updated like PyTorch's: running = (1 - momentum) running + momentum batch, with the
-unbiased batch variance (var * m / (m - 1)).
+unbiased batch variance (var * m / (m - 1)). An empty batch (m = 0) gives an empty output and
+zero parameter gradients, and the layers leave the running statistics as they are, as PyTorch.
+
+Layer normalization standardizes each sample over its last axes (``normalized_shape``, m
+values), group normalization over each group of C / G channels and the spatial axes; both use
+the same statistics in training and evaluation. With g = dy * gamma (gamma broadcast):
+
+    dx = inv_std * (g - mean(g) - xhat * mean(g * xhat))      (means over the normalized values)
+
+and dgamma, dbeta sum dy * xhat and dy over every other axis.
 
 Inverted dropout with a given 0/1 ``mask`` (drawn by the layer): y = x * mask / (1 - p), and
-the same factor on the way back, so evaluation needs no rescaling.
+the same factor on the way back, so evaluation needs no rescaling; p = 1 multiplies by 0.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from ..backend import namespace
@@ -33,16 +43,21 @@ from ._checks import (
 
 
 def _axes(x: Any) -> tuple[int, ...]:
-    if x.ndim == 2:
-        return (0,)
-    if x.ndim == 4:
-        return (0, 2, 3)
-    raise InputError(f"x: expected (N, C) or (N, C, H, W), got shape {tuple(x.shape)}")
+    """Every axis of x but the channels (axis 1)."""
+    if x.ndim < 2:
+        raise InputError(f"x: expected (N, C) or (N, C, *) (channels in axis 1), got shape "
+                         f"{tuple(x.shape)}")
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def _values_per_feature(x: Any) -> int:
+    return math.prod(x.shape[i] for i in _axes(x))
 
 
 def _per_feature(v: Any, x: Any) -> Any:
     """A (C,) vector shaped to broadcast against x along axis 1."""
-    return v[None, :] if x.ndim == 2 else v[None, :, None, None]
+    xp = namespace(v)
+    return xp.reshape(v, (1, v.shape[0]) + (1,) * (x.ndim - 2))
 
 
 def _check_features(x: Any, vectors: dict[str, Any]) -> None:
@@ -68,9 +83,13 @@ def batchnorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-5) -> tuple
     check_floating(x, "x")
     axes = _axes(x)
     _check_features(x, {"gamma": gamma, "beta": beta})
-    if math.prod(x.shape) // x.shape[1] < 2:
+    m = _values_per_feature(x)
+    if m == 0:  # PyTorch's empty batch: an empty output, and statistics that mean nothing
+        y = _per_feature(gamma, x) * x + _per_feature(beta, x)
+        return y, xp.full_like(gamma, math.nan), xp.full_like(gamma, math.nan)
+    if m == 1:
         raise InputError(f"x: batch normalization needs at least 2 values per feature in "
-                         f"training, got shape {tuple(x.shape)}")
+                         f"training (or an empty batch), got shape {tuple(x.shape)}")
     mean = xp.mean(x, axis=axes)
     centered = x - _per_feature(mean, x)
     var = xp.mean(centered * centered, axis=axes)
@@ -85,7 +104,9 @@ def batchnorm_backward(x: Any, gamma: Any, dy: Any, eps: float = 1e-5) -> tuple[
     axes = _axes(x)
     _check_features(x, {"gamma": gamma})
     check_gradient(x, dy, tuple(x.shape))
-    m = math.prod(x.shape) // x.shape[1]
+    m = _values_per_feature(x)
+    if m == 0:  # an empty batch contributes nothing
+        return xp.zeros_like(x), xp.zeros_like(gamma), xp.zeros_like(gamma)
     mean = xp.mean(x, axis=axes)
     centered = x - _per_feature(mean, x)
     inv_std = 1.0 / xp.sqrt(xp.mean(centered * centered, axis=axes) + eps)
@@ -114,7 +135,8 @@ def batchnorm_update_running(running_mean: Any, running_var: Any, mean: Any, var
                              count: int, momentum: float = 0.1) -> tuple[Any, Any]:
     """PyTorch's running-statistics update (unbiased variance); returns the new pair.
 
-    ``count`` is the number of values per feature the batch statistics came from (>= 2).
+    ``count`` is the number of values per feature the batch statistics came from (>= 2;
+    after an empty batch the layers skip the update, as PyTorch leaves the statistics as they are).
     """
     namespace(running_mean, running_var, mean, var,
               names=("running_mean", "running_var", "mean", "var"))
@@ -132,12 +154,135 @@ def batchnorm_update_running(running_mean: Any, running_var: Any, mean: Any, var
             (1.0 - momentum) * running_var + momentum * unbiased)
 
 
+def _standardize(xp: Any, x: Any, axes: tuple[int, ...], eps: float) -> tuple[Any, Any]:
+    """``(xhat, inv_std)``: x standardized over ``axes`` with the biased variance (the
+    statistics keep their axes, to broadcast)."""
+    centered = x - xp.mean(x, axis=axes, keepdims=True)
+    inv_std = 1.0 / xp.sqrt(xp.mean(centered * centered, axis=axes, keepdims=True) + eps)
+    return centered * inv_std, inv_std
+
+
+def _standardize_backward(xp: Any, xhat: Any, inv_std: Any, g: Any,
+                          axes: tuple[int, ...]) -> Any:
+    """The gradient through :func:`_standardize` of ``g`` = dL/dxhat."""
+    mean_g = xp.mean(g, axis=axes, keepdims=True)
+    mean_gx = xp.mean(g * xhat, axis=axes, keepdims=True)
+    return inv_std * (g - mean_g - xhat * mean_gx)
+
+
+def _normalized_shape(x: Any, normalized_shape: Any) -> tuple[int, ...]:
+    """``normalized_shape`` (an int or a sequence of ints) as a tuple that x's last axes match."""
+    shape = (normalized_shape,) if as_int(normalized_shape) is not None else normalized_shape
+    try:
+        shape = tuple(as_int(n) for n in shape)
+    except TypeError:
+        shape = (None,)
+    if not shape or any(n is None or n < 1 for n in shape):
+        raise InputError(f"layer_norm: expected normalized_shape to be a positive int or a "
+                         f"non-empty sequence of positive ints, got {normalized_shape!r}")
+    if x.ndim < len(shape) or tuple(x.shape[x.ndim - len(shape):]) != shape:
+        raise InputError(f"x: expected a shape ending in {shape} (normalized_shape), got "
+                         f"shape {tuple(x.shape)}")
+    return shape
+
+
+def _check_affine(x: Any, shape: tuple[int, ...], vectors: dict[str, Any]) -> None:
+    for name, v in vectors.items():
+        if v is None:
+            continue
+        namespace(v, x, names=(name, "x"))
+        check_same_dtype(v, x, name, "x")
+        if tuple(v.shape) != shape:
+            raise InputError(f"{name}: expected shape {shape}, got {tuple(v.shape)}")
+
+
+def layernorm_forward(x: Any, normalized_shape: Any, gamma: Any = None, beta: Any = None,
+                      eps: float = 1e-5) -> Any:
+    """Layer normalization as torch.nn.functional.layer_norm: each sample standardized over
+    its last ``len(normalized_shape)`` axes, then ``y = gamma * xhat + beta`` (gamma and beta
+    of shape ``normalized_shape``, each optional)."""
+    xp = namespace(x, gamma, beta, names=("x", "gamma", "beta"))
+    check_floating(x, "x")
+    shape = _normalized_shape(x, normalized_shape)
+    _check_affine(x, shape, {"gamma": gamma, "beta": beta})
+    y, _ = _standardize(xp, x, tuple(range(x.ndim - len(shape), x.ndim)), eps)
+    y = y if gamma is None else y * gamma
+    return y if beta is None else y + beta
+
+
+def layernorm_backward(x: Any, normalized_shape: Any, dy: Any, gamma: Any = None,
+                       eps: float = 1e-5) -> tuple[Any, Any, Any]:
+    """Gradients ``(dx, dgamma, dbeta)`` of :func:`layernorm_forward` (dgamma and dbeta are
+    those of the scale and the shift, whether or not the forward had them)."""
+    xp = namespace(x, dy, gamma, names=("x", "dy", "gamma"))
+    check_floating(x, "x")
+    shape = _normalized_shape(x, normalized_shape)
+    _check_affine(x, shape, {"gamma": gamma})
+    check_gradient(x, dy, tuple(x.shape))
+    normalized = tuple(range(x.ndim - len(shape), x.ndim))
+    xhat, inv_std = _standardize(xp, x, normalized, eps)
+    g = dy if gamma is None else dy * gamma
+    dx = _standardize_backward(xp, xhat, inv_std, g, normalized)
+    batch = tuple(range(x.ndim - len(shape)))
+    return dx, xp.sum(dy * xhat, axis=batch), xp.sum(dy, axis=batch)
+
+
+def _groups(x: Any, num_groups: Any) -> tuple[int, int, int]:
+    """``(N, G, m)``: x of shape (N, C, *) seen as N samples of G groups of m values each."""
+    if x.ndim < 2:
+        raise InputError(f"x: expected (N, C, *) (channels in axis 1), got shape "
+                         f"{tuple(x.shape)}")
+    groups = as_int(num_groups)
+    if groups is None or groups < 1 or x.shape[1] % groups:
+        raise InputError(f"group_norm: expected num_groups to be a positive int dividing the "
+                         f"{x.shape[1]} channels of x, got {num_groups!r}")
+    m = math.prod(x.shape[1:]) // groups
+    if m == 0:
+        raise InputError(f"x: group normalization needs at least one value per group, got "
+                         f"shape {tuple(x.shape)}")
+    return x.shape[0], groups, m
+
+
+def groupnorm_forward(x: Any, num_groups: int, gamma: Any = None, beta: Any = None,
+                      eps: float = 1e-5) -> Any:
+    """Group normalization as torch.nn.functional.group_norm: x of shape (N, C, *), each
+    group of C / num_groups channels of each sample standardized over its channels and the
+    other axes, then ``y = gamma * xhat + beta`` per channel (gamma, beta of shape (C,),
+    each optional)."""
+    xp = namespace(x, gamma, beta, names=("x", "gamma", "beta"))
+    check_floating(x, "x")
+    n, groups, m = _groups(x, num_groups)
+    _check_affine(x, (x.shape[1],), {"gamma": gamma, "beta": beta})
+    xhat, _ = _standardize(xp, xp.reshape(x, (n, groups, m)), (2,), eps)
+    y = xp.reshape(xhat, tuple(x.shape))
+    y = y if gamma is None else y * _per_feature(gamma, x)
+    return y if beta is None else y + _per_feature(beta, x)
+
+
+def groupnorm_backward(x: Any, num_groups: int, dy: Any, gamma: Any = None,
+                       eps: float = 1e-5) -> tuple[Any, Any, Any]:
+    """Gradients ``(dx, dgamma, dbeta)`` of :func:`groupnorm_forward` (dgamma and dbeta, of
+    shape (C,), are those of the scale and the shift, whether or not the forward had them)."""
+    xp = namespace(x, dy, gamma, names=("x", "dy", "gamma"))
+    check_floating(x, "x")
+    n, groups, m = _groups(x, num_groups)
+    _check_affine(x, (x.shape[1],), {"gamma": gamma})
+    check_gradient(x, dy, tuple(x.shape))
+    xhat, inv_std = _standardize(xp, xp.reshape(x, (n, groups, m)), (2,), eps)
+    g = dy if gamma is None else dy * _per_feature(gamma, x)
+    dx = _standardize_backward(xp, xhat, inv_std, xp.reshape(g, (n, groups, m)), (2,))
+    xhat = xp.reshape(xhat, tuple(x.shape))
+    axes = (0,) + tuple(range(2, x.ndim))
+    return xp.reshape(dx, tuple(x.shape)), xp.sum(dy * xhat, axis=axes), xp.sum(dy, axis=axes)
+
+
 def dropout_forward(x: Any, mask: Any, p: float) -> Any:
-    """Inverted dropout: ``x * mask / (1 - p)`` with a 0/1 ``mask`` of x's shape and dtype."""
+    """Inverted dropout: ``x * mask / (1 - p)`` with a 0/1 ``mask`` of x's shape and dtype
+    (``x * mask * 0`` for p = 1, as PyTorch)."""
     namespace(x, mask, names=("x", "mask"))
     check_floating(x, "x")
     _check_mask(x, mask, p)
-    return x * mask * (1.0 / (1.0 - p))
+    return x * mask * _dropout_scale(p)
 
 
 def dropout_backward(mask: Any, dy: Any, p: float) -> Any:
@@ -145,12 +290,17 @@ def dropout_backward(mask: Any, dy: Any, p: float) -> Any:
     namespace(mask, dy, names=("mask", "dy"))
     check_gradient(mask, dy, tuple(mask.shape))  # the mask has the forward's shape and dtype
     _check_mask(dy, mask, p)
-    return dy * mask * (1.0 / (1.0 - p))
+    return dy * mask * _dropout_scale(p)
+
+
+def _dropout_scale(p: float) -> float:
+    # p = 1 drops everything (the mask is all zeros); 0, not 1 / 0, keeps x * 0 as PyTorch.
+    return 0.0 if p == 1.0 else 1.0 / (1.0 - p)
 
 
 def _check_mask(x: Any, mask: Any, p: float) -> None:
-    if not 0.0 <= p < 1.0:
-        raise InputError(f"p: expected 0 <= p < 1, got {p}")
+    if not (isinstance(p, numbers.Real) and 0.0 <= p <= 1.0):
+        raise InputError(f"p: expected a number with 0 <= p <= 1, got {p!r}")
     if tuple(mask.shape) != tuple(x.shape):
         raise InputError(f"mask: expected shape {tuple(x.shape)}, got {tuple(mask.shape)}")
     check_same_dtype(mask, x, "mask", "x")

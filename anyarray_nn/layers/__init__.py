@@ -1,10 +1,10 @@
 """Layer classes: thin objects that own parameters and call the kernels of ``functional``."""
 
-from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from .activation import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from .base import Layer, layer_class, register
 from .conv import Conv2D
 from .dense import Dense
-from .norm import BatchNorm1D, BatchNorm2D, Dropout
+from .norm import BatchNorm1D, BatchNorm2D, Dropout, GroupNorm, LayerNorm
 from .pool import (AdaptiveAvgPool2D, AdaptiveMaxPool2D, AvgPool2D, GlobalAvgPool2D,
                    MaxPool2D)
 from .reshape import Flatten
@@ -12,4 +12,4 @@ from .reshape import Flatten
 __all__ = ["Layer", "register", "layer_class", "Dense", "ReLU", "LeakyReLU", "Tanh",
            "Sigmoid", "Flatten", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
            "AdaptiveAvgPool2D", "AdaptiveMaxPool2D", "BatchNorm1D", "BatchNorm2D",
-           "Dropout"]
+           "Dropout", "GELU", "SiLU", "LayerNorm", "GroupNorm"]

@@ -61,3 +61,36 @@ class Sigmoid(Layer):
     def _backward(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
         x, y = cache
         return F.sigmoid_backward(x, dy, y=y), {}
+
+
+@register
+class GELU(Layer):
+    """``x * Phi(x)`` (Phi the standard normal distribution), or its tanh approximation with
+    ``approximate="tanh"``, as torch.nn.GELU."""
+
+    def __init__(self, approximate: str = "none", name: str | None = None) -> None:
+        super().__init__(name)
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: expected approximate to be 'none' or 'tanh', got "
+                             f"{approximate!r}")
+        self.approximate = approximate
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        return F.gelu_forward(x, self.approximate), x
+
+    def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        return F.gelu_backward(x, dy, self.approximate), {}
+
+    def get_config(self) -> dict[str, Any]:
+        return {"approximate": self.approximate, "name": self.name}
+
+
+@register
+class SiLU(Layer):
+    """``x * sigmoid(x)`` (swish), as torch.nn.SiLU."""
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        return F.silu_forward(x), x
+
+    def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        return F.silu_backward(x, dy), {}

@@ -12,7 +12,8 @@ from .base import Layer, register
 
 @register
 class Dense(Layer):
-    """Fully connected layer ``y = x @ W.T + b`` with ``W`` of shape (out_features, in_features).
+    """Fully connected layer ``y = x @ W.T + b`` with ``W`` of shape (out_features, in_features),
+    on inputs (batch, in_features), (batch, *, in_features) or (in_features,) as torch.nn.Linear.
 
     Parameters ``W`` and ``b``; ``init`` names the weight initializer (see
     :mod:`anyarray_nn.init`; a callable works too, ``None`` means ``"he"``), biases start at
@@ -35,10 +36,11 @@ class Dense(Layer):
 
     def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
         namespace(x)  # a non-array x: the library's error, before x.ndim is read
-        if x.ndim != 2 or x.shape[1] != self.in_features:
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise InputError(f"expected input of shape (batch, {self.in_features}), got "
-                             f"{tuple(x.shape)}" + (" (add a Flatten layer before Dense?)"
-                                                    if x.ndim > 2 else ""))
+                             f"{tuple(x.shape)} (as in PyTorch, (*, {self.in_features}) with "
+                             f"any leading axes works too" + ("; add a Flatten layer before "
+                                                              "Dense?)" if x.ndim > 2 else ")"))
         return F.dense_forward(x, self.params["W"], self.params.get("b")), x
 
     def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Regularization layers: batch normalization and dropout."""
+"""Normalization layers (batch, layer, group) and dropout."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 from .. import backend as _backend
 from .. import functional as F
 from ..backend import namespace
-from ..functional._checks import check_floating, check_gradient, check_ndim
+from ..errors import InputError
+from ..functional._checks import check_floating, check_gradient
 from .base import Layer, register
 
 
@@ -19,7 +20,8 @@ class _BatchNorm(Layer):
     """Shared code of BatchNorm1D and BatchNorm2D (they differ in the input rank only)."""
 
     batch_separable = False  # training statistics come from the whole batch
-    ndim: int  # the input rank, set by each subclass
+    ndims: tuple[int, ...]  # the input ranks accepted, set by each subclass
+    layouts: str  # how the error message names them
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
                  name: str | None = None, backend: Any = None, dtype: str | None = None,
@@ -41,13 +43,16 @@ class _BatchNorm(Layer):
 
     def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
         namespace(x)  # a non-array x: the library's error, before x.ndim is read
-        check_ndim(x, self.ndim, "x", "(N, C)" if self.ndim == 2 else "(N, C, H, W)")
+        if x.ndim not in self.ndims:
+            raise InputError(f"x: expected {self.layouts}, got shape {tuple(x.shape)}")
         gamma, beta = self.params["gamma"], self.params["beta"]
         if not train:
             return F.batchnorm_inference(x, gamma, beta, self.buffers["running_mean"],
                                          self.buffers["running_var"], self.eps), None
         y, mean, var = F.batchnorm_forward(x, gamma, beta, self.eps)
-        count = math.prod(x.shape) // x.shape[1]
+        count = math.prod(x.shape) // x.shape[1]  # x.shape[1] == num_features >= 1
+        if count == 0:  # an empty batch leaves the running statistics as they are (PyTorch)
+            return y, x
         self.buffers["running_mean"], self.buffers["running_var"] = F.batchnorm_update_running(
             self.buffers["running_mean"], self.buffers["running_var"], mean, var, count,
             self.momentum)
@@ -64,11 +69,12 @@ class _BatchNorm(Layer):
 
 @register
 class BatchNorm1D(_BatchNorm):
-    """Batch normalization of (N, C) activations: parameters ``gamma`` (scale, starts at 1)
-    and ``beta`` (shift, 0); buffers ``running_mean`` and ``running_var`` used in evaluation
-    and saved in checkpoints."""
+    """Batch normalization of (N, C) or (N, C, L) activations, per feature (statistics over N,
+    and L), as torch.nn.BatchNorm1d: parameters ``gamma`` (scale, starts at 1) and ``beta``
+    (shift, 0); buffers ``running_mean`` and ``running_var`` used in evaluation and saved in
+    checkpoints. An empty batch (N = 0) passes through and leaves the statistics unchanged."""
 
-    ndim = 2
+    ndims, layouts = (2, 3), "a 2-D array (N, C) or a 3-D array (N, C, L)"
 
 
 @register
@@ -76,13 +82,14 @@ class BatchNorm2D(_BatchNorm):
     """Batch normalization of (N, C, H, W) activations, per channel (statistics over N, H, W);
     otherwise as :class:`BatchNorm1D`."""
 
-    ndim = 4
+    ndims, layouts = (4,), "a 4-D array (N, C, H, W)"
 
 
 @register
 class Dropout(Layer):
     """Inverted dropout: in training, zero each activation with probability ``p`` and scale
-    the rest by 1 / (1 - p); the identity in evaluation.
+    the rest by 1 / (1 - p) (p = 1 zeros everything, p = 0 is the identity, as PyTorch); the
+    identity in evaluation.
 
     Masks are drawn on the host from the layer's own generator (seeded by ``rng``, else from
     the global seed), so runs are reproducible on every backend; checkpoints save its state.
@@ -92,8 +99,8 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, *, name: str | None = None, rng: Any = None) -> None:
         super().__init__(name)
-        if not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout: expected 0 <= p < 1, got {p!r}")
+        if not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: expected 0 <= p <= 1, got {p!r}")
         self.p = float(p)
         self.rng = np.random.default_rng(_backend.host_rng(rng).integers(2**63))
 
@@ -116,3 +123,90 @@ class Dropout(Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {"p": self.p, "name": self.name}
+
+
+def _check_eps(layer: Layer, eps: Any) -> float:
+    if not (isinstance(eps, numbers.Real) and eps > 0):
+        raise ValueError(f"{layer.type_name}: expected eps > 0, got {eps!r}")
+    return float(eps)
+
+
+@register
+class LayerNorm(Layer):
+    """Layer normalization as torch.nn.LayerNorm: each sample standardized over its last axes
+    (``normalized_shape``, an int or a tuple), then scaled by ``gamma`` (starts at 1) and
+    shifted by ``beta`` (0), both of shape ``normalized_shape``; ``elementwise_affine=False``
+    drops both, ``bias=False`` drops beta. The same statistics in training and evaluation."""
+
+    def __init__(self, normalized_shape: Any, eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, *, name: str | None = None, backend: Any = None,
+                 dtype: str | None = None, rng: Any = None) -> None:
+        super().__init__(name)
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape
+        if isinstance(shape, (list, tuple)):
+            shape = tuple(shape)
+        if not isinstance(shape, tuple) or not shape:
+            raise ValueError(f"LayerNorm: expected normalized_shape to be a positive int or a "
+                             f"non-empty tuple of them, got {normalized_shape!r}")
+        self._check_sizes(**{f"normalized_shape[{i}]": n for i, n in enumerate(shape)})
+        self.normalized_shape, self.eps = shape, _check_eps(self, eps)
+        self.elementwise_affine, self.bias = bool(elementwise_affine), bool(bias)
+        if self.elementwise_affine:
+            self.params["gamma"] = self._new_param("ones", shape, 1, 1, backend, dtype, rng)
+            if self.bias:
+                self.params["beta"] = self._new_param("zeros", shape, 1, 1, backend, dtype, rng)
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        return F.layernorm_forward(x, self.normalized_shape, self.params.get("gamma"),
+                                   self.params.get("beta"), self.eps), x
+
+    def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        dx, dgamma, dbeta = F.layernorm_backward(x, self.normalized_shape, dy,
+                                                 self.params.get("gamma"), self.eps)
+        grads = {"gamma": dgamma, "beta": dbeta}
+        return dx, {key: grads[key] for key in self.params}
+
+    def get_config(self) -> dict[str, Any]:
+        return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine, "bias": self.bias,
+                "name": self.name}
+
+
+@register
+class GroupNorm(Layer):
+    """Group normalization as torch.nn.GroupNorm: the ``num_channels`` channels of (N, C, *)
+    activations split into ``num_groups`` groups, each standardized per sample over its
+    channels and the other axes, then a per-channel ``gamma`` (starts at 1) and ``beta`` (0);
+    ``affine=False`` drops both. The same statistics in training and evaluation."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
+                 affine: bool = True, *, name: str | None = None, backend: Any = None,
+                 dtype: str | None = None, rng: Any = None) -> None:
+        super().__init__(name)
+        self._check_sizes(num_groups=num_groups, num_channels=num_channels)
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: expected num_groups to divide num_channels="
+                             f"{num_channels}, got num_groups={num_groups}")
+        self.num_groups, self.num_channels = num_groups, num_channels
+        self.eps, self.affine = _check_eps(self, eps), bool(affine)
+        if self.affine:
+            for key, init in (("gamma", "ones"), ("beta", "zeros")):
+                self.params[key] = self._new_param(init, (num_channels,), 1, 1, backend, dtype,
+                                                   rng)
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        namespace(x)  # a non-array x: the library's error, before x.ndim is read
+        if x.ndim < 2 or x.shape[1] != self.num_channels:
+            raise InputError(f"x: expected (N, {self.num_channels}, *), got shape "
+                             f"{tuple(x.shape)}")
+        return F.groupnorm_forward(x, self.num_groups, self.params.get("gamma"),
+                                   self.params.get("beta"), self.eps), x
+
+    def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        dx, dgamma, dbeta = F.groupnorm_backward(x, self.num_groups, dy,
+                                                 self.params.get("gamma"), self.eps)
+        return dx, ({"gamma": dgamma, "beta": dbeta} if self.affine else {})
+
+    def get_config(self) -> dict[str, Any]:
+        return {"num_groups": self.num_groups, "num_channels": self.num_channels,
+                "eps": self.eps, "affine": self.affine, "name": self.name}
