@@ -38,9 +38,8 @@ class Dense(Layer):
         namespace(x)  # a non-array x: the library's error, before x.ndim is read
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise InputError(f"expected input of shape (batch, {self.in_features}), got "
-                             f"{tuple(x.shape)} (as in PyTorch, (*, {self.in_features}) with "
-                             f"any leading axes works too" + ("; add a Flatten layer before "
-                                                              "Dense?)" if x.ndim > 2 else ")"))
+                             f"{tuple(x.shape)}" + (" (add a Flatten layer before Dense?)"
+                                                    if x.ndim > 2 else ""))
         return F.dense_forward(x, self.params["W"], self.params.get("b")), x
 
     def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
