@@ -320,6 +320,16 @@ def test_one_hot_refusals(xp):
             F.one_hot(ann.asarray(labels), num_classes)
 
 
+def test_cross_entropy_takes_numpy_scalars_as_options(xp):
+    z = ann.asarray(np.array([[1.0, 2.0, 0.5], [0.3, 0.2, 0.1]]))
+    labels = ann.asarray(np.array([1, 2]))
+    numpy_options = {"ignore_index": np.int64(2), "label_smoothing": np.float32(0.25)}
+    expected = F.cross_entropy_forward(z, labels, ignore_index=2, label_smoothing=0.25)
+    assert_close(F.cross_entropy_forward(z, labels, **numpy_options), expected)
+    assert_close(F.cross_entropy_backward(z, labels, 1.0, **numpy_options),
+                 F.cross_entropy_backward(z, labels, 1.0, ignore_index=2, label_smoothing=0.25))
+
+
 def test_loss_classes_keep_their_options_in_a_json_config(xp, rng):
     weight = ann.asarray(np.array([0.5, 2.0, 1.0]))  # an array of the active backend
     loss_fn = ann.losses.SoftmaxCrossEntropy(weight, ignore_index=2, reduction="sum",

@@ -31,6 +31,7 @@ Mean squared error of prediction p and target t, elementwise l = (p - t)^2:
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from ..backend import dtype_name, namespace, to_host
@@ -71,7 +72,7 @@ def cross_entropy_forward(logits: Any, target: Any, weight: Any = None, ignore_i
                 return loss
             # A NaN row: an ignored or bad label, or bad logits. The portable code says which.
     losses = _row_losses(xp, rows)
-    _check_values(xp, rows.z, rows.labels, losses, ignore_index)
+    _check_values(xp, rows.z, rows.labels, losses, rows.ignore_index)
     if reduction == "none":
         return xp.reshape(losses, rows.loss_shape)
     total = xp.sum(losses)
@@ -117,7 +118,7 @@ def _cross_entropy_backward(logits: Any, target: Any, dloss: Any, weight: Any,
                                    label_smoothing, dloss)
     _check_dloss(dloss, logits, "the logits", rows.loss_shape if reduction == "none" else ())
     if check_labels and rows.labels is not None:
-        _check_values(xp, rows.z, rows.labels, None, ignore_index)
+        _check_values(xp, rows.z, rows.labels, None, rows.ignore_index)
     # The upstream gradient of each row's loss l_i: 0-d, or (M,) for reduction "none".
     if type(dloss) in (int, float):
         dloss = xp.asarray(float(dloss), dtype=logits.dtype, device=logits.device)
@@ -125,7 +126,7 @@ def _cross_entropy_backward(logits: Any, target: Any, dloss: Any, weight: Any,
     if reduction == "mean":
         upstream = upstream / _mean_divisor(xp, rows)
     if rows.labels is not None:  # ignored rows get no gradient (not NaN where D = 0, as PyTorch)
-        counted = rows.labels != ignore_index
+        counted = rows.labels != rows.ignore_index
         upstream = xp.where(counted, upstream, xp.zeros((), dtype=logits.dtype))
     upstream = upstream[:, None] if upstream.ndim == 1 else upstream
     fast = cuda_kernels(xp, logits.dtype)
@@ -146,7 +147,8 @@ class _Rows:
     def __init__(self, z: Any, labels: Any, soft: Any, weight: Any, ignore_index: int,
                  label_smoothing: float, loss_shape: tuple[int, ...], default: bool) -> None:
         self.z, self.labels, self.soft, self.weight = z, labels, soft, weight
-        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+        # Python numbers: a NumPy scalar would not mix with array-api-strict arrays.
+        self.ignore_index, self.label_smoothing = int(ignore_index), float(label_smoothing)
         self.loss_shape, self.default = loss_shape, default
 
 
@@ -199,7 +201,7 @@ def _check_options(ignore_index: Any, reduction: Any, label_smoothing: Any) -> N
     if reduction not in REDUCTIONS:
         raise InputError(f"cross_entropy: expected reduction to be one of "
                          f"{', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
-    if (isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float))
+    if (isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real)
             or not 0.0 <= label_smoothing <= 1.0):
         raise InputError(f"cross_entropy: expected label_smoothing to be a number in [0, 1], "
                          f"got {label_smoothing!r}")
