@@ -461,3 +461,65 @@ def test_grouped_convolutions_take_the_portable_kernels(winograd_calls, direct_c
         w = rng.standard_normal((c, c // groups, 3, 3))
         conv_all(x, w, None, dy, padding=1, groups=groups, padding_mode="reflect")
     assert winograd_calls == [] and direct_calls == []
+
+
+def _counting_pool_calls(numba_kernels, monkeypatch):
+    calls = []
+    for name in ("maxpool2d_forward", "maxpool2d_backward"):
+        real = getattr(numba_kernels, name)
+        monkeypatch.setattr(numba_kernels, name,
+                            lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    return calls
+
+
+# (input shape, max_pool2d options, whether the 2x2 kernel applies)
+POOL_OPTION_CASES = {
+    "ceil-mode-adding-no-window": ((2, 3, 6, 8), dict(ceil_mode=True), True),
+    "unbatched": ((3, 6, 8), dict(), True),
+    "return-indices": ((2, 3, 6, 8), dict(return_indices=True), True),
+    "ceil-mode-adding-a-window": ((2, 3, 7, 9), dict(ceil_mode=True), False),
+    "dilation": ((2, 3, 7, 9), dict(dilation=2), False),
+    "dilation-1-as-a-pair": ((2, 3, 6, 8), dict(dilation=(1, 1)), True),
+}
+
+
+@pytest.mark.parametrize("name", POOL_OPTION_CASES)
+def test_the_2x2_kernel_applies_where_the_new_options_allow_and_equals_the_portable_one(
+        numba_kernels, monkeypatch, rng, name):
+    shape, options, applies = POOL_OPTION_CASES[name]
+    calls = _counting_pool_calls(numba_kernels, monkeypatch)
+    x = np.round(rng.standard_normal(shape)).astype(np.float32)  # ties in most windows
+    out, out_portable = fast_and_portable(lambda: F.maxpool2d_forward(x, 2, **options))
+    if "return_indices" in options:
+        (y, indices), (y_portable, indices_portable) = out, out_portable
+        np.testing.assert_array_equal(indices, indices_portable)
+        options = {}
+    else:
+        y, y_portable = out, out_portable
+    np.testing.assert_array_equal(y, y_portable)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dx_portable = fast_and_portable(lambda: F.maxpool2d_backward(x, dy, 2, **options))
+    np.testing.assert_array_equal(dx, dx_portable)
+    expected = ["maxpool2d_forward", "maxpool2d_forward", "maxpool2d_backward"] if applies else []
+    assert calls == expected
+
+
+def test_adaptive_max_pooling_on_a_2x2_grid_takes_the_2x2_kernel(numba_kernels, monkeypatch, rng):
+    calls = _counting_pool_calls(numba_kernels, monkeypatch)
+    x = np.round(rng.standard_normal((2, 3, 8, 6))).astype(np.float32)
+    y, y_portable = fast_and_portable(lambda: F.adaptive_maxpool2d_forward(x, (4, 3)))
+    np.testing.assert_array_equal(y, y_portable)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dx_portable = fast_and_portable(lambda: F.adaptive_maxpool2d_backward(x, dy, (4, 3)))
+    np.testing.assert_array_equal(dx, dx_portable)
+    assert calls == ["maxpool2d_forward", "maxpool2d_forward", "maxpool2d_backward"]
+    calls.clear()
+    F.adaptive_maxpool2d_forward(x, (3, 3))  # uneven windows: portable
+    assert calls == []
+
+
+def test_pool_dispatch_refuses_dilation_and_a_ceil_mode_window():
+    pytest.importorskip("numba")
+    assert _fast.pool_kernels(np, np.dtype("float32"), WINDOW, (1, 1), False) is not None
+    assert _fast.pool_kernels(np, np.dtype("float32"), WINDOW, (2, 1), False) is None
+    assert _fast.pool_kernels(np, np.dtype("float32"), WINDOW, (1, 1), True) is None
