@@ -149,22 +149,22 @@ def silu_backward(x: Any, dy: Any) -> Any:
 
 
 # The standard has no erf, so Phi(x) = erfc(-x / sqrt 2) / 2 is computed here, to about 1e-15
-# in float64: for |z| < 2.5 by erf(z) = 2/sqrt(pi) exp(-z^2) sum_k (2 z^2)^k z / (1 3 ... (2k+1))
-# (all terms positive: no cancellation), beyond by Laplace's continued fraction
-# erfc(z) = exp(-z^2)/sqrt(pi) / (z + (1/2) / (z + 1 / (z + (3/2) / (z + ...)))).
+# in float64: for |z| < 2.5 by erf(z) = 2/sqrt(pi) exp(-z^2) z sum_k c_k z^(2k) with
+# c_k = 2^k / (1 3 5 ... (2k+1)) (all terms positive: no cancellation; Horner's rule), beyond by
+# Laplace's continued fraction erfc(z) = exp(-z^2)/sqrt(pi) / (z + (1/2) / (z + 1 / (z + ...))).
 _ERF_SPLIT = 2.5
-_ERF_SERIES_TERMS = 40
+_ERF_SERIES = [2.0 ** k / math.prod(range(1, 2 * k + 2, 2)) for k in range(40)]
 _ERFC_FRACTION_TERMS = 30
 
 
 def _erfc_of_abs(xp: Any, a: Any) -> Any:
     """erfc(a) for a >= 0 (NaN stays NaN); each formula sees only its own range."""
     small = xp.minimum(a, xp.asarray(_ERF_SPLIT, dtype=a.dtype))
-    term, total = small, small
-    for k in range(1, _ERF_SERIES_TERMS):
-        term = term * (2.0 * small * small) / (2 * k + 1)
-        total = total + term
-    erf_small = (2.0 / math.sqrt(math.pi)) * xp.exp(-small * small) * total
+    z2 = small * small
+    series = xp.full_like(small, _ERF_SERIES[-1])
+    for c in reversed(_ERF_SERIES[:-1]):
+        series = series * z2 + c
+    erf_small = (2.0 / math.sqrt(math.pi)) * xp.exp(-z2) * small * series
     large = xp.maximum(a, xp.asarray(_ERF_SPLIT, dtype=a.dtype))
     fraction = large
     for k in range(_ERFC_FRACTION_TERMS, 0, -1):
