@@ -178,7 +178,8 @@ def test_cross_entropy_refusals(xp):
     ]
     probabilities = ann.asarray(np.full((2, 3, 4), 1 / 3))
     with pytest.raises(ann.InputError, match="ignore_index applies to class indices, not to "
-                                             "probability targets: expected the default -100, got 0"):
+                                             "probability targets: expected the default -100, "
+                                             "got 0"):
         F.cross_entropy_forward(z, probabilities, ignore_index=0)
     for options, message in refusals:
         with pytest.raises(ann.InputError, match=message):
@@ -186,7 +187,8 @@ def test_cross_entropy_refusals(xp):
         with pytest.raises(ann.InputError, match=message):
             F.cross_entropy_backward(z, labels, 1.0, **options)
     with pytest.raises(ann.InputError, match=r"labels: expected shape \(2, 4\) \(the logits' "
-                                             r"shape \(2, 3, 4\) without the class axis\), got \(2, 3\)"):
+                                             r"shape \(2, 3, 4\) without the class axis\), "
+                                             r"got \(2, 3\)"):
         F.cross_entropy_forward(z, ann.asarray(np.zeros((2, 3), dtype=np.int64)))
     with pytest.raises(ann.InputError, match=r"logits: expected a 1-D array \(C,\) for labels of "
                                              r"shape \(\), got shape \(2, 3, 4\)"):
@@ -374,3 +376,24 @@ def test_cross_entropy_fast_path_with_ignored_labels_equals_portable(xp, backend
                                                 F.cross_entropy_backward(z, labels)))
     assert_close(fast[0], portable[0])
     assert_close(fast[1], portable[1])
+
+
+def test_fit_trains_with_the_options_and_refuses_a_batch_with_no_counted_label(rng):
+    model = ann.Sequential([ann.layers.Dense(4, 3, name="fc")])
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 8)
+    labels[::3] = -100
+    loss_fn = ann.losses.SoftmaxCrossEntropy([1.0, 2.0, 0.5], label_smoothing=0.1)
+    history = ann.train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.5), [(x, labels)],
+                            iterations=3, progress=False)
+    losses = [step["loss"] for step in history.iterations]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    # Every label ignored: the mean is NaN (as PyTorch), which fit refuses like any NaN loss.
+    before = {key: host(value).copy() for key, value in model.params().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(ann.NonFiniteError, match="not applied.*the loss is nan"):
+            ann.train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.5),
+                          [(x, np.full(8, -100))], iterations=1, progress=False)
+    for key, value in model.params().items():
+        np.testing.assert_array_equal(host(value), before[key])

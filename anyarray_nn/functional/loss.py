@@ -11,7 +11,8 @@ lp_i = log_softmax(z_i) and a target distribution a_i, so that
 
 For class indices t_i, with class weights w (ones by default) and label smoothing e:
 a_ic = (1 - e) w[t_i] [c = t_i] + (e / C) w_c, and a_i = 0 where t_i == ignore_index.
-For probability targets q_i (a float target of the logits' shape): a_ic = w_c ((1 - e) q_ic + e / C).
+For probability targets q_i (a float target of the logits' shape):
+a_ic = w_c ((1 - e) q_ic + e / C).
 ``reduction``: "none" returns l (shape (N, d1, ...), or 0-d when unbatched), "sum" sum_i l_i,
 "mean" sum_i l_i / D with D = sum_i w[t_i] over the counted (not ignored) positions for class
 indices, and D = the number of positions for probability targets (as PyTorch). Where D = 0
@@ -153,7 +154,8 @@ class _Rows:
 
 
 def _cross_entropy_rows(logits: Any, target: Any, weight: Any, ignore_index: Any,
-                        reduction: Any, label_smoothing: Any, dloss: Any = None) -> tuple[Any, _Rows]:
+                        reduction: Any, label_smoothing: Any,
+                        dloss: Any = None) -> tuple[Any, _Rows]:
     """Check the inputs and options; return the namespace and the call in row form."""
     xp = namespace(logits, target, weight, _scalar_or_array(dloss),
                    names=("logits", "labels", "weight", "dloss"))
