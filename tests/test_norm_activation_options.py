@@ -157,6 +157,25 @@ def test_batchnorm_layer_matches_torch_train_and_eval(torch, rng, layer_class, t
     assert_close(ours.forward(x, train=False), ref(torch.tensor(x)))
 
 
+@pytest.mark.parametrize("affine,track", [(False, True), (True, False), (False, False)])
+def test_batchnorm_affine_and_track_running_stats_as_torch(xp, torch, rng, affine, track):
+    layer = BatchNorm1D(3, 1e-5, 0.2, affine, track, dtype="float64")
+    ref = torch.nn.BatchNorm1d(3, 1e-5, 0.2, affine, track, dtype=torch.float64)
+    assert sorted(layer.params) == (["beta", "gamma"] if affine else [])
+    assert sorted(layer.buffers) == (["running_mean", "running_var"] if track else [])
+    for train in (True, True, False):
+        ref.train(train)
+        x, dy = rng.standard_normal((4, 3, 5)) + 2, rng.standard_normal((4, 3, 5))
+        ty, (tdx,) = _torch_grads(torch, ref, [x], dy)
+        assert_close(layer.forward(ann.asarray(x), train=train), ty)
+        if train:
+            assert_close(layer.backward(ann.asarray(dy)), tdx, rtol=1e-9, atol=1e-11)
+            assert sorted(layer.grads) == sorted(layer.params)
+        if track:
+            assert_close(layer.buffers["running_var"], ref.running_var)
+    assert BatchNorm1D.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
 @pytest.mark.parametrize("shape", [(4, 3), (3, 3, 5), (2, 3, 2, 3)])
 def test_batchnorm_kernel_gradients_float64(xp, rng, shape):
     x = ann.asarray(rng.standard_normal(shape))
@@ -413,6 +432,7 @@ def test_new_layers_round_trip_through_load_model(tmp_path, rng):
         GELU(),
         LayerNorm([8], elementwise_affine=False),
         BatchNorm1D(8),
+        BatchNorm1D(8, affine=False, track_running_stats=False),
     ])
     x = ann.asarray(rng.standard_normal((4, 6)), dtype="float32")
     model.forward(x, train=True)  # moves the running statistics
@@ -424,7 +444,8 @@ def test_new_layers_round_trip_through_load_model(tmp_path, rng):
     rebuilt = ann.load_model(path)
     assert rebuilt.get_config() == model.get_config()
     assert [type(layer).__name__ for layer in rebuilt.layers] == [
-        "Dense", "LayerNorm", "GELU", "GroupNorm", "SiLU", "GELU", "LayerNorm", "BatchNorm1D"]
+        "Dense", "LayerNorm", "GELU", "GroupNorm", "SiLU", "GELU", "LayerNorm", "BatchNorm1D",
+        "BatchNorm1D"]
     assert_close(rebuilt.forward(x), model.forward(x), rtol=1e-6, atol=1e-6)
     for name in ("LayerNorm", "GroupNorm", "GELU", "SiLU"):
         assert ann.layers.layer_class(name).__name__ == name

@@ -23,7 +23,8 @@ class _BatchNorm(Layer):
     ndims: tuple[int, ...]  # the input ranks accepted, set by each subclass
     layouts: str  # how the error message names them
 
-    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, *,
                  name: str | None = None, backend: Any = None, dtype: str | None = None,
                  rng: Any = None) -> None:
         super().__init__(name)
@@ -36,34 +37,45 @@ class _BatchNorm(Layer):
             raise ValueError(f"{type(self).__name__}: expected 0 <= momentum <= 1 and eps > 0, "
                              f"got momentum={momentum}, eps={eps}")
         self.num_features, self.eps, self.momentum = num_features, float(eps), float(momentum)
-        for store, name, init in ((self.params, "gamma", "ones"), (self.params, "beta", "zeros"),
-                                  (self.buffers, "running_mean", "zeros"),
-                                  (self.buffers, "running_var", "ones")):
-            store[name] = self._new_param(init, (num_features,), 1, 1, backend, dtype, rng)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        stores = ([(self.params, "gamma", "ones"), (self.params, "beta", "zeros")] * self.affine
+                  + [(self.buffers, "running_mean", "zeros"),
+                     (self.buffers, "running_var", "ones")] * self.track_running_stats)
+        for store, key, init in stores:
+            store[key] = self._new_param(init, (num_features,), 1, 1, backend, dtype, rng)
+
+    def _gamma_and_beta(self, x: Any) -> tuple[Any, Any]:
+        """The parameters, or with affine=False the fixed scale 1 and shift 0 on x's device."""
+        if self.affine:
+            return self.params["gamma"], self.params["beta"]
+        return (_backend.asarray_like(np.ones(self.num_features), x),
+                _backend.asarray_like(np.zeros(self.num_features), x))
 
     def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
         namespace(x)  # a non-array x: the library's error, before x.ndim is read
         if x.ndim not in self.ndims:
             raise InputError(f"x: expected {self.layouts}, got shape {tuple(x.shape)}")
-        gamma, beta = self.params["gamma"], self.params["beta"]
-        if not train:
+        gamma, beta = self._gamma_and_beta(x)
+        if not train and self.track_running_stats:
             return F.batchnorm_inference(x, gamma, beta, self.buffers["running_mean"],
                                          self.buffers["running_var"], self.eps), None
+        # Batch statistics: in training, and always without running statistics (as PyTorch).
         y, mean, var = F.batchnorm_forward(x, gamma, beta, self.eps)
         count = math.prod(x.shape) // x.shape[1]  # x.shape[1] == num_features >= 1
-        if count == 0:  # an empty batch leaves the running statistics as they are (PyTorch)
-            return y, x
+        if not train or not self.track_running_stats or count == 0:
+            return y, x  # an empty batch leaves the running statistics as they are (PyTorch)
         self.buffers["running_mean"], self.buffers["running_var"] = F.batchnorm_update_running(
             self.buffers["running_mean"], self.buffers["running_var"], mean, var, count,
             self.momentum)
         return y, x
 
     def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
-        dx, dgamma, dbeta = F.batchnorm_backward(x, self.params["gamma"], dy, self.eps)
-        return dx, {"gamma": dgamma, "beta": dbeta}
+        dx, dgamma, dbeta = F.batchnorm_backward(x, self._gamma_and_beta(x)[0], dy, self.eps)
+        return dx, ({"gamma": dgamma, "beta": dbeta} if self.affine else {})
 
     def get_config(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "affine": self.affine, "track_running_stats": self.track_running_stats,
                 "name": self.name}
 
 
@@ -72,7 +84,10 @@ class BatchNorm1D(_BatchNorm):
     """Batch normalization of (N, C) or (N, C, L) activations, per feature (statistics over N,
     and L), as torch.nn.BatchNorm1d: parameters ``gamma`` (scale, starts at 1) and ``beta``
     (shift, 0); buffers ``running_mean`` and ``running_var`` used in evaluation and saved in
-    checkpoints. An empty batch (N = 0) passes through and leaves the statistics unchanged."""
+    checkpoints. An empty batch (N = 0) passes through and leaves the statistics unchanged.
+    As in PyTorch, ``affine=False`` fixes gamma at 1 and beta at 0 (no parameters) and
+    ``track_running_stats=False`` keeps no buffers and uses the batch statistics in evaluation
+    too."""
 
     ndims, layouts = (2, 3), "a 2-D array (N, C) or a 3-D array (N, C, L)"
 
