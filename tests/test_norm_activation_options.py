@@ -176,6 +176,21 @@ def test_batchnorm_affine_and_track_running_stats_as_torch(xp, torch, rng, affin
     assert BatchNorm1D.from_config(layer.get_config()).get_config() == layer.get_config()
 
 
+def test_batchnorm_momentum_none_is_the_cumulative_average_as_torch(xp, torch, rng, tmp_path):
+    model = ann.Sequential([BatchNorm2D(3, momentum=None, dtype="float64", name="bn")])
+    ref = torch.nn.BatchNorm2d(3, momentum=None, dtype=torch.float64)
+    for n in (4, 0, 3, 2):  # an empty batch counts, as in PyTorch
+        x = rng.standard_normal((n, 3, 2, 2)) * 3 + 1
+        model.forward(ann.asarray(x), train=True)
+        ref(torch.tensor(x))
+        assert_close(model.layers[0].buffers["running_mean"], ref.running_mean)
+        assert_close(model.layers[0].buffers["running_var"], ref.running_var)
+    assert float(model.layers[0].buffers["num_batches_tracked"]) == 4.0
+    rebuilt = ann.load_model(ann.save_checkpoint(tmp_path / "bn.h5", model))
+    assert rebuilt.get_config() == model.get_config()
+    assert float(rebuilt.layers[0].buffers["num_batches_tracked"]) == 4.0
+
+
 @pytest.mark.parametrize("shape", [(4, 3), (3, 3, 5), (2, 3, 2, 3)])
 def test_batchnorm_kernel_gradients_float64(xp, rng, shape):
     x = ann.asarray(rng.standard_normal(shape))

@@ -29,20 +29,23 @@ class _BatchNorm(Layer):
                  rng: Any = None) -> None:
         super().__init__(name)
         self._check_sizes(num_features=num_features)
-        if momentum is None:
-            raise ValueError(f"{type(self).__name__}: momentum=None (PyTorch's cumulative "
-                             f"average) is not supported; expected a number in [0, 1]")
-        if not (isinstance(momentum, numbers.Real) and isinstance(eps, numbers.Real)
-                and 0.0 <= momentum <= 1.0 and eps > 0):
-            raise ValueError(f"{type(self).__name__}: expected 0 <= momentum <= 1 and eps > 0, "
-                             f"got momentum={momentum}, eps={eps}")
-        self.num_features, self.eps, self.momentum = num_features, float(eps), float(momentum)
+        if not ((momentum is None or (isinstance(momentum, numbers.Real)
+                                      and 0.0 <= momentum <= 1.0))
+                and isinstance(eps, numbers.Real) and eps > 0):
+            raise ValueError(f"{type(self).__name__}: expected 0 <= momentum <= 1 and eps > 0 "
+                             f"(or momentum=None, the cumulative average), got "
+                             f"momentum={momentum}, eps={eps}")
+        self.num_features, self.eps = num_features, float(eps)
+        self.momentum = None if momentum is None else float(momentum)
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         stores = ([(self.params, "gamma", "ones"), (self.params, "beta", "zeros")] * self.affine
                   + [(self.buffers, "running_mean", "zeros"),
                      (self.buffers, "running_var", "ones")] * self.track_running_stats)
         for store, key, init in stores:
             store[key] = self._new_param(init, (num_features,), 1, 1, backend, dtype, rng)
+        if self.momentum is None and self.track_running_stats:  # the cumulative average's count
+            self.buffers["num_batches_tracked"] = self._new_param("zeros", (), 1, 1, backend,
+                                                                  dtype, rng)
 
     def _gamma_and_beta(self, x: Any) -> tuple[Any, Any]:
         """The parameters, or with affine=False the fixed scale 1 and shift 0 on x's device."""
@@ -62,11 +65,18 @@ class _BatchNorm(Layer):
         # Batch statistics: in training, and always without running statistics (as PyTorch).
         y, mean, var = F.batchnorm_forward(x, gamma, beta, self.eps)
         count = math.prod(x.shape) // x.shape[1]  # x.shape[1] == num_features >= 1
-        if not train or not self.track_running_stats or count == 0:
-            return y, x  # an empty batch leaves the running statistics as they are (PyTorch)
+        if not train or not self.track_running_stats:
+            return y, x
+        momentum = self.momentum
+        if momentum is None:  # PyTorch's cumulative average: batch k weighs 1 / k
+            tracked = self.buffers["num_batches_tracked"] + 1
+            self.buffers["num_batches_tracked"] = tracked
+            momentum = 1.0 / float(tracked)
+        if count == 0:  # an empty batch leaves the running statistics as they are (PyTorch)
+            return y, x
         self.buffers["running_mean"], self.buffers["running_var"] = F.batchnorm_update_running(
             self.buffers["running_mean"], self.buffers["running_var"], mean, var, count,
-            self.momentum)
+            momentum)
         return y, x
 
     def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
@@ -87,7 +97,8 @@ class BatchNorm1D(_BatchNorm):
     checkpoints. An empty batch (N = 0) passes through and leaves the statistics unchanged.
     As in PyTorch, ``affine=False`` fixes gamma at 1 and beta at 0 (no parameters) and
     ``track_running_stats=False`` keeps no buffers and uses the batch statistics in evaluation
-    too."""
+    too; ``momentum=None`` is the cumulative average (the k-th batch weighs 1 / k), counted by
+    the buffer ``num_batches_tracked``."""
 
     ndims, layouts = (2, 3), "a 2-D array (N, C) or a 3-D array (N, C, L)"
 
