@@ -11,7 +11,8 @@ full pass over memory: on one core 2.5 ms for a (32, 32, 32, 32) input, about as
 convolution that feeds it. One compiled loop reads each window once and writes its four
 gradients at once (0.6 ms; forward 1.2 -> 0.25 ms). ``_fast.pool_kernels`` picks these
 kernels only for NumPy float arrays and the window they are written for (2x2, stride 2, no
-padding: the pooling of every course network); any other window takes the portable code.
+padding: the pooling of every course network), undilated and without a window that
+``ceil_mode`` adds past the input; any other window takes the portable code.
 
 The results equal the portable kernels' (tests/test_numba_kernels.py): the forward maximum
 propagates NaN as ``maximum`` does, and the backward sends each window's gradient to its
