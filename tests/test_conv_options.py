@@ -207,3 +207,16 @@ def test_conv2d_layer_options(tmp_path, rng):
 def test_conv2d_layer_option_errors(kwargs, message):
     with pytest.raises(ValueError, match=f"Conv2D: {message}"):
         ann.layers.Conv2D(4, 8, 3, **kwargs)
+
+
+def test_grouped_kernels_in_several_blocks_of_positions(xp, rng, monkeypatch):
+    """The grouped kernels work block by block over the positions at stride 1 (see
+    conv.BLOCK_VALUES); blocks of 256 positions give what one block gives."""
+    x, w, b, kw = make(rng, ((2, 4, 12, 12), (6, 2, 3, 3), 2, "zeros", 1, 1, 1))
+    dy = ann.asarray(rng.standard_normal((2, 6, 12, 12)))
+    one_block = [F.conv2d_forward(x, w, b, **kw), *F.conv2d_backward(x, w, dy, **kw)]
+    monkeypatch.setattr(F.conv, "BLOCK_VALUES", 1)
+    assert len(F.conv._Taps((4, 2, 14, 14), (12, 12), (1, 1), (1, 1), (3, 3)).blocks(6)) == 2
+    for a, e in zip([F.conv2d_forward(x, w, b, **kw), *F.conv2d_backward(x, w, dy, **kw)],
+                    one_block):
+        assert_close(a, e, rtol=1e-12, atol=1e-12)

@@ -22,7 +22,13 @@ import numpy as np
 
 from .. import backend as _backend
 from .. import functional as F
-from ..functional.conv import _conv2d_forward_with_patches, _input_gradient, _lowering
+from ..functional.conv import (
+    _conv2d_forward_with_patches,
+    _grouped_input_gradient_alone,
+    _input_gradient,
+    _lowering,
+    _resolve,
+)
 from ..losses import SoftmaxCrossEntropy
 from ..networks import NETWORKS
 from ..optim import SGD
@@ -64,8 +70,9 @@ class Case:
     def shape(self, batch: int) -> str:
         """A short description of the sizes at this batch size."""
         if self.suite == "conv":
-            c, o, k, h, w, _ = self.spec
-            return f"{batch}x{c}x{h}x{w} * {o}x{c}x{k}x{k}"
+            c, o, k, h, w, _, groups = self.spec
+            grouped = f", groups {groups}" if groups > 1 else ""
+            return f"{batch}x{c}x{h}x{w} * {o}x{c // groups}x{k}x{k}{grouped}"
         if self.suite == "dense":
             fin, fout = self.spec
             return f"{batch}x{fin} * {fout}x{fin}"
@@ -77,8 +84,8 @@ class Case:
     def flops(self, batch: int) -> int | None:
         """Floating-point operations of one run (None for pooling, which does no arithmetic)."""
         if self.suite == "conv":
-            c, o, k, h, w, _ = self.spec
-            return 2 * batch * o * c * k * k * h * w  # "same" padding: Ho, Wo = H, W
+            c, o, k, h, w, _, groups = self.spec
+            return 2 * batch * o * (c // groups) * k * k * h * w  # "same": Ho, Wo = H, W
         if self.suite == "dense":
             fin, fout = self.spec
             return (2 if self.piece == "forward" else 4) * batch * fin * fout
@@ -124,7 +131,8 @@ def _layer_sizes(network: str) -> tuple[tuple[str, str, tuple], ...]:
     for layer in NETWORKS[network](rng=0):
         if layer.type_name == "Conv2D":
             k = layer.kernel_size[0]
-            out.append((layer.name, "conv", (c, layer.out_channels, k, h, w, layer.padding[0])))
+            out.append((layer.name, "conv", (c, layer.out_channels, k, h, w, layer.padding[0],
+                                             layer.groups)))
             c = layer.out_channels
         elif layer.type_name == "MaxPool2D":
             out.append((layer.name, "pool", (c, h, w, layer.kernel_size[0])))
@@ -147,7 +155,15 @@ def all_cases() -> list[Case]:
     # on threads ("step-threads") or in helper processes ("step-processes").
     cases += [Case("train", network, piece, (network,))
               for network in NETWORKS for piece in ("step", *PARALLEL_STEPS)]
+    cases += [Case("conv", layer, piece, spec) for layer, spec in GROUPED_CONVOLUTIONS.items()
+              for piece in PIECES["conv"]]
     return cases
+
+
+# Grouped convolutions of the modern small networks (MobileNet's depthwise 3x3, ResNeXt's
+# grouped 3x3), at CIFAR-10 size: (C, O, k, H, W, padding, groups).
+GROUPED_CONVOLUTIONS = {"depthwise3x3": (64, 64, 3, 32, 32, 1, 64),
+                        "grouped3x3-g4": (64, 64, 3, 32, 32, 1, 4)}
 
 
 def training_step_flops(network: str, batch: int) -> int:
@@ -178,7 +194,7 @@ def _lowered(channels: int, out_channels: int, spec: tuple, batch: int, gpu: boo
     conv.py's ``_lowering`` unrolls only those, with a product for each kernel column),
     numba's Winograd tiles for 3x3 kernels (16 values per 2x2 outputs) and on a GPU the full
     im2col matrix on the output grid (CuPy's kernel; a bound for cuDNN's workspace too)."""
-    _, _, k, h, w, pad = spec
+    _, _, k, h, w, pad, _ = spec
     wide = batch * h * (w + 2 * pad)
     if _lowering(channels, k, (1, 1)) == "rows":
         patches, products = channels * k * wide, k * out_channels * wide
@@ -193,10 +209,17 @@ def _lowered(channels: int, out_channels: int, spec: tuple, batch: int, gpu: boo
 
 
 def _conv_elements(spec: tuple, piece: str, batch: int, gpu: bool) -> tuple[int, int, int]:
-    c, o, k, h, w, pad = spec  # "same" padding: the output is H x W too
-    x, dy, weights = batch * c * h * w, batch * o * h * w, o * c * k * k + o
+    c, o, k, h, w, pad, groups = spec  # "same" padding: the output is H x W too
+    x, dy, weights = batch * c * h * w, batch * o * h * w, o * (c // groups) * k * k + o
     wide = batch * h * (w + 2 * pad)                    # outputs on conv.py's wide grid
     padded = batch * (h + 2 * pad + 1) * (w + 2 * pad)  # one zero-padded plane per image
+    if groups > 1:  # conv.py's grouped kernels: no im2col, outputs on the padded grid
+        # forward: the padded copy, the outputs, one tap's products, the output with bias
+        forward = c * padded + 2 * o * padded + dy
+        working = {"forward": forward,
+                   "dX": o * padded + 2 * c * padded,  # dY on the grid, dX padded, products
+                   "dW": max(forward, o * padded + weights)}[piece]
+        return x + dy + weights + c * padded, working, max(x, dy)
     x_patches, y_products = _lowered(c, o, spec, batch, gpu)
     forward = c * padded + x_patches + y_products + dy  # + the bias added to the output
     working = forward  # building runs the forward pass for its patches
@@ -239,8 +262,8 @@ def _train_elements(spec: tuple, piece: str, batch: int, gpu: bool) -> tuple[int
     per_parameter = 4 + (cpu_count() if piece in PARALLEL_STEPS else 0)
     for _, suite, layer in _layer_sizes(network):
         if suite == "conv":
-            c, o, k, h, w, _ = layer
-            out, params = batch * o * h * w, o * c * k * k + o
+            c, o, k, h, w, _, groups = layer
+            out, params = batch * o * h * w, o * (c // groups) * k * k + o
             saved = 2 * out + _lowered(c, o, layer, batch, gpu)[0]
         elif suite == "dense":
             fin, fout = layer
@@ -269,17 +292,22 @@ def _host(shape: tuple, seed: int) -> np.ndarray:
 
 
 def _ours_conv(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any]:
-    c, o, k, h, w, pad = case.spec
+    c, o, k, h, w, pad, groups = case.spec
     x, wt, b = (_backend.asarray(_host(s, i), backend=target, dtype=dtype)
-                for i, s in enumerate([(batch, c, h, w), (o, c, k, k), (o,)]))
+                for i, s in enumerate([(batch, c, h, w), (o, c // groups, k, k), (o,)]))
     dy = _backend.asarray(_host((batch, o, h, w), 3), backend=target, dtype=dtype)
-    _, patches = _conv2d_forward_with_patches(x, wt, b, 1, pad, 1)
+    _, patches = _conv2d_forward_with_patches(x, wt, b, 1, pad, 1, groups)
     xp = _backend.namespace(x)
+    conv = _resolve(x, wt, None, 1, pad, 1, groups, "zeros")
+
+    def dx() -> Any:  # dX alone, by the path training takes (Winograd: with dY's transform)
+        if groups > 1:
+            return _grouped_input_gradient_alone(xp, tuple(x.shape), wt, dy, conv)
+        return _input_gradient(xp, dy, wt, (h, w), (pad,) * 4, (1, 1), (1, 1))
     return {
-        "forward": lambda: _conv2d_forward_with_patches(x, wt, b, 1, pad, 1),
-        # dX alone, by the path training takes (Winograd included, with dY's transform)
-        "dX": lambda: _input_gradient(xp, dy, wt, (h, w), (pad,) * 4, (1, 1), (1, 1)),
-        "dW": lambda: F.conv2d_backward(x, wt, dy, 1, pad, 1, patches=patches,
+        "forward": lambda: _conv2d_forward_with_patches(x, wt, b, 1, pad, 1, groups),
+        "dX": dx,
+        "dW": lambda: F.conv2d_backward(x, wt, dy, 1, pad, 1, groups, patches=patches,
                                         input_grad=False),
     }[case.piece]
 
@@ -340,13 +368,14 @@ def _device(target: str) -> str:
 
 def _ref_conv(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any]:
     import torch
-    c, o, k, h, w, pad = case.spec
-    x, wt, b = _torch_inputs(torch, _device(target), dtype, [(batch, c, h, w), (o, c, k, k), (o,)])
+    c, o, k, h, w, pad, groups = case.spec
+    x, wt, b = _torch_inputs(torch, _device(target), dtype,
+                             [(batch, c, h, w), (o, c // groups, k, k), (o,)])
     dy = torch.tensor(_host((batch, o, h, w), 3), dtype=getattr(torch, dtype), device=x.device)
     backward = torch.ops.aten.convolution_backward
-    args = ([o], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1)
+    args = ([o], [1, 1], [pad, pad], [1, 1], False, [0, 0], groups)
     return {
-        "forward": lambda: torch.nn.functional.conv2d(x, wt, b, padding=pad),
+        "forward": lambda: torch.nn.functional.conv2d(x, wt, b, padding=pad, groups=groups),
         "dX": lambda: backward(dy, x, wt, *args, [True, False, False]),
         "dW": lambda: backward(dy, x, wt, *args, [False, True, True]),
     }[case.piece]
