@@ -448,3 +448,15 @@ def test_compare_refuses_paths_it_cannot_read(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "MAX_RESULT_BYTES", 100)
     assert_usage_error(invoke("compare", good, good),
                        f"{good}: expected a result of at most 100 bytes, got a larger file")
+
+
+@pytest.mark.parametrize("name", [f"conv/{layer}/{piece}" for layer in C.GROUPED_CONVOLUTIONS
+                                  for piece in C.PIECES["conv"]])
+def test_the_estimate_bounds_the_grouped_convolutions(name):
+    """The grouped kernels' estimate (conv.py's padded grid, no im2col) holds at batch 4:
+    never below the real peak, at most 2.5 times it."""
+    case = next(c for c in C.all_cases() if c.name == name)
+    peak = tracemalloc_peak(case, 4)
+    estimate = case.memory(4, "float32", "numpy")
+    bound = estimate.kept + max(estimate.working, estimate.staging)
+    assert peak <= bound + 2**16 and bound <= 2.5 * peak, (peak, bound)
