@@ -6,13 +6,19 @@ layers that survive a checkpoint."""
 
 import numpy as np
 import pytest
+from helpers import assert_close, host
 
 import anyarray_nn as ann
 from anyarray_nn import functional as F
 from anyarray_nn.gradcheck import check_function
-from anyarray_nn.layers import (AdaptiveAvgPool2D, AdaptiveMaxPool2D, AvgPool2D,
-                                GlobalAvgPool2D, MaxPool2D, ReLU)
-from helpers import assert_close, host
+from anyarray_nn.layers import (
+    AdaptiveAvgPool2D,
+    AdaptiveMaxPool2D,
+    AvgPool2D,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    ReLU,
+)
 
 # name: (input shape, kernel_size, stride, padding, dilation, ceil_mode)
 MAX_CONFIGS = {
@@ -95,9 +101,9 @@ def test_maxpool_options_match_torch_ties_included(torch, rng, name):
 
 def test_maxpool_all_minus_infinity_goes_to_the_first_input_element_not_padding(torch):
     x = np.full((1, 1, 2, 3), -np.inf)
-    ty, ti, dy, dx = torch_pass(torch, torch.nn.functional.max_pool2d, x,
+    _, ti, dy, dx = torch_pass(torch, torch.nn.functional.max_pool2d, x,
                                 np.random.default_rng(0), 3, 1, 1, 1, True, return_indices=True)
-    y, indices = F.maxpool2d_forward(x, 3, 1, 1, ceil_mode=True, return_indices=True)
+    _, indices = F.maxpool2d_forward(x, 3, 1, 1, ceil_mode=True, return_indices=True)
     np.testing.assert_array_equal(indices, ti)
     assert_close(F.maxpool2d_backward(x, dy, 3, 1, 1, ceil_mode=True), dx)
     assert dx[0, 0, 0, 0] != 0  # the case is real: padding came first in the window
@@ -186,11 +192,11 @@ def test_gradients_float64(xp, rng, name, unbatched):
 def test_indices_are_int64_on_every_backend_and_equal_numpy(xp, rng):
     values = tied(rng, (2, 2, 7, 5))
     x = ann.asarray(values)
-    y, indices = F.maxpool2d_forward(x, 3, 2, 1, 2, True, return_indices=True)
+    _, indices = F.maxpool2d_forward(x, 3, 2, 1, 2, True, return_indices=True)
     assert indices.dtype == xp.int64
     np.testing.assert_array_equal(host(indices), F.maxpool2d_forward(values, 3, 2, 1, 2, True,
                                                                       return_indices=True)[1])
-    y, indices = F.adaptive_maxpool2d_forward(x, (3, 4), return_indices=True)
+    _, indices = F.adaptive_maxpool2d_forward(x, (3, 4), return_indices=True)
     assert indices.dtype == xp.int64
     np.testing.assert_array_equal(host(indices), F.adaptive_maxpool2d_forward(
         values, (3, 4), return_indices=True)[1])
@@ -260,13 +266,14 @@ def test_relu_before_maxpool_swap_stays_exact_with_the_new_options(rng, pool):
 # --- errors ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call, message", [
-    (lambda x: F.maxpool2d_forward(x, 2, dilation=0), r"dilation: expected ints >= 1, got \(0, 0\)"),
+    (lambda x: F.maxpool2d_forward(x, 2, dilation=0),
+     r"dilation: expected ints >= 1, got \(0, 0\)"),
     (lambda x: F.maxpool2d_forward(x, 2, ceil_mode=1), "ceil_mode: expected True or False, got 1"),
     (lambda x: F.maxpool2d_forward(x, 2, return_indices="yes"),
      "return_indices: expected True or False, got 'yes'"),
     (lambda x: F.maxpool2d_forward(x, 3, dilation=2),
-     r"pooling window \(5, 5\) \(kernel_size \(3, 3\), dilation \(2, 2\)\) is larger than the "
-     r"padded input \(4, 4\); x has shape \(1, 2, 4, 4\)"),
+     (r"pooling window \(5, 5\) \(kernel_size \(3, 3\), dilation \(2, 2\)\) is larger than "
+      r"the padded input \(4, 4\); x has shape \(1, 2, 4, 4\)")),
     (lambda x: F.avgpool2d_forward(x, 2, count_include_pad=None),
      "count_include_pad: expected True or False, got None"),
     (lambda x: F.avgpool2d_forward(x, 2, divisor_override=0),

@@ -173,8 +173,9 @@ def _batched_like(xp: Any, x: Any, a: Any, out_shape: tuple[int, ...], unbatched
     return xp.expand_dims(a, axis=0) if unbatched else a
 
 
-def _batched_indices(xp: Any, x: Any, indices: Any, out_shape: tuple[int, ...],
+def _batched_indices(xp: Any, indices: Any, out_shape: tuple[int, ...],
                      unbatched: bool) -> Any:
+    """Check the forward's ``indices`` against ``out_shape`` (batched) and int64."""
     expected = out_shape[1:] if unbatched else out_shape
     if tuple(indices.shape) != tuple(expected):
         raise InputError(f"indices: expected shape {tuple(expected)} (the forward output), "
@@ -276,7 +277,7 @@ def maxpool2d_backward(x: Any, dy: Any, kernel_size: Any, stride: Any = None,
     out_shape = (x4.shape[0], x4.shape[1], *g.out)
     dy4 = _batched_like(xp, x, dy, out_shape, unbatched, "dy")
     if indices is not None:
-        indices4 = _batched_indices(xp, x, indices, out_shape, unbatched)
+        indices4 = _batched_indices(xp, indices, out_shape, unbatched)
         dxpad = _zeros_padded(xp, x4, g)
         for index, flat in zip(g.slices(), g.flat_positions(xp, x.device)):
             dxpad[index] += dy4 * xp.astype(indices4 == flat, x.dtype)
@@ -479,10 +480,9 @@ def _adaptive_max(xp: Any, x4: Any, out: Pair, y: Any = None) -> tuple[Any, Any]
     """(y, indices) of adaptive max pooling over windows of varying size (given ``y``, only
     its indices are computed)."""
     w = x4.shape[3]
-    rows, cols = _adaptive_offsets(xp, x4.shape[2], out[0], x4.device), \
-        _adaptive_offsets(xp, w, out[1], x4.device)
+    cols = _adaptive_offsets(xp, w, out[1], x4.device)
     candidates, flats = [], []
-    for row, row_inside in rows:
+    for row, row_inside in _adaptive_offsets(xp, x4.shape[2], out[0], x4.device):
         picked_rows = xp.take(x4, row, axis=2)
         for col, col_inside in cols:
             candidates.append(xp.take(picked_rows, col, axis=3))
@@ -530,7 +530,7 @@ def adaptive_maxpool2d_backward(x: Any, dy: Any, output_size: Any, *, y: Any = N
     if min(out) == 0:
         return _unbatched(dx, unbatched)
     if indices is not None:
-        indices4 = _batched_indices(xp, x, indices, out_shape, unbatched)
+        indices4 = _batched_indices(xp, indices, out_shape, unbatched)
     else:
         y4 = None if y is None else _batched_like(xp, x, y, out_shape, unbatched, "y")
         indices4 = _adaptive_max(xp, x4, out, y4)[1]

@@ -6,8 +6,13 @@ from typing import Any
 
 from .. import functional as F
 from ..errors import errors_named
-from ..functional.pool import (adaptive_output_size, check_divisor_override, check_flag,
-                               pool_dilation, pool_window)
+from ..functional.pool import (
+    adaptive_output_size,
+    check_divisor_override,
+    check_flag,
+    pool_dilation,
+    pool_window,
+)
 from .base import Layer, register
 
 
