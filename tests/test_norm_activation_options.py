@@ -22,7 +22,7 @@ from anyarray_nn.layers import (
     LayerNorm,
     SiLU,
 )
-from helpers import assert_close, away_from_zero, fast_and_portable, host
+from helpers import assert_close, fast_and_portable, host
 
 NAN = float("nan")
 
@@ -464,3 +464,19 @@ def test_new_layers_round_trip_through_load_model(tmp_path, rng):
     assert_close(rebuilt.forward(x), model.forward(x), rtol=1e-6, atol=1e-6)
     for name in ("LayerNorm", "GroupNorm", "GELU", "SiLU"):
         assert ann.layers.layer_class(name).__name__ == name
+
+
+def test_new_layers_run_on_every_backend(xp, rng):
+    """The layers (not only the kernels) use nothing beyond the standard: each backend gives
+    NumPy's output and input gradient."""
+    x, dy = rng.standard_normal((2, 4, 3)), rng.standard_normal((2, 4, 3))
+    for make in (lambda: LayerNorm((4, 3)), lambda: GroupNorm(2, 4), lambda: GELU(),
+                 lambda: GELU("tanh"), SiLU, lambda: BatchNorm1D(4, momentum=None),
+                 lambda: Dense(3, 3, rng=0), lambda: Dropout(1.0)):
+        results = []
+        for backend in ("numpy", ann.current_backend().name):
+            layer = make().to(backend, dtype="float64")
+            y = layer.forward(ann.asarray(x, backend=backend), train=True)
+            results.append((host(y), host(layer.backward(ann.asarray(dy, backend=backend)))))
+        assert_close(results[1][0], results[0][0])
+        assert_close(results[1][1], results[0][1])

@@ -5,8 +5,8 @@
     tanh:        y = tanh(x)                   dx = dy * (1 - y^2)
     sigmoid:     y = 1 / (1 + exp(-x))         dx = dy * y (1 - y)
     gelu:        y = x Phi(x)                  dx = dy * (Phi(x) + x phi(x))
-    gelu tanh:   y = x (1 + tanh(u)) / 2,  u = sqrt(2/pi) (x + 0.044715 x^3)
-                 dx = dy * ((1 + t) / 2 + x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2),  t = tanh(u)
+    gelu tanh:   y = x (1 + t) / 2,  t = tanh(u),  u = sqrt(2/pi) (x + 0.044715 x^3)
+                 dx = dy * ((1 + t) / 2 + x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2)
     silu:        y = x s(x), s = sigmoid       dx = dy * s(x) (1 + x (1 - s(x)))
 
 Phi and phi are the standard normal distribution and density. At a NaN input every gradient

@@ -25,8 +25,8 @@ from ._checks import check_floating, check_gradient, check_ndim, check_same_dtyp
 
 def _check(x: Any, w: Any, b: Any | None) -> None:
     if x.ndim < 1:
-        raise InputError(f"x: expected an array (in_features,) or (batch, *, in_features), "
-                         f"got a 0-D array")
+        raise InputError("x: expected an array (in_features,) or (batch, *, in_features), "
+                         "got a 0-D array")
     check_ndim(w, 2, "W", "(out_features, in_features)")
     check_floating(w, "W")
     check_same_dtype(x, w, "x", "W")
