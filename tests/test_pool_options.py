@@ -109,6 +109,18 @@ def test_maxpool_all_minus_infinity_goes_to_the_first_input_element_not_padding(
     assert dx[0, 0, 0, 0] != 0  # the case is real: padding came first in the window
 
 
+def test_a_dilated_window_wholly_in_the_padding_gives_minus_infinity_and_no_gradient():
+    """Rows -1 and 1 of a one-row input: no input element (PyTorch 2.13's CPU kernel
+    corrupts memory here, so there is no reference to compare with)."""
+    x = np.arange(2.0).reshape(1, 1, 1, 2)
+    y, indices = F.maxpool2d_forward(x, 2, 1, 1, 2, return_indices=True)
+    np.testing.assert_array_equal(y, np.full((1, 1, 1, 2), -np.inf))
+    np.testing.assert_array_equal(indices, np.full((1, 1, 1, 2), -1))
+    for gradient in (F.maxpool2d_backward(x, np.ones(y.shape), 2, 1, 1, 2),
+                     F.maxpool2d_backward(x, np.ones(y.shape), 2, 1, 1, 2, indices=indices)):
+        np.testing.assert_array_equal(gradient, np.zeros(x.shape))
+
+
 @pytest.mark.parametrize("name", AVG_CONFIGS)
 def test_avgpool_options_match_torch(torch, rng, name):
     shape, k, s, p, ceil = AVG_CONFIGS[name]
