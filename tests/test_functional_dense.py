@@ -56,7 +56,7 @@ def test_dense_kernel_errors_name_expected_and_actual(xp):
     w = ann.asarray(np.zeros((4, 5)), dtype="float32")
     with pytest.raises(ann.InputError, match=r"expected 5 input features.*\(4, 5\).*\(2, 3\)"):
         F.dense_forward(x, w)
-    with pytest.raises(ann.InputError, match=r"x: expected a 2-D array.*got shape \(3,\)"):
+    with pytest.raises(ann.InputError, match=r"x: expected 5 input features in the last axis.*got shape \(3,\)"):
         F.dense_forward(ann.asarray(np.zeros(3), dtype="float32"), w)
     w3 = ann.asarray(np.zeros((4, 3)), dtype="float64")
     with pytest.raises(ann.InputError, match="x: expected dtype float64.*got float32"):

@@ -96,8 +96,8 @@ def test_dropout_layer(xp):
     np.testing.assert_array_equal(dx, kept * 2.0)
     again = Dropout(0.5, rng=3)
     np.testing.assert_array_equal(host(again.forward(x, train=True)), y)  # seeded
-    with pytest.raises(ValueError, match="Dropout: expected 0 <= p < 1, got 1.0"):
-        Dropout(1.0)
+    with pytest.raises(ValueError, match="Dropout: expected 0 <= p <= 1, got 1.5"):
+        Dropout(1.5)
 
 
 def test_errors_name_the_layer():
@@ -205,12 +205,12 @@ def test_dropout_with_p0_checks_dy_like_any_p(torch):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: BatchNorm1D(3, momentum=None), r"BatchNorm1D: momentum=None .*is not supported"),
+    (lambda: BatchNorm1D(3, momentum=1.5), r"BatchNorm1D: expected 0 <= momentum <= 1 and eps > 0.*momentum=1.5"),
     (lambda: BatchNorm2D(3, momentum="0.1"), r"BatchNorm2D: expected 0 <= momentum <= 1 and eps > 0"),
     (lambda: BatchNorm1D(3, eps=None), r"BatchNorm1D: expected 0 <= momentum <= 1 and eps > 0.*eps=None"),
-    (lambda: Dropout(None), "Dropout: expected 0 <= p < 1, got None"),
-    (lambda: Dropout("0.5"), "Dropout: expected 0 <= p < 1, got '0.5'"),
-], ids=["momentum-None", "momentum-str", "eps-None", "p-None", "p-str"])
+    (lambda: Dropout(None), "Dropout: expected 0 <= p <= 1, got None"),
+    (lambda: Dropout("0.5"), "Dropout: expected 0 <= p <= 1, got '0.5'"),
+], ids=["momentum-1.5", "momentum-str", "eps-None", "p-None", "p-str"])
 def test_constructor_arguments_that_are_not_numbers_are_refused(make, message):
     with pytest.raises(ValueError, match=message):
         make()
