@@ -54,6 +54,10 @@ from .norm import (
     layernorm_forward,
 )
 from .pool import (
+    adaptive_avgpool2d_backward,
+    adaptive_avgpool2d_forward,
+    adaptive_maxpool2d_backward,
+    adaptive_maxpool2d_forward,
     avgpool2d_backward,
     avgpool2d_forward,
     global_avgpool2d_backward,
@@ -68,6 +72,8 @@ __all__ = [
     "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
     "global_avgpool2d_forward", "global_avgpool2d_backward",
+    "adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
+    "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward",
     "batchnorm_forward", "batchnorm_backward", "batchnorm_inference", "batchnorm_update_running",
     "dropout_forward", "dropout_backward",
     "layernorm_forward", "layernorm_backward", "groupnorm_forward", "groupnorm_backward",
