@@ -99,12 +99,11 @@ T g = 0;
 for (int a = a_lo; a <= a_hi; ++a) {
     for (int b = b_lo; b <= b_hi; ++b) {
         const T target = yplane[a * yst_h + b * yst_w];
-        int k = 0;  // the window's first offset whose value equals y
-        for (; k < k_h * k_w; ++k) {
+        int k = 0;  // the window's first input element whose value equals y: padding never
+        for (; k < k_h * k_w; ++k) {  // wins, even in a window of -inf (as the portable kernel)
             const int wy = a * s_h - pad_h + k / k_w, wx = b * s_w - pad_w + k % k_w;
-            const T v = (wy >= 0 && wy < height && wx >= 0 && wx < width)
-                ? plane[wy * xst_h + wx * xst_w] : neg_inf;
-            if (v == target) break;
+            if (wy >= 0 && wy < height && wx >= 0 && wx < width
+                && plane[wy * xst_h + wx * xst_w] == target) break;
         }
         if (k < k_h * k_w && a * s_h - pad_h + k / k_w == yy && b * s_w - pad_w + k % k_w == xx)
             g += gplane[a * gst_h + b * gst_w];
