@@ -147,8 +147,8 @@ def test_grouped_patches_kept_by_the_caller_give_the_same_gradients(rng):
 def test_conv2d_option_errors(xp):
     x = ann.asarray(np.zeros((2, 6, 5, 5)))
     w = ann.asarray(np.zeros((4, 3, 3, 3)))
-    with pytest.raises(ann.InputError, match=r"x: expected 9 input channels \(W has shape "
-                                             r"\(4, 3, 3, 3\), groups 3\), got shape \(2, 6, 5, 5\)"):
+    with pytest.raises(ann.InputError, match=r"x: expected 9 input channels \(W has shape \(4, "
+                                             r"3, 3, 3\), groups 3\), got shape \(2, 6, 5, 5\)"):
         F.conv2d_forward(x, w, groups=3)
     with pytest.raises(ann.InputError, match=r"W: expected out_channels divisible by groups 2, "
                                              r"got shape \(3, 3, 3, 3\)"):
@@ -167,7 +167,8 @@ def test_conv2d_option_errors(xp):
     with pytest.raises(ann.InputError, match=r"padding_mode 'circular': expected padding at most"):
         F.conv2d_forward(x, w, padding=(0, 0, 0, 6), groups=2, padding_mode="circular")
     with pytest.raises(ann.InputError, match=r"x: expected a 4-D array \(N, C, H, W\) or an "
-                                             r"unbatched 3-D array \(C, H, W\), got shape \(5, 5\)"):
+                                             r"unbatched 3-D array \(C, H, W\), got shape "
+                                             r"\(5, 5\)"):
         F.conv2d_forward(ann.asarray(np.zeros((5, 5))), w)
     with pytest.raises(ann.InputError, match=r"dy: expected shape \(4, 3, 3\)"):
         F.conv2d_backward(x[0, ...], w, ann.asarray(np.zeros((2, 4, 3, 3))), groups=2)

@@ -33,6 +33,21 @@ On NumPy with numba, 3x3 stride-1 convolutions of 8 or more input channels run a
 convolutions, whose GEMMs are 2.25x smaller, and stride-1 convolutions with 1 to 3 input
 channels (a first layer; on one core up to 16) are computed directly, forward, dW and dX,
 from the same padded flat planes (``_numba_kernels``, chosen in ``_fast``).
+
+The options of ``torch.nn.functional.conv2d`` and ``torch.nn.Conv2d``:
+
+* ``padding_mode`` reflect, replicate or circular pads x explicitly (each padded row and
+  column gathers the input row or column it copies), then runs the zero-padding convolution
+  with padding 0, fast paths included; dX folds the padded input's gradient back: each border
+  row and column adds onto the one it copied (:func:`_fold_padding`).
+* ``groups`` > 1 (W is (O, C / groups, kh, kw)) runs the grouped kernels below on every
+  backend: the sum over the kh*kw taps of ``W[g, :, :, i, j] @ tap_g``, one batched GEMM per
+  tap over the group axis (for depthwise, one input channel per group, a per-channel
+  scaling), block by block over the output positions so that each block stays in cache
+  across the taps. Each tap is a view of the padded input (at stride 1 one contiguous run of
+  the flat padded batch), so no im2col matrix is made. dW takes the same taps against dY and
+  dX adds ``W^T dY`` back where each tap read.
+* An unbatched (C, H, W) input gets a batch axis of 1 and loses it again.
 """
 
 from __future__ import annotations

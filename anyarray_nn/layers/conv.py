@@ -23,14 +23,16 @@ class Conv2D(Layer):
     ``padding``: int, pair, ``"same"`` (stride 1) or ``"valid"``; ``stride`` and
     ``dilation``: int or pair. ``groups`` splits the channels into groups convolved apart
     (``groups == in_channels``: depthwise); ``padding_mode``: "zeros", "reflect",
-    "replicate" or "circular", as ``torch.nn.Conv2d``. Inputs may be unbatched (C, H, W). The layer keeps the forward's patches (the im2col matrix) for
-    the weight gradient, trading memory for one fewer copy per step.
+    "replicate" or "circular", as ``torch.nn.Conv2d``. Inputs may be unbatched (C, H, W).
+    The layer keeps the forward's patches (the im2col matrix; for groups, the padded input)
+    for the weight gradient, trading memory for one fewer copy per step.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, *,
                  stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
-                 bias: bool = True, padding_mode: str = "zeros", init: Any = "he", name: str | None = None, backend: Any = None,
-                 dtype: str | None = None, rng: Any = None) -> None:
+                 bias: bool = True, padding_mode: str = "zeros", init: Any = "he",
+                 name: str | None = None, backend: Any = None, dtype: str | None = None,
+                 rng: Any = None) -> None:
         super().__init__(name)
         self._check_sizes(in_channels=in_channels, out_channels=out_channels)
         # Checked now, not at the first forward; errors say "Conv2D: stride: expected ...".
