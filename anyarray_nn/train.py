@@ -260,29 +260,47 @@ class Every(Callback):
             self.fn(state)
 
 
-def _correct_count(xp: Any, predicted: Any, labels: Any) -> int:
-    """How many predicted class indices equal the labels (a device-to-host read)."""
-    return int(xp.sum(xp.astype(predicted == labels, xp.int64)))
+def _hits(xp: Any, logits: Any, targets: Any, ignore_index: Any) -> tuple[Any, Any, Any, Any]:
+    """The predicted classes (arg-max over axis 1), the target classes, and the numbers of
+    correct and of counted predictions, on the device. Targets are class indices (those equal
+    to ``ignore_index`` are not counted) or probabilities of the logits' shape (their arg-max
+    is the class)."""
+    predicted = xp.argmax(logits, axis=1)
+    if tuple(targets.shape) == tuple(logits.shape) and _is_floating(xp, targets):
+        targets = xp.argmax(targets, axis=1)
+        counted = xp.ones(predicted.shape, dtype=xp.bool)
+    else:
+        counted = (targets != ignore_index if ignore_index is not None
+                   else xp.ones(predicted.shape, dtype=xp.bool))
+    correct = xp.sum(xp.astype((predicted == targets) & counted, xp.int64))
+    return predicted, targets, correct, xp.sum(xp.astype(counted, xp.int64))
+
+
+def _accuracy(correct: int, counted: int) -> float:
+    """correct / counted; 0.0 when nothing was counted (every label ignored)."""
+    return correct / counted if counted else 0.0
 
 
 def evaluate(model: Any, loss_fn: Any, loader: Iterable[tuple[Any, Any]]) -> EvalResult:
     """Mean loss and accuracy of ``model`` over ``loader`` (evaluation mode), with the
-    predictions and labels on the host."""
-    total_loss, correct, count = 0.0, 0, 0
+    predictions and labels on the host. Labels equal to the loss's ``ignore_index`` are not
+    counted in the accuracy; probability targets count as their most probable class."""
+    total_loss, correct, counted, count = 0.0, 0, 0, 0
     predictions, labels = [], []
+    ignore_index = getattr(loss_fn, "ignore_index", None)
     for xb, yb in loader:
         logits = model.forward(xb, train=False)
         xp = _backend.namespace(logits)
         n = int(yb.shape[0])
         total_loss += float(loss_fn.forward(logits, yb)) * n
-        predicted = xp.argmax(logits, axis=1)
-        correct += _correct_count(xp, predicted, yb)
+        predicted, classes, hits, counts = _hits(xp, logits, yb, ignore_index)
+        correct, counted = correct + int(hits), counted + int(counts)
         count += n
         predictions.append(_backend.to_host(predicted))
-        labels.append(_backend.to_host(yb))
+        labels.append(_backend.to_host(classes))
     if count == 0:
         raise ValueError("evaluate: the loader produced no batches")
-    return EvalResult(total_loss / count, correct / count,
+    return EvalResult(total_loss / count, _accuracy(correct, counted),
                       np.concatenate(predictions).astype(np.int64),
                       np.concatenate(labels).astype(np.int64))
 
@@ -345,9 +363,10 @@ def _train(state: TrainState, model: Any, loss_fn: Any, optimizer: Any, train_lo
         for cb in callbacks:
             cb.on_epoch_begin(state)
         start, seen, epoch_loss, epoch_correct = time.perf_counter(), 0, 0.0, 0
+        epoch_counted = 0
         validating = 0.0  # seconds of val_every validations, left out of the epoch's time
         for xb, yb in train_loader:
-            loss_value, correct = _forward_backward(state, model, loss_fn, xb, yb)
+            loss_value, correct, counted = _forward_backward(state, model, loss_fn, xb, yb)
             optimizer.step()  # only now: every value it reads was found finite
             n = int(yb.shape[0])
             state.step += 1
@@ -355,15 +374,16 @@ def _train(state: TrainState, model: Any, loss_fn: Any, optimizer: Any, train_lo
             seen += n
             epoch_loss += loss_value * n
             epoch_correct += correct
+            epoch_counted += counted
             state.last = {"step": state.step, "epoch": state.epoch, "loss": loss_value,
-                          "accuracy": correct / n, "lr": optimizer.lr}
+                          "accuracy": _accuracy(correct, counted), "lr": optimizer.lr}
             state.history.iterations.append(dict(state.last))
             for cb in callbacks:
                 cb.on_iteration_end(state)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(epoch=state.epoch, loss=f"{loss_value:.4f}",
-                                acc=f"{correct / n:.3f}", refresh=False)
+                                acc=f"{_accuracy(correct, counted):.3f}", refresh=False)
             if val_every is not None and state.step % val_every == 0:
                 began = time.perf_counter()
                 _validate(state, model, loss_fn, val_loader, callbacks)
@@ -374,7 +394,7 @@ def _train(state: TrainState, model: Any, loss_fn: Any, optimizer: Any, train_lo
             raise ValueError(_no_batches_message(train_loader))
         seconds = time.perf_counter() - start - validating
         summary = {"epoch": state.epoch, "loss": epoch_loss / seen,
-                   "accuracy": epoch_correct / seen, "seconds": seconds,
+                   "accuracy": _accuracy(epoch_correct, epoch_counted), "seconds": seconds,
                    "images_per_second": seen / seconds if seconds > 0 else None,
                    "steps": state.step}
         if val_loader is not None and val_every is None:
@@ -419,11 +439,11 @@ def _some(keys: list[str], limit: int = 4) -> str:
 
 
 def _forward_backward(state: TrainState, model: Any, loss_fn: Any, xb: Any,
-                      yb: Any) -> tuple[float, int]:
+                      yb: Any) -> tuple[float, int, int]:
     """Forward, loss and backward of one batch: the step up to the optimizer's update.
 
-    Returns the loss and the number of correct predictions, read from the device in one read
-    together with a screen for non-finite values (see :func:`_step_values`). Only if the
+    Returns the loss and the numbers of correct and of counted predictions, read from the
+    device in one read together with a screen for non-finite values (see :func:`_step_values`). Only if the
     screen is not finite does the slow diagnosis run; if it finds a NaN or infinity (not
     merely a sum of large values that overflowed), the step raises :class:`NonFiniteError`.
     An :class:`InputError` of the step (the loss's check of the logits) is raised again
@@ -439,7 +459,8 @@ def _forward_backward(state: TrainState, model: Any, loss_fn: Any, xb: Any,
         loss = loss_fn.forward(logits, yb)
         model.backward(loss_fn.backward())
         grads = model.grads()
-        loss_value, correct, screen = _step_values(xb, logits, yb, loss, grads)
+        loss_value, correct, counted, screen = _step_values(
+            xb, logits, yb, loss, grads, getattr(loss_fn, "ignore_index", None))
     except InputError as exc:
         _restore(stores, saved)
         problems = _non_finite(model, xb, logits)
@@ -450,29 +471,31 @@ def _forward_backward(state: TrainState, model: Any, loss_fn: Any, xb: Any,
         _restore(stores, saved)
         raise
     if math.isfinite(screen):
-        return loss_value, correct
+        return loss_value, correct, counted
     problems = _non_finite(model, xb, logits, loss_value, grads)
     if not problems:  # finite values whose sum overflowed: a good step
-        return loss_value, correct
+        return loss_value, correct, counted
     _restore(stores, saved)
     raise NonFiniteError(_not_applied(state, problems))
 
 
-def _step_values(xb: Any, logits: Any, yb: Any, loss: Any,
-                 grads: dict[str, Any]) -> tuple[float, int, float]:
-    """The loss, the number of correct predictions, and a screen: the loss plus the sums of
-    the input batch and of every gradient, NaN or infinite if any of them holds a NaN or an
-    infinity. One device-to-host read for all three, the reads a step makes anyway."""
+def _step_values(xb: Any, logits: Any, yb: Any, loss: Any, grads: dict[str, Any],
+                 ignore_index: Any) -> tuple[float, int, int, float]:
+    """The loss, the numbers of correct and of counted predictions (see :func:`_hits`), and a
+    screen: the loss plus the sums of the input batch and of every gradient, NaN or infinite
+    if any of them holds a NaN or an infinity. One device-to-host read for all four, the read
+    a step makes anyway."""
     xp = _backend.namespace(logits)
-    correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, xp.int64))
+    _, _, correct, counted = _hits(xp, logits, yb, ignore_index)
     sums = [xp.sum(g) for g in grads.values()]
     if _is_floating(xp, xb):
         sums.append(xp.sum(xb))
     screen = sum(sums, loss)
-    # In the loss's dtype: float32 counts exactly up to 2**24 images per batch.
-    values = xp.stack([loss, xp.astype(correct, loss.dtype), xp.astype(screen, loss.dtype)])
-    loss_value, count, screen_value = _backend.to_host(values).tolist()
-    return loss_value, int(count), screen_value
+    # In the loss's dtype: float32 counts exactly up to 2**24 predictions per batch.
+    values = xp.stack([loss, xp.astype(correct, loss.dtype), xp.astype(counted, loss.dtype),
+                       xp.astype(screen, loss.dtype)])
+    loss_value, hits, counts, screen_value = _backend.to_host(values).tolist()
+    return loss_value, int(hits), int(counts), screen_value
 
 
 def _non_finite(model: Any, xb: Any, logits: Any, loss_value: float | None = None,

@@ -302,3 +302,40 @@ def test_validation_time_is_left_out_of_the_epoch_time_in_both_modes(monkeypatch
         h = train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.1), tl, epochs=1,
                       val_loader=Slow(), progress=False, **kwargs)
         assert len(h.validations) >= 1 and h.epochs[-1]["seconds"] < 1.0, kwargs
+
+
+class FixedLoader:
+    """The same batches every epoch, with a len(): what fit and evaluate need."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_accuracy_counts_neither_ignored_labels_nor_rows_twice():
+    """Labels equal to the loss's ignore_index are left out of the accuracy, and probability
+    targets count as their most probable class: what fit logs and evaluate returns."""
+    model = ann.Sequential([Dense(2, 3, name="out", rng=0)])
+    x = ann.asarray(np.random.default_rng(0).standard_normal((8, 2)), dtype="float32")
+    predicted = np.argmax(host(model.forward(x)), axis=1)
+    labels = predicted.copy()
+    labels[:3] = (predicted[:3] + 1) % 3  # three wrong
+    labels[3:5] = -100                    # two ignored, both would be right
+    batch = [(x, ann.asarray(labels))]
+    loss_fn = ann.losses.SoftmaxCrossEntropy()
+    result = train.evaluate(model, loss_fn, FixedLoader(batch))
+    assert result.accuracy == 3 / 6       # three right of the six counted
+    np.testing.assert_array_equal(result.labels, labels)
+    history = train.fit(model, loss_fn, ann.optim.SGD(model, lr=0.0), FixedLoader(batch),
+                        epochs=1, progress=False)
+    assert history.iterations[0]["accuracy"] == history.epochs[0]["accuracy"] == 3 / 6
+
+    soft = np.eye(3, dtype=np.float32)[labels.clip(0)] * 0.8 + 0.2 / 3  # rows sum to 1
+    result = train.evaluate(model, loss_fn, FixedLoader([(x, ann.asarray(soft))]))
+    expected = np.mean(predicted == labels.clip(0))
+    assert result.accuracy == expected and result.labels.shape == (8,)
