@@ -495,28 +495,43 @@ def _grouped_taps(xp: Any, x: Any, w: Any, pads: Padding, conv: _Conv) -> tuple[
     return xpad, taps
 
 
+def _block_columns(xp: Any, xpad: Any, taps: _Taps, block: tuple[int, int],
+                   groups: int) -> Any:
+    """The im2col matrix of one block of positions, by group: (G, Cg*kh*kw, positions),
+    rows ordered (input channel, i, j) as W's (O, Cg, kh, kw) flattens."""
+    kh, kw = taps.kernel
+    cols = xp.stack([taps.read(xp, xpad, i, j, block) for i in range(kh) for j in range(kw)],
+                    axis=1)  # (C, kh*kw, positions)
+    return xp.reshape(cols, (groups, -1, block[1] - block[0]))
+
+
 def _grouped_forward(xp: Any, xpad: Any, taps: _Taps, w: Any, b: Any | None,
                      groups: int) -> Any:
-    """(O, grid) outputs of a grouped convolution: the bias plus the sum over taps (i, j) of
-    ``W[g, :, :, i, j] @ tap_g`` for every group g, one batched GEMM per tap and block of
-    positions. Depthwise (one input channel per group): each output channel scales its input
-    channel's tap."""
+    """(O, grid) outputs of a grouped convolution, block by block of positions.
+
+    Several input channels per group: the block's im2col matrix times W, one GEMM batched
+    over the groups (few large GEMMs: BLAS threads stay busy). Depthwise (one input channel
+    per group): the sum over taps (i, j) of ``W[o, 0, i, j] * tap``, a per-channel scaling of
+    each tap while the block of outputs stays in cache."""
     o, cg, kh, kw = w.shape
     og = o // groups
     wg = xp.reshape(w, (groups, og, cg, kh, kw))
+    w2 = xp.reshape(w, (groups, og, cg * kh * kw))
     y = xp.zeros((groups, og, taps.grid), dtype=w.dtype, device=w.device)
-    for start, stop in taps.blocks(o):
-        block = y[:, :, start:stop]  # a view on NumPy; written back below for the standard
-        if b is not None:  # here, while the block is in cache
-            block += xp.reshape(b, (groups, og, 1))
-        for i in range(kh):
-            for j in range(kw):
-                tap = xp.reshape(taps.read(xp, xpad, i, j, (start, stop)),
-                                 (groups, cg, stop - start))
-                if cg == 1:
+    bias = None if b is None else xp.reshape(b, (groups, og, 1))
+    # a block's values: its outputs, and its im2col matrix where there is one
+    for start, stop in taps.blocks(o if cg == 1 else o + cg * groups * kh * kw):
+        if cg > 1:
+            block = w2 @ _block_columns(xp, xpad, taps, (start, stop), groups)
+        else:
+            block = y[:, :, start:stop]  # a view on NumPy; written back below
+            for i in range(kh):
+                for j in range(kw):
+                    tap = xp.reshape(taps.read(xp, xpad, i, j, (start, stop)),
+                                     (groups, 1, stop - start))
                     block += wg[:, :, 0, i, j][:, :, None] * tap
-                else:
-                    block += wg[:, :, :, i, j] @ tap
+        if bias is not None:  # here, while the block is in cache
+            block += bias
         y[:, :, start:stop] = block
     return xp.reshape(y, (o, taps.grid))
 
