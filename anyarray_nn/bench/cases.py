@@ -23,6 +23,7 @@ import numpy as np
 from .. import backend as _backend
 from .. import functional as F
 from ..functional.conv import (
+    BLOCK_VALUES,
     _conv2d_forward_with_patches,
     _grouped_input_gradient_alone,
     _input_gradient,
@@ -213,9 +214,10 @@ def _conv_elements(spec: tuple, piece: str, batch: int, gpu: bool) -> tuple[int,
     x, dy, weights = batch * c * h * w, batch * o * h * w, o * (c // groups) * k * k + o
     wide = batch * h * (w + 2 * pad)                    # outputs on conv.py's wide grid
     padded = batch * (h + 2 * pad + 1) * (w + 2 * pad)  # one zero-padded plane per image
-    if groups > 1:  # conv.py's grouped kernels: no im2col, outputs on the padded grid
-        # forward: the padded copy, the outputs, one tap's products, the output with bias
-        forward = c * padded + 2 * o * padded + dy
+    if groups > 1:  # conv.py's grouped kernels: outputs on the padded grid, made by blocks
+        # forward: the padded copy, the outputs (the bias added in place), one block's
+        # products or im2col matrix and its product
+        forward = c * padded + o * padded + 2 * BLOCK_VALUES
         working = {"forward": forward,
                    "dX": o * padded + 2 * c * padded,  # dY on the grid, dX padded, products
                    "dW": max(forward, o * padded + weights)}[piece]
