@@ -25,10 +25,9 @@ from .. import functional as F
 from ..functional.conv import (
     BLOCK_VALUES,
     _conv2d_forward_with_patches,
-    _grouped_input_gradient_alone,
+    _grouped_input_gradient,
     _input_gradient,
     _lowering,
-    _resolve,
 )
 from ..losses import SoftmaxCrossEntropy
 from ..networks import NETWORKS
@@ -219,7 +218,7 @@ def _conv_elements(spec: tuple, piece: str, batch: int, gpu: bool) -> tuple[int,
         # products or im2col matrix and its product
         forward = c * padded + o * padded + 2 * BLOCK_VALUES
         working = {"forward": forward,
-                   "dX": o * padded + 2 * c * padded,  # dY on the grid, dX padded, products
+                   "dX": o * padded + 2 * c * padded,  # dY padded, dX on its grid, blocks
                    "dW": max(forward, o * padded + weights)}[piece]
         return x + dy + weights + c * padded, working, max(x, dy)
     x_patches, y_products = _lowered(c, o, spec, batch, gpu)
@@ -300,11 +299,11 @@ def _ours_conv(case: Case, target: str, batch: int, dtype: str) -> Callable[[], 
     dy = _backend.asarray(_host((batch, o, h, w), 3), backend=target, dtype=dtype)
     _, patches = _conv2d_forward_with_patches(x, wt, b, 1, pad, 1, groups)
     xp = _backend.namespace(x)
-    conv = _resolve(x, wt, None, 1, pad, 1, groups, "zeros")
 
     def dx() -> Any:  # dX alone, by the path training takes (Winograd: with dY's transform)
         if groups > 1:
-            return _grouped_input_gradient_alone(xp, tuple(x.shape), wt, dy, conv)
+            return _grouped_input_gradient(xp, dy, wt, (h, w), (pad,) * 4, (1, 1), (1, 1),
+                                           groups)
         return _input_gradient(xp, dy, wt, (h, w), (pad,) * 4, (1, 1), (1, 1))
     return {
         "forward": lambda: _conv2d_forward_with_patches(x, wt, b, 1, pad, 1, groups),

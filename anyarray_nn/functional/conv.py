@@ -402,7 +402,7 @@ BLOCK_VALUES = 2**19
 @dataclasses.dataclass(frozen=True)
 class _Taps:
     """Where each kernel tap (i, j) reads a zero-padded (C, N, Hp, Wp) buffer, as a (C, M)
-    matrix whose columns are output positions: the grouped kernels' im2col without the copy.
+    matrix whose columns are output positions: the grouped kernels' im2col, a view per tap.
 
     Stride 1: the positions are the whole wide grid (N, Hp, Wp) read as one flat row per
     channel, and tap (i, j) is one contiguous run starting at ``i*dh*Wp + j*dw``; only the
@@ -454,19 +454,6 @@ class _Taps:
             return xp.reshape(buf, (c, self.grid))[:, offset + start:offset + stop]
         rows, cols = self._window(i, j)  # one block: the whole grid
         return xp.reshape(buf[:, :, rows, cols], (c, self.grid))
-
-    def add(self, xp: Any, buf: Any, i: int, j: int, block: tuple[int, int],
-            values: Any) -> None:
-        """Add (C, stop - start) ``values`` onto positions ``block`` of tap (i, j) of the
-        padded buffer ``buf`` (our own contiguous array)."""
-        c, n = self.padded[:2]
-        if self.wide:
-            offset = self._offset(i, j) + block[0]
-            flat = xp.reshape(buf, (c, self.grid))  # a view: buf is contiguous
-            flat[:, offset:offset + block[1] - block[0]] += values
-            return
-        rows, cols = self._window(i, j)
-        buf[:, :, rows, cols] += xp.reshape(values, (c, n, *self.out_hw))
 
     def outputs(self, xp: Any, y: Any) -> Any:
         """(O, grid) outputs as the (O, N, Ho, Wo) valid ones (a view at stride 1)."""
@@ -551,27 +538,6 @@ def _grouped_weight_gradient(xp: Any, xpad: Any, taps: _Taps, dy_grid: Any,
                                  (groups, cg, stop - start))
                 dw[:, :, :, i, j] += dyg @ xp.matrix_transpose(tap)
     return xp.reshape(dw, w_shape)
-
-
-def _grouped_input_gradient(xp: Any, taps: _Taps, dy_grid: Any, w: Any, groups: int) -> Any:
-    """The (C, N, Hp, Wp) gradient of the padded input: each tap adds ``W[g, :, :, i, j]^T
-    @ dY_g`` back where it read (col2im without the matrix), block by block. With one output
-    channel per group the product is a scaling."""
-    o, cg, kh, kw = w.shape
-    og, c = o // groups, groups * cg
-    wg = xp.reshape(w, (groups, og, cg, kh, kw))
-    dxpad = xp.zeros(taps.padded, dtype=w.dtype, device=w.device)
-    for start, stop in taps.blocks(c):
-        dyg = xp.reshape(dy_grid[:, start:stop], (groups, og, stop - start))
-        for i in range(kh):
-            for j in range(kw):
-                if og == 1:
-                    values = wg[:, 0, :, i, j][:, :, None] * dyg
-                else:
-                    values = xp.matrix_transpose(wg[:, :, :, i, j]) @ dyg
-                taps.add(xp, dxpad, i, j, (start, stop),
-                         xp.reshape(values, (c, stop - start)))
-    return dxpad
 
 
 # --- the public kernels -----------------------------------------------------------------------
@@ -671,27 +637,8 @@ def _grouped_backward(xp: Any, x: Any, w: Any, dy: Any, conv: _Conv, patches: An
     db = xp.sum(dy, axis=(0, 2, 3))
     if not input_grad:
         return None, dw, db
-    return _grouped_dx(xp, taps, dy_grid, w, tuple(x.shape), conv), dw, db
-
-
-def _grouped_dx(xp: Any, taps: _Taps, dy_grid: Any, w: Any, x_shape: tuple[int, ...],
-                conv: _Conv) -> Any:
-    """dx (NCHW) of a grouped convolution: the padded input's gradient, cropped."""
-    dxpad = _grouped_input_gradient(xp, taps, dy_grid, w, conv.groups)
-    top, _, left, _ = conv.inner_pads
-    h, wd = x_shape[2], x_shape[3]
-    return xp.permute_dims(dxpad[:, :, top:top + h, left:left + wd], (1, 0, 2, 3))
-
-
-def _grouped_input_gradient_alone(xp: Any, x_shape: tuple[int, ...], w: Any, dy: Any,
-                                  conv: _Conv) -> Any:
-    """dx of a grouped convolution of NCHW input of ``x_shape`` without dW (what the
-    benchmark times as dX): dY on the taps' grid, then :func:`_grouped_dx`."""
-    top, bottom, left, right = conv.inner_pads
-    n, c, h, wd = x_shape
-    taps = _Taps((c, n, top + h + bottom, left + wd + right), conv.out_hw, conv.stride,
-                 conv.dilation, (w.shape[2], w.shape[3]))
-    return _grouped_dx(xp, taps, taps.gradient(xp, dy), w, x_shape, conv)
+    return _grouped_input_gradient(xp, dy, w, (x.shape[2], x.shape[3]), pads, conv.stride,
+                                   conv.dilation, conv.groups), dw, db
 
 
 def _dense_backward(xp: Any, x: Any, w: Any, dy: Any, pads: Padding, stride: tuple[int, int],
@@ -760,17 +707,9 @@ def _conv2d_input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pad
         return fast.conv2d_input_gradient(dy2, tuple(dy.shape), w, in_hw, pads, stride,
                                           dilation)
     (h, wd), (kh, kw) = in_hw, (w.shape[2], w.shape[3])
-    ho, wo = dy.shape[2], dy.shape[3]
-    reach = (dilation[0] * (kh - 1), dilation[1] * (kw - 1))
-    # Input rows/columns past the last window get no gradient from it: pad dY further there.
-    rest = (h + pads[0] + pads[1] - reach[0] - 1 - (ho - 1) * stride[0],
-            wd + pads[2] + pads[3] - reach[1] - 1 - (wo - 1) * stride[1])
-    full = (reach[0] - pads[0], reach[0] - pads[1] + rest[0],
-            reach[1] - pads[2], reach[1] - pads[3] + rest[1])
-    # Padding larger than the kernel's reach means cropping: pad by 0 and slice afterwards.
-    qpads = tuple(max(q, 0) for q in full)
-    crop = tuple(max(-q, 0) for q in full)
-    wp = (wo - 1) * stride[1] + 1 + qpads[2] + qpads[3]
+    qpads, crop = _transposed_padding(in_hw, (dy.shape[2], dy.shape[3]), (kh, kw), pads,
+                                      stride, dilation)
+    wp = (dy.shape[3] - 1) * stride[1] + 1 + qpads[2] + qpads[3]
     one = (1, 1)
     dypad = _padded_cnhw(xp, dy, qpads, spread=stride,
                          extra_rows=_extra_rows((kh, kw), one, dilation, wp))
@@ -782,5 +721,41 @@ def _conv2d_input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pad
     else:
         patches = _lower(xp, dypad, (kh, kw), out_hw, one, dilation)
         dx = _convolve(xp, w_t, patches, dy.shape[0], out_hw, dilation)
+    dx = dx[:, :, crop[0]:crop[0] + h, crop[2]:crop[2] + wd]
+    return xp.permute_dims(dx, (1, 0, 2, 3))
+
+
+def _transposed_padding(in_hw: tuple[int, int], out_hw: tuple[int, int],
+                        kernel: tuple[int, int], pads: Padding, stride: tuple[int, int],
+                        dilation: tuple[int, int]) -> tuple[Padding, Padding]:
+    """How dX's transposed convolution pads the spread dY, and what it crops off afterwards
+    (top, bottom, left, right each)."""
+    (h, wd), (ho, wo), (kh, kw) = in_hw, out_hw, kernel
+    reach = (dilation[0] * (kh - 1), dilation[1] * (kw - 1))
+    # Input rows/columns past the last window get no gradient from it: pad dY further there.
+    rest = (h + pads[0] + pads[1] - reach[0] - 1 - (ho - 1) * stride[0],
+            wd + pads[2] + pads[3] - reach[1] - 1 - (wo - 1) * stride[1])
+    full = (reach[0] - pads[0], reach[0] - pads[1] + rest[0],
+            reach[1] - pads[2], reach[1] - pads[3] + rest[1])
+    # Padding larger than the kernel's reach means cropping: pad by 0 and slice afterwards.
+    return tuple(max(q, 0) for q in full), tuple(max(-q, 0) for q in full)
+
+
+def _grouped_input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pads: Padding,
+                            stride: tuple[int, int], dilation: tuple[int, int],
+                            groups: int) -> Any:
+    """dX of a grouped convolution as for one group: the stride-1 grouped convolution of the
+    spread, padded dY with W flipped and its in/out channels swapped within each group."""
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    qpads, crop = _transposed_padding(in_hw, (dy.shape[2], dy.shape[3]), (kh, kw), pads,
+                                      stride, dilation)
+    dypad = _padded_cnhw(xp, dy, qpads, spread=stride)
+    flipped = xp.reshape(xp.flip(w, axis=(2, 3)), (groups, og, cg, kh, kw))
+    w_t = xp.reshape(xp.permute_dims(flipped, (0, 2, 1, 3, 4)), (groups * cg, og, kh, kw))
+    (h, wd) = in_hw
+    out_hw = (h + crop[0] + crop[1], wd + crop[2] + crop[3])
+    taps = _Taps(tuple(dypad.shape), out_hw, (1, 1), dilation, (kh, kw))
+    dx = taps.outputs(xp, _grouped_forward(xp, dypad, taps, w_t, None, groups))
     dx = dx[:, :, crop[0]:crop[0] + h, crop[2]:crop[2] + wd]
     return xp.permute_dims(dx, (1, 0, 2, 3))
