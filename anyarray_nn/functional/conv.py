@@ -41,12 +41,13 @@ The options of ``torch.nn.functional.conv2d`` and ``torch.nn.Conv2d``:
   with padding 0, fast paths included; dX folds the padded input's gradient back: each border
   row and column adds onto the one it copied (:func:`_fold_padding`).
 * ``groups`` > 1 (W is (O, C / groups, kh, kw)) runs the grouped kernels below on every
-  backend: the sum over the kh*kw taps of ``W[g, :, :, i, j] @ tap_g``, one batched GEMM per
-  tap over the group axis (for depthwise, one input channel per group, a per-channel
-  scaling), block by block over the output positions so that each block stays in cache
-  across the taps. Each tap is a view of the padded input (at stride 1 one contiguous run of
-  the flat padded batch), so no im2col matrix is made. dW takes the same taps against dY and
-  dX adds ``W^T dY`` back where each tap read.
+  backend, block by block over the output positions so that each block stays in cache.
+  Each kernel tap (i, j) reads the padded input as a view (at stride 1 one contiguous run of
+  the flat padded batch). The forward pass multiplies W by the block's im2col matrix, one
+  GEMM batched over the groups; depthwise (one input channel per group) it sums
+  ``W[o, 0, i, j] * tap`` over the taps, a per-channel scaling each. dW is ``dY @ tap^T``
+  per tap, batched over the groups; dX is the grouped forward pass of the spread, padded dY
+  with W flipped and transposed within each group, as for one group.
 * An unbatched (C, H, W) input gets a batch axis of 1 and loses it again.
 """
 
