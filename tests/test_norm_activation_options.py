@@ -23,6 +23,7 @@ from anyarray_nn.layers import (
     SiLU,
 )
 from helpers import assert_close, fast_and_portable, host
+from test_functional_activation import KERNELS
 
 NAN = float("nan")
 
@@ -45,15 +46,7 @@ NEW_ACTIVATIONS = {
                   lambda t, x: t.nn.functional.gelu(x, approximate="tanh")),
     "silu": (F.silu_forward, F.silu_backward, lambda t, x: t.nn.functional.silu(x)),
 }
-ALL_ACTIVATIONS = {
-    **NEW_ACTIVATIONS,
-    "relu": (F.relu_forward, F.relu_backward, lambda t, x: t.relu(x)),
-    "leaky_relu": (lambda x: F.leaky_relu_forward(x, 0.1),
-                   lambda x, dy: F.leaky_relu_backward(x, dy, 0.1),
-                   lambda t, x: t.nn.functional.leaky_relu(x, 0.1)),
-    "tanh": (F.tanh_forward, F.tanh_backward, lambda t, x: t.tanh(x)),
-    "sigmoid": (F.sigmoid_forward, F.sigmoid_backward, lambda t, x: t.sigmoid(x)),
-}
+ALL_ACTIVATIONS = {**NEW_ACTIVATIONS, **KERNELS}  # KERNELS: the older activations
 
 
 @pytest.mark.parametrize("name", NEW_ACTIVATIONS)

@@ -35,13 +35,15 @@ def check_same_shape(x: Any, ref: Any, what: str, ref_what: str) -> None:
                          f"got {tuple(x.shape)}")
 
 
-def check_weights(x: Any, w: Any, b: Any | None, unit: str) -> None:
-    """Checks shared by the layers with weights (out, in, ...): W's dtype, x's size along
-    axis 1 against W's (``unit`` names it: "input features", "input channels"), and b."""
+def check_weights(x: Any, w: Any, b: Any | None, *, got: int, expected: int, unit: str,
+                  note: str = "") -> None:
+    """Checks shared by the layers with weights (out, in, ...): W's dtype and x's, x's size
+    ``got`` along its feature axis against ``expected`` (``unit`` names it: "input channels";
+    ``note`` adds to W's shape in the message), and b's dtype and shape (out,)."""
     check_floating(w, "W")
     check_same_dtype(x, w, "x", "W")
-    if x.shape[1] != w.shape[1]:
-        raise InputError(f"x: expected {w.shape[1]} {unit} (W has shape {tuple(w.shape)}), "
+    if got != expected:
+        raise InputError(f"x: expected {expected} {unit} (W has shape {tuple(w.shape)}{note}), "
                          f"got shape {tuple(x.shape)}")
     if b is not None:
         check_same_dtype(b, w, "b", "W")

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..backend import namespace
 from ..errors import InputError
-from ._checks import check_floating, check_gradient, check_ndim, check_same_dtype
+from ._checks import check_gradient, check_ndim, check_weights
 
 
 def _check(x: Any, w: Any, b: Any | None) -> None:
@@ -28,15 +28,8 @@ def _check(x: Any, w: Any, b: Any | None) -> None:
         raise InputError("x: expected an array (in_features,) or (batch, *, in_features), "
                          "got a 0-D array")
     check_ndim(w, 2, "W", "(out_features, in_features)")
-    check_floating(w, "W")
-    check_same_dtype(x, w, "x", "W")
-    if x.shape[-1] != w.shape[1]:
-        raise InputError(f"x: expected {w.shape[1]} input features in the last axis (W has "
-                         f"shape {tuple(w.shape)}), got shape {tuple(x.shape)}")
-    if b is not None:
-        check_same_dtype(b, w, "b", "W")
-        if tuple(b.shape) != (w.shape[0],):
-            raise InputError(f"b: expected shape ({w.shape[0]},), got {tuple(b.shape)}")
+    check_weights(x, w, b, got=x.shape[-1], expected=w.shape[1],
+                  unit="input features in the last axis")
 
 
 def dense_forward(x: Any, w: Any, b: Any | None = None) -> Any:
