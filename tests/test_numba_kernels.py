@@ -523,3 +523,134 @@ def test_pool_dispatch_refuses_dilation_and_a_ceil_mode_window():
     assert _fast.pool_kernels(np, np.dtype("float32"), WINDOW, (1, 1), False) is not None
     assert _fast.pool_kernels(np, np.dtype("float32"), WINDOW, (2, 1), False) is None
     assert _fast.pool_kernels(np, np.dtype("float32"), WINDOW, (1, 1), True) is None
+
+
+# Depthwise convolutions (groups == input channels): (N, C, H, W), channel multiplier,
+# kernel, stride, padding, dilation.
+DEPTHWISE_CASES = {
+    "one-channel-batch1": ((1, 1, 5, 7), 1, (3, 3), 1, 1, 1),
+    "4-channels-valid": ((3, 4, 7, 5), 1, (3, 3), 1, 0, 1),
+    "5-channels-pad2-5x5": ((3, 5, 9, 7), 1, (5, 5), 1, 2, 1),
+    "multiplier2": ((3, 4, 7, 9), 2, (3, 3), 1, 1, 1),
+    "multiplier2-5x5-pad2": ((1, 5, 7, 5), 2, (5, 5), 1, 2, 1),
+    "stride2-odd": ((3, 5, 9, 7), 1, (3, 3), 2, 1, 1),
+    "stride2-multiplier2": ((1, 4, 8, 9), 2, (3, 3), 2, 2, 1),
+    "dilation-asymmetric-kernel": ((3, 4, 9, 10), 1, (3, 2), 1, (2, 1), (2, 3)),
+    "kernel-equal-to-padded-input": ((3, 5, 3, 3), 1, (5, 5), 1, 1, 1),
+}
+
+
+@pytest.fixture
+def depthwise_calls(numba_kernels, monkeypatch):
+    """The weights' shapes of the depthwise kernel's calls, in order."""
+    calls = []
+    real = numba_kernels.depthwise_convolution
+    monkeypatch.setattr(numba_kernels, "depthwise_convolution",
+                        lambda xpad, w, *a: calls.append(tuple(w.shape)) or real(xpad, w, *a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-6)])
+@pytest.mark.parametrize("name", DEPTHWISE_CASES)
+def test_depthwise_convolution_equals_the_portable_kernel(depthwise_calls, rng, dtype, rtol,
+                                                          name):
+    shape, multiplier, (kh, kw), stride, padding, dilation = DEPTHWISE_CASES[name]
+    c = shape[1]
+    w = rng.standard_normal((c * multiplier, 1, kh, kw)).astype(dtype)
+    b = rng.standard_normal(c * multiplier).astype(dtype)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=c)
+    values = rng.standard_normal(shape).astype(dtype)
+    dy_values = rng.standard_normal(F.conv2d_forward(values, w, **kwargs).shape).astype(dtype)
+    for layout, x in layouts(values).items():
+        for dy in layouts(dy_values).values():
+            assert_fast_equals_portable(lambda: conv_all(x, w, b, dy, **kwargs), rtol, layout)
+    # forward, then dX: W transposed within each group is (C, multiplier, kh, kw); one
+    # channel is one group, the dense convolution
+    expected = [] if c == 1 else [tuple(w.shape), (c, multiplier, kh, kw)]
+    assert depthwise_calls[1:3] == expected  # after the forward pass that sized dy
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("batched", [True, False])
+def test_padding_modes_take_the_depthwise_kernel_and_equal_the_portable_one(
+        depthwise_calls, rng, mode, batched):
+    x, dy = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((2, 4, 6, 5))
+    x, dy = (x, dy) if batched else (x[0], dy[0])
+    w, b = rng.standard_normal((4, 1, 3, 3)), rng.standard_normal(4)
+    assert_fast_equals_portable(
+        lambda: conv_all(x, w, b, dy, padding=1, groups=4, padding_mode=mode), 1e-12, mode)
+    assert depthwise_calls == [(4, 1, 3, 3)] * 2
+
+
+def test_depthwise_convolution_passes_float64_gradient_checks(depthwise_calls, rng):
+    from anyarray_nn.gradcheck import check_function
+    x = rng.standard_normal((2, 3, 5, 6))
+    w, b = rng.standard_normal((6, 1, 3, 2)), rng.standard_normal(6)  # multiplier 2
+    kwargs = dict(padding=(1, 2), dilation=(1, 2), groups=3)
+
+    def backward(dy, x, w, b):
+        dx, dw, db = F.conv2d_backward(x, w, dy, **kwargs)
+        return {"x": dx, "w": dw, "b": db}
+
+    report = check_function(lambda x, w, b: F.conv2d_forward(x, w, b, **kwargs), backward,
+                            {"x": x, "w": w, "b": b}, max_checks=80)
+    assert report.passed, str(report)
+    assert depthwise_calls and set(depthwise_calls) <= {(6, 1, 3, 2), (3, 2, 3, 2)}
+
+
+def test_the_depthwise_kernel_runs_for_depthwise_numpy_convolutions_only(depthwise_calls, rng):
+    # groups 2 of 4 channels: grouped, not depthwise; then float32 and float64 depthwise
+    x, dy = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((2, 4, 6, 5))
+    conv_all(x, rng.standard_normal((4, 2, 3, 3)), None, dy, padding=1, groups=2)
+    assert depthwise_calls == []
+    for dtype in ("float32", "float64"):
+        w = rng.standard_normal((4, 1, 3, 3)).astype(dtype)
+        conv_all(x.astype(dtype), w, None, dy.astype(dtype), padding=1, groups=4)
+    assert depthwise_calls == [(4, 1, 3, 3)] * 4
+    with F.portable_kernels():
+        conv_all(x, rng.standard_normal((4, 1, 3, 3)), None, dy, padding=1, groups=4)
+    assert len(depthwise_calls) == 4
+
+
+def test_depthwise_dispatch_answers_only_for_numpy_floats_and_groups_equal_to_channels(
+        numba_kernels):
+    import array_api_strict
+    assert _fast.depthwise_kernels(np, np.dtype("float32"), 4, 4) is numba_kernels
+    assert _fast.depthwise_kernels(np, np.dtype("float64"), 1, 1) is numba_kernels
+    assert _fast.depthwise_kernels(np, np.dtype("float64"), 2, 4) is None
+    assert _fast.depthwise_kernels(np, np.dtype("int64"), 4, 4) is None
+    assert _fast.depthwise_kernels(array_api_strict, array_api_strict.float64, 4, 4) is None
+    with F.portable_kernels():
+        assert _fast.depthwise_kernels(np, np.dtype("float64"), 4, 4) is None
+
+
+def test_depthwise_kernel_gives_each_data_parallel_slice_one_thread(numba_kernels, rng,
+                                                                    monkeypatch):
+    import numba
+    threads = []
+    real = numba_kernels._depthwise
+    monkeypatch.setattr(numba_kernels, "_depthwise",
+                        lambda *a: threads.append(numba.get_num_threads()) or real(*a))
+    monkeypatch.setattr(_fast, "_single_threaded_process", lambda: False)
+    x, w = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((4, 1, 3, 3))
+    before = numba.get_num_threads()
+    F.conv2d_forward(x, w, padding=1, groups=4)
+    with _fast.one_thread_each():
+        F.conv2d_forward(x, w, padding=1, groups=4)
+    assert threads == [before, 1] and numba.get_num_threads() == before
+
+
+def test_without_numba_depthwise_convolutions_take_the_portable_kernels(monkeypatch, rng):
+    monkeypatch.setattr(_fast, "_load_numba_kernels",
+                        functools.cache(_fast._load_numba_kernels.__wrapped__))
+    monkeypatch.setitem(sys.modules, "numba", None)  # "import numba" raises ImportError
+    monkeypatch.delitem(sys.modules, "anyarray_nn.functional._numba_kernels", raising=False)
+    monkeypatch.delattr(F, "_numba_kernels", raising=False)
+    assert _fast.depthwise_kernels(np, np.dtype("float32"), 4, 4) is None
+    x, dy = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((2, 4, 6, 5))
+    w, b = rng.standard_normal((4, 1, 3, 3)), rng.standard_normal(4)
+    fast = conv_all(x, w, b, dy, padding=1, groups=4)
+    with F.portable_kernels():
+        portable = conv_all(x, w, b, dy, padding=1, groups=4)
+    for a, e in zip(fast, portable):
+        np.testing.assert_array_equal(a, e)

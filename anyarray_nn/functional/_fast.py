@@ -8,14 +8,15 @@ equal to the portable code (tests/test_cupy_kernels.py). On the CPU, NumPy runs 
 max-pool's k*k masked passes as a separate loop over memory; with numba installed (the
 ``cpu`` extra) ``_numba_kernels`` does the 2x2 max-pool of the course networks in one
 compiled loop instead, runs 3x3 convolutions as Winograd convolutions, whose GEMMs are
-2.25x smaller, and computes a first layer's convolutions (1 to 3 input channels; on one
+2.25x smaller, computes a first layer's convolutions (1 to 3 input channels; on one
 core up to 16) directly instead of through im2col matrices kh*kw times the size of the image
-or dY (tests/test_numba_kernels.py). ``anyarray-bench
+or dY, and sums depthwise convolutions (forward and dX) plane by plane in the cache
+(tests/test_numba_kernels.py). ``anyarray-bench
 --portable`` measures both against the portable code (docs/benchmarks.md).
 
-Every such place asks :func:`cuda_kernels`, :func:`pool_kernels`, :func:`winograd_kernels`
-or :func:`direct_kernels` and takes the portable path when it answers None; nothing else in
-the library knows the fast paths exist.
+Every such place asks :func:`cuda_kernels`, :func:`pool_kernels`, :func:`winograd_kernels`,
+:func:`direct_kernels` or :func:`depthwise_kernels` and takes the portable path when it
+answers None; nothing else in the library knows the fast paths exist.
 """
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ def direct_kernels(xp: Any, dtype: Any, stride: tuple[int, int], channels: int) 
     most = (numba_kernels.DIRECT_MAX_CHANNELS_ONE_CORE if one_core()
             else numba_kernels.DIRECT_MAX_CHANNELS)
     return numba_kernels if channels <= most else None
+
+
+def depthwise_kernels(xp: Any, dtype: Any, groups: int, in_channels: int) -> Any | None:
+    """The numba kernels module when a grouped convolution is depthwise (``groups`` equal to
+    its ``in_channels``, any channel multiplier, stride and dilation): NumPy float arrays;
+    its forward pass and dX then run :func:`depthwise_convolution`; else None."""
+    numba_kernels = _numba_kernels(xp, dtype)
+    return numba_kernels if numba_kernels is not None and groups == in_channels else None
 
 
 # How many cores a GEMM may use decides between it and a numba kernel, which runs on one:

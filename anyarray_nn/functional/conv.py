@@ -60,7 +60,7 @@ from typing import Any, Sequence
 from ..backend import namespace
 from ..errors import InputError, as_int
 from ._checks import check_floating, check_gradient, check_ndim, check_same_dtype
-from ._fast import cuda_kernels, direct_kernels, winograd_kernels
+from ._fast import cuda_kernels, depthwise_kernels, direct_kernels, winograd_kernels
 
 Padding = tuple[int, int, int, int]  # top, bottom, left, right
 
@@ -570,7 +570,12 @@ def _conv2d_forward_with_patches(x: Any, w: Any, b: Any | None, stride: Any, pad
                                     conv.out_hw)
     else:
         xpad, taps = _grouped_taps(xp, x4, w, conv.inner_pads, conv)
-        y = taps.outputs(xp, _grouped_forward(xp, xpad, taps, w, b, conv.groups))
+        depthwise = depthwise_kernels(xp, x.dtype, conv.groups, x4.shape[1])
+        if depthwise is not None:  # see _fast
+            y = depthwise.depthwise_convolution(xpad, w, b, conv.out_hw, conv.stride,
+                                                conv.dilation, conv.groups)
+        else:
+            y = taps.outputs(xp, _grouped_forward(xp, xpad, taps, w, b, conv.groups))
         y, patches = xp.permute_dims(y, (1, 0, 2, 3)), Patches("grouped", xpad, xpad.shape[3])
     return (y if conv.batched else y[0, ...]), patches
 
@@ -756,7 +761,11 @@ def _grouped_input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pa
     w_t = xp.reshape(xp.permute_dims(flipped, (0, 2, 1, 3, 4)), (groups * cg, og, kh, kw))
     (h, wd) = in_hw
     out_hw = (h + crop[0] + crop[1], wd + crop[2] + crop[3])
-    taps = _Taps(tuple(dypad.shape), out_hw, (1, 1), dilation, (kh, kw))
-    dx = taps.outputs(xp, _grouped_forward(xp, dypad, taps, w_t, None, groups))
+    depthwise = depthwise_kernels(xp, dy.dtype, groups, groups * cg)
+    if depthwise is not None:  # see _fast
+        dx = depthwise.depthwise_convolution(dypad, w_t, None, out_hw, (1, 1), dilation, groups)
+    else:
+        taps = _Taps(tuple(dypad.shape), out_hw, (1, 1), dilation, (kh, kw))
+        dx = taps.outputs(xp, _grouped_forward(xp, dypad, taps, w_t, None, groups))
     dx = dx[:, :, crop[0]:crop[0] + h, crop[2]:crop[2] + wd]
     return xp.permute_dims(dx, (1, 0, 2, 3))
