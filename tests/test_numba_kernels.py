@@ -624,22 +624,6 @@ def test_depthwise_dispatch_answers_only_for_numpy_floats_and_groups_equal_to_ch
         assert _fast.depthwise_kernels(np, np.dtype("float64"), 4, 4) is None
 
 
-def test_depthwise_kernel_gives_each_data_parallel_slice_one_thread(numba_kernels, rng,
-                                                                    monkeypatch):
-    import numba
-    threads = []
-    real = numba_kernels._depthwise
-    monkeypatch.setattr(numba_kernels, "_depthwise",
-                        lambda *a: threads.append(numba.get_num_threads()) or real(*a))
-    monkeypatch.setattr(_fast, "_single_threaded_process", lambda: False)
-    x, w = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((4, 1, 3, 3))
-    before = numba.get_num_threads()
-    F.conv2d_forward(x, w, padding=1, groups=4)
-    with _fast.one_thread_each():
-        F.conv2d_forward(x, w, padding=1, groups=4)
-    assert threads == [before, 1] and numba.get_num_threads() == before
-
-
 def test_without_numba_depthwise_convolutions_take_the_portable_kernels(monkeypatch, rng):
     monkeypatch.setattr(_fast, "_load_numba_kernels",
                         functools.cache(_fast._load_numba_kernels.__wrapped__))

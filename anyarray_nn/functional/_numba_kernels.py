@@ -31,8 +31,6 @@ from typing import Any
 import numba
 import numpy as np
 
-from ._fast import one_core
-
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 WINDOW = ((2, 2), (2, 2), (0, 0))  # kernel, stride, padding these kernels are written for
 
@@ -522,10 +520,11 @@ def direct_weight_gradient(xpad: Any, dy: Any, w_shape: tuple[int, ...],
 # plane is computed on the wide grid, as the direct convolution above: tap (i, j) of the
 # padded plane read as one flat row is one long contiguous run, which numba vectorizes,
 # added three taps at a time; the valid columns are then copied out. Other strides add
-# each tap's strided run to each output row. Planes (o, n) are independent, so numba
-# spreads them over the cores (prange). The same kernel runs dX, whose transposed
+# each tap's strided run to each output row. The same kernel runs dX, whose transposed
 # convolution has one output channel per group and the channel multiplier as the input
-# channels of each group.
+# channels of each group. One thread: it beats PyTorch's single thread already, and with
+# numba.prange over the planes numba's OpenMP threads, spinning after each call, made both
+# libraries slower on the shared 2 cores (and would oversubscribe DataParallel's threads).
 #
 # Batch 64, 64 channels at 32x32, float32, 3x3, one thread, the 2-vCPU VM loaded by another
 # benchmark: rows of 32 one tap per pass 7.7 ms (too short a loop to amortize vectorizing
@@ -571,7 +570,7 @@ def _add_kernel_row(row: Any, weights: Any, source: Any, start: int, step: int, 
         _add_tap(row, weights[rest], source, start + rest * dilation, span, step)
 
 
-@_compile(fastmath={"contract"}, parallel=True)
+@_compile(fastmath={"contract"})
 def _depthwise(xpad: Any, w: Any, bias: Any, stride: Any, dilation: Any, group_outputs: int,
                out: Any) -> None:  # pragma: no cover - compiled
     # xpad (C, N, Hp, Wp) -> out (O, N, Ho, Wo); output channel o is in group
@@ -582,29 +581,29 @@ def _depthwise(xpad: Any, w: Any, bias: Any, stride: Any, dilation: Any, group_o
     hp, wp = xpad.shape[2], xpad.shape[3]
     xflat = xpad.reshape((xpad.shape[0], batch, hp * wp))
     wide = sh == 1 and sw == 1
-    for p in numba.prange(planes * batch):
-        o, n = p // batch, p % batch
-        first = (o // group_outputs) * inputs
-        if wide:
-            # up to the last valid output: the last tap's run ends inside the plane
-            run = (ho - 1) * wp + wo
-            sums = np.empty(run, dtype=out.dtype)
-            sums[:] = bias[o]
-            for k in range(inputs):
-                for i in range(kh):
-                    _add_kernel_row(sums, w[o, k, i], xflat[first + k, n], i * dh * wp, 1,
-                                    run, dw)
-            for a in range(ho):
-                _copy_row(sums[a * wp:a * wp + wo], out[o, n, a])
-        else:
-            span = (wo - 1) * sw + 1
-            for a in range(ho):
-                row = out[o, n, a]
-                row[:] = bias[o]
+    # the wide grid up to the last valid output: the last tap's run ends inside the plane
+    run = (ho - 1) * wp + wo
+    sums = np.empty(run, dtype=out.dtype)
+    for o in range(planes):
+        for n in range(batch):
+            first = (o // group_outputs) * inputs
+            if wide:
+                sums[:] = bias[o]
                 for k in range(inputs):
                     for i in range(kh):
-                        _add_kernel_row(row, w[o, k, i], xpad[first + k, n, a * sh + i * dh],
-                                        0, sw, span, dw)
+                        _add_kernel_row(sums, w[o, k, i], xflat[first + k, n], i * dh * wp, 1,
+                                        run, dw)
+                for a in range(ho):
+                    _copy_row(sums[a * wp:a * wp + wo], out[o, n, a])
+            else:
+                span = (wo - 1) * sw + 1
+                for a in range(ho):
+                    row = out[o, n, a]
+                    row[:] = bias[o]
+                    for k in range(inputs):
+                        for i in range(kh):
+                            source = xpad[first + k, n, a * sh + i * dh]
+                            _add_kernel_row(row, w[o, k, i], source, 0, sw, span, dw)
 
 
 def depthwise_convolution(xpad: Any, w: Any, b: Any | None, out_hw: tuple[int, int],
@@ -616,13 +615,6 @@ def depthwise_convolution(xpad: Any, w: Any, b: Any | None, out_hw: tuple[int, i
     o = w.shape[0]
     bias = np.zeros(o, dtype=w.dtype) if b is None else np.asarray(b, dtype=w.dtype)
     out = np.empty((o, xpad.shape[1], *out_hw), dtype=xpad.dtype)
-    # one thread where each core computes its own slice (DataParallel); numba's count is
-    # per calling thread
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1 if one_core() else threads)
-    try:
-        _depthwise(np.ascontiguousarray(xpad), np.ascontiguousarray(w), bias, tuple(stride),
-                   tuple(dilation), o // groups, out)
-    finally:
-        numba.set_num_threads(threads)
+    _depthwise(np.ascontiguousarray(xpad), np.ascontiguousarray(w), bias, tuple(stride),
+               tuple(dilation), o // groups, out)
     return out
