@@ -1,6 +1,6 @@
 """The numba fast paths for NumPy (functional/_numba_kernels.py) compute what the portable
-kernels do: the 2x2 max-pool exactly, the Winograd 3x3 convolution and the direct
-convolution of first layers up to rounding.
+kernels do: the 2x2 max-pool exactly, the Winograd 3x3 convolution, the direct
+convolution of first layers and the depthwise convolution up to rounding.
 
 They need numba (the ``cpu`` extra) and skip without it; the dispatch tests run everywhere.
 The rest of the suite runs them too: every NumPy max-pool with a 2x2 window, every 3x3
@@ -455,7 +455,8 @@ def test_padding_modes_take_the_direct_path_and_equal_the_portable_kernel(direct
 
 def test_grouped_convolutions_take_the_portable_kernels(winograd_calls, direct_calls, rng):
     """8 input channels per group and 3x3 would be Winograd with one group, 2 per group
-    direct: grouped, neither runs (the portable grouped kernels are used on every backend)."""
+    direct: grouped, neither runs (depthwise ones take depthwise_convolution, tested below;
+    other grouped ones the portable grouped kernels)."""
     for c, groups in ((16, 2), (4, 2), (4, 4)):
         x, dy = rng.standard_normal((2, c, 6, 5)), rng.standard_normal((2, c, 6, 5))
         w = rng.standard_normal((c, c // groups, 3, 3))

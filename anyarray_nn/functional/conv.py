@@ -32,7 +32,8 @@ im2col matrix instead and dX is col2im of W^T dY (``_cupy_kernels``, chosen in `
 On NumPy with numba, 3x3 stride-1 convolutions of 8 or more input channels run as Winograd
 convolutions, whose GEMMs are 2.25x smaller, and stride-1 convolutions with 1 to 3 input
 channels (a first layer; on one core up to 16) are computed directly, forward, dW and dX,
-from the same padded flat planes (``_numba_kernels``, chosen in ``_fast``).
+from the same padded flat planes (``_numba_kernels``, chosen in ``_fast``). Depthwise
+convolutions (groups == C) run numba's depthwise kernel for the forward pass and dX.
 
 The options of ``torch.nn.functional.conv2d`` and ``torch.nn.Conv2d``:
 
