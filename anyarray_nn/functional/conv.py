@@ -60,7 +60,7 @@ from typing import Any, Sequence
 
 from ..backend import namespace
 from ..errors import InputError, as_int
-from ._checks import check_floating, check_gradient, check_ndim, check_same_dtype
+from ._checks import check_gradient, check_ndim, check_weights
 from ._fast import cuda_kernels, depthwise_kernels, direct_kernels, winograd_kernels
 
 Padding = tuple[int, int, int, int]  # top, bottom, left, right
@@ -308,21 +308,13 @@ def _resolve(x: Any, w: Any, b: Any | None, stride: Any, padding: Any, dilation:
 
 def _check_conv(x: Any, w: Any, b: Any | None, pads: Padding, stride: tuple[int, int],
                 dilation: tuple[int, int], groups: int) -> tuple[int, int]:
-    check_floating(w, "W")
-    check_same_dtype(x, w, "x", "W")
     channels, h, wd = x.shape[-3:]
     o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
-    grouped = f", groups {groups}" if groups > 1 else ""
-    if channels != w.shape[1] * groups:
-        raise InputError(f"x: expected {w.shape[1] * groups} input channels (W has shape "
-                         f"{tuple(w.shape)}{grouped}), got shape {tuple(x.shape)}")
+    check_weights(x, w, b, got=channels, expected=w.shape[1] * groups, unit="input channels",
+                  note=f", groups {groups}" if groups > 1 else "")
     if o % groups:
         raise InputError(f"W: expected out_channels divisible by groups {groups}, got shape "
                          f"{tuple(w.shape)}")
-    if b is not None:
-        check_same_dtype(b, w, "b", "W")
-        if tuple(b.shape) != (o,):
-            raise InputError(f"b: expected shape ({o},), got {tuple(b.shape)}")
     ho = conv_output_size(h, kh, stride[0], pads[0], pads[1], dilation[0])
     wo = conv_output_size(wd, kw, stride[1], pads[2], pads[3], dilation[1])
     if ho < 1 or wo < 1:
