@@ -235,13 +235,14 @@ def test_mse_refuses_an_unknown_reduction(xp):
         ann.losses.MSE(reduction="avg")
 
 
-SOFTMAX_SHAPES = [(5,), (3, 4), (2, 3, 4), (2, 1, 3, 2)]
+SOFTMAX_SHAPES = [(), (5,), (3, 4), (2, 3, 4), (2, 1, 3, 2), (5, 0, 0), (4, 0, 3)]
 
 
 @pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=str)
 def test_softmax_and_log_softmax_match_torch_on_every_axis(torch, rng, shape):
     x = rng.standard_normal(shape) * 5
-    for dim in range(-len(shape), len(shape)):
+    rank = max(len(shape), 1)  # a 0-d array takes dim 0 or -1, as in PyTorch
+    for dim in range(-rank, rank):
         dy = rng.standard_normal(shape)
         for ours, theirs in [(F.softmax_forward, torch.nn.functional.softmax),
                              (F.log_softmax_forward, torch.nn.functional.log_softmax)]:
@@ -267,6 +268,18 @@ def test_softmax_gradient_float64(xp, rng, kernel):
         assert report.passed, str(report)
 
 
+def test_softmax_of_a_0_d_or_an_empty_array_on_every_backend(xp):
+    """One element has probability 1 (log 0) and no gradient; an empty array stays empty
+    (a max over an empty axis has no value, so it is never taken)."""
+    one = ann.asarray(np.array(3.0))
+    assert float(F.softmax_forward(one, 0)) == 1.0 and float(F.log_softmax_forward(one)) == 0.0
+    assert float(F.softmax_backward(one, ann.asarray(np.array(2.0)), 0)) == 0.0
+    empty = ann.asarray(np.zeros((5, 0, 2)))
+    for kernel in (F.softmax_forward, F.log_softmax_forward):
+        assert tuple(kernel(empty, 1).shape) == (5, 0, 2)
+    assert tuple(F.log_softmax_backward(empty, empty, -1).shape) == (5, 0, 2)
+
+
 def test_softmax_is_stable_for_large_inputs(xp):
     x = ann.asarray(np.array([[1000.0, 0.0], [-1000.0, -1000.0]]))
     np.testing.assert_allclose(host(F.softmax_forward(x, 1)), [[1.0, 0.0], [0.5, 0.5]])
@@ -281,8 +294,9 @@ def test_softmax_refusals(xp):
         F.softmax_forward(x, 2)
     with pytest.raises(ann.InputError, match=r"log_softmax: expected dim .*got 1.0"):
         F.log_softmax_forward(x, 1.0)
-    with pytest.raises(ann.InputError, match="log_softmax: x: expected an array of rank >= 1"):
-        F.log_softmax_forward(ann.asarray(np.array(1.0)))
+    with pytest.raises(ann.InputError, match=r"log_softmax: expected dim to be an int in "
+                                             r"\[-1, 1\) for x of shape \(\), got 1"):
+        F.log_softmax_forward(ann.asarray(np.array(1.0)), 1)
     with pytest.raises(ann.InputError, match=r"dy: expected shape \(2, 3\)"):
         F.softmax_backward(x, ann.asarray(np.zeros((3, 2))))
 

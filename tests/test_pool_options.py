@@ -320,3 +320,17 @@ def test_layers_check_their_options_when_built():
         AvgPool2D(2, ceil_mode="no")
     with pytest.raises(ann.InputError, match="AdaptiveMaxPool2D: output_size: expected"):
         AdaptiveMaxPool2D((2, -1))
+
+
+@pytest.mark.parametrize("options", [dict(kernel_size=3, padding=(1,)),
+                                     dict(kernel_size=(3,), stride=()),
+                                     dict(kernel_size=(4,), stride=(1,), padding=(2,))],
+                         ids=["padding-1-tuple", "empty-stride", "all-1-tuples"])
+def test_one_value_sequences_and_an_empty_stride_are_taken_as_pytorch_takes_them(
+        torch, rng, options):
+    """(k,) means (k, k), and stride=() the kernel's size, in PyTorch's pooling samples."""
+    x = rng.standard_normal((2, 3, 7, 6))
+    for ours, theirs in [(F.avgpool2d_forward, torch.nn.functional.avg_pool2d),
+                         (F.maxpool2d_forward, torch.nn.functional.max_pool2d)]:
+        np.testing.assert_allclose(ours(x, **options),
+                                   theirs(torch.tensor(x), **options).numpy())

@@ -47,11 +47,21 @@ Pair = tuple[int, int]
 _NO_INDEX = -2  # the flat position of a padded element: matches no index (unclaimed is -1)
 
 
+def _both(value: Any) -> Any:
+    """A one-element sequence as its element (PyTorch's pooling takes (k,) for (k, k))."""
+    return value[0] if isinstance(value, (tuple, list)) and len(value) == 1 else value
+
+
+def _is_empty(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) == 0
+
+
 def pool_window(kernel: Any, stride: Any, padding: Any) -> Window:
-    """Resolve and check (kernel_size, stride, padding) as pairs; ``stride`` None: the kernel."""
-    k = _pair(kernel, "kernel_size")
-    s = _pair(k if stride is None else stride, "stride")
-    p = _pair(padding, "padding")
+    """Resolve and check (kernel_size, stride, padding) as pairs; ``stride`` None (or empty,
+    as PyTorch allows): the kernel. Each may also be one value in a sequence, for both axes."""
+    k = _pair(_both(kernel), "kernel_size")
+    s = _pair(k if stride is None or _is_empty(stride) else _both(stride), "stride")
+    p = _pair(_both(padding), "padding")
     if min(k) < 1 or min(s) < 1 or min(p) < 0:
         raise InputError(f"expected kernel_size and stride >= 1 and padding >= 0, got "
                          f"kernel_size {k}, stride {s}, padding {p}")
@@ -62,7 +72,7 @@ def pool_window(kernel: Any, stride: Any, padding: Any) -> Window:
 
 def pool_dilation(dilation: Any) -> Pair:
     """Resolve and check ``dilation`` as a pair of ints >= 1."""
-    d = _pair(dilation, "dilation")
+    d = _pair(_both(dilation), "dilation")
     if min(d) < 1:
         raise InputError(f"dilation: expected ints >= 1, got {d}")
     return d

@@ -1,4 +1,5 @@
-"""Softmax and log-softmax along any axis ``dim`` of an array of any rank >= 1.
+"""Softmax and log-softmax along any axis ``dim`` of an array of any rank (a 0-d array is one
+element, as in PyTorch; an empty one gives an empty result).
 
 With ``m = max(x, dim)`` subtracted first (both are unchanged by it, and exp never overflows):
 
@@ -24,22 +25,25 @@ from ._checks import check_floating, check_gradient
 def softmax_forward(x: Any, dim: int = -1) -> Any:
     """Softmax of ``x`` along ``dim``, stable for inputs of any magnitude."""
     xp, dim = _prepare("softmax", x, dim)
-    e = xp.exp(x - xp.max(x, axis=dim, keepdims=True))
-    return e / xp.sum(e, axis=dim, keepdims=True)
+    v = _reducible(xp, x)
+    e = xp.exp(v - xp.max(v, axis=dim, keepdims=True))
+    return _shaped(xp, e / xp.sum(e, axis=dim, keepdims=True), x)
 
 
 def softmax_backward(x: Any, dy: Any, dim: int = -1, y: Any | None = None) -> Any:
     """``y * (dy - sum(dy * y, dim))``; pass the forward output ``y`` to skip recomputing it."""
     xp, dim = _prepare("softmax", x, dim, dy, y)
     y = softmax_forward(x, dim) if y is None else y
-    return y * (dy - xp.sum(dy * y, axis=dim, keepdims=True))
+    y1, dy1 = _reducible(xp, y), _reducible(xp, dy)
+    return _shaped(xp, y1 * (dy1 - xp.sum(dy1 * y1, axis=dim, keepdims=True)), x)
 
 
 def log_softmax_forward(x: Any, dim: int = -1) -> Any:
     """``log(softmax(x, dim))`` computed as ``x - logsumexp(x, dim)``, stable for any magnitude."""
     xp, dim = _prepare("log_softmax", x, dim)
-    shifted = x - xp.max(x, axis=dim, keepdims=True)
-    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=dim, keepdims=True))
+    v = _reducible(xp, x)
+    shifted = v - xp.max(v, axis=dim, keepdims=True)
+    return _shaped(xp, shifted - xp.log(xp.sum(xp.exp(shifted), axis=dim, keepdims=True)), x)
 
 
 def log_softmax_backward(x: Any, dy: Any, dim: int = -1, y: Any | None = None) -> Any:
@@ -47,7 +51,24 @@ def log_softmax_backward(x: Any, dy: Any, dim: int = -1, y: Any | None = None) -
     to skip recomputing it."""
     xp, dim = _prepare("log_softmax", x, dim, dy, y)
     y = log_softmax_forward(x, dim) if y is None else y
-    return dy - xp.exp(y) * xp.sum(dy, axis=dim, keepdims=True)
+    y1, dy1 = _reducible(xp, y), _reducible(xp, dy)
+    return _shaped(xp, dy1 - xp.exp(y1) * xp.sum(dy1, axis=dim, keepdims=True), x)
+
+
+def _reducible(xp: Any, x: Any) -> Any:
+    """``x`` as an array whose max along any axis exists: a 0-d one as one element of rank 1
+    (its softmax is 1, as PyTorch's), an empty one as a single zero (max over an empty axis
+    has no value; the caller's reshape to x's shape then gives the empty result)."""
+    if x.ndim == 0:
+        return xp.reshape(x, (1,))
+    if 0 in x.shape:
+        return xp.zeros((1,) * x.ndim, dtype=x.dtype)
+    return x
+
+
+def _shaped(xp: Any, result: Any, x: Any) -> Any:
+    """``result`` (computed on ``_reducible(x)``) in x's shape."""
+    return xp.zeros_like(x) if 0 in x.shape else xp.reshape(result, x.shape)
 
 
 def _prepare(op: str, x: Any, dim: Any, dy: Any | None = None,
@@ -56,14 +77,13 @@ def _prepare(op: str, x: Any, dim: Any, dy: Any | None = None,
     if given, ``dy`` and ``y`` (both of x's shape and dtype)."""
     xp = namespace(x, dy, y, names=("x", "dy", "y"))
     check_floating(x, "x")
-    if x.ndim == 0:
-        raise InputError(f"{op}: x: expected an array of rank >= 1, got a 0-d array")
+    rank = max(x.ndim, 1)  # a 0-d x takes dim 0 or -1, as in PyTorch
     axis = as_int(dim)
-    if axis is None or not -x.ndim <= axis < x.ndim:
-        raise InputError(f"{op}: expected dim to be an int in [{-x.ndim}, {x.ndim}) for x of "
+    if axis is None or not -rank <= axis < rank:
+        raise InputError(f"{op}: expected dim to be an int in [{-rank}, {rank}) for x of "
                          f"shape {tuple(x.shape)}, got {dim!r}")
     if dy is not None:
         check_gradient(x, dy, tuple(x.shape))
     if y is not None:
         check_gradient(x, y, tuple(x.shape), "y")
-    return xp, axis % x.ndim
+    return xp, axis % rank
