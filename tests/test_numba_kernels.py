@@ -21,6 +21,7 @@ import pytest
 import anyarray_nn as ann
 from anyarray_nn import functional as F
 from anyarray_nn.functional import _fast
+from anyarray_nn.functional import conv as conv_module
 from helpers import fast_and_portable
 
 WINDOW = ((2, 2), (2, 2), (0, 0))
@@ -453,15 +454,41 @@ def test_padding_modes_take_the_direct_path_and_equal_the_portable_kernel(direct
                             ("direct_convolution", 4)]
 
 
-def test_grouped_convolutions_take_the_portable_kernels(winograd_calls, direct_calls, rng):
-    """8 input channels per group and 3x3 would be Winograd with one group, 2 per group
-    direct: grouped, neither runs (depthwise ones take depthwise_convolution, tested below;
-    other grouped ones the portable grouped kernels)."""
-    for c, groups in ((16, 2), (4, 2), (4, 4)):
+def test_grouped_convolutions_of_few_channels_per_group_take_the_portable_kernels(
+        winograd_calls, direct_calls, rng):
+    """4 channels per group would be direct with one group: grouped, neither runs (depthwise
+    ones take depthwise_convolution, tested below; others the portable grouped kernels)."""
+    for c, groups in ((8, 2), (4, 2)):
         x, dy = rng.standard_normal((2, c, 6, 5)), rng.standard_normal((2, c, 6, 5))
         w = rng.standard_normal((c, c // groups, 3, 3))
         conv_all(x, w, None, dy, padding=1, groups=groups, padding_mode="reflect")
     assert winograd_calls == [] and direct_calls == []
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-6)])
+def test_grouped_convolutions_of_8_channels_per_group_run_each_group_as_winograd(
+        winograd_calls, rng, dtype, rtol, monkeypatch):
+    """Each group through the ungrouped fast paths: the Winograd steps once per group, and
+    the result equal to the portable kernels' (the blocked grouped kernel, as on other
+    backends) up to rounding; the layer's kept patches serve dW."""
+    x = rng.standard_normal((3, 16, 7, 6)).astype(dtype)
+    dy = rng.standard_normal((3, 32, 7, 6)).astype(dtype)
+    w = rng.standard_normal((32, 8, 3, 3)).astype(dtype)
+    b = rng.standard_normal(32).astype(dtype)
+    fast = conv_all(x, w, b, dy, padding=1, groups=2)
+    assert winograd_calls.count("winograd_forward") == 2
+    assert winograd_calls.count("winograd_input_gradient") == 2
+    with monkeypatch.context() as patch:
+        patch.setattr(conv_module, "_PER_GROUP_CHANNELS", 10**9)  # the blocked grouped kernel
+        blocked = conv_all(x, w, b, dy, padding=1, groups=2)
+    for what, a, e in zip(("y", "dx", "dW", "db"), fast, blocked):
+        assert a.dtype == e.dtype and a.shape == e.shape, what
+        np.testing.assert_allclose(a, e, rtol=0, atol=rtol * float(np.abs(e).max()), err_msg=what)
+    layer = ann.layers.Conv2D(16, 32, 3, padding=1, groups=2, rng=0, dtype=dtype)
+    layer.forward(x, train=True)
+    layer.backward(dy)
+    _, dw, _ = F.conv2d_backward(x, layer.params["W"], dy, padding=1, groups=2)
+    np.testing.assert_allclose(layer.grads["W"], dw, rtol=0, atol=rtol * float(np.abs(dw).max()))
 
 
 def _counting_pool_calls(numba_kernels, monkeypatch):

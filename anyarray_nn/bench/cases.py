@@ -25,7 +25,8 @@ from .. import functional as F
 from ..functional.conv import (
     BLOCK_VALUES,
     _conv2d_forward_with_patches,
-    _grouped_input_gradient,
+    _PER_GROUP_CHANNELS,
+    _grouped_dx,
     _input_gradient,
     _lowering,
 )
@@ -213,6 +214,12 @@ def _conv_elements(spec: tuple, piece: str, batch: int, gpu: bool) -> tuple[int,
     x, dy, weights = batch * c * h * w, batch * o * h * w, o * (c // groups) * k * k + o
     wide = batch * h * (w + 2 * pad)                    # outputs on conv.py's wide grid
     padded = batch * (h + 2 * pad + 1) * (w + 2 * pad)  # one zero-padded plane per image
+    if groups > 1 and c // groups >= _PER_GROUP_CHANNELS:  # group by group, ungrouped
+        one = (c // groups, o // groups, k, h, w, pad, 1)
+        _, working, _ = _conv_elements(one, piece, batch, gpu)
+        x_patches, _ = _lowered(c // groups, o // groups, one, batch, gpu)
+        # every group's patches kept; one group's work at a time, beside the joined results
+        return x + dy + weights + groups * x_patches, working + max(x, dy), max(x, dy)
     if groups > 1:  # conv.py's grouped kernels: outputs on the padded grid, made by blocks
         # forward: the padded copy, the outputs (the bias added in place), one block's
         # products or im2col matrix and its product
@@ -302,8 +309,7 @@ def _ours_conv(case: Case, target: str, batch: int, dtype: str) -> Callable[[], 
 
     def dx() -> Any:  # dX alone, by the path training takes (Winograd: with dY's transform)
         if groups > 1:
-            return _grouped_input_gradient(xp, dy, wt, (h, w), (pad,) * 4, (1, 1), (1, 1),
-                                           groups)
+            return _grouped_dx(xp, dy, wt, (h, w), (pad,) * 4, (1, 1), (1, 1), groups)
         return _input_gradient(xp, dy, wt, (h, w), (pad,) * 4, (1, 1), (1, 1))
     return {
         "forward": lambda: _conv2d_forward_with_patches(x, wt, b, 1, pad, 1, groups),
