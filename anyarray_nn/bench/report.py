@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import pathlib
 from typing import Any
 
-from .._atomic import new_temporary_file
+from .._atomic import write_atomically
 from ..errors import shorten
 from .harness import SCHEMA
 
@@ -87,17 +86,9 @@ def save(result: dict[str, Any], path: str) -> None:
     """Write a result as JSON to ``path``, whole or not at all (a temporary file renamed into
     place), in the form :func:`load` reads back; OSError if it cannot be written. A symbolic
     link at ``path`` is kept: the file it points to is replaced."""
-    path = os.path.realpath(path)
-    folder = pathlib.Path(path).parent
-    temporary = new_temporary_file(folder, os.path.basename(path))
-    try:
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1, allow_nan=False)  # NaN is not JSON: load refuses it
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
+    text = json.dumps(result, indent=1, allow_nan=False)  # NaN is not JSON: load refuses it
+    write_atomically(pathlib.Path(os.path.realpath(path)), [text.encode("utf-8")],
+                     suffix=".json-tmp", magic=b"{")
 
 
 MAX_RESULT_BYTES = 256 * 2**20  # a run of every case at many batch sizes is a few MB
