@@ -39,7 +39,7 @@ from ..backend import dtype_name, namespace, to_host
 from ..errors import InputError, NonFiniteError, as_int
 from ._checks import check_floating, check_same_dtype, check_same_shape
 from ._fast import cuda_kernels
-from .softmax import softmax_forward
+from .softmax import log_softmax_forward, softmax_forward
 
 REDUCTIONS = ("none", "sum", "mean")
 
@@ -246,12 +246,6 @@ def _to_logits_layout(xp: Any, grad: Any, shape: tuple[int, ...]) -> Any:
     return xp.permute_dims(moved, (0, len(shape) - 1, *range(1, len(shape) - 1)))
 
 
-def _log_softmax_parts(xp: Any, logits: Any) -> tuple[Any, Any]:
-    """Shifted logits ``z - max(z)`` and their log-sum-exp per row, both stable."""
-    shifted = logits - xp.max(logits, axis=1, keepdims=True)
-    return shifted, xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-
-
 def _class_weights(xp: Any, rows: _Rows) -> Any:
     """The (1, C) class weights (ones when none were given)."""
     if rows.weight is not None:
@@ -269,18 +263,17 @@ def _label_weights(xp: Any, rows: _Rows) -> Any:
 
 def _row_losses(xp: Any, rows: _Rows) -> Any:
     """Each row's loss l_i (M,); 0 for ignored rows."""
-    shifted, lse = _log_softmax_parts(xp, rows.z)
+    lp = log_softmax_forward(rows.z, 1)
     eps, c = rows.label_smoothing, rows.z.shape[1]
     if rows.soft is not None:
         target = rows.soft if eps == 0 else rows.soft * (1.0 - eps) + eps / c
-        return -xp.sum((shifted - lse) * target * _class_weights(xp, rows), axis=1)
+        return -xp.sum(lp * target * _class_weights(xp, rows), axis=1)
     # The remainder keeps the gather in bounds (out of range is an error on a GPU) until
     # the range check; ignored labels may be anything.
     index = rows.labels % c
-    picked = xp.take_along_axis(shifted, index[:, None], axis=1)[:, 0]
-    losses = (lse[:, 0] - picked) * _label_weights(xp, rows)
+    losses = -xp.take_along_axis(lp, index[:, None], axis=1)[:, 0] * _label_weights(xp, rows)
     if eps > 0:
-        smooth = -xp.sum((shifted - lse) * _class_weights(xp, rows), axis=1)
+        smooth = -xp.sum(lp * _class_weights(xp, rows), axis=1)
         losses = losses * (1.0 - eps) + smooth * (eps / c)
     # where, not a product: an ignored row's loss may be infinite (its logits are still checked).
     return xp.where(rows.labels != rows.ignore_index, losses, xp.zeros((), dtype=losses.dtype))
@@ -289,8 +282,7 @@ def _row_losses(xp: Any, rows: _Rows) -> Any:
 def _row_gradients(xp: Any, rows: _Rows) -> Any:
     """dl_i/dz_i = softmax(z_i) * sum_c a_ic - a_i for each row (M, C), before the upstream
     gradient and the ignore mask."""
-    shifted, lse = _log_softmax_parts(xp, rows.z)
-    probs = xp.exp(shifted - lse)
+    probs = xp.exp(log_softmax_forward(rows.z, 1))
     eps, c = rows.label_smoothing, rows.z.shape[1]
     if rows.soft is not None:
         target = rows.soft if eps == 0 else rows.soft * (1.0 - eps) + eps / c
