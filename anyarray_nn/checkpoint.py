@@ -812,8 +812,9 @@ class CheckpointEvery(Every):
         """Write the checkpoint of ``state`` and delete the oldest it wrote beyond ``keep``."""
         target = self.folder / f"ckpt-{state.step:09d}.h5"
         written = _read_manifest(self.folder)
+        found = _digest_of(target)  # None for no file, a folder, a link or a foreign file
         if (target.exists() or target.is_symlink()) and (
-                _digest_of(target) is None or _digest_of(target) != written.get(target.name)):
+                found is None or found != written.get(target.name)):
             raise CheckpointError(f"{target}: exists and was not written by CheckpointEvery "
                                   f"(not recorded in {_MANIFEST}, or changed since); move it "
                                   f"away or save into another folder. Nothing was overwritten")
