@@ -578,10 +578,21 @@ def depthwise_calls(numba_kernels, monkeypatch):
     return calls
 
 
+@pytest.fixture
+def depthwise_dw_calls(numba_kernels, monkeypatch):
+    """The weights' shapes of the depthwise dW kernel's calls, in order."""
+    calls = []
+    real = numba_kernels.depthwise_weight_gradient
+    monkeypatch.setattr(numba_kernels, "depthwise_weight_gradient",
+                        lambda xpad, dy, w_shape, *a: calls.append(w_shape)
+                        or real(xpad, dy, w_shape, *a))
+    return calls
+
+
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-6)])
 @pytest.mark.parametrize("name", DEPTHWISE_CASES)
-def test_depthwise_convolution_equals_the_portable_kernel(depthwise_calls, rng, dtype, rtol,
-                                                          name):
+def test_depthwise_convolution_equals_the_portable_kernel(depthwise_calls, depthwise_dw_calls,
+                                                          rng, dtype, rtol, name):
     shape, multiplier, (kh, kw), stride, padding, dilation = DEPTHWISE_CASES[name]
     c = shape[1]
     w = rng.standard_normal((c * multiplier, 1, kh, kw)).astype(dtype)
@@ -596,21 +607,24 @@ def test_depthwise_convolution_equals_the_portable_kernel(depthwise_calls, rng, 
     # channel is one group, the dense convolution
     expected = [] if c == 1 else [tuple(w.shape), (c, multiplier, kh, kw)]
     assert depthwise_calls[1:3] == expected  # after the forward pass that sized dy
+    assert depthwise_dw_calls[:1] == ([] if c == 1 else [tuple(w.shape)])
 
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
 @pytest.mark.parametrize("batched", [True, False])
 def test_padding_modes_take_the_depthwise_kernel_and_equal_the_portable_one(
-        depthwise_calls, rng, mode, batched):
+        depthwise_calls, depthwise_dw_calls, rng, mode, batched):
     x, dy = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((2, 4, 6, 5))
     x, dy = (x, dy) if batched else (x[0], dy[0])
     w, b = rng.standard_normal((4, 1, 3, 3)), rng.standard_normal(4)
     assert_fast_equals_portable(
         lambda: conv_all(x, w, b, dy, padding=1, groups=4, padding_mode=mode), 1e-12, mode)
     assert depthwise_calls == [(4, 1, 3, 3)] * 2
+    assert depthwise_dw_calls == [(4, 1, 3, 3)]
 
 
-def test_depthwise_convolution_passes_float64_gradient_checks(depthwise_calls, rng):
+def test_depthwise_convolution_passes_float64_gradient_checks(depthwise_calls,
+                                                              depthwise_dw_calls, rng):
     from anyarray_nn.gradcheck import check_function
     x = rng.standard_normal((2, 3, 5, 6))
     w, b = rng.standard_normal((6, 1, 3, 2)), rng.standard_normal(6)  # multiplier 2
@@ -624,6 +638,7 @@ def test_depthwise_convolution_passes_float64_gradient_checks(depthwise_calls, r
                             {"x": x, "w": w, "b": b}, max_checks=80)
     assert report.passed, str(report)
     assert depthwise_calls and set(depthwise_calls) <= {(6, 1, 3, 2), (3, 2, 3, 2)}
+    assert depthwise_dw_calls and set(depthwise_dw_calls) == {(6, 1, 3, 2)}
 
 
 def test_the_depthwise_kernel_runs_for_depthwise_numpy_convolutions_only(depthwise_calls, rng):

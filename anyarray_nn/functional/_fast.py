@@ -10,7 +10,7 @@ max-pool's k*k masked passes as a separate loop over memory; with numba installe
 compiled loop instead, runs 3x3 convolutions as Winograd convolutions, whose GEMMs are
 2.25x smaller, computes a first layer's convolutions (1 to 3 input channels; on one
 core up to 16) directly instead of through im2col matrices kh*kw times the size of the image
-or dY, and sums depthwise convolutions (forward and dX) plane by plane in the cache
+or dY, and sums depthwise convolutions (forward, dX and dW) plane by plane in the cache
 (tests/test_numba_kernels.py). ``anyarray-bench
 --portable`` measures both against the portable code (docs/benchmarks.md).
 
@@ -94,7 +94,8 @@ def direct_kernels(xp: Any, dtype: Any, stride: tuple[int, int], channels: int) 
 def depthwise_kernels(xp: Any, dtype: Any, groups: int, in_channels: int) -> Any | None:
     """The numba kernels module when a grouped convolution is depthwise (``groups`` equal to
     its ``in_channels``, any channel multiplier, stride and dilation): NumPy float arrays;
-    its forward pass and dX then run :func:`depthwise_convolution`; else None."""
+    its forward pass and dX then run :func:`depthwise_convolution`, its dW
+    :func:`depthwise_weight_gradient`; else None."""
     numba_kernels = _numba_kernels(xp, dtype)
     return numba_kernels if numba_kernels is not None and groups == in_channels else None
 

@@ -33,7 +33,7 @@ On NumPy with numba, 3x3 stride-1 convolutions of 8 or more input channels run a
 convolutions, whose GEMMs are 2.25x smaller, and stride-1 convolutions with 1 to 3 input
 channels (a first layer; on one core up to 16) are computed directly, forward, dW and dX,
 from the same padded flat planes (``_numba_kernels``, chosen in ``_fast``). Depthwise
-convolutions (groups == C) run numba's depthwise kernel for the forward pass and dX, and
+convolutions (groups == C) run numba's depthwise kernels for the forward pass, dX and dW, and
 grouped ones of 8 or more channels per group run group by group through the ungrouped code.
 
 The options of ``torch.nn.functional.conv2d`` and ``torch.nn.Conv2d``:
@@ -681,8 +681,13 @@ def _grouped_backward(xp: Any, x: Any, w: Any, dy: Any, conv: _Conv, patches: An
                      (w.shape[2], w.shape[3]))
     else:
         xpad, taps = _grouped_taps(xp, x, w, pads, conv)
-    dy_grid = taps.gradient(xp, dy)
-    dw = _grouped_weight_gradient(xp, xpad, taps, dy_grid, tuple(w.shape), conv.groups)
+    depthwise = depthwise_kernels(xp, x.dtype, conv.groups, x.shape[1])
+    if depthwise is not None:  # see _fast
+        dw = depthwise.depthwise_weight_gradient(xpad, dy, tuple(w.shape), conv.stride,
+                                                 conv.dilation, conv.groups)
+    else:
+        dw = _grouped_weight_gradient(xp, xpad, taps, taps.gradient(xp, dy), tuple(w.shape),
+                                      conv.groups)
     db = xp.sum(dy, axis=(0, 2, 3))
     if not input_grad:
         return None, dw, db
