@@ -68,18 +68,26 @@ def test_maxpool_equals_the_portable_kernel(numba_kernels, rng, dtype, shape, ti
 
 
 def test_maxpool_nan_and_minus_infinity_as_the_portable_kernel(numba_kernels, rng):
-    """A NaN wins its window (as xp.maximum) and gets no gradient, nor does the rest of its
-    window; a window of -inf sends dy to its first element."""
+    """A NaN wins its window (as xp.maximum) and gets its gradient, the last NaN where there
+    are several (PyTorch's rule); a window of -inf sends dy to its first element."""
     values = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
     values[0, 0, 1, 1] = np.nan
+    values[0, 1, 2:4, 0] = np.nan  # two NaNs in window (1, 0): the second gets dy
+    values[0, 2, 0, 1] = values[0, 2, 1, 0] = np.nan
     values[1, 2, 2:4, 2:4] = -np.inf
     y, y_portable = fast_and_portable(lambda: F.maxpool2d_forward(values, 2))
     np.testing.assert_array_equal(y, y_portable)  # NaN equals NaN here
     assert np.isnan(y[0, 0, 0, 0]) and y[1, 2, 1, 1] == -np.inf
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx, dx_portable = fast_and_portable(lambda: F.maxpool2d_backward(values, dy, 2, y=y))
-    np.testing.assert_array_equal(dx, dx_portable)
-    assert not dx[0, 0, 0:2, 0:2].any() and dx[1, 2, 2, 2] == dy[1, 2, 1, 1]
+    for given in ({"y": y}, {}):
+        dx, dx_portable = fast_and_portable(lambda: F.maxpool2d_backward(values, dy, 2, **given))
+        np.testing.assert_array_equal(dx, dx_portable)
+        assert dx[1, 2, 2, 2] == dy[1, 2, 1, 1]
+        for c, window, last_nan in [(0, (0, 0), (1, 1)), (1, (1, 0), (3, 0)), (2, (0, 0), (1, 0))]:
+            a, b = window
+            expected = np.zeros((2, 2), dtype=np.float32)
+            expected[last_nan[0] - 2 * a, last_nan[1] - 2 * b] = dy[0, c, a, b]
+            np.testing.assert_array_equal(dx[0, c, 2 * a:2 * a + 2, 2 * b:2 * b + 2], expected)
 
 
 def test_a_nan_gradient_stays_in_its_arg_max(numba_kernels):

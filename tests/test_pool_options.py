@@ -82,6 +82,44 @@ def torch_pass(torch, function, x, dy_rng, *args, **kwargs):
     return ty.detach().numpy(), None if ti is None else ti.numpy(), dy, grad
 
 
+def with_nans(rng, shape):
+    """Tied values with about a third NaN: windows with one NaN, several, or all NaN."""
+    x = tied(rng, shape)
+    x[rng.random(shape) < 0.35] = np.nan
+    return x
+
+
+NAN_CONFIGS = {**MAX_CONFIGS, "2x2-course": ((2, 3, 6, 8), 2, 2, 0, 1, False),
+               "overlapping-3x3": ((2, 2, 7, 7), 3, 1, 1, 1, False)}
+
+
+@pytest.mark.parametrize("name", NAN_CONFIGS)
+def test_a_nan_maximum_sends_its_gradient_to_the_last_nan_as_torch(xp, torch, rng, name):
+    shape, k, s, p, d, ceil = NAN_CONFIGS[name]
+    values = with_nans(rng, shape)
+    ty, ti, dy_values, dx_torch = torch_pass(torch, torch.nn.functional.max_pool2d, values, rng,
+                                             k, s, p, d, ceil, return_indices=True)
+    x, dy = ann.asarray(values), ann.asarray(dy_values)
+    y, indices = F.maxpool2d_forward(x, k, s, p, d, ceil, return_indices=True)
+    np.testing.assert_array_equal(host(y), ty)  # NaN where torch has NaN
+    np.testing.assert_array_equal(host(indices), ti)
+    for given in ({}, {"y": y}, {"indices": indices}):  # overlapping windows: sums reordered
+        assert_close(F.maxpool2d_backward(x, dy, k, s, p, d, ceil, **given), dx_torch)
+
+
+@pytest.mark.parametrize("output_size", [(3, 4), (None, 3), 1])
+def test_adaptive_max_pooling_with_nans_matches_torch(xp, torch, rng, output_size):
+    values = with_nans(rng, (2, 2, 7, 6))
+    ty, ti, dy_values, dx_torch = torch_pass(torch, torch.nn.functional.adaptive_max_pool2d,
+                                             values, rng, output_size, return_indices=True)
+    x, dy = ann.asarray(values), ann.asarray(dy_values)
+    y, indices = F.adaptive_maxpool2d_forward(x, output_size, return_indices=True)
+    np.testing.assert_array_equal(host(y), ty)
+    np.testing.assert_array_equal(host(indices), ti)
+    for given in ({}, {"y": y}, {"indices": indices}):
+        assert_close(F.adaptive_maxpool2d_backward(x, dy, output_size, **given), dx_torch)
+
+
 @pytest.mark.parametrize("name", MAX_CONFIGS)
 def test_maxpool_options_match_torch_ties_included(torch, rng, name):
     shape, k, s, p, d, ceil = MAX_CONFIGS[name]

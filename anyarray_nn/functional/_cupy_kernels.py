@@ -10,7 +10,8 @@ and computes the same thing (tests/test_cupy_kernels.py):
   rather than scatters, so it needs no atomics and adds in a fixed order.
 * ``maxpool2d_forward`` / ``maxpool2d_backward``: one thread per output (forward) or input
   (backward) element. The backward recomputes each window's first arg-max, as the portable
-  kernel defines it: the first offset in row-major order whose value equals y, padding -inf.
+  kernel defines it: the first offset in row-major order whose value equals y (the last NaN
+  where y is NaN, as PyTorch), padding never.
   Unlike the portable kernel, a NaN or infinite dy stays in the window's arg-max alone.
 * ``relu_forward`` / ``relu_backward``: one element-wise kernel each, the same arithmetic.
 * ``softmax_rows``: each row's maximum, log-sum-exp of the shifted logits and loss, which the
@@ -99,13 +100,22 @@ T g = 0;
 for (int a = a_lo; a <= a_hi; ++a) {
     for (int b = b_lo; b <= b_hi; ++b) {
         const T target = yplane[a * yst_h + b * yst_w];
-        int k = 0;  // the window's first input element whose value equals y: padding never
-        for (; k < k_h * k_w; ++k) {  // wins, even in a window of -inf (as the portable kernel)
+        const bool nan_target = isnan(target);
+        // The window's first input element whose value equals y, or its last NaN where y is
+        // NaN (PyTorch's rule): padding never wins, even in a window of -inf (as the
+        // portable kernel)
+        int found = -1;
+        for (int k = 0; k < k_h * k_w; ++k) {
             const int wy = a * s_h - pad_h + k / k_w, wx = b * s_w - pad_w + k % k_w;
-            if (wy >= 0 && wy < height && wx >= 0 && wx < width
-                && plane[wy * xst_h + wx * xst_w] == target) break;
+            if (wy < 0 || wy >= height || wx < 0 || wx >= width) continue;
+            const T v = plane[wy * xst_h + wx * xst_w];
+            if (nan_target ? isnan(v) : v == target) {
+                found = k;
+                if (!nan_target) break;
+            }
         }
-        if (k < k_h * k_w && a * s_h - pad_h + k / k_w == yy && b * s_w - pad_w + k % k_w == xx)
+        if (found >= 0 && a * s_h - pad_h + found / k_w == yy
+            && b * s_w - pad_w + found % k_w == xx)
             g += gplane[a * gst_h + b * gst_w];
     }
 }
@@ -231,7 +241,8 @@ def maxpool2d_forward(x: Any, kernel: tuple[int, int], stride: tuple[int, int],
 
 def maxpool2d_backward(x: Any, y: Any, dy: Any, kernel: tuple[int, int],
                        stride: tuple[int, int], padding: tuple[int, int]) -> Any:
-    """dX of max pooling: each window's dy goes to its first arg-max (x, y, dy: NCHW)."""
+    """dX of max pooling: each window's dy goes to its first arg-max, or its last NaN where
+    the maximum is NaN (x, y, dy: NCHW)."""
     n, c, h, w = x.shape
     with x.device:
         dx = cupy.empty((c, n, h, w), dtype=x.dtype)

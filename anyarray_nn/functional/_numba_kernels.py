@@ -18,7 +18,8 @@ padding: the pooling of every course network), undilated and without a window th
 
 The results equal the portable kernels' (tests/test_numba_kernels.py): the forward maximum
 propagates NaN as ``maximum`` does, and the backward sends each window's gradient to its
-first arg-max in row-major order. One documented difference: a NaN or infinite dy stays in
+first arg-max in row-major order (its last NaN where the maximum is NaN, as PyTorch's
+kernels). One documented difference: a NaN or infinite dy stays in
 the arg-max, where the portable masked products spread NaN over the window.
 
 The loops walk (C, N, H, W) order, which is the memory order of the convolutions' outputs
@@ -72,13 +73,20 @@ def _maxpool2x2_backward(x: Any, y: Any, dy: Any, dx: Any) -> None:  # pragma: n
                 best, grad = y[c, n, a], dy[c, n, a]
                 for b in range(y.shape[3]):
                     m, g = best[b], grad[b]
-                    # The first position in row-major order that holds the maximum. Bitwise
-                    # operators, not "and"/"or": the arg-max of random data is unpredictable,
-                    # and short-circuit branches made this loop three times slower.
-                    first = top[2 * b] == m
-                    second = (top[2 * b + 1] == m) & (not first)
-                    third = (bottom[2 * b] == m) & (not (first | second))
-                    fourth = (bottom[2 * b + 1] == m) & (not (first | second | third))
+                    if m == m:
+                        # The first position in row-major order that holds the maximum.
+                        # Bitwise operators, not "and"/"or": the arg-max of random data is
+                        # unpredictable, and short-circuit branches made this loop three
+                        # times slower.
+                        first = top[2 * b] == m
+                        second = (top[2 * b + 1] == m) & (not first)
+                        third = (bottom[2 * b] == m) & (not (first | second))
+                        fourth = (bottom[2 * b + 1] == m) & (not (first | second | third))
+                    else:  # a NaN maximum: the last NaN, as PyTorch (a rare, predictable branch)
+                        fourth = bottom[2 * b + 1] != bottom[2 * b + 1]
+                        third = (bottom[2 * b] != bottom[2 * b]) & (not fourth)
+                        second = (top[2 * b + 1] != top[2 * b + 1]) & (not (third | fourth))
+                        first = not (second | third | fourth)
                     dtop[2 * b] = g if first else 0.0
                     dtop[2 * b + 1] = g if second else 0.0
                     dbottom[2 * b] = g if third else 0.0
@@ -100,7 +108,8 @@ def maxpool2d_forward(x: Any, kernel: tuple[int, int], stride: tuple[int, int],
 
 def maxpool2d_backward(x: Any, y: Any, dy: Any, kernel: tuple[int, int],
                        stride: tuple[int, int], padding: tuple[int, int]) -> Any:
-    """dL/dx of :func:`maxpool2d_forward`: each window's dy goes to its first arg-max."""
+    """dL/dx of :func:`maxpool2d_forward`: each window's dy goes to its first arg-max (its
+    last NaN where the maximum is NaN)."""
     n, c, h, w = x.shape
     covered = h % 2 == 0 and w % 2 == 0  # else the last row or column gets no gradient
     dx = (np.empty if covered else np.zeros)((c, n, h, w), dtype=x.dtype)

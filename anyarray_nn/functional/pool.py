@@ -26,9 +26,9 @@ the average is ``Ah @ x @ Aw`` with averaging matrices (one row per window), the
 max over offsets gathered with ``take`` (or plain max pooling where Ho divides H and Wo
 divides W: then the windows are a uniform k x k grid).
 
-A NaN maximum is the one case where PyTorch sends the gradient elsewhere (to the window's
-last NaN): here no element equals NaN, so the gradient of that window is dropped and its
-index is -1.
+A window whose maximum is NaN sends its gradient to its last NaN in row-major order (and that
+is its index), as PyTorch's kernels do: they take a value as the new maximum when it is
+greater or NaN.
 """
 
 from __future__ import annotations
@@ -236,13 +236,24 @@ def _zeros_padded(xp: Any, x: Any, g: _Geometry) -> Any:
     return xp.zeros(shape, dtype=x.dtype, device=x.device)
 
 
-def _first_argmax(xp: Any, candidates: list[Any], flats: list[Any], y: Any) -> Any:
-    """Indices (int64) of the first candidate, in order, equal to ``y``; -1 where none is.
-    ``candidates`` hold NaN at padding, which equals nothing."""
+def _argmax_indices(xp: Any, candidates: list[Any], flats: list[Any], y: Any) -> Any:
+    """Indices (int64) of the first candidate, in order, equal to ``y``, or where ``y`` is
+    NaN of the last NaN candidate (PyTorch's rule); -1 where none is. Candidates at a
+    ``_NO_INDEX`` position (padding, or past an adaptive window) are never NaN matches."""
     indices = xp.full(tuple(y.shape), -1, dtype=xp.int64, device=y.device)
+    nan_maximum = xp.isnan(y)
     for value, flat in zip(candidates, flats):
-        indices = xp.where((value == y) & (indices < 0), flat, indices)
+        first_equal = (value == y) & (indices < 0)
+        later_nan = nan_maximum & xp.isnan(value) & (flat >= 0)
+        indices = xp.where(first_equal | later_nan, flat, indices)
     return indices
+
+
+def _max_indices(xp: Any, x4: Any, g: _Geometry, y: Any) -> Any:
+    """:func:`_argmax_indices` of max pooling's windows, padding NaN (it is no index)."""
+    xcmp = _pad(xp, x4, g, float("nan"))
+    return _argmax_indices(xp, [xcmp[index] for index in g.slices()],
+                           g.flat_positions(xp, x4.device), y)
 
 
 def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0,
@@ -251,7 +262,8 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
     """Max pooling of NCHW (or unbatched CHW) ``x``; ``stride`` defaults to ``kernel_size``.
 
     With ``return_indices`` returns ``(y, indices)``: for each output, the flat index
-    h*W + w (int64) of its window's first arg-max within its input plane, as PyTorch's.
+    h*W + w (int64) of its window's first arg-max within its input plane (its last NaN where
+    the maximum is NaN), as PyTorch's.
     """
     xp = namespace(x)
     x4, unbatched = _batched(xp, x)
@@ -267,16 +279,14 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
             y = xp.maximum(y, xpad[index])
     if not check_flag(return_indices, "return_indices"):
         return _unbatched(y, unbatched)
-    xcmp = _pad(xp, x4, g, float("nan"))
-    indices = _first_argmax(xp, [xcmp[index] for index in g.slices()],
-                            g.flat_positions(xp, x.device), y)
-    return _unbatched(y, unbatched), _unbatched(indices, unbatched)
+    return _unbatched(y, unbatched), _unbatched(_max_indices(xp, x4, g, y), unbatched)
 
 
 def maxpool2d_backward(x: Any, dy: Any, kernel_size: Any, stride: Any = None,
                        padding: Any = 0, dilation: Any = 1, ceil_mode: bool = False, *,
                        y: Any = None, indices: Any = None) -> Any:
-    """dL/dx of max pooling: each window's gradient goes to its first arg-max.
+    """dL/dx of max pooling: each window's gradient goes to its first arg-max (its last NaN
+    where the maximum is NaN, as PyTorch).
 
     Pass the forward output ``y`` to avoid recomputing it, or the forward's ``indices``
     (``return_indices=True``) to send each gradient straight to its index.
@@ -288,10 +298,7 @@ def maxpool2d_backward(x: Any, dy: Any, kernel_size: Any, stride: Any = None,
     dy4 = _batched_like(xp, x, dy, out_shape, unbatched, "dy")
     if indices is not None:
         indices4 = _batched_indices(xp, indices, out_shape, unbatched)
-        dxpad = _zeros_padded(xp, x4, g)
-        for index, flat in zip(g.slices(), g.flat_positions(xp, x.device)):
-            dxpad[index] += dy4 * xp.astype(indices4 == flat, x.dtype)
-        return _unbatched(_crop(dxpad, g), unbatched)
+        return _unbatched(_crop(_to_indices(xp, x4, g, dy4, indices4), g), unbatched)
     if y is None:
         y4 = maxpool2d_forward(x4, g.kernel, g.stride, g.padding, g.dilation, ceil_mode)
     else:
@@ -299,6 +306,9 @@ def maxpool2d_backward(x: Any, dy: Any, kernel_size: Any, stride: Any = None,
     fast = pool_kernels(xp, x.dtype, g.window, g.dilation, g.ceil_adds_window)
     if fast is not None:  # one compiled kernel: CUDA on CuPy, numba on NumPy (see _fast)
         return _unbatched(fast.maxpool2d_backward(x4, y4, dy4, *g.window), unbatched)
+    if bool(xp.any(xp.isnan(y4))):  # rare: the last-NaN rule below needs the indices
+        indices4 = _max_indices(xp, x4, g, y4)
+        return _unbatched(_crop(_to_indices(xp, x4, g, dy4, indices4), g), unbatched)
     xpad = _pad(xp, x4, g, float("nan"))  # NaN padding equals no maximum, -inf included
     dxpad = _zeros_padded(xp, x4, g)
     disjoint = g.dilation == (1, 1) and g.stride[0] >= g.kernel[0] and g.stride[1] >= g.kernel[1]
@@ -315,6 +325,14 @@ def maxpool2d_backward(x: Any, dy: Any, kernel_size: Any, stride: Any = None,
         else:
             dxpad[index] += share
     return _unbatched(_crop(dxpad, g), unbatched)
+
+
+def _to_indices(xp: Any, x4: Any, g: _Geometry, dy4: Any, indices4: Any) -> Any:
+    """The padded dx that sends each window's dy to its flat index ``indices4``."""
+    dxpad = _zeros_padded(xp, x4, g)
+    for index, flat in zip(g.slices(), g.flat_positions(xp, x4.device)):
+        dxpad[index] += dy4 * xp.astype(indices4 == flat, x4.dtype)
+    return dxpad
 
 
 def _window_sizes(g: _Geometry, axis: int, count_include_pad: bool) -> list[int]:
@@ -502,7 +520,7 @@ def _adaptive_max(xp: Any, x4: Any, out: Pair, y: Any = None) -> tuple[Any, Any]
         y = candidates[0]
         for value in candidates[1:]:
             y = xp.maximum(y, value)
-    return y, _first_argmax(xp, candidates, flats, y)
+    return y, _argmax_indices(xp, candidates, flats, y)
 
 
 def adaptive_maxpool2d_forward(x: Any, output_size: Any, return_indices: bool = False) -> Any:

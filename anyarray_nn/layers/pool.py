@@ -33,7 +33,8 @@ class _Pool2D(Layer):
 
 @register
 class MaxPool2D(_Pool2D):
-    """Max pooling; the gradient goes to the first arg-max of each window (PyTorch's rule).
+    """Max pooling; the gradient goes to the first arg-max of each window, or its last NaN
+    where the maximum is NaN (PyTorch's rule).
 
     Options as ``torch.nn.MaxPool2d`` except ``return_indices``, which the functional
     ``maxpool2d_forward`` offers: a layer returns one array.
