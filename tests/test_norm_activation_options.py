@@ -1,5 +1,5 @@
 """Issue 22 options: batch norm on every rank and on empty batches, LayerNorm, GroupNorm, GELU,
-SiLU, activations at NaN, dropout for p in [0, 1], linear on (N, *, in) and (in,).
+SiLU, the Softmax and LogSoftmax layers, activations at NaN, dropout for p in [0, 1], linear on (N, *, in) and (in,).
 
 Each kernel: float64 finite differences on every backend (array_api_strict included) and
 agreement with PyTorch (forward and every gradient) over a small grid of configurations."""
@@ -20,7 +20,9 @@ from anyarray_nn.layers import (
     Dropout,
     GroupNorm,
     LayerNorm,
+    LogSoftmax,
     SiLU,
+    Softmax,
 )
 from helpers import assert_close, fast_and_portable, host
 from test_functional_activation import KERNELS
@@ -47,6 +49,50 @@ NEW_ACTIVATIONS = {
     "silu": (F.silu_forward, F.silu_backward, lambda t, x: t.nn.functional.silu(x)),
 }
 ALL_ACTIVATIONS = {**NEW_ACTIVATIONS, **KERNELS}  # KERNELS: the older activations
+
+
+# Softmax and LogSoftmax as layers: (layer class, torch.nn class); dims of inputs of rank 1-4
+SOFTMAX_LAYERS = {"Softmax": (Softmax, "Softmax"), "LogSoftmax": (LogSoftmax, "LogSoftmax")}
+SOFTMAX_SHAPES_AND_DIMS = [((5,), 0), ((3, 4), -1), ((3, 4), 0), ((2, 3, 4, 5), 1),
+                           ((2, 3, 4, 5), -2), ((1, 1), 1), ((0, 4), 1)]
+
+
+@pytest.mark.parametrize("kind", SOFTMAX_LAYERS)
+@pytest.mark.parametrize("shape, dim", SOFTMAX_SHAPES_AND_DIMS)
+def test_softmax_layers_match_torch_forward_and_gradient(xp, torch, rng, kind, shape, dim):
+    ours, theirs = SOFTMAX_LAYERS[kind]
+    x, dy = rng.standard_normal(shape) * 4, rng.standard_normal(shape)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = getattr(torch.nn, theirs)(dim=dim)(tx)
+    if ty.numel():
+        ty.backward(torch.tensor(dy))
+    layer = ours(dim=dim).to(ann.current_backend().name, dtype="float64")
+    assert_close(layer.forward(ann.asarray(x), train=True), ty.detach().numpy())
+    dx = layer.backward(ann.asarray(dy))
+    assert_close(dx, tx.grad.numpy() if ty.numel() else np.zeros(shape))
+
+
+@pytest.mark.parametrize("kind", SOFTMAX_LAYERS)
+def test_softmax_layers_pass_float64_gradient_checks(xp, rng, kind):
+    layer = SOFTMAX_LAYERS[kind][0](dim=1)
+    x = ann.asarray(rng.standard_normal((2, 3, 4)))
+
+    def backward(dy, x):
+        layer.forward(x, train=True)
+        return {"x": layer.backward(dy)}
+
+    report = check_function(lambda x: layer.forward(x, train=True), backward, {"x": x})
+    assert report.passed, str(report)
+
+
+def test_softmax_layers_refuse_a_bad_dim_naming_the_layer():
+    with pytest.raises(ValueError, match="Softmax: expected dim to be an int, got 1.5"):
+        Softmax(dim=1.5)
+    with pytest.raises(ValueError, match="LogSoftmax: expected dim to be an int, got True"):
+        LogSoftmax(dim=True)
+    with pytest.raises(ann.InputError, match=r"LogSoftmax 'ls'.*dim to be an int in \[-2, 2\) "
+                                             r"for x of shape \(3, 4\), got 2"):
+        LogSoftmax(dim=2, name="ls").forward(np.zeros((3, 4)))
 
 
 @pytest.mark.parametrize("name", NEW_ACTIVATIONS)
@@ -441,6 +487,8 @@ def test_new_layers_round_trip_through_load_model(tmp_path, rng):
         LayerNorm([8], elementwise_affine=False),
         BatchNorm1D(8),
         BatchNorm1D(8, affine=False, track_running_stats=False),
+        Softmax(dim=1),
+        LogSoftmax(dim=-1),
     ])
     x = ann.asarray(rng.standard_normal((4, 6)), dtype="float32")
     model.forward(x, train=True)  # moves the running statistics
@@ -453,9 +501,9 @@ def test_new_layers_round_trip_through_load_model(tmp_path, rng):
     assert rebuilt.get_config() == model.get_config()
     assert [type(layer).__name__ for layer in rebuilt.layers] == [
         "Dense", "LayerNorm", "GELU", "GroupNorm", "SiLU", "GELU", "LayerNorm", "BatchNorm1D",
-        "BatchNorm1D"]
+        "BatchNorm1D", "Softmax", "LogSoftmax"]
     assert_close(rebuilt.forward(x), model.forward(x), rtol=1e-6, atol=1e-6)
-    for name in ("LayerNorm", "GroupNorm", "GELU", "SiLU"):
+    for name in ("LayerNorm", "GroupNorm", "GELU", "SiLU", "Softmax", "LogSoftmax"):
         assert ann.layers.layer_class(name).__name__ == name
 
 

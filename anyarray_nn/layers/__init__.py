@@ -1,6 +1,6 @@
 """Layer classes: thin objects that own parameters and call the kernels of ``functional``."""
 
-from .activation import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
+from .activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from .base import Layer, layer_class, register
 from .conv import Conv2D
 from .dense import Dense
@@ -12,4 +12,4 @@ from .reshape import Flatten
 __all__ = ["Layer", "register", "layer_class", "Dense", "ReLU", "LeakyReLU", "Tanh",
            "Sigmoid", "Flatten", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
            "AdaptiveAvgPool2D", "AdaptiveMaxPool2D", "BatchNorm1D", "BatchNorm2D",
-           "Dropout", "GELU", "SiLU", "LayerNorm", "GroupNorm"]
+           "Dropout", "GELU", "SiLU", "LayerNorm", "GroupNorm", "Softmax", "LogSoftmax"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
+from ..errors import as_int
 from .base import Layer, register
 
 
@@ -94,3 +95,46 @@ class SiLU(Layer):
 
     def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
         return F.silu_backward(x, dy), {}
+
+
+class _AlongDim(Layer):
+    """A layer whose kernel pair works along one axis ``dim`` (any rank: the batch axis is
+    the caller's, so ``dim=1`` of NCHW input is the channel axis)."""
+
+    def __init__(self, dim: int = -1, name: str | None = None) -> None:
+        super().__init__(name)
+        if as_int(dim) is None:
+            raise ValueError(f"{type(self).__name__}: expected dim to be an int, got {dim!r}")
+        self.dim = as_int(dim)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"dim": self.dim, "name": self.name}
+
+
+@register
+class Softmax(_AlongDim):
+    """``exp(x) / sum(exp(x), dim)``, as torch.nn.Softmax(dim); backward reuses the output:
+    ``y * (dy - sum(dy * y, dim))``. For class scores trained with cross-entropy use
+    SoftmaxCrossEntropy on the logits instead: one fused, better-conditioned gradient."""
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        y = F.softmax_forward(x, self.dim)
+        return y, (x, y)
+
+    def _backward(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        x, y = cache
+        return F.softmax_backward(x, dy, self.dim, y=y), {}
+
+
+@register
+class LogSoftmax(_AlongDim):
+    """``x - logsumexp(x, dim)``, as torch.nn.LogSoftmax(dim); backward reuses the output:
+    ``dy - exp(y) * sum(dy, dim)``."""
+
+    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+        y = F.log_softmax_forward(x, self.dim)
+        return y, (x, y)
+
+    def _backward(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        x, y = cache
+        return F.log_softmax_backward(x, dy, self.dim, y=y), {}
