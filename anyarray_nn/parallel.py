@@ -57,54 +57,15 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Iterator
 
-from threadpoolctl import ThreadpoolController
-
 from . import backend as _backend
+from ._threads import cpu_count, one_blas_thread
 from .errors import InputError
-from .functional._fast import one_thread_each, portable_kernels, portable_only
+from .functional._fast import portable_kernels, portable_only
 from .layers.base import _NO_CACHE
 from .model import Sequential
 
-_blas = ThreadpoolController()
-
-
-class _OneBlasThread:
-    """One BLAS thread while any wrapper of this process runs its slices, and ``one_core()``
-    for the choice of kernels (see ``_fast``). The limit is process-wide: the first wrapper
-    to enter sets it, the last to leave restores it (two wrappers each restoring what it saw
-    on entry could leave it at one for good)."""
-
-    def __init__(self) -> None:
-        self.lock, self.depth, self.limiter = threading.Lock(), 0, None
-        self.kernels = contextlib.ExitStack()
-
-    def __enter__(self) -> None:
-        with self.lock:
-            if self.depth == 0:
-                self.limiter = _blas.limit(limits=1, user_api="blas")
-                self.kernels.enter_context(one_thread_each())
-            self.depth += 1
-
-    def __exit__(self, *exc: Any) -> None:
-        with self.lock:
-            self.depth -= 1
-            if self.depth == 0:
-                self.limiter.restore_original_limits()
-                self.kernels.close()
-
-
-_one_blas_thread = _OneBlasThread()
-
 #: Whether helper processes can be started here (they inherit a socket and shared memory).
 PROCESSES_SUPPORTED = os.name == "posix"
-
-
-def cpu_count() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class DataParallel:
@@ -218,7 +179,7 @@ class DataParallel:
             raise RuntimeError("DataParallel: the helpers holding the other slices' forward "
                                "pass were stopped; run forward(x, train=True) again")
         parts = [array[lo:hi, ...] for lo, hi in self._bounds]
-        with _one_blas_thread:
+        with one_blas_thread:
             try:
                 helpers.start(op, parts[1:], flag)
             except BaseException:  # a helper died: start afresh next time

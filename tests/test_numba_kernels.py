@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import anyarray_nn as ann
+from anyarray_nn import _threads
 from anyarray_nn import functional as F
 from anyarray_nn.functional import _fast
 from anyarray_nn.functional import conv as conv_module
@@ -351,7 +352,7 @@ def test_direct_convolution_passes_float64_gradient_checks(numba_kernels, rng):
 def direct_calls(numba_kernels, monkeypatch):
     """For each call of a direct kernel: its name and the input channels of its weights. The
     process counts as having several cores, whatever the environment says."""
-    monkeypatch.setattr(_fast, "_single_threaded_process", lambda: False)
+    monkeypatch.setattr(_threads, "_single_threaded_process", lambda: False)
     calls = []
     for name in ("direct_convolution", "direct_weight_gradient"):
         real = getattr(numba_kernels, name)
@@ -381,12 +382,12 @@ def test_the_direct_path_runs_for_three_input_channels_or_fewer(direct_calls, rn
 
 def test_on_one_core_the_direct_path_runs_for_16_channels_or_fewer(direct_calls, rng):
     x, w = rng.standard_normal((2, 16, 6, 6)), rng.standard_normal((16, 16, 5, 5))
-    with _fast.one_thread_each():
-        assert _fast.one_core()
+    with _threads.one_thread_each():
+        assert _threads.one_core()
         F.conv2d_backward(x, w, np.ones((2, 16, 6, 6)), padding=2)
         F.conv2d_backward(x[:, :8], w[:8, :8, :3, :3], np.ones((2, 8, 6, 6)), padding=1)  # Winograd
         F.conv2d_forward(np.ones((2, 17, 6, 6)), np.ones((16, 17, 5, 5)), padding=2)
-    assert not _fast.one_core()
+    assert not _threads.one_core()
     F.conv2d_backward(x, w, np.ones((2, 16, 6, 6)), padding=2)
     assert direct_calls == [("direct_weight_gradient", 16), ("direct_convolution", 16)]
 
@@ -401,7 +402,7 @@ def test_data_parallel_slices_count_as_one_core(direct_calls, rng):
     finally:
         model.close()
     assert direct_calls == [("direct_convolution", 16)] * 2
-    assert not _fast.one_core()
+    assert not _threads.one_core()
 
 
 @pytest.mark.parametrize("env, expected", [({}, False), ({"OMP_NUM_THREADS": "1"}, True),
@@ -412,20 +413,20 @@ def test_one_thread_in_the_environment_counts_as_one_core(monkeypatch, env, expe
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr("anyarray_nn.parallel.cpu_count", lambda: 2)
-    monkeypatch.setattr(_fast, "_single_threaded_process",
-                        functools.cache(_fast._single_threaded_process.__wrapped__))
-    assert _fast.one_core() is expected
+    monkeypatch.setattr(_threads, "cpu_count", lambda: 2)
+    monkeypatch.setattr(_threads, "_single_threaded_process",
+                        functools.cache(_threads._single_threaded_process.__wrapped__))
+    assert _threads.one_core() is expected
 
 
 def test_direct_dispatch_answers_only_for_numpy_floats_stride_1_and_few_channels(
         numba_kernels, monkeypatch):
     import array_api_strict
-    monkeypatch.setattr(_fast, "_single_threaded_process", lambda: False)
+    monkeypatch.setattr(_threads, "_single_threaded_process", lambda: False)
     one = (1, 1)
     assert _fast.direct_kernels(np, np.dtype("float32"), one, 3) is numba_kernels
     assert _fast.direct_kernels(np, np.dtype("float32"), one, 4) is None
-    with _fast.one_thread_each():
+    with _threads.one_thread_each():
         assert _fast.direct_kernels(np, np.dtype("float32"), one, 16) is numba_kernels
         assert _fast.direct_kernels(np, np.dtype("float32"), one, 17) is None
     assert _fast.direct_kernels(np, np.dtype("float64"), (2, 1), 1) is None

@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import backend as _backend
 from .. import functional as F
+from .._threads import cpu_count
 from ..functional.conv import (
     BLOCK_VALUES,
     _conv2d_forward_with_patches,
@@ -33,7 +34,7 @@ from ..functional.conv import (
 from ..losses import SoftmaxCrossEntropy
 from ..networks import NETWORKS
 from ..optim import SGD
-from ..parallel import DataParallel, cpu_count
+from ..parallel import DataParallel
 
 INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar10_large": (3, 32, 32)}
 SUITES = ("conv", "dense", "pool", "train")

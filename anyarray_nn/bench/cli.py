@@ -18,7 +18,7 @@ import click
 
 from .. import backend as _backend
 from .._atomic import unwritable_folder
-from ..parallel import cpu_count
+from .._threads import cpu_count
 from . import cases as _cases
 from . import harness, memory, report
 

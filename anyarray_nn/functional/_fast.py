@@ -24,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import os
 import warnings
 from typing import Any, Iterator
 
 import array_api_compat
+
+from .. import _threads
 
 # A context variable rather than a global: one thread's portable_kernels() block leaves the
 # fast paths of other threads alone.
@@ -82,11 +83,11 @@ def direct_kernels(xp: Any, dtype: Any, stride: tuple[int, int], channels: int) 
     convolution: NumPy float arrays, stride 1 and few ``channels`` (the input channels for
     the forward pass and dW, the output channels for dX): at most ``DIRECT_MAX_CHANNELS``,
     or ``DIRECT_MAX_CHANNELS_ONE_CORE`` where a GEMM would get no more cores than the kernel
-    (:func:`one_core`); else None."""
+    (``_threads.one_core``); else None."""
     numba_kernels = _numba_kernels(xp, dtype)
     if numba_kernels is None or stride != (1, 1):
         return None
-    most = (numba_kernels.DIRECT_MAX_CHANNELS_ONE_CORE if one_core()
+    most = (numba_kernels.DIRECT_MAX_CHANNELS_ONE_CORE if _threads.one_core()
             else numba_kernels.DIRECT_MAX_CHANNELS)
     return numba_kernels if channels <= most else None
 
@@ -101,33 +102,8 @@ def depthwise_kernels(xp: Any, dtype: Any, groups: int, in_channels: int) -> Any
 
 
 # How many cores a GEMM may use decides between it and a numba kernel, which runs on one:
-# while DataParallel runs its slices each core computes one, with one BLAS thread.
-_one_thread_blocks: list[bool] = []
-
-
-def one_core() -> bool:
-    """Whether this process computes on one thread: inside :func:`one_thread_each` (while
-    DataParallel runs its slices), with ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS`` 1,
-    or on one core."""
-    return bool(_one_thread_blocks) or _single_threaded_process()
-
-
-@functools.cache
-def _single_threaded_process() -> bool:
-    from ..parallel import cpu_count  # here: parallel imports this module
-    settings = (os.environ.get(name, "") for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"))
-    return cpu_count() == 1 or "1" in (setting.strip() for setting in settings)
-
-
-@contextlib.contextmanager
-def one_thread_each() -> Iterator[None]:
-    """In the block, the whole process counts as computing on one thread per slice
-    (:func:`one_core`). DataParallel enters it once for all its threads, as it limits BLAS."""
-    _one_thread_blocks.append(True)
-    try:
-        yield
-    finally:
-        _one_thread_blocks.pop()
+# while work is split over threads (DataParallel's slices, a grouped convolution's groups)
+# each core computes one piece, with one BLAS thread (_threads.one_core).
 
 
 def has_fast_paths(xp: Any, dtype: Any) -> bool:
