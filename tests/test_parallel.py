@@ -390,13 +390,16 @@ def test_two_threads_may_predict_through_one_wrapper(rng, processes):
 def test_two_wrappers_at_once_leave_the_blas_threads_as_they_were():
     # Wrapper A enters, B enters, A leaves, B leaves (two training threads): each restoring
     # what it saw on entry would leave BLAS at one thread for the rest of the process.
-    from threadpoolctl import threadpool_info
+    # The BLAS libraries loaded when the limit was first used (NumPy's); numba may load
+    # SciPy's later, which the wrappers have no reason to touch.
+    limit = ann._threads.one_blas_thread  # the one DataParallel enters
+    with limit:
+        pass
 
     def blas_threads():
-        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+        return [p["num_threads"] for p in limit.controller.info() if p["user_api"] == "blas"]
 
     before = blas_threads()
-    limit = ann._threads.one_blas_thread  # the one DataParallel enters
     limit.__enter__()                      # A
     limit.__enter__()                      # B
     assert set(blas_threads()) == {1}

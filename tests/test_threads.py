@@ -8,7 +8,6 @@ import threading
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
 
 import anyarray_nn as ann
 from anyarray_nn import _threads
@@ -23,7 +22,11 @@ def several_cores(monkeypatch):
 
 
 def blas_limits():
-    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+    """The threads of the BLAS libraries the limit knows (those loaded when first used)."""
+    with _threads.one_blas_thread:
+        pass
+    return [info["num_threads"] for info in _threads.one_blas_thread.controller.info()
+            if info["user_api"] == "blas"]
 
 
 def test_pieces_run_on_the_pool_with_one_blas_thread_and_the_limit_is_restored(several_cores):
