@@ -18,6 +18,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
+import logging
 import os
 import threading
 from typing import Any, Callable, Iterable, Iterator
@@ -89,6 +90,7 @@ class _OneBlasThread:
 
 one_blas_thread = _OneBlasThread()
 
+logger = logging.getLogger("anyarray_nn")
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -100,6 +102,8 @@ def _shared_pool() -> concurrent.futures.ThreadPoolExecutor:
         if _pool is None:
             _pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=cpu_count(), thread_name_prefix="anyarray_nn")
+            logger.info("independent pieces of an operation (the groups of a grouped "
+                        "convolution) run on %d threads, one BLAS thread each", cpu_count())
         return _pool
 
 

@@ -34,7 +34,8 @@ convolutions, whose GEMMs are 2.25x smaller, and stride-1 convolutions with 1 to
 channels (a first layer; on one core up to 16) are computed directly, forward, dW and dX,
 from the same padded flat planes (``_numba_kernels``, chosen in ``_fast``). Depthwise
 convolutions (groups == C) run numba's depthwise kernels for the forward pass, dX and dW, and
-grouped ones of 8 or more channels per group run group by group through the ungrouped code.
+grouped ones of 8 or more channels per group run group by group through the ungrouped code,
+on NumPy at the same time on the cores where the work is large enough (``_each_group``).
 
 The options of ``torch.nn.functional.conv2d`` and ``torch.nn.Conv2d``:
 
