@@ -24,7 +24,7 @@ from .backend import (
 from .errors import BackendError, BackendMismatchError, InputError, NonFiniteError
 from .gradcheck import GradCheckReport, check_gradients
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, warm_start
-from .model import Sequential
+from .model import Input, Model, Sequential
 from .parallel import DataParallel
 from .train import History, evaluate, fit
 
@@ -32,7 +32,7 @@ __all__ = [
     "Backend", "available_backends", "asarray", "current_backend", "get_backend", "seed",
     "set_backend", "synchronize", "to_host", "using",
     "BackendError", "BackendMismatchError", "InputError", "NonFiniteError",
-    "GradCheckReport", "check_gradients", "Sequential", "DataParallel",
+    "GradCheckReport", "check_gradients", "Sequential", "Model", "Input", "DataParallel",
     "save_checkpoint", "load_checkpoint", "warm_start", "load_model", "checkpoint",
     "data", "functional", "gradcheck", "init", "layers", "losses", "metrics", "networks", "optim",
     "schedules", "train", "fit", "evaluate", "History",

@@ -58,7 +58,7 @@ from . import backend as _backend
 from ._atomic import write_atomically
 from .errors import as_int, shorten
 from .layers.base import shapes_only
-from .model import Sequential
+from .model import Model, model_from_config
 from .train import Every, History
 
 FORMAT = "anyarray_nn"
@@ -84,7 +84,7 @@ def _h5py() -> Any:
 
 # --- saving ---------------------------------------------------------------------------------
 
-def save_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any = None, *,
+def save_checkpoint(path: str | os.PathLike, model: Model, optimizer: Any = None, *,
                     epoch: int | None = None, step: int | None = None, history: Any = None,
                     loader: Any = None) -> pathlib.Path:
     """Write ``model`` (and optionally the optimizer and the training position) to ``path``.
@@ -127,7 +127,7 @@ def _target_path(path: str | os.PathLike) -> pathlib.Path:
     return path
 
 
-def _hdf5_image(model: Sequential, optimizer: Any, epoch: int | None, step: int | None,
+def _hdf5_image(model: Model, optimizer: Any, epoch: int | None, step: int | None,
                 history: Any, loader: Any) -> bytes:
     """The checkpoint as HDF5 bytes, built in memory, with an empty user block for the
     integrity header (no disk is touched, so no HDF5 write can fail half-way on disk)."""
@@ -505,7 +505,7 @@ def _int_attr(f: Any, where: str, name: str, path: Any, default: int) -> int:
     return number
 
 
-def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any = None, *,
+def load_checkpoint(path: str | os.PathLike, model: Model, optimizer: Any = None, *,
                     loader: Any = None, convert_dtype: bool = False,
                     restore_rng: bool = True) -> CheckpointInfo:
     """Restore ``model`` (and the optimizer, the loader's position and the global generator)
@@ -524,7 +524,7 @@ def load_checkpoint(path: str | os.PathLike, model: Sequential, optimizer: Any =
                     convert_dtype=convert_dtype, restore_rng=restore_rng)
 
 
-def _mismatches(data: dict[str, Any], model: Sequential, convert_dtype: bool) -> list[str]:
+def _mismatches(data: dict[str, Any], model: Model, convert_dtype: bool) -> list[str]:
     """How the stored arrays differ from the model's parameters and buffers (keys, shapes,
     dtypes), as phrases for an error; empty when they match."""
     params = {**model.params(), **model.buffers()}
@@ -545,7 +545,7 @@ def _mismatches(data: dict[str, Any], model: Sequential, convert_dtype: bool) ->
     return problems
 
 
-def _restore(data: dict[str, Any], path: Any, model: Sequential, optimizer: Any, *,
+def _restore(data: dict[str, Any], path: Any, model: Model, optimizer: Any, *,
              loader: Any, convert_dtype: bool, restore_rng: bool) -> CheckpointInfo:
     """load_checkpoint's work on what :func:`read_checkpoint` returned."""
     problems = _mismatches(data, model, convert_dtype)
@@ -584,12 +584,12 @@ def _restore(data: dict[str, Any], path: Any, model: Sequential, optimizer: Any,
                           data["epoch"], data["step"], history)
 
 
-def _layer_generators(model: Sequential) -> dict[str, Any]:
+def _layer_generators(model: Model) -> dict[str, Any]:
     """The layers' own generators (dropout masks), by layer name."""
     return {layer.name: layer.rng for layer in model if hasattr(layer, "rng")}
 
 
-def _restore_generators(model: Sequential, state: dict[str, Any], global_too: bool) -> None:
+def _restore_generators(model: Model, state: dict[str, Any], global_too: bool) -> None:
     """Put back the layers' generators and, with ``global_too``, the global one; a bad state
     is an error naming the generator and what the file holds."""
     targets = [(f"layer_rngs/{name}", generator, rng_state)
@@ -607,7 +607,7 @@ def _restore_generators(model: Sequential, state: dict[str, Any], global_too: bo
                              f"{shorten(held if held is not None else rng_state)} ({exc})") from None
 
 
-def _snapshot(model: Sequential, optimizer: Any, loader: Any) -> Any:
+def _snapshot(model: Model, optimizer: Any, loader: Any) -> Any:
     """A function that puts back what :func:`load_checkpoint` may change."""
     arrays = {layer: (dict(layer.params), dict(layer.buffers), layer.grads)
               for layer in model.layers}
@@ -631,7 +631,7 @@ def _snapshot(model: Sequential, optimizer: Any, loader: Any) -> Any:
     return undo
 
 
-def _assign(model: Sequential, values: dict[str, Any]) -> None:
+def _assign(model: Model, values: dict[str, Any]) -> None:
     """Put arrays keyed "layer.name" into the layers' parameters and buffers."""
     for layer in model.layers:
         for store in (layer.params, layer.buffers):
@@ -643,7 +643,7 @@ def _assign(model: Sequential, values: dict[str, Any]) -> None:
 
 
 def load_model(path: str | os.PathLike, *, backend: Any = None,
-               dtype: str | None = None) -> Sequential:
+               dtype: str | None = None) -> Model:
     """Rebuild the model stored in ``path`` from its JSON architecture and load its weights.
 
     Only registered layer types can be built; a type name in the file selects one of them and
@@ -657,8 +657,8 @@ def load_model(path: str | os.PathLike, *, backend: Any = None,
     # by the file's size, which reading checked).
     try:
         with shapes_only():
-            skeleton = Sequential.from_config(config, dtype=dtype_used,
-                                              rng=np.random.default_rng(0))
+            skeleton = model_from_config(config, dtype=dtype_used,
+                                         rng=np.random.default_rng(0))
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise CheckpointError(f"{path}: model/config cannot be rebuilt: {exc}") from None
     problems = _mismatches(data, skeleton, convert_dtype=True)
@@ -668,8 +668,8 @@ def load_model(path: str | os.PathLike, *, backend: Any = None,
     try:
         # The stored weights replace the initial ones at once: draw those from a private
         # generator so that rebuilding leaves the global one (anyarray_nn.seed) untouched.
-        model = Sequential.from_config(config, backend=backend, dtype=dtype_used,
-                                       rng=np.random.default_rng(0))
+        model = model_from_config(config, backend=backend, dtype=dtype_used,
+                                  rng=np.random.default_rng(0))
     except (KeyError, TypeError, ValueError, MemoryError) as exc:
         raise CheckpointError(f"{path}: model/config cannot be rebuilt: {exc}") from None
     _restore(data, path, model, None, loader=None, convert_dtype=dtype is not None,
@@ -718,7 +718,7 @@ class WarmStartReport:
         return "\n".join(line.rstrip(": ") for line in lines)
 
 
-def warm_start(model: Sequential, path: str | os.PathLike, *, by_position: bool = False,
+def warm_start(model: Model, path: str | os.PathLike, *, by_position: bool = False,
                resize: bool = False, strict: bool = True,
                print_report: bool = False) -> WarmStartReport:
     """Load what fits from a checkpoint into ``model``, possibly of another architecture.

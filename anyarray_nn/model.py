@@ -1,7 +1,16 @@
-"""Sequential: a list of layers run forward in order and backward in reverse.
+"""The model engine: a directed acyclic graph of layer calls, run forward in topological
+order and backward in reverse. ``Model(inputs, outputs)`` builds any such graph from
+``ann.Input`` nodes and layers called on them (residual connections, concatenation, several
+inputs or outputs, a layer used twice); ``Sequential`` is its linear case, built from a list.
+
+Backward sums the gradients that reach a value from each of its consumers (a fan-out, such as
+a residual block's input), and sums a shared layer's parameter gradients over its calls. A
+model input's gradient is skipped unless ``input_grad=True``: a layer that reads only model
+inputs (a network's first convolution) is asked for no input gradient, which for a first
+convolution costs as much as the rest of the backward pass.
 
 One reordering is made, because it is exact and saves a pass over the largest arrays: a ReLU
-directly followed by a MaxPool2D runs after the pooling. Max-pooling commutes with ReLU
+whose only consumer is a MaxPool2D runs after the pooling. Max-pooling commutes with ReLU
 (relu(max(a, b)) = max(relu(a), relu(b))), so the output is the same, and the ReLU then
 works on the pooled array, a quarter of the size for 2x2 pooling. The gradients are the same
 too: where the window's maximum m is positive, the first arg-max of x is the first arg-max of
@@ -10,63 +19,215 @@ relu(x) and both paths pass dy; where m <= 0, ReLU's gradient is 0 on both paths
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from . import backend as _backend
 from .layers.activation import ReLU
-from .layers.base import Layer, layer_class
+from .layers.base import Layer, check_layer_name, layer_class
+from .layers.node import Input, Node
 from .layers.pool import MaxPool2D
 
+__all__ = ["Model", "Sequential", "Input", "model_from_config"]
 
-class Sequential:
-    """A stack of layers. Unnamed layers are named by type and position: "dense1", "relu2".
 
-    ``params()`` and ``grads()`` return flat dicts keyed ``"<layer name>.<param>"``
-    (``"fc.W"``), the names checkpoints store.
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    """One layer call of the execution plan: ``layer`` reads the values in slots ``inputs``
+    (as a tuple when ``several``) and writes slot ``output``."""
+    layer: Layer
+    inputs: tuple[int, ...]
+    output: int
+    several: bool
+    name: str  # the node's
+
+
+class Model:
+    """A network whose layers form a directed acyclic graph, built from graph nodes::
+
+        image = ann.Input((3, 32, 32), name="image")
+        h = ann.layers.ReLU()(ann.layers.Conv2D(3, 16, 3, padding=1, name="conv")(image))
+        out = ann.layers.Add()([h, ann.layers.Conv2D(16, 16, 3, padding=1)(h)])
+        model = ann.Model(image, out)
+
+    ``inputs`` and ``outputs``: one node or a list. ``forward`` then takes one array per
+    input (a tuple for several) and returns one per output (a tuple for several); backward
+    takes one gradient per output. Unnamed layers are named by type ("conv1", "add1"); a
+    layer called twice shares its parameters, and its node for the k-th call is
+    ``"<name>:<k>"``. ``params()`` and ``grads()`` are keyed ``"<layer>.<param>"``.
+
+    Bad graphs are refused here: an input that no output reaches, an output computed from an
+    input not in ``inputs``, two layers or inputs of one name.
     """
 
-    def __init__(self, layers: list[Layer]) -> None:
-        layers = list(layers)
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"Sequential: layer {i} must be an anyarray_nn Layer, got "
-                                f"{type(layer).__name__}")
-        _assign_names(layers)
-        self.layers = layers
+    def __init__(self, inputs: Node | Sequence[Node], outputs: Node | Sequence[Node]) -> None:
+        self.inputs = _node_list(inputs, "inputs")
+        self.outputs = _node_list(outputs, "outputs")
+        self._single_input = len(self.inputs) == 1
+        self._single_output = len(self.outputs) == 1
+        _check_inputs(self.inputs)
+        self.nodes = _topological(self.inputs, self.outputs)
+        self.layers = _unique_layers(self.nodes)
+        _assign_names(self.layers, "Model", taken=[node.name for node in self.inputs])
+        self.node_names = _node_names(self.nodes)
+        self._plan()
+
+    # --- the plan ------------------------------------------------------------------------
+
+    def _plan(self) -> None:
+        """The execution steps over value slots (one per node, one more per reordering), the
+        ReLU-before-MaxPool2D pairs swapped, and the slot each output reads."""
+        slot = {node: i for i, node in enumerate(self.nodes)}
+        consumers: dict[Node, list[Node]] = {node: [] for node in self.nodes}
+        for node in self.nodes:
+            for source in node.inputs:
+                consumers[source].append(node)
+        outputs = set(self.outputs)
+        swapped: dict[Node, Node] = {}  # MaxPool2D node -> the ReLU node it runs before
+        for node in self.nodes:
+            users = consumers[node]
+            if (type(node.layer) is ReLU and node not in outputs and len(users) == 1
+                    and type(users[0].layer) is MaxPool2D):
+                swapped[users[0]] = node
+        steps, extra = [], len(self.nodes)
+        for node in self.nodes:
+            if node.layer is None or node in swapped.values():
+                continue
+            if node in swapped:  # pool first, into a slot of its own, then the ReLU
+                relu = swapped[node]
+                steps.append(_Step(node.layer, (slot[relu.inputs[0]],), extra, False,
+                                   self.node_names[node]))
+                steps.append(_Step(relu.layer, (extra,), slot[node], False,
+                                   self.node_names[relu]))
+                extra += 1
+            else:
+                steps.append(_Step(node.layer, tuple(slot[i] for i in node.inputs), slot[node],
+                                   node.several, self.node_names[node]))
+        self._steps = steps
+        self._slots = extra
+        self._input_slots = tuple(slot[node] for node in self.inputs)
+        self._output_slots = tuple(slot[node] for node in self.outputs)
+        self._node_slots = {self.node_names[node]: slot[node] for node in self.nodes
+                            if node not in swapped.values()}
+        last_use = {}
+        for k, step in enumerate(steps):
+            for i in step.inputs:
+                last_use[i] = k
+        self._frees = [[i for i in step.inputs if last_use[i] == k
+                        and i not in self._output_slots] for k, step in enumerate(steps)]
+        self._caches: list[Any] | None = None
 
     # --- running -------------------------------------------------------------------------
 
     def forward(self, x: Any, *, train: bool = False) -> Any:
-        """Run every layer in order. ``train=True`` keeps the caches that backward needs.
+        """Run every layer call in topological order; ``x`` is one array per input (a tuple
+        or list for several). ``train=True`` keeps the caches that backward needs."""
+        values = self._run(x, train, keep=())
+        outs = tuple(values[i] for i in self._output_slots)
+        return outs[0] if self._single_output else outs
 
-        A ReLU directly followed by a MaxPool2D runs after it (same result, see the module
-        docstring).
-        """
-        for i in execution_order(self.layers):
-            x = self.layers[i].forward(x, train=train)
-        return x
+    def _sync(self) -> None:
+        """Bring the plan up to date with the model's layers (a Sequential's list may be
+        edited); a graph's plan never changes."""
+
+    def _run(self, x: Any, train: bool, keep: Sequence[int]) -> list[Any]:
+        self._sync()
+        xs = self._arrays(x, len(self.inputs), "x", "input")
+        values: list[Any] = [None] * self._slots
+        for i, array in zip(self._input_slots, xs):
+            values[i] = array
+        self._caches = None  # a failed forward must not leave old caches for backward
+        caches = []
+        for step, frees in zip(self._steps, self._frees):
+            arg = tuple(values[i] for i in step.inputs) if step.several else values[step.inputs[0]]
+            values[step.output], cache = step.layer.forward_pass(arg, train)
+            caches.append(cache)
+            for i in frees:  # nothing else reads it: let its memory go
+                if i not in keep:
+                    values[i] = None
+        self._caches = caches if train else None
+        return values
 
     def backward(self, dy: Any, *, input_grad: bool = False) -> Any:
-        """Back-propagate dL/d(output) through every layer, filling each layer's ``grads``.
+        """Back-propagate dL/d(output) (a tuple for several outputs) through every layer
+        call, filling each layer's ``grads`` (summed over a shared layer's calls).
 
-        Gradients are overwritten, not accumulated. The gradient with respect to the input
-        data is skipped unless ``input_grad=True`` (then it is returned; otherwise None):
-        for a first convolution it costs as much as the rest of the backward pass.
+        Gradients are overwritten, not accumulated over backward calls. The gradient of the
+        model's inputs is skipped unless ``input_grad=True`` (then it is returned, a tuple
+        for several inputs; otherwise None).
         """
-        order = execution_order(self.layers)
-        for position in range(len(order) - 1, -1, -1):
-            dy = self.layers[order[position]].backward(dy, input_grad=input_grad or position > 0)
-        return dy
+        if self._caches is None:
+            raise RuntimeError(f"{type(self).__name__}: backward() needs a preceding "
+                               f"forward(x, train=True)")
+        dys = self._arrays(dy, len(self.outputs), "dy", "output")
+        pending: dict[int, Any] = {}
+        for i, g in zip(self._output_slots, dys):
+            pending[i] = g if i not in pending else pending[i] + g
+        inputs = set(self._input_slots)
+        grads: dict[int, dict[str, Any]] = {}
+        for step, cache in zip(reversed(self._steps), reversed(self._caches)):
+            g = pending.pop(step.output)
+            wanted = input_grad or any(i not in inputs for i in step.inputs)
+            dx, layer_grads = step.layer.backward_pass(g, cache, wanted)
+            total = grads.setdefault(id(step.layer), {})
+            for key, value in layer_grads.items():
+                total[key] = value if key not in total else total[key] + value
+            if not wanted:
+                continue
+            for i, d in zip(step.inputs, dx if step.several else (dx,)):
+                if i in inputs and not input_grad:
+                    continue
+                pending[i] = d if i not in pending else pending[i] + d
+        for layer in self.layers:
+            layer.grads = grads.get(id(layer), {})
+        if not input_grad:
+            return None
+        dxs = tuple(pending.get(i) for i in self._input_slots)
+        return dxs[0] if self._single_input else dxs
+
+    def _arrays(self, value: Any, count: int, what: str, per: str) -> tuple[Any, ...]:
+        """``value`` as ``count`` arrays: itself for one, a tuple or list of ``count`` for
+        several."""
+        if count == 1 and not isinstance(value, (tuple, list)):
+            return (value,)  # (a list of one array is taken too)
+        if not isinstance(value, (tuple, list)) or len(value) != count:
+            got = f"{len(value)} arrays" if isinstance(value, (tuple, list)) else "one array"
+            raise ValueError(f"{type(self).__name__}: {what}: expected one array per {per} "
+                             f"({count}), got {got}")
+        return tuple(value)
 
     def __call__(self, x: Any, *, train: bool = False) -> Any:
+        if any(isinstance(item, Node) for item in (x if isinstance(x, (tuple, list)) else [x])):
+            raise TypeError(f"{type(self).__name__}: calling a model on graph nodes (as a "
+                            f"layer inside another model) is not supported; call its layers")
         return self.forward(x, train=train)
 
     def predict(self, x: Any) -> Any:
         """Class indices of the largest output per row (evaluation mode)."""
-        xp = _backend.namespace(x)
-        return xp.argmax(self.forward(x, train=False), axis=1)
+        xp = _backend.namespace(x if not isinstance(x, (tuple, list)) else x[0])
+        out = self.forward(x, train=False)
+        return xp.argmax(out if self._single_output else out[0], axis=1)
+
+    def execution_order(self) -> list[str]:
+        """The names of the layer calls in the order forward runs them (backward runs them
+        in reverse): topological, with a ReLU whose only consumer is a MaxPool2D after it."""
+        self._sync()
+        return [step.name for step in self._steps]
+
+    def node_outputs(self, x: Any, names: Sequence[str]) -> dict[str, Any]:
+        """The values of the nodes ``names`` (see :attr:`node_names`) for input ``x``, in
+        evaluation mode: a network's feature maps anywhere in the graph."""
+        self._sync()
+        names = list(names)
+        unknown = [n for n in names if n not in self._node_slots]
+        if unknown:
+            raise KeyError(f"no node named {unknown[0]!r}; nodes: "
+                           f"{', '.join(self._node_slots)}")
+        keep = [self._node_slots[n] for n in names]
+        values = self._run(x, False, keep)
+        return {n: values[self._node_slots[n]] for n in names}
 
     # --- parameters ----------------------------------------------------------------------
 
@@ -95,10 +256,11 @@ class Sequential:
         """Total number of scalar parameters."""
         return sum(math.prod(v.shape) for v in self.params().values())
 
-    def to(self, backend: str | None = None, dtype: str | None = None) -> "Sequential":
+    def to(self, backend: str | None = None, dtype: str | None = None) -> "Model":
         """Move every parameter to ``backend`` and/or cast to ``dtype`` (in place); returns self."""
         for layer in self.layers:
             layer.to(backend, dtype)
+        self._caches = None
         return self
 
     @property
@@ -131,6 +293,92 @@ class Sequential:
         return iter(self.layers)
 
     def __repr__(self) -> str:
+        inputs = ", ".join(f"{n.name!r}: {n.shape}" for n in self.inputs)
+        return (f"Model(inputs {{{inputs}}}, {len(self.nodes) - len(self.inputs)} layer calls, "
+                f"outputs {[self.node_names[n] for n in self.outputs]})")
+
+    def summary(self, print_fn: Callable[[str], Any] | None = print) -> str:
+        """The graph as a table: each node with its type, its inputs, its output shape (one
+        sample) and its parameters (counted at a layer's first call; later calls say
+        "shared"); returns the text. ``print_fn=None`` only returns it."""
+        rows, seen = [], set()
+        for node in self.nodes:
+            name = self.node_names[node]
+            sources = ", ".join(self.node_names[i] for i in node.inputs) or "-"
+            shape = "x".join(map(str, node.shape)) if node.shape is not None else "?"
+            if node.layer is None:
+                rows.append((name, "Input", sources, shape, "-", 0, 0))
+                continue
+            if id(node.layer) in seen:
+                rows.append((name, node.layer.type_name, sources, shape, "shared", 0, 0))
+                continue
+            seen.add(id(node.layer))
+            weights, biases = _counts(node.layer)
+            rows.append((name, node.layer.type_name, sources, shape, _shapes(node.layer),
+                         weights, biases))
+        header = ("node", "type", "inputs", "output", "parameter shapes", "weights", "biases",
+                  "total")
+        return _print_table(header, rows, print_fn)
+
+    # --- architecture as data ------------------------------------------------------------
+
+    def get_config(self) -> dict[str, Any]:
+        """The graph as JSON-ready data: its inputs (name, shape), its layers (type and
+        config, each once, in order of first call), its calls (layer and input node names,
+        in topological order) and its output node names."""
+        return {
+            "inputs": [{"name": n.name, "shape": list(n.shape)} for n in self.inputs],
+            "layers": [{"type": layer.type_name, "config": layer.get_config()}
+                       for layer in self.layers],
+            "calls": [{"layer": node.layer.name,
+                       "inputs": [self.node_names[i] for i in node.inputs]}
+                      for node in self.nodes if node.layer is not None],
+            "outputs": [self.node_names[n] for n in self.outputs],
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **kwargs: Any) -> "Model":
+        """Rebuild from :meth:`get_config`, using only registered layer types; ``kwargs``
+        (``backend``, ``dtype``, ``rng``) go to each layer whose constructor takes them. A
+        call that names an unknown node, or calls that form a cycle, are clear errors."""
+        return _graph_from_config(config, kwargs)
+
+
+class Sequential(Model):
+    """A stack of layers: the linear case of :class:`Model`, each layer called on the one
+    before. Unnamed layers are named by type and position: "dense1", "relu2".
+
+    ``params()`` and ``grads()`` return flat dicts keyed ``"<layer name>.<param>"``
+    (``"fc.W"``), the names checkpoints store. The input's shape is not declared, so
+    any input the layers accept runs.
+    """
+
+    def __init__(self, layers: list[Layer]) -> None:
+        self._build(list(layers))
+
+    def _build(self, layers: list[Layer]) -> None:
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: layer {i} must be an anyarray_nn Layer, got "
+                                f"{type(layer).__name__}")
+        if len({id(layer) for layer in layers}) != len(layers):
+            raise ValueError("Sequential: the same layer object appears more than once; create "
+                             "one layer per position (a graph Model can share a layer)")
+        _assign_names(layers, "Sequential")
+        node = first = Node(None, (), None, "input")  # any input shape
+        for layer in layers:
+            node = Node(layer, (node,), None)
+        super().__init__(first, node)
+        self.layers = layers  # the list itself: editing it edits the model
+        self._planned = list(layers)
+
+    def _sync(self) -> None:
+        """Plan again if ``layers`` was edited (a layer replaced, added or removed)."""
+        if len(self.layers) != len(self._planned) or any(
+                a is not b for a, b in zip(self.layers, self._planned)):
+            self._build(self.layers)
+
+    def __repr__(self) -> str:
         inner = ",\n".join(f"    {layer!r}" for layer in self.layers)
         return f"Sequential([\n{inner}\n])"
 
@@ -140,22 +388,10 @@ class Sequential:
         "weights" counts every parameter except biases (``b``). Pass ``print_fn=None`` to only
         get the string.
         """
-        rows = []
-        for layer in self.layers:
-            sizes = {k: math.prod(v.shape) for k, v in layer.params.items()}
-            biases = sizes.get("b", 0)
-            rows.append((layer.name, layer.type_name, _shapes(layer),
-                         sum(sizes.values()) - biases, biases))
-        header = ("layer", "type", "parameter shapes", "weights", "biases", "total")
-        body = [(n, t, s, f"{w:,}", f"{b:,}", f"{w + b:,}") for n, t, s, w, b in rows]
-        totals = [sum(r[3] for r in rows), sum(r[4] for r in rows)]
-        foot = ("total", "", "", f"{totals[0]:,}", f"{totals[1]:,}", f"{sum(totals):,}")
-        text = _table(header, body, foot)
-        if print_fn is not None:
-            print_fn(text)
-        return text
-
-    # --- architecture as data ------------------------------------------------------------
+        rows = [(layer.name, layer.type_name, _shapes(layer), *_counts(layer))
+                for layer in self.layers]
+        return _print_table(("layer", "type", "parameter shapes", "weights", "biases", "total"),
+                            rows, print_fn)
 
     def get_config(self) -> dict[str, Any]:
         """The architecture as JSON-ready data: ``{"layers": [{"type": ..., "config": ...}]}``."""
@@ -169,40 +405,187 @@ class Sequential:
         ``kwargs`` (``backend``, ``dtype``, ``rng``) go to each layer whose constructor takes
         them: ``rng`` also seeds layers that draw random numbers without parameters (Dropout).
         """
-        layers = []
-        for entry in config["layers"]:
-            layer_cls = layer_class(entry["type"])
-            accepted = inspect.signature(layer_cls.__init__).parameters
-            extra = {k: v for k, v in kwargs.items() if k in accepted}
-            layers.append(layer_cls.from_config(entry["config"], **extra))
-        return cls(layers)
+        return cls([_layer_from_config(entry, kwargs) for entry in config["layers"]])
 
 
-def execution_order(layers: list[Layer]) -> list[int]:
-    """Indices of ``layers`` in the order Sequential runs them: as listed, except that a ReLU
-    directly followed by a MaxPool2D swaps places with it (see the module docstring)."""
-    order = list(range(len(layers)))
-    i = 0
-    while i < len(layers) - 1:
-        if type(layers[i]) is ReLU and type(layers[i + 1]) is MaxPool2D:
-            order[i], order[i + 1] = i + 1, i
-            i += 2
-        else:
-            i += 1
+def model_from_config(config: dict[str, Any], **kwargs: Any) -> Model:
+    """A :class:`Sequential` or a graph :class:`Model` from its ``get_config()`` (a graph's
+    has "calls"), with only registered layer types."""
+    if not isinstance(config, dict):
+        raise ValueError(f"model config: expected a JSON object, got {type(config).__name__}")
+    if "calls" in config:
+        return Model.from_config(config, **kwargs)
+    return Sequential.from_config(config, **kwargs)
+
+
+def _layer_from_config(entry: Any, kwargs: dict[str, Any]) -> Layer:
+    layer_cls = layer_class(entry["type"])
+    accepted = inspect.signature(layer_cls.__init__).parameters
+    extra = {k: v for k, v in kwargs.items() if k in accepted}
+    return layer_cls.from_config(entry["config"], **extra)
+
+
+def _graph_from_config(config: dict[str, Any], kwargs: dict[str, Any]) -> Model:
+    """A graph Model from ``config``; every name checked, the calls sorted so that a
+    cycle is found and named rather than followed."""
+    for key, kind in (("inputs", list), ("layers", list), ("calls", list), ("outputs", list)):
+        if not isinstance(config.get(key), kind):
+            raise ValueError(f"model config: expected {key!r} to be a list, got "
+                             f"{type(config.get(key)).__name__}")
+    layers: dict[str, Layer] = {}
+    for entry in config["layers"]:
+        layer = _layer_from_config(entry, kwargs)
+        if layer.name is None or layer.name in layers:
+            raise ValueError(f"model config: every layer needs a name of its own, got "
+                             f"{layer.name!r} " + ("twice" if layer.name else ""))
+        layers[layer.name] = layer
+    values: dict[str, Node] = {}
+    for entry in config["inputs"]:
+        node = Input(entry["shape"], name=entry["name"])
+        if node.name in values:
+            raise ValueError(f"model config: input name {node.name!r} used twice")
+        values[node.name] = node
+    calls = {}  # node name -> (layer, input names), named as Model names them
+    counts: dict[str, int] = {}
+    for entry in config["calls"]:
+        name = entry["layer"]
+        if name not in layers:
+            raise ValueError(f"model config: a call names layer {name!r}, which the config "
+                             f"does not define")
+        counts[name] = counts.get(name, 0) + 1
+        node_name = name if counts[name] == 1 else f"{name}:{counts[name]}"
+        if node_name in values or node_name in calls:
+            raise ValueError(f"model config: node name {node_name!r} used twice")
+        sources = entry["inputs"]
+        if not isinstance(sources, list) or not sources:
+            raise ValueError(f"model config: the call of {name!r} needs a list of input node "
+                             f"names, got {sources!r}")
+        calls[node_name] = (layers[name], [str(s) for s in sources])
+    known = set(values) | set(calls)
+    for node_name, (_, sources) in calls.items():
+        for source in sources:
+            if source not in known:
+                raise ValueError(f"model config: node {node_name!r} reads {source!r}, which is "
+                                 f"no input or call of the config")
+    remaining = dict(calls)
+    while remaining:  # Kahn: the calls whose inputs all exist, until none is left or stuck
+        ready = [n for n, (_, sources) in remaining.items() if all(s in values for s in sources)]
+        if not ready:
+            raise ValueError(f"model config: the calls {sorted(remaining)} read each other in "
+                             f"a cycle (or read a node of that cycle)")
+        for node_name in ready:
+            layer, sources = remaining.pop(node_name)
+            nodes = [values[s] for s in sources]
+            several = len(nodes) > 1 or layer.takes_several
+            values[node_name] = (layer(nodes) if several else layer(nodes[0]))
+    missing = [n for n in config["outputs"] if n not in values]
+    if missing or not config["outputs"]:
+        raise ValueError(f"model config: outputs {missing or '[]'} are not nodes of the config")
+    inputs = [values[entry["name"]] for entry in config["inputs"]]
+    outputs = [values[n] for n in config["outputs"]]
+    return Model(inputs if len(inputs) != 1 else inputs[0],
+                 outputs if len(outputs) != 1 else outputs[0])
+
+def _node_list(value: Any, what: str) -> list[Node]:
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(isinstance(item, Node) for item in items):
+        got = ", ".join(type(item).__name__ for item in items) or "nothing"
+        raise TypeError(f"Model: expected {what} to be a graph node (ann.Input(...) or a layer "
+                        f"called on one) or a list of them, got {got}")
+    return items
+
+
+def _check_inputs(inputs: list[Node]) -> None:
+    for node in inputs:
+        if node.layer is not None:
+            raise ValueError(f"Model: inputs must be ann.Input nodes, got the output of "
+                             f"{node.describe()}")
+    if len(set(map(id, inputs))) != len(inputs):
+        raise ValueError("Model: the same input node is listed twice in inputs")
+    counters = 0
+    names = [node.name for node in inputs if node.name is not None]
+    for node in inputs:  # unnamed inputs: "input", "input2", ...
+        while node.name is None:
+            counters += 1
+            candidate = "input" if counters == 1 else f"input{counters}"
+            if candidate not in names:
+                node.name = candidate
+                names.append(candidate)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"Model: input names must be unique, got {repeated} more than once")
+
+
+def _topological(inputs: list[Node], outputs: list[Node]) -> list[Node]:
+    """Every node the outputs are computed from, each after its inputs (depth-first from
+    the outputs, in the order of their inputs). Refuses a graph that reads an input not in
+    ``inputs``, and an input that no output reaches."""
+    order: list[Node] = []
+    placed: set[int] = set()
+    allowed = {id(node) for node in inputs}
+    for output in outputs:
+        stack = [(output, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if id(node) in placed:
+                continue
+            if expanded:
+                placed.add(id(node))
+                order.append(node)
+                continue
+            if node.layer is None and id(node) not in allowed:
+                raise ValueError(f"Model: the outputs are computed from {node.describe()} "
+                                 f"(shape {node.shape}), which is not among the model's "
+                                 f"inputs; list it in inputs")
+            stack.append((node, True))
+            stack.extend((source, False) for source in reversed(node.inputs)
+                         if id(source) not in placed)
+    unused = [node.describe() for node in inputs if id(node) not in placed]
+    if unused:
+        raise ValueError(f"Model: {', '.join(unused)} reaches no output; remove it from "
+                         f"inputs or compute an output from it")
     return order
 
 
-def _assign_names(layers: list[Layer]) -> None:
-    """Give unnamed layers "<type><k>" names ("relu1", "maxpool2"); reject duplicates."""
-    if len({id(layer) for layer in layers}) != len(layers):
-        raise ValueError("Sequential: the same layer object appears more than once; create "
-                         "one layer per position")
-    taken = [layer.name for layer in layers if layer.name is not None]
-    duplicates = sorted({n for n in taken if taken.count(n) > 1})
+def _unique_layers(nodes: list[Node]) -> list[Layer]:
+    """The layers of ``nodes``, each once, in order of first call."""
+    layers, seen = [], set()
+    for node in nodes:
+        if node.layer is not None and id(node.layer) not in seen:
+            seen.add(id(node.layer))
+            layers.append(node.layer)
+    return layers
+
+
+def _node_names(nodes: list[Node]) -> dict[Node, str]:
+    """Input nodes by their names, the k-th call of a layer "<layer>" (k = 1) or
+    "<layer>:<k>"; refuses a name that two nodes would share."""
+    names: dict[Node, str] = {}
+    calls: dict[int, int] = {}
+    for node in nodes:
+        if node.layer is None:
+            names[node] = node.name
+            continue
+        calls[id(node.layer)] = calls.get(id(node.layer), 0) + 1
+        k = calls[id(node.layer)]
+        names[node] = node.layer.name if k == 1 else f"{node.layer.name}:{k}"
+    taken = list(names.values())
+    repeated = sorted({n for n in taken if taken.count(n) > 1})
+    if repeated:
+        raise ValueError(f"Model: names must be unique across inputs and layers, got "
+                         f"{repeated} more than once")
+    return names
+
+
+def _assign_names(layers: list[Layer], owner: str, taken: Sequence[str] = ()) -> None:
+    """Give unnamed layers "<type><k>" names ("relu1", "maxpool2"); reject two layers of one
+    name."""
+    named = [layer.name for layer in layers if layer.name is not None]
+    duplicates = sorted({n for n in named if named.count(n) > 1})
     if duplicates:
-        raise ValueError(f"Sequential: layer names must be unique, got {duplicates} more "
+        raise ValueError(f"{owner}: layer names must be unique, got {duplicates} more "
                          f"than once")
-    used = set(taken)
+    used = set(named) | set(taken)
     counters: dict[str, int] = {}
     for layer in layers:
         if layer.name is not None:
@@ -215,18 +598,39 @@ def _assign_names(layers: list[Layer]) -> None:
             candidate = f"{base}{counters[base]}"
             if candidate not in used:
                 break
+        check_layer_name(candidate)
         layer.name = candidate
         used.add(candidate)
+
+
+def _counts(layer: Layer) -> tuple[int, int]:
+    """(weights, biases) of a layer: "weights" counts every parameter except ``b``."""
+    sizes = {k: math.prod(v.shape) for k, v in layer.params.items()}
+    biases = sizes.get("b", 0)
+    return sum(sizes.values()) - biases, biases
 
 
 def _shapes(layer: Layer) -> str:
     return " ".join(f"{k}{tuple(v.shape)}" for k, v in layer.params.items()) or "-"
 
 
+def _print_table(header: tuple, rows: list[tuple], print_fn: Any) -> str:
+    """The table of ``rows`` whose last two entries are weight and bias counts, with a total
+    column and row; printed with ``print_fn`` unless None; returns the text."""
+    body = [(*r[:-2], f"{r[-2]:,}", f"{r[-1]:,}", f"{r[-2] + r[-1]:,}") for r in rows]
+    totals = [sum(r[-2] for r in rows), sum(r[-1] for r in rows)]
+    foot = ("total", *[""] * (len(header) - 4), f"{totals[0]:,}", f"{totals[1]:,}",
+            f"{sum(totals):,}")
+    text = _table(header, body, foot)
+    if print_fn is not None:
+        print_fn(text)
+    return text
+
+
 def _table(header: tuple, body: list[tuple], foot: tuple) -> str:
     rows = [header, *body, foot]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
-    right = {3, 4, 5}
+    right = set(range(len(header) - 3, len(header)))
 
     def fmt(row: tuple) -> str:
         return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)

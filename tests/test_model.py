@@ -5,7 +5,6 @@ import pytest
 
 import anyarray_nn as ann
 from anyarray_nn.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Tanh
-from anyarray_nn.model import execution_order
 from helpers import host
 
 
@@ -130,8 +129,11 @@ def test_input_gradient_only_on_request(rng):
 def test_a_relu_directly_before_a_max_pool_runs_after_it():
     layers = [Conv2D(1, 2, 3, rng=0), ReLU(), MaxPool2D(2), ReLU(), AvgPool2D(2), ReLU(),
               ReLU(), MaxPool2D(2), MaxPool2D(2), Tanh(), MaxPool2D(2)]
-    assert execution_order(layers) == [0, 2, 1, 3, 4, 5, 7, 6, 8, 9, 10]
-    assert execution_order([]) == [] and execution_order([ReLU()]) == [0]
+    model = ann.Sequential(layers)
+    names = [layer.name for layer in layers]
+    assert model.execution_order() == [names[i] for i in [0, 2, 1, 3, 4, 5, 7, 6, 8, 9, 10]]
+    assert ann.Sequential([]).execution_order() == []
+    assert ann.Sequential([ReLU()]).execution_order() == ["relu1"]
 
 
 @pytest.mark.parametrize("window", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)],
@@ -161,5 +163,6 @@ def test_swapping_relu_and_max_pool_changes_neither_output_nor_gradients(xp, rng
     np.testing.assert_array_equal(host(dx), host(dy))
     for key, grad in listed.grads().items():
         np.testing.assert_array_equal(host(model.grads()[key]), host(grad), err_msg=key)
-    assert model["relu1"]._cache.shape == model["maxpool1"].forward(
+    relu_cache = model._caches[model.execution_order().index("relu1")]  # ReLU's cache: x
+    assert relu_cache.shape == model["maxpool1"].forward(
         model["conv1"].forward(x)).shape  # the ReLU really ran on the pooled array

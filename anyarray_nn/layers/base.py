@@ -90,6 +90,8 @@ class Layer:
     #: Whether each sample's output and gradients depend only on that sample, so that slices
     #: of a batch can run separately (:class:`anyarray_nn.parallel.DataParallel`).
     batch_separable = True
+    #: Whether the layer joins several inputs, given as one tuple (Add, Concatenate).
+    takes_several = False
 
     def __init__(self, name: str | None = None) -> None:
         check_layer_name(name)
@@ -104,9 +106,8 @@ class Layer:
     def forward(self, x: Any, *, train: bool = False) -> Any:
         """Compute the layer's output. With ``train=True`` keep what ``backward`` needs."""
         self._cache = _NO_CACHE  # a failed forward must not leave an old cache for backward
-        with errors_named(self.describe()):
-            out, cache = self._forward(x, train)
-        self._cache = cache if train else _NO_CACHE
+        out, cache = self.forward_pass(x, train)
+        self._cache = cache
         return out
 
     def backward(self, dy: Any, *, input_grad: bool = True) -> Any:
@@ -115,13 +116,48 @@ class Layer:
         With ``input_grad=False`` the layer may skip computing dL/dx (a network's first
         layer: nobody needs the gradient of the data) and returns None.
         """
-        if self._cache is _NO_CACHE:
+        dx, self.grads = self.backward_pass(dy, self._cache, input_grad)
+        return dx
+
+    def __call__(self, *inputs: Any) -> Any:
+        """On graph nodes (``ann.Input`` and what layers called on it return): the node of
+        this layer's output, for building a model; a layer with several inputs (Add,
+        Concatenate) takes them as a list. On arrays: ``forward(x)`` in evaluation mode."""
+        from .node import Node, call_on_nodes  # node imports this module's siblings
+        several = len(inputs) == 1 and isinstance(inputs[0], (list, tuple))
+        items = list(inputs[0]) if several else list(inputs)
+        nodes = [item for item in items if isinstance(item, Node)]
+        if not nodes:
+            if len(inputs) != 1:
+                raise TypeError(f"{self.describe()}: called on {len(inputs)} arrays; pass "
+                                f"several inputs as one list")
+            return self.forward(inputs[0])
+        if len(nodes) != len(items) or not items or several != self.takes_several:
+            wanted = "a list of graph nodes" if self.takes_several else "one graph node"
+            raise TypeError(f"{self.describe()}: expected {wanted}, got "
+                            f"{'a list of ' if several else ''}"
+                            f"{', '.join(type(i).__name__ for i in items) or 'none'}")
+        return call_on_nodes(self, items, several)
+
+    # --- the engine's protocol: no state kept ---------------------------------------------
+
+    def forward_pass(self, x: Any, train: bool) -> tuple[Any, Any]:
+        """``(y, cache)``: the forward pass with errors naming the layer, keeping nothing on
+        the layer (the cache is ``_NO_CACHE`` unless ``train``). Models call this, so a layer
+        used twice keeps one cache per call."""
+        with errors_named(self.describe()):
+            out, cache = self._forward(x, train)
+        return out, (cache if train else _NO_CACHE)
+
+    def backward_pass(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        """``(dx, grads)`` from a :meth:`forward_pass` cache (dx None unless ``input_grad``),
+        keeping nothing on the layer."""
+        if cache is _NO_CACHE:
             raise RuntimeError(f"{self.describe()}: backward() needs a preceding "
                                f"forward(x, train=True)")
         with errors_named(self.describe()):
-            dx, grads = self._backward(dy, self._cache, input_grad)
-        self.grads = grads
-        return dx if input_grad else None
+            dx, grads = self._backward(dy, cache, input_grad)
+        return (dx if input_grad else None), grads
 
     # --- what subclasses implement -------------------------------------------------------
 
