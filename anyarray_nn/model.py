@@ -34,6 +34,15 @@ __all__ = ["Model", "Sequential", "Input", "model_from_config"]
 
 
 @dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Steps in the order they run, the slots whose value each step reads last (freed after
+    it unless kept), and how many value slots there are."""
+    steps: list["_Step"]
+    frees: list[list[int]]
+    slots: int
+
+
+@dataclasses.dataclass(frozen=True)
 class _Step:
     """One layer call of the execution plan: ``layer`` reads the values in slots ``inputs``
     (as a tuple when ``several``) and writes slot ``output``."""
@@ -77,9 +86,9 @@ class Model:
     # --- the plan ------------------------------------------------------------------------
 
     def _plan(self) -> None:
-        """The execution steps over value slots (one per node, one more per reordering), the
-        ReLU-before-MaxPool2D pairs swapped, and the slot each output reads."""
-        slot = {node: i for i, node in enumerate(self.nodes)}
+        """The execution plans: the one forward and backward run, with each ReLU whose only
+        consumer is a MaxPool2D moved after it, and (made when first needed) the plain one,
+        in which every node's value exists (:meth:`node_outputs`)."""
         consumers: dict[Node, list[Node]] = {node: [] for node in self.nodes}
         for node in self.nodes:
             for source in node.inputs:
@@ -91,6 +100,16 @@ class Model:
             if (type(node.layer) is ReLU and node not in outputs and len(users) == 1
                     and type(users[0].layer) is MaxPool2D):
                 swapped[users[0]] = node
+        self._slot = {node: i for i, node in enumerate(self.nodes)}
+        self._input_slots = tuple(self._slot[node] for node in self.inputs)
+        self._output_slots = tuple(self._slot[node] for node in self.outputs)
+        self._node_slots = {self.node_names[node]: self._slot[node] for node in self.nodes}
+        self._fast_plan = self._make_plan(swapped)
+        self._plain_plan: _Plan | None = None
+        self._caches: list[Any] | None = None
+
+    def _make_plan(self, swapped: dict[Node, Node]) -> "_Plan":
+        slot, names = self._slot, self.node_names
         steps, extra = [], len(self.nodes)
         for node in self.nodes:
             if node.layer is None or node in swapped.values():
@@ -98,33 +117,30 @@ class Model:
             if node in swapped:  # pool first, into a slot of its own, then the ReLU
                 relu = swapped[node]
                 steps.append(_Step(node.layer, (slot[relu.inputs[0]],), extra, False,
-                                   self.node_names[node]))
-                steps.append(_Step(relu.layer, (extra,), slot[node], False,
-                                   self.node_names[relu]))
+                                   names[node]))
+                steps.append(_Step(relu.layer, (extra,), slot[node], False, names[relu]))
                 extra += 1
             else:
                 steps.append(_Step(node.layer, tuple(slot[i] for i in node.inputs), slot[node],
-                                   node.several, self.node_names[node]))
-        self._steps = steps
-        self._slots = extra
-        self._input_slots = tuple(slot[node] for node in self.inputs)
-        self._output_slots = tuple(slot[node] for node in self.outputs)
-        self._node_slots = {self.node_names[node]: slot[node] for node in self.nodes
-                            if node not in swapped.values()}
+                                   node.several, names[node]))
         last_use = {}
         for k, step in enumerate(steps):
             for i in step.inputs:
                 last_use[i] = k
-        self._frees = [[i for i in step.inputs if last_use[i] == k
-                        and i not in self._output_slots] for k, step in enumerate(steps)]
-        self._caches: list[Any] | None = None
+        frees = [[i for i in step.inputs if last_use[i] == k and i not in self._output_slots]
+                 for k, step in enumerate(steps)]
+        return _Plan(steps, frees, extra)
+
+    @property
+    def _steps(self) -> list[_Step]:
+        return self._fast_plan.steps
 
     # --- running -------------------------------------------------------------------------
 
     def forward(self, x: Any, *, train: bool = False) -> Any:
         """Run every layer call in topological order; ``x`` is one array per input (a tuple
         or list for several). ``train=True`` keeps the caches that backward needs."""
-        values = self._run(x, train, keep=())
+        values = self._run(x, train)
         outs = tuple(values[i] for i in self._output_slots)
         return outs[0] if self._single_output else outs
 
@@ -132,22 +148,27 @@ class Model:
         """Bring the plan up to date with the model's layers (a Sequential's list may be
         edited); a graph's plan never changes."""
 
-    def _run(self, x: Any, train: bool, keep: Sequence[int]) -> list[Any]:
+    def _run(self, x: Any, train: bool, keep: Sequence[int] = ()) -> list[Any]:
+        """The values of the slots after running the plan (the plain one where ``keep``
+        asks for nodes' values, which are then not freed)."""
         self._sync()
         xs = self._arrays(x, len(self.inputs), "x", "input")
-        values: list[Any] = [None] * self._slots
+        if keep and self._plain_plan is None:
+            self._plain_plan = self._make_plan({})
+        plan = self._plain_plan if keep else self._fast_plan
+        values: list[Any] = [None] * plan.slots
         for i, array in zip(self._input_slots, xs):
             values[i] = array
         self._caches = None  # a failed forward must not leave old caches for backward
         caches = []
-        for step, frees in zip(self._steps, self._frees):
+        for step, frees in zip(plan.steps, plan.frees):
             arg = tuple(values[i] for i in step.inputs) if step.several else values[step.inputs[0]]
             values[step.output], cache = step.layer.forward_pass(arg, train)
             caches.append(cache)
             for i in frees:  # nothing else reads it: let its memory go
                 if i not in keep:
                     values[i] = None
-        self._caches = caches if train else None
+        self._caches = caches if train and not keep else None
         return values
 
     def backward(self, dy: Any, *, input_grad: bool = False) -> Any:
@@ -228,6 +249,20 @@ class Model:
         keep = [self._node_slots[n] for n in names]
         values = self._run(x, False, keep)
         return {n: values[self._node_slots[n]] for n in names}
+
+    def with_layers(self, layers: Sequence[Layer]) -> "Model":
+        """The same graph with ``layers`` in place of :attr:`layers` (position by position):
+        how DataParallel gives each worker copies of the layers that share their parameters."""
+        if len(layers) != len(self.layers):
+            raise ValueError(f"{type(self).__name__}.with_layers: expected {len(self.layers)} "
+                             f"layers, got {len(layers)}")
+        swap = {id(old): new for old, new in zip(self.layers, layers)}
+        made: dict[int, Node] = {}
+        for node in self.nodes:
+            made[id(node)] = Node(None if node.layer is None else swap[id(node.layer)],
+                                  [made[id(i)] for i in node.inputs], node.shape, node.name,
+                                  node.several)
+        return Model([made[id(n)] for n in self.inputs], [made[id(n)] for n in self.outputs])
 
     # --- parameters ----------------------------------------------------------------------
 
@@ -371,6 +406,10 @@ class Sequential(Model):
         super().__init__(first, node)
         self.layers = layers  # the list itself: editing it edits the model
         self._planned = list(layers)
+
+    def with_layers(self, layers: Sequence[Layer]) -> "Sequential":
+        """A Sequential of ``layers`` (see :meth:`Model.with_layers`)."""
+        return Sequential(list(layers))
 
     def _sync(self) -> None:
         """Plan again if ``layers`` was edited (a layer replaced, added or removed)."""

@@ -62,14 +62,15 @@ from ._threads import cpu_count, one_blas_thread
 from .errors import InputError
 from .functional._fast import portable_kernels, portable_only
 from .layers.base import _NO_CACHE
-from .model import Sequential
+from .model import Model
 
 #: Whether helper processes can be started here (they inherit a socket and shared memory).
 PROCESSES_SUPPORTED = os.name == "posix"
 
 
 class DataParallel:
-    """Wraps a :class:`Sequential` so that forward and backward split the batch over workers.
+    """Wraps a model (a :class:`Sequential` or a graph :class:`Model` with one input) so that
+    forward and backward split the batch over workers.
 
     ``workers`` (default: the number of cores) is the number of slices; the calling thread
     computes one. ``processes``: run the other slices in helper processes (True), on threads
@@ -83,10 +84,14 @@ class DataParallel:
     :func:`anyarray_nn.evaluate` take the wrapper in its place.
     """
 
-    def __init__(self, model: Sequential, workers: int | None = None, *,
+    def __init__(self, model: Model, workers: int | None = None, *,
                  processes: bool | None = None, min_batch: int | None = None) -> None:
-        if not isinstance(model, Sequential):
-            raise TypeError(f"DataParallel: expected a Sequential model, got {type(model).__name__}")
+        if not isinstance(model, Model):
+            raise TypeError(f"DataParallel: expected a Sequential or Model, got "
+                            f"{type(model).__name__}")
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise ValueError(f"DataParallel: expected a model with one input and one output, "
+                             f"got {len(model.inputs)} and {len(model.outputs)}")
         for layer in model.layers:
             if not layer.batch_separable:
                 raise ValueError(
@@ -156,7 +161,7 @@ class DataParallel:
             return xp.concat(dxs, axis=0) if input_grad else None
 
     def to(self, backend: str | None = None, dtype: str | None = None) -> "DataParallel":
-        """Move and/or cast the wrapped model (:meth:`Sequential.to`); returns this wrapper.
+        """Move and/or cast the wrapped model (:meth:`Model.to`); returns this wrapper.
 
         The helpers follow: processes restart with the new layout at the next split batch.
         """
@@ -236,9 +241,9 @@ class DataParallel:
                 f"processes=False (threads) or move the class into a module")
         return True
 
-    # Sequential's own, running through this class's forward.
-    __call__ = Sequential.__call__
-    predict = Sequential.predict
+    # The model's own, running through this class's forward.
+    __call__ = Model.__call__
+    predict = Model.predict
 
     # --- everything else is the wrapped model's ------------------------------------------
 
@@ -265,7 +270,7 @@ class DataParallel:
         return _rebuild, (self.model, self.workers, self.processes, self.min_batch)
 
 
-def _rebuild(model: Sequential, workers: int, processes: bool | None,
+def _rebuild(model: Model, workers: int, processes: bool | None,
              min_batch: int | None) -> DataParallel:
     return DataParallel(model, workers, processes=processes, min_batch=min_batch)
 
@@ -289,7 +294,7 @@ def _unimportable(cls: type) -> str | None:
     return None
 
 
-def _apply(model: Sequential, op: str, array: Any, flag: bool, portable: bool = False) -> Any:
+def _apply(model: Model, op: str, array: Any, flag: bool, portable: bool = False) -> Any:
     # ``portable``: the caller is in a portable_kernels() block, which a helper thread's or
     # process's own context does not see.
     with portable_kernels() if portable else contextlib.nullcontext():
@@ -298,28 +303,28 @@ def _apply(model: Sequential, op: str, array: Any, flag: bool, portable: bool = 
         return model.backward(array, input_grad=flag)
 
 
-def _same_layers(layers: list[Any], model: Sequential) -> bool:
+def _same_layers(layers: list[Any], model: Model) -> bool:
     return len(layers) == len(model.layers) and all(a is b for a, b in zip(layers, model.layers))
 
 
-def _bare_copy(model: Sequential) -> Sequential:
+def _bare_copy(model: Model) -> Model:
     """A copy sharing the layers' params dicts, with its own caches and gradients."""
     copies = [copy.copy(layer) for layer in model.layers]
     for layer in copies:
         layer.grads, layer._cache = {}, _NO_CACHE
-    return Sequential(copies)
+    return model.with_layers(copies)
 
 
 class _Threads:
     """Slices 2.. on a thread pool, each through a copy of the model sharing its parameters."""
 
-    def __init__(self, model: Sequential, count: int) -> None:
+    def __init__(self, model: Model, count: int) -> None:
         self.layers = list(model.layers)
         self.copies = [_bare_copy(model) for _ in range(count)]
         self.pool = ThreadPoolExecutor(count, thread_name_prefix="anyarray_nn")
         self.futures: list[Any] = []
 
-    def fits(self, model: Sequential) -> bool:
+    def fits(self, model: Model) -> bool:
         # The copies share the layers' params and buffers dicts, so they follow every change
         # of values; a layer replaced in the model needs new copies.
         return _same_layers(self.layers, model)
@@ -349,7 +354,7 @@ _HELPER_CODE = ("import sys; from anyarray_nn.parallel import serve_slices; "
                 "serve_slices(int(sys.argv[1]), int(sys.argv[2]))")
 
 
-def _param_layout(model: Sequential) -> tuple[list[tuple], int]:
+def _param_layout(model: Model) -> tuple[list[tuple], int]:
     """``[(layer index, "params" or "buffers", key, byte offset, shape, dtype)]`` and the
     size of one region."""
     entries, offset = [], 0
@@ -376,7 +381,7 @@ class _Processes:
     """Slices 2.. in helper processes. Shared memory holds one region of parameters, written
     here before every forward pass, and one region of gradients per helper, written there."""
 
-    def __init__(self, model: Sequential, count: int) -> None:
+    def __init__(self, model: Model, count: int) -> None:
         self.model, self.replies = model, 0  # replies: requests sent and not yet answered
         self.layers = list(model.layers)
         self.layout, region = _param_layout(model)
@@ -424,7 +429,7 @@ class _Processes:
         self.conns.append(Connection(ours.detach()))
         self.conns[-1].send(setup)
 
-    def fits(self, model: Sequential) -> bool:
+    def fits(self, model: Model) -> bool:
         # Helpers of this process (not forgotten in a fork), the same layer objects, and the
         # shared memory laid out for their arrays.
         return (bool(self.conns) and _same_layers(self.layers, model)
@@ -494,7 +499,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: [p.forget() for p in list(_live_process_helpers)])
 
 
-def _module_roots(model: Sequential) -> list[str]:
+def _module_roots(model: Model) -> list[str]:
     """The folders from which the modules of the model's layer classes were imported."""
     roots = []
     for cls in {type(layer) for layer in model.layers}:

@@ -191,17 +191,17 @@ def confusion_matrix(cm: Any, path: str | pathlib.Path | None = None,
 
 def feature_maps(model: Any, x: Any, layer: str, path: str | pathlib.Path | None = None,
                  columns: int = 8) -> Any:
-    """The output channels of ``layer`` for one input ``x`` of shape (1, C, H, W)."""
+    """The output channels of ``layer`` (a node of the model: a layer's name, or
+    ``"<name>:<k>"`` for the k-th call of a shared layer) for one input ``x`` of shape
+    (1, C, H, W)."""
     _check_count(columns, "columns", "feature_maps")
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"feature_maps: expected one input of shape (1, C, H, W), got "
                          f"{tuple(x.shape)}")
-    for item in model:
-        x = item.forward(x, train=False)
-        if item.name == layer:
-            break
-    else:
-        raise KeyError(f"feature_maps: no layer named {layer!r}")
+    try:
+        x = model.node_outputs(x, [layer])[layer]
+    except KeyError as exc:
+        raise KeyError(f"feature_maps: {exc.args[0]}") from None
     maps = _backend.to_host(x)
     if maps.ndim != 4:
         raise ValueError(f"feature_maps: {layer!r} gives shape {maps.shape}, not feature maps")

@@ -81,7 +81,7 @@ def test_parameter_table_markdown_counts():
 
 def test_errors():
     model, history, result, x = trained(1)
-    with pytest.raises(KeyError, match="no layer named 'nope'"):
+    with pytest.raises(KeyError, match="no node named 'nope'"):
         plots.feature_maps(model, (x[:1] / 255.0).astype(np.float32), "nope")
     with pytest.raises(ValueError, match="expected one input of shape"):
         plots.feature_maps(model, (x[:2] / 255.0).astype(np.float32), "conv1")

@@ -1,0 +1,426 @@
+"""Graph models (issue 23): ann.Input, layers called on nodes, ann.Model, Add, Concatenate,
+Identity. Gradients of residual, concatenating and shared-layer graphs against PyTorch
+autograd on the same weights and by float64 finite differences; a graph and its Sequential
+equivalent give identical results; checkpoints, load_model, exact resume and warm starts
+between Sequential and graph; every bad graph is refused when built, naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import assert_close, host
+
+import anyarray_nn as ann
+from anyarray_nn.layers import (
+    Add,
+    BatchNorm2D,
+    Concatenate,
+    Conv2D,
+    Dense,
+    Flatten,
+    GlobalAvgPool2D,
+    Identity,
+    MaxPool2D,
+    ReLU,
+)
+
+
+def residual_net(dtype="float64", rng=0):
+    """conv-relu, then a residual block (conv + shortcut), pooled to a dense layer."""
+    image = ann.Input((3, 6, 6), name="image")
+    h = ReLU(name="r1")(Conv2D(3, 4, 3, padding=1, name="c1", dtype=dtype, rng=rng)(image))
+    block = Conv2D(4, 4, 3, padding=1, name="c2", dtype=dtype, rng=rng + 1)(h)
+    h = ReLU(name="r2")(Add(name="add")([block, h]))
+    out = Dense(4, 3, name="fc", dtype=dtype, rng=rng + 2)(GlobalAvgPool2D(name="gap")(h))
+    return ann.Model(image, out)
+
+
+def two_input_net(dtype="float64"):
+    """Two inputs joined by Concatenate; two outputs, one of them reading a shared layer."""
+    a, b = ann.Input((3, 5, 5), name="a"), ann.Input((2, 5, 5), name="b")
+    h = Concatenate(name="cat")([Conv2D(3, 4, 3, padding=1, name="ca", dtype=dtype, rng=0)(a), b])
+    flat = Flatten(name="flat")(ReLU(name="r")(h))
+    shared = Dense(6 * 25, 6 * 25, name="shared", dtype=dtype, rng=1)
+    first = shared(flat)
+    second = shared(ReLU(name="r2")(first))  # the same layer again: its gradients summed
+    out1 = Dense(6 * 25, 2, name="out1", dtype=dtype, rng=2)(Add(name="sum")([first, second]))
+    out2 = Dense(6 * 25, 3, name="out2", dtype=dtype, rng=3)(flat)
+    return ann.Model([a, b], [out1, out2])
+
+
+def torch_params(torch, model):
+    return {k: torch.tensor(host(v), requires_grad=True) for k, v in model.params().items()}
+
+
+def torch_residual(torch, p, x):
+    f = torch.nn.functional
+    h = f.relu(f.conv2d(x, p["c1.W"], p["c1.b"], padding=1))
+    h = f.relu(f.conv2d(h, p["c2.W"], p["c2.b"], padding=1) + h)
+    return f.linear(h.mean(dim=(2, 3)), p["fc.W"], p["fc.b"])
+
+
+def torch_two_input(torch, p, a, b):
+    f = torch.nn.functional
+    h = torch.cat([f.conv2d(a, p["ca.W"], p["ca.b"], padding=1), b], dim=1)
+    flat = f.relu(h).flatten(1)
+    first = f.linear(flat, p["shared.W"], p["shared.b"])
+    second = f.linear(f.relu(first), p["shared.W"], p["shared.b"])
+    return (f.linear(first + second, p["out1.W"], p["out1.b"]),
+            f.linear(flat, p["out2.W"], p["out2.b"]))
+
+
+# --- gradients --------------------------------------------------------------------------------
+
+def test_residual_graph_matches_torch_autograd(torch, rng):
+    model = residual_net()
+    x, dy = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((2, 3))
+    y = model.forward(x, train=True)
+    dx = model.backward(dy, input_grad=True)
+    p, tx = torch_params(torch, model), torch.tensor(x, requires_grad=True)
+    ty = torch_residual(torch, p, tx)
+    ty.backward(torch.tensor(dy))
+    assert_close(y, ty.detach().numpy())
+    assert_close(dx, tx.grad.numpy())
+    for key, grad in model.grads().items():
+        assert_close(grad, p[key].grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_concatenating_two_input_two_output_graph_with_a_shared_layer_matches_torch(torch, rng):
+    model = two_input_net()
+    a, b = rng.standard_normal((3, 3, 5, 5)), rng.standard_normal((3, 2, 5, 5))
+    dy1, dy2 = rng.standard_normal((3, 2)), rng.standard_normal((3, 3))
+    y1, y2 = model.forward((a, b), train=True)
+    da, db = model.backward((dy1, dy2), input_grad=True)
+    p = torch_params(torch, model)
+    ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    t1, t2 = torch_two_input(torch, p, ta, tb)
+    torch.autograd.backward([t1, t2], [torch.tensor(dy1), torch.tensor(dy2)])
+    assert_close(y1, t1.detach().numpy())
+    assert_close(y2, t2.detach().numpy())
+    assert_close(da, ta.grad.numpy())
+    assert_close(db, tb.grad.numpy())
+    assert set(model.grads()) == set(p)
+    for key, grad in model.grads().items():
+        assert_close(grad, p[key].grad.numpy(), rtol=1e-9, atol=1e-12)
+    assert [layer.name for layer in model.layers].count("shared") == 1
+    assert "shared:2" in model.execution_order()
+
+
+def test_graph_gradients_pass_float64_finite_differences_on_every_backend(xp, rng):
+    model = residual_net().to(ann.current_backend().name)
+    report = ann.check_gradients(model, ann.asarray(rng.standard_normal((2, 3, 6, 6))),
+                                 max_checks=40)
+    assert report.passed, str(report)
+
+
+def test_an_input_read_by_a_layer_and_a_shortcut_gets_both_gradients(rng):
+    # Add(conv(x), x): the first layer reads the input, but so does the shortcut
+    x_node = ann.Input((2, 4, 4))
+    out = Add()([Conv2D(2, 2, 3, padding=1, dtype="float64", rng=0)(x_node), x_node])
+    model = ann.Model(x_node, out)
+    x, dy = rng.standard_normal((2, 2, 4, 4)), rng.standard_normal((2, 2, 4, 4))
+    model.forward(x, train=True)
+    assert model.backward(dy) is None  # skipped unless asked
+    dx = model.backward(dy, input_grad=True)
+    conv_dx = ann.functional.conv2d_backward(x, model["conv1"].params["W"], dy, padding=1)[0]
+    assert_close(dx, conv_dx + dy)
+
+
+def test_the_first_layers_input_gradient_is_skipped_unless_asked(rng, monkeypatch):
+    model = residual_net()
+    asked = []
+    real = Conv2D._backward
+    monkeypatch.setattr(Conv2D, "_backward", lambda self, dy, cache, input_grad: asked.append(
+        (self.name, input_grad)) or real(self, dy, cache, input_grad))
+    model.forward(rng.standard_normal((2, 3, 6, 6)), train=True)
+    model.backward(rng.standard_normal((2, 3)))
+    assert asked == [("c2", True), ("c1", False)]
+
+
+# --- one engine: a graph and its Sequential ------------------------------------------------
+
+def sequential_and_graph():
+    layers = [Conv2D(1, 3, 3, padding=1, name="conv", rng=0), ReLU(name="relu"),
+              MaxPool2D(2, name="pool"), Flatten(name="flat"), Dense(12, 2, name="fc", rng=1)]
+    seq = ann.Sequential(layers)
+    x = ann.Input((1, 4, 4), name="input")
+    h = x
+    twins = [type(layer).from_config(layer.get_config()) for layer in layers]
+    for layer in twins:
+        h = layer(h)
+    graph = ann.Model(x, h)
+    for key, value in seq.params().items():
+        graph.params()[key][...] = value
+    return seq, graph
+
+
+def test_a_graph_and_its_sequential_give_identical_results(rng):
+    seq, graph = sequential_and_graph()
+    x = rng.standard_normal((5, 1, 4, 4)).astype(np.float32)
+    dy = rng.standard_normal((5, 2)).astype(np.float32)
+    np.testing.assert_array_equal(graph.forward(x, train=True), seq.forward(x, train=True))
+    np.testing.assert_array_equal(graph.backward(dy, input_grad=True),
+                                  seq.backward(dy, input_grad=True))
+    for key, value in seq.grads().items():
+        np.testing.assert_array_equal(graph.grads()[key], value, err_msg=key)
+    assert graph.execution_order() == seq.execution_order() == [
+        "conv", "pool", "relu", "flat", "fc"]  # both run the ReLU after the pooling
+
+
+def test_a_relu_read_by_two_layers_is_not_moved_after_the_pool(rng):
+    x = ann.Input((1, 4, 4))
+    r = ReLU(name="r")(x)
+    out = Add()([Flatten()(MaxPool2D(2)(r)), Flatten()(MaxPool2D(2, name="other")(r))])
+    model = ann.Model(x, out)
+    assert model.execution_order().index("r") == 0
+
+
+# --- everything Sequential does -------------------------------------------------------------
+
+def test_summary_lists_each_node_with_its_inputs_and_output_shape():
+    text = two_input_net(dtype="float32").summary(print_fn=None)
+    lines = text.splitlines()
+    assert lines[0].split() == ["node", "type", "inputs", "output", "parameter", "shapes",
+                                "weights", "biases", "total"]
+    rows = {line.split()[0]: line for line in lines[2:-2]}
+    assert rows["cat"].split()[:4] == ["cat", "Concatenate", "ca,", "b"]
+    assert "6x5x5" in rows["cat"]
+    assert rows["shared:2"].split()[:4] == ["shared:2", "Dense", "r2", "150"]
+    assert "shared" in rows["shared:2"].split()[4:]
+    total = sum(int(np.prod(v.shape)) for v in two_input_net().params().values())
+    assert lines[-1].split()[-1] == f"{total:,}"  # the shared layer counted once
+
+
+def test_params_buffers_to_and_load_model_round_trip(tmp_path, rng):
+    image = ann.Input((3, 6, 6), name="image")
+    h = BatchNorm2D(4, name="bn")(Conv2D(3, 4, 3, padding=1, name="c1", rng=0)(image))
+    out = Dense(4, 2, name="fc", rng=1)(GlobalAvgPool2D()(ReLU()(Add()([h, Identity()(h)]))))
+    model = ann.Model(image, out)
+    x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    model.forward(x, train=True)  # moves the running statistics
+    assert set(model.buffers()) == {"bn.running_mean", "bn.running_var"}
+    path = ann.save_checkpoint(tmp_path / "graph.h5", model)
+    rebuilt = ann.load_model(path)
+    assert isinstance(rebuilt, ann.Model) and not isinstance(rebuilt, ann.Sequential)
+    assert rebuilt.get_config() == model.get_config()
+    json.dumps(model.get_config())  # JSON-ready
+    np.testing.assert_array_equal(rebuilt.forward(x), model.forward(x))
+    model.to(dtype="float64")
+    assert model.dtype == "float64" and model.forward(x.astype(np.float64)).dtype == np.float64
+
+
+def test_exact_resume_of_a_graph_model(tmp_path, rng):
+    from anyarray_nn.checkpoint import CheckpointEvery, latest_checkpoint
+    from anyarray_nn.data.pipeline import DataLoader, RandomFlip
+    x = rng.standard_normal((24, 3, 6, 6)).astype(np.float32)
+    labels = np.arange(24) % 3
+    loss = ann.losses.SoftmaxCrossEntropy()
+
+    def setup():
+        model = residual_net(dtype="float32")
+        loader = DataLoader(x, labels, 8, seed=1, augment=[RandomFlip()])
+        return model, ann.optim.SGD(model, lr=0.1, momentum=0.9), loader
+
+    model, opt, loader = setup()
+    ann.fit(model, loss, opt, loader, epochs=3, progress=False)
+    straight = {k: v.copy() for k, v in model.params().items()}
+    model, opt, loader = setup()
+    ann.fit(model, loss, opt, loader, epochs=1, progress=False,
+            callbacks=[CheckpointEvery(tmp_path, per="epoch", loader=loader)])
+    model, opt, loader = setup()  # a fresh start, as in a new process
+    info = ann.load_checkpoint(latest_checkpoint(tmp_path), model, opt, loader=loader)
+    ann.fit(model, loss, opt, loader, epochs=2, history=info.history, progress=False)
+    for key, value in straight.items():
+        np.testing.assert_array_equal(model.params()[key], value, err_msg=key)
+
+
+def test_fit_evaluate_and_predict_run_a_graph_model(rng):
+    from anyarray_nn.data.pipeline import DataLoader
+    x = rng.standard_normal((12, 3, 6, 6)).astype(np.float32)
+    labels = np.arange(12) % 3
+    model = residual_net(dtype="float32")
+    loader = DataLoader(x, labels, 4, seed=0)
+    loss = ann.losses.SoftmaxCrossEntropy()
+    history = ann.fit(model, loss, ann.optim.SGD(model, lr=0.05), loader, epochs=2,
+                      progress=False)
+    assert len(history.epochs) == 2
+    result = ann.evaluate(model, loss, DataLoader(x, labels, 4, shuffle=False))
+    assert 0.0 <= result.accuracy <= 1.0 and np.isfinite(result.loss)
+    assert model.predict(x).shape == (12,)
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_data_parallel_splits_a_graph_model_like_the_model_itself(rng, processes):
+    model = residual_net()
+    x, dy = rng.standard_normal((8, 3, 6, 6)), rng.standard_normal((8, 3))
+    y = model.forward(x, train=True)
+    model.backward(dy)
+    expected = {k: v.copy() for k, v in model.grads().items()}
+    parallel = ann.DataParallel(model, 2, processes=processes, min_batch=2)
+    try:
+        assert_close(parallel.forward(x, train=True), y)
+        parallel.backward(dy)
+    finally:
+        parallel.close()
+    for key, value in expected.items():
+        assert_close(model.grads()[key], value, rtol=1e-10)
+
+
+def test_feature_maps_of_any_node(rng, tmp_path):
+    pytest.importorskip("matplotlib")
+    from anyarray_nn import plots
+    model = residual_net()
+    values = model.node_outputs(rng.standard_normal((1, 3, 6, 6)), ["add", "r1"])
+    assert values["add"].shape == (1, 4, 6, 6) and (values["r1"] >= 0).all()
+    figure = plots.feature_maps(model, rng.standard_normal((1, 3, 6, 6)), "add",
+                                    path=tmp_path / "add.png")
+    assert (tmp_path / "add.png").stat().st_size > 0 and figure is not None
+
+
+# --- warm starts between Sequential and graph ----------------------------------------------
+
+def course_sequential():
+    return ann.Sequential([Conv2D(3, 4, 3, padding=1, name="c1", rng=5), ReLU(),
+                           Conv2D(4, 4, 3, padding=1, name="c2", rng=6), ReLU(),
+                           GlobalAvgPool2D(), Dense(4, 3, name="fc", rng=7)])
+
+
+def test_warm_start_from_a_sequential_into_a_residual_graph_and_back(tmp_path):
+    seq = course_sequential()
+    path = ann.save_checkpoint(tmp_path / "seq.h5", seq)
+    graph = residual_net(dtype="float32", rng=100)
+    report = ann.warm_start(graph, path)
+    assert sorted(key for key, _ in report.loaded) == sorted(seq.params())
+    assert report.skipped == [] and report.missing == []
+    for key, value in seq.params().items():
+        np.testing.assert_array_equal(graph.params()[key], value)
+    path = ann.save_checkpoint(tmp_path / "graph.h5", graph)
+    back = course_sequential()
+    for value in back.params().values():
+        value[...] = 0
+    report = ann.warm_start(back, path)
+    assert len(report.loaded) == 6
+    for key, value in graph.params().items():
+        np.testing.assert_array_equal(back.params()[key], value)
+
+
+def test_warm_start_by_position_between_differently_named_layers(tmp_path):
+    seq = ann.Sequential([Conv2D(3, 4, 3, padding=1, rng=5), ReLU(),
+                          Conv2D(4, 4, 3, padding=1, rng=6), ReLU(), GlobalAvgPool2D(),
+                          Dense(4, 3, rng=7)])  # conv1, conv2, dense1
+    path = ann.save_checkpoint(tmp_path / "seq.h5", seq)
+    graph = residual_net(dtype="float32", rng=100)  # c1, c2, fc
+    with pytest.raises(ann.checkpoint.WarmStartError):
+        ann.warm_start(graph, path)  # by name nothing matches: strict refuses
+    report = ann.warm_start(graph, path, by_position=True)
+    assert sorted(report.loaded) == sorted([("conv1.W", "c1.W"), ("conv1.b", "c1.b"),
+                                            ("conv2.W", "c2.W"), ("conv2.b", "c2.b"),
+                                            ("dense1.W", "fc.W"), ("dense1.b", "fc.b")])
+    np.testing.assert_array_equal(graph.params()["c2.W"], seq.params()["conv2.W"])
+
+
+# --- bad graphs -----------------------------------------------------------------------------
+
+def test_mismatched_shapes_at_add_and_concatenate_fail_when_called():
+    x = ann.Input((3, 8, 8), name="x")
+    a = Conv2D(3, 4, 3, padding=1, name="a")(x)
+    b = Conv2D(3, 5, 3, padding=1, name="b")(x)
+    with pytest.raises(ann.InputError, match=r"Add 'join': expected inputs of one shape.*"
+                                             r"called on Conv2D 'a' of shape \(4, 8, 8\), "
+                                             r"Conv2D 'b' of shape \(5, 8, 8\)"):
+        Add(name="join")([a, b])
+    small = MaxPool2D(2, name="small")(b)
+    with pytest.raises(ann.InputError, match=r"Concatenate 'cat': expected inputs whose shapes "
+                                             r"differ only along axis 1"):
+        Concatenate(name="cat")([a, small])
+    with pytest.raises(ann.InputError, match=r"Dense 'fc'.*called on Flatten"):
+        Dense(10, 2, name="fc")(Flatten()(a))
+    assert Concatenate()([a, b]).shape == (9, 8, 8)
+
+
+def test_an_input_that_reaches_no_output_and_an_output_not_from_the_inputs_are_refused():
+    x, unused = ann.Input((4,), name="x"), ann.Input((4,), name="unused")
+    out = Dense(4, 2)(x)
+    with pytest.raises(ValueError, match="input 'unused' reaches no output"):
+        ann.Model([x, unused], out)
+    with pytest.raises(ValueError, match=r"computed from input 'x' \(shape \(4,\)\), which is "
+                                         r"not among the model's inputs"):
+        ann.Model(unused, out)
+    with pytest.raises(ValueError, match="inputs must be ann.Input nodes"):
+        ann.Model(out, out)
+    with pytest.raises(TypeError, match="expected outputs to be a graph node"):
+        ann.Model(x, np.zeros(3))
+
+
+def test_a_name_used_twice_is_refused():
+    x = ann.Input((4,), name="x")
+    with pytest.raises(ValueError, match=r"layer names must be unique, got \['fc'\]"):
+        ann.Model(x, Dense(4, 2, name="fc")(Dense(4, 4, name="fc")(x)))
+    with pytest.raises(ValueError, match=r"names must be unique across inputs and layers, "
+                                         r"got \['x'\]"):
+        ann.Model(x, Dense(4, 2, name="x")(x))
+    a, b = ann.Input((4,), name="same"), ann.Input((4,), name="same")
+    with pytest.raises(ValueError, match=r"input names must be unique, got \['same'\]"):
+        ann.Model([a, b], Add()([a, b]))
+
+
+def test_a_cycle_or_an_unknown_node_in_a_config_is_refused():
+    config = residual_net(dtype="float32").get_config()
+    cyclic = json.loads(json.dumps(config))
+    cyclic["calls"][0]["inputs"] = ["r2"]  # c1 reads r2, which is computed from c1
+    with pytest.raises(ValueError, match=r"read each other in a cycle"):
+        ann.Model.from_config(cyclic)
+    unknown = json.loads(json.dumps(config))
+    unknown["calls"][1]["inputs"] = ["nowhere"]
+    with pytest.raises(ValueError, match=r"node 'r1' reads 'nowhere', which is no input or call"):
+        ann.Model.from_config(unknown)
+    undefined = json.loads(json.dumps(config))
+    undefined["calls"][0]["layer"] = "ghost"
+    with pytest.raises(ValueError, match=r"names layer 'ghost', which the config does not"):
+        ann.Model.from_config(undefined)
+    no_output = json.loads(json.dumps(config))
+    no_output["outputs"] = ["missing"]
+    with pytest.raises(ValueError, match=r"outputs \['missing'\] are not nodes"):
+        ann.Model.from_config(no_output)
+
+
+def test_a_damaged_graph_config_in_a_checkpoint_is_a_checkpoint_error(tmp_path):
+    path = ann.save_checkpoint(tmp_path / "graph.h5", residual_net(dtype="float32"))
+    import h5py
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f["model"].attrs["config"])
+        config["calls"][0]["inputs"] = ["r2"]
+        f["model"].attrs["config"] = json.dumps(config)
+    ann.checkpoint.reseal_checkpoint(path)  # a deliberate edit, sealed again
+    with pytest.raises(ann.checkpoint.CheckpointError, match="cycle"):
+        ann.load_model(path)
+
+
+def test_layers_called_wrongly_are_clear_errors():
+    x = ann.Input((4,))
+    with pytest.raises(TypeError, match="Add 'a': expected a list of graph nodes"):
+        Add(name="a")(x)
+    with pytest.raises(TypeError, match="Dense: expected one graph node, got a list"):
+        Dense(4, 2)([x, x])
+    with pytest.raises(TypeError, match="expected a list of graph nodes, got a list of Node, "
+                                        "ndarray"):
+        Add()([x, np.zeros((1, 4))])
+    with pytest.raises(ValueError, match="Input: expected shape"):
+        ann.Input((3, -1))
+    with pytest.raises(ValueError, match="Concatenate: expected axis to be a non-zero int"):
+        Concatenate(axis=0)
+
+
+def test_forward_and_backward_check_how_many_arrays_they_get(rng):
+    model = two_input_net(dtype="float32")
+    with pytest.raises(ValueError, match=r"x: expected one array per input \(2\), got one array"):
+        model.forward(np.zeros((1, 3, 5, 5), np.float32))
+    model.forward((np.zeros((1, 3, 5, 5), np.float32), np.zeros((1, 2, 5, 5), np.float32)),
+                  train=True)
+    with pytest.raises(ValueError, match=r"dy: expected one array per output \(2\), got 1"):
+        model.backward([np.zeros((1, 2), np.float32)])
+    fresh = residual_net()
+    with pytest.raises(RuntimeError, match="backward\\(\\) needs a preceding forward"):
+        fresh.backward(np.zeros((1, 3)))
