@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
-from .model import Sequential
+from .layers import (Add, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                     GlobalAvgPool2D, MaxPool2D, ReLU)
+from .model import Input, Model, Sequential
 
 
 def mnist_net(**kw: Any) -> Sequential:
@@ -59,6 +60,38 @@ def cifar10_bn_net(**kw: Any) -> Sequential:
         Flatten(), Dropout(0.25, name="drop1", rng=rng),
         Dense(128 * 4 * 4, 256, bias=False, name="fc1", **kw), BatchNorm1D(256, name="bn4", **kw),
         ReLU(), Dropout(0.5, name="drop2", rng=rng), Dense(256, 10, name="fc2", **kw)])
+
+
+def cifar10_resnet(widths: tuple[int, int, int] = (64, 128, 256), **kw: Any) -> Model:
+    """A residual CIFAR-10 network (ResNet-style), 1.95 million parameters at the default
+    ``widths``, for (N, 3, 32, 32) input; about 115 million multiply-adds per image.
+
+    A stem (conv 3x3 3->32, batch norm, ReLU), then three stages, each a convolution to the
+    stage's width, max-pool 2, batch norm and ReLU, followed by a residual block: two
+    conv-batch-norm pairs with a ReLU between, added to the block's input, then a ReLU.
+    The stages run at 32, 16 and 8 pixels, ending at 4x4; a global average pool and a dense
+    layer give the 10 logits. Convolutions have no bias (batch norm follows each).
+    """
+    image = Input((3, 32, 32), name="image")
+    h = _conv_bn(image, 3, 32, "stem", kw, relu=True)
+    channels = 32
+    for i, width in enumerate(widths, start=1):
+        h = Conv2D(channels, width, 3, padding=1, bias=False, name=f"conv{i}", **kw)(h)
+        h = ReLU(name=f"relu{i}")(BatchNorm2D(width, name=f"bn{i}", **kw)(
+            MaxPool2D(2, name=f"pool{i}")(h)))
+        block = _conv_bn(h, width, width, f"res{i}a", kw, relu=True)
+        block = _conv_bn(block, width, width, f"res{i}b", kw, relu=False)
+        h = ReLU(name=f"res{i}_relu")(Add(name=f"res{i}_add")([block, h]))
+        channels = width
+    logits = Dense(channels, 10, name="fc", **kw)(GlobalAvgPool2D(name="pool")(h))
+    return Model(image, logits)
+
+
+def _conv_bn(x: Any, cin: int, cout: int, name: str, kw: dict[str, Any], relu: bool) -> Any:
+    """conv 3x3 (no bias), batch norm, and a ReLU if ``relu``, on node ``x``."""
+    h = Conv2D(cin, cout, 3, padding=1, bias=False, name=f"{name}_conv", **kw)(x)
+    h = BatchNorm2D(cout, name=f"{name}_bn", **kw)(h)
+    return ReLU(name=f"{name}_relu")(h) if relu else h
 
 
 NETWORKS = {"mnist": mnist_net, "cifar10": cifar10_net, "cifar10_large": cifar10_large_net}

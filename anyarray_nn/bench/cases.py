@@ -429,26 +429,67 @@ def _ref_train(case: Case, target: str, batch: int, dtype: str) -> Callable[[], 
 
 
 def torch_network(network: str, torch: Any) -> Any:
-    """The course network as a ``torch.nn.Sequential`` with the same initial weights as ours."""
-    nn = torch.nn
-    modules = []
-    for layer in NETWORKS[network](rng=0, dtype="float64"):
-        kind = layer.type_name
-        if kind == "Conv2D":
-            module = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
-                               padding=layer.padding[0::2])
-        elif kind == "Dense":
-            module = nn.Linear(layer.in_features, layer.out_features)
-        elif kind == "MaxPool2D":
-            module = nn.MaxPool2d(layer.kernel_size, layer.stride)
-        else:
-            module = {"ReLU": nn.ReLU, "Flatten": nn.Flatten}[kind]()
-        if layer.params:
-            with torch.no_grad():
-                module.weight.copy_(torch.from_numpy(_backend.to_host(layer.params["W"])))
-                module.bias.copy_(torch.from_numpy(_backend.to_host(layer.params["b"])))
-        modules.append(module)
-    return nn.Sequential(*modules)
+    """The network ``network`` as a ``torch.nn.Module`` with the same initial weights as ours."""
+    return torch_twin(NETWORKS[network](rng=0, dtype="float64"), torch)
+
+
+def torch_twin(model: Any, torch: Any) -> Any:
+    """A ``torch.nn.Module`` that computes ``model`` (a Sequential or a graph Model with one
+    input and one output) call by call, with copies of its weights and buffers: the
+    benchmark's PyTorch twin of a network, the same arithmetic in PyTorch's kernels."""
+    modules = torch.nn.ModuleDict({layer.name: _torch_module(layer, torch)
+                                   for layer in model.layers})
+    nodes, output = list(model.nodes), model.outputs[0]
+
+    class Twin(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = modules
+
+        def forward(self, x: Any) -> Any:
+            values: dict[int, Any] = {}
+            for node in nodes:
+                if node.layer is None:
+                    values[id(node)] = x
+                    continue
+                args = [values[id(source)] for source in node.inputs]
+                kind = node.layer.type_name
+                if kind == "Add":
+                    values[id(node)] = torch.stack(args).sum(dim=0) if len(args) > 2 \
+                        else args[0] + args[1]
+                elif kind == "Concatenate":
+                    values[id(node)] = torch.cat(args, dim=node.layer.axis)
+                else:
+                    values[id(node)] = self.layers[node.layer.name](args[0])
+            return values[id(output)]
+    return Twin()
+
+
+def _torch_module(layer: Any, torch: Any) -> Any:
+    """The ``torch.nn`` module computing ``layer``, its weights and buffers copied."""
+    nn, kind = torch.nn, layer.type_name
+    if kind == "Conv2D":
+        module = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                           stride=layer.stride, padding=layer.padding[0::2],
+                           dilation=layer.dilation, groups=layer.groups, bias=layer.bias)
+    elif kind == "Dense":
+        module = nn.Linear(layer.in_features, layer.out_features, bias="b" in layer.params)
+    elif kind == "BatchNorm2D":
+        module = nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+    elif kind == "MaxPool2D":
+        module = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
+    elif kind == "GlobalAvgPool2D":
+        module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    else:
+        module = {"ReLU": nn.ReLU, "Flatten": nn.Flatten, "Identity": nn.Identity,
+                  "Add": nn.Identity, "Concatenate": nn.Identity}[kind]()
+    names = {"W": "weight", "b": "bias", "gamma": "weight", "beta": "bias",
+             "running_mean": "running_mean", "running_var": "running_var"}
+    with torch.no_grad():
+        for key, value in {**layer.params, **layer.buffers}.items():
+            getattr(module, names[key]).copy_(torch.from_numpy(
+                np.asarray(_backend.to_host(value), dtype=np.float64)))
+    return module
 
 
 REFERENCE = {"conv": _ref_conv, "dense": _ref_dense, "pool": _ref_pool, "train": _ref_train}
