@@ -94,4 +94,5 @@ def _conv_bn(x: Any, cin: int, cout: int, name: str, kw: dict[str, Any], relu: b
     return ReLU(name=f"{name}_relu")(h) if relu else h
 
 
-NETWORKS = {"mnist": mnist_net, "cifar10": cifar10_net, "cifar10_large": cifar10_large_net}
+NETWORKS = {"mnist": mnist_net, "cifar10": cifar10_net, "cifar10_large": cifar10_large_net,
+            "cifar10_resnet": cifar10_resnet}

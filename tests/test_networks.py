@@ -7,7 +7,7 @@ import anyarray_nn as ann
 from anyarray_nn.networks import NETWORKS, cifar10_net, mnist_net
 from helpers import assert_close, host
 
-INPUTS = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar10_large": (3, 32, 32)}
+from anyarray_nn.bench.cases import INPUT_SHAPES as INPUTS, torch_twin
 
 
 def test_mnist_net_has_the_course_parameter_count():
@@ -31,30 +31,11 @@ def test_mnist_net_whole_network_gradient_check(xp, rng):
     assert report.passed, str(report)
 
 
-def to_torch(model, torch):
-    layers = []
-    for layer in model:
-        if layer.type_name == "Conv2D":
-            m = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
-                                padding=layer.padding[0], dtype=torch.float64)
-        elif layer.type_name == "Dense":
-            m = torch.nn.Linear(layer.in_features, layer.out_features, dtype=torch.float64)
-        else:
-            m = {"ReLU": torch.nn.ReLU(), "MaxPool2D": torch.nn.MaxPool2d(2),
-                 "Flatten": torch.nn.Flatten()}[layer.type_name]
-        if layer.params:
-            with torch.no_grad():
-                m.weight.copy_(torch.tensor(host(layer.params["W"])))
-                m.bias.copy_(torch.tensor(host(layer.params["b"])))
-        layers.append(m)
-    return torch.nn.Sequential(*layers)
-
-
 @pytest.mark.parametrize("name", NETWORKS)
 def test_training_steps_equal_pytorch(torch, rng, name):
     """Three SGD steps (classic momentum, weight decay) of each course network, float64."""
     model = NETWORKS[name](dtype="float64", rng=0)
-    reference = to_torch(model, torch)
+    reference = torch_twin(model, torch)
     opt = ann.optim.SGD(model, lr=0.01, momentum=0.9, weight_decay=1e-3, form="classic")
     topt = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-3)
     loss_fn = ann.losses.SoftmaxCrossEntropy()
@@ -69,6 +50,12 @@ def test_training_steps_equal_pytorch(torch, rng, name):
         tloss.backward()
         topt.step()
         assert float(loss) == pytest.approx(tloss.item(), rel=1e-10)
-    tparams = dict(zip(model.params(), reference.parameters()))
+    names = {"W": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}
+    tparams = dict(reference.named_parameters())
     for key, value in model.params().items():
-        assert_close(value, tparams[key], rtol=1e-9, atol=1e-11)
+        layer, param = key.split(".")
+        assert_close(value, tparams[f"layers.{layer}.{names[param]}"], rtol=1e-9, atol=1e-11)
+    for key, value in model.buffers().items():  # batch norm's running statistics
+        layer, buffer = key.split(".")
+        assert_close(value, reference.get_buffer(f"layers.{layer}.{buffer}"), rtol=1e-9,
+                     atol=1e-11)

@@ -34,9 +34,14 @@ from ..functional.conv import (
 from ..losses import SoftmaxCrossEntropy
 from ..networks import NETWORKS
 from ..optim import SGD
+from ..model import Input, Model, Sequential
 from ..parallel import DataParallel
 
-INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar10_large": (3, 32, 32)}
+INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar10_large": (3, 32, 32),
+                "cifar10_resnet": (3, 32, 32)}
+# The networks whose layers are timed one by one (conv, dense and pool suites); the others
+# appear in the train suite only.
+LAYER_CASE_NETWORKS = ("mnist", "cifar10", "cifar10_large")
 SUITES = ("conv", "dense", "pool", "train")
 PIECES = {"conv": ("forward", "dX", "dW"), "dense": ("forward", "backward"),
           "pool": ("forward", "backward")}  # what is timed of each layer
@@ -127,36 +132,48 @@ class Case:
 
 @functools.lru_cache(maxsize=None)  # building a network to read its shapes is not free
 def _layer_sizes(network: str) -> tuple[tuple[str, str, tuple], ...]:
-    """(layer name, suite, spec) of every conv, dense and pool layer in a course network."""
-    c, h, w = INPUT_SHAPES[network]
+    """(layer call, suite, spec) of every layer call of a network, in the order it runs:
+    convolutions, dense layers and pools with their sizes, everything else (batch norm,
+    activations, Add) as ``("other", (elements of one sample's output,))``."""
+    model = NETWORKS[network](rng=0)
+    if isinstance(model, Sequential):  # shapes through a graph on a declared input
+        node = first = Input(INPUT_SHAPES[network])
+        for layer in model.layers:
+            node = layer(node)
+        model = Model(first, node)
     out = []
-    for layer in NETWORKS[network](rng=0):
+    for node in model.nodes:
+        layer = node.layer
+        if layer is None:
+            continue
+        c, *hw = node.inputs[0].shape
         if layer.type_name == "Conv2D":
             k = layer.kernel_size[0]
-            out.append((layer.name, "conv", (c, layer.out_channels, k, h, w, layer.padding[0],
-                                             layer.groups)))
-            c = layer.out_channels
+            out.append((model.node_names[node], "conv", (c, layer.out_channels, k, *hw,
+                                                         layer.padding[0], layer.groups)))
         elif layer.type_name == "MaxPool2D":
-            out.append((layer.name, "pool", (c, h, w, layer.kernel_size[0])))
-            h, w = h // layer.kernel_size[0], w // layer.kernel_size[1]
+            out.append((model.node_names[node], "pool", (c, *hw, layer.kernel_size[0])))
         elif layer.type_name == "Dense":
-            out.append((layer.name, "dense", (layer.in_features, layer.out_features)))
+            out.append((model.node_names[node], "dense", (layer.in_features, layer.out_features)))
+        else:
+            out.append((model.node_names[node], "other", (math.prod(node.shape),)))
     return tuple(out)
 
 
 def all_cases() -> list[Case]:
     """Every case of every suite, each distinct layer shape once (first network that has it)."""
     cases, seen = [], set()
-    for network in NETWORKS:
+    for network in LAYER_CASE_NETWORKS:
         for name, suite, spec in _layer_sizes(network):
-            if (suite, spec) in seen:
+            if suite == "other" or (suite, spec) in seen:
                 continue
             seen.add((suite, spec))
             cases += [Case(suite, f"{network}.{name}", piece, spec) for piece in PIECES[suite]]
     # The same step through DataParallel, one batch slice per core (NumPy): the other slices
     # on threads ("step-threads") or in helper processes ("step-processes").
     cases += [Case("train", network, piece, (network,))
-              for network in NETWORKS for piece in ("step", *PARALLEL_STEPS)]
+              for network in NETWORKS for piece in ("step", *PARALLEL_STEPS)
+              if piece == "step" or _batch_separable(network)]
     cases += [Case("conv", layer, piece, spec) for layer, spec in GROUPED_CONVOLUTIONS.items()
               for piece in PIECES["conv"]]
     return cases
@@ -168,13 +185,19 @@ GROUPED_CONVOLUTIONS = {"depthwise3x3": (64, 64, 3, 32, 32, 1, 64),
                         "grouped3x3-g4": (64, 64, 3, 32, 32, 1, 4)}
 
 
+@functools.lru_cache(maxsize=None)
+def _batch_separable(network: str) -> bool:
+    """Whether DataParallel can split the network's batches (no batch norm)."""
+    return all(layer.batch_separable for layer in NETWORKS[network](rng=0).layers)
+
+
 def training_step_flops(network: str, batch: int) -> int:
     """FLOPs of forward + backward of the convolutions and dense layers (dX skipped for the
     first layer, as Sequential.backward does); pooling, activations and the update are not
     counted."""
     total = 0
     for i, (_, suite, spec) in enumerate(_layer_sizes(network)):
-        if suite == "pool":
+        if suite in ("pool", "other"):
             continue
         case = Case(suite, "", "forward", spec)
         forward = case.flops(batch)
@@ -278,10 +301,15 @@ def _train_elements(spec: tuple, piece: str, batch: int, gpu: bool) -> tuple[int
             fin, fout = layer
             out, params = batch * fout, fin * fout + fout
             saved = 2 * out
-        else:
+        elif suite == "pool":
             c, h, w, k = layer
             out, params = batch * c * (h // k) * (w // k), 0
             saved = out
+        else:  # batch norm, activations, Add: their output and what their caches hold
+            out = batch * layer[0]
+            kept += 3 * out + per_parameter * 2 * layer[0]  # at most 2 parameters per value
+            working = max(working, 3 * out)
+            continue
         forward, *backward = [_ELEMENTS[suite](layer, part, batch, gpu)[1]
                               for part in PIECES[suite] if not (first and part == "dX")]
         kept += saved + per_parameter * params
@@ -466,16 +494,20 @@ def torch_twin(model: Any, torch: Any) -> Any:
 
 
 def _torch_module(layer: Any, torch: Any) -> Any:
-    """The ``torch.nn`` module computing ``layer``, its weights and buffers copied."""
-    nn, kind = torch.nn, layer.type_name
+    """The ``torch.nn`` module computing ``layer`` in float64, its weights and buffers
+    copied (``.to(dtype)`` casts the twin)."""
+    nn, kind, f64 = torch.nn, layer.type_name, torch.float64
     if kind == "Conv2D":
         module = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
                            stride=layer.stride, padding=layer.padding[0::2],
-                           dilation=layer.dilation, groups=layer.groups, bias=layer.bias)
+                           dilation=layer.dilation, groups=layer.groups, bias=layer.bias,
+                           dtype=f64)
     elif kind == "Dense":
-        module = nn.Linear(layer.in_features, layer.out_features, bias="b" in layer.params)
+        module = nn.Linear(layer.in_features, layer.out_features, bias="b" in layer.params,
+                           dtype=f64)
     elif kind == "BatchNorm2D":
-        module = nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+        module = nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum,
+                                dtype=f64)
     elif kind == "MaxPool2D":
         module = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
     elif kind == "GlobalAvgPool2D":
