@@ -125,3 +125,57 @@ def test_batch_normalization_leaves_out_a_last_batch_of_one(capsys):
                              batch_size=11, lr=0.01, weight_decay=0.0, progress=False)
     assert "leave a last batch of 1" in capsys.readouterr().out
     assert summary["epochs"] == 1  # trained: the batch of one did not reach BatchNorm
+
+
+def test_the_fast_recipe_options_reach_the_loss_optimizer_schedule_and_test(capsys,
+                                                                           monkeypatch):
+    """label_smoothing, nesterov, a warm-up then a cosine updated every step, and the test
+    logits averaged with the mirror images'."""
+    rng = np.random.default_rng(0)
+
+    def load(data, split):
+        n = 110 if split == "train" else 20
+        return rng.integers(0, 256, (n, 1, 4, 4), dtype=np.uint8), rng.integers(0, 2, n)
+
+    def build(rng, backend):
+        return ann.Sequential([ann.layers.Flatten(), ann.layers.Dense(16, 2, rng=rng, name="d")])
+
+    seen = {}
+    real_fit, real_evaluate = ann.train.fit, ann.train.evaluate
+    rates = []
+
+    class Rates(ann.train.Callback):  # the rate each step after the first will use
+        def on_iteration_end(self, state):
+            rates.append(state.optimizer.lr)
+
+    def fit(model, loss_fn, opt, loader, **kw):
+        seen.update(smoothing=loss_fn.label_smoothing, form=opt.form, per=kw["callbacks"][0].per)
+        kw["callbacks"] = [*kw["callbacks"], Rates()]
+        return real_fit(model, loss_fn, opt, loader, **kw)
+
+    def evaluate(model, loss_fn, loader):
+        seen.setdefault("evaluated", []).append(type(model).__name__)
+        return real_evaluate(model, loss_fn, loader)
+
+    monkeypatch.setattr(ann.train, "fit", fit)
+    monkeypatch.setattr(ann.train, "evaluate", evaluate)
+    experiment.run("recipe", load, build=build, data=None, backend="numpy", epochs=3,
+                   batch_size=11, lr=0.1, weight_decay=0.0, progress=False,
+                   label_smoothing=0.2, nesterov=True, warmup_epochs=1, lr_per="iteration",
+                   flip_test=True)
+    assert seen["smoothing"] == 0.2 and seen["form"] == "nesterov" and seen["per"] == "iteration"
+    assert seen["evaluated"][-1] == "FlipAveraged"  # the test set
+    steps_per_epoch = 9  # 99 training images in batches of 11
+    assert len(rates) == 3 * steps_per_epoch
+    warm = rates[:steps_per_epoch]
+    assert all(a < b for a, b in zip(warm, warm[1:]))  # rising through the warm-up
+    after = rates[steps_per_epoch:]
+    assert all(a >= b for a, b in zip(after, after[1:])) and after[-1] < 0.01
+
+
+def test_flip_averaged_logits_are_the_mean_over_the_mirror_images():
+    rng = np.random.default_rng(1)
+    model = ann.Sequential([ann.layers.Flatten(), ann.layers.Dense(12, 3, rng=0)])
+    x = rng.standard_normal((2, 1, 3, 4)).astype(np.float32)
+    expected = (model.forward(x) + model.forward(x[..., ::-1])) / 2
+    np.testing.assert_allclose(experiment.FlipAveraged(model).forward(x), expected, rtol=1e-6)

@@ -76,11 +76,17 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
         augment: Sequence[Any] = (), class_names: Sequence[str] | None = None,
         seed: int = 0, progress: bool = True, val_fraction: float = 0.1,
         limit: int | None = None, save: str | None = None,
-        report: str | None = None, workers: int = 1, overwrite: bool = False) -> dict[str, Any]:
+        report: str | None = None, workers: int = 1, overwrite: bool = False,
+        label_smoothing: float = 0.0, nesterov: bool = False, warmup_epochs: int = 0,
+        lr_per: str = "epoch", flip_test: bool = False) -> dict[str, Any]:
     """Train ``build()`` on a data set and print the report; returns the numbers as a dict.
 
-    SGD with momentum 0.9 (PyTorch's form) and a cosine learning-rate decay over the epochs;
-    the validation split is taken from the training set, standardization from the rest.
+    SGD with momentum 0.9 (PyTorch's form, or Nesterov's with ``nesterov``) and a cosine
+    learning-rate decay over the epochs, updated every epoch or every step (``lr_per``
+    "iteration"), after a linear warm-up over ``warmup_epochs``; cross-entropy with ``label_smoothing``; with ``flip_test`` the test
+    logits are the mean of each image's and its mirror image's (validation uses the plain
+    model).
+    The validation split is taken from the training set, standardization from the rest.
     ``limit`` trains on the first ``limit`` training examples (a quick smoke run); ``save``
     writes the trained model, optimizer and history to an HDF5 checkpoint at that path;
     ``report`` writes figures and a Markdown summary there. ``workers`` != 1 trains through
@@ -126,15 +132,21 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
             print(f"note: DataParallel splits no batch of {batch_size} on {be.name} "
                   f"(smallest split batch: {smallest}); training runs on one worker")
             used_workers = 1
-    loss_fn = ann.losses.SoftmaxCrossEntropy()
-    opt = ann.optim.SGD(model, lr=lr, momentum=0.9, weight_decay=weight_decay, form="classic")
+    loss_fn = ann.losses.SoftmaxCrossEntropy(label_smoothing=label_smoothing)
+    opt = ann.optim.SGD(model, lr=lr, momentum=0.9, weight_decay=weight_decay,
+                        form="nesterov" if nesterov else "classic")
+    per_epoch = 1 if lr_per == "epoch" else len(train_loader)  # schedule steps in an epoch
+    schedule = ann.schedules.cosine(lr, epochs * per_epoch)
+    if warmup_epochs:
+        schedule = ann.schedules.warmup(schedule, warmup_epochs * per_epoch)
+    evaluated = FlipAveraged(model) if flip_test else model
     history = train.fit(model, loss_fn, opt, train_loader, epochs=epochs, val_loader=val_loader,
-                        callbacks=[train.LearningRateSchedule(ann.schedules.cosine(lr, epochs))],
+                        callbacks=[train.LearningRateSchedule(schedule, per=lr_per)],
                         progress=progress)
     if save:
         ann.save_checkpoint(save, model, opt, epoch=len(history.epochs),
                             step=len(history.iterations), history=history, loader=train_loader)
-    test = train.evaluate(model, loss_fn, test_loader)
+    test = train.evaluate(evaluated, loss_fn, test_loader)
     train_seconds = sum(e["seconds"] for e in history.epochs)
     cm = metrics.confusion_matrix(test.labels, test.predictions, len(class_names or []) or None)
 
@@ -163,6 +175,19 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
                                   preprocess=standardize)
         print(f"report: {path}")
     return summary
+
+
+class FlipAveraged:
+    """Test-time augmentation: ``model``'s logits averaged over each image and its mirror
+    image (evaluation only)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def forward(self, x: Any, *, train: bool = False) -> Any:
+        xp = ann.backend.namespace(x)
+        return 0.5 * (self.model.forward(x, train=train)
+                      + self.model.forward(xp.flip(x, axis=3), train=train))
 
 
 def _check_outputs(save: str | None, report: str | None, overwrite: bool) -> None:
