@@ -7,7 +7,6 @@ array-api-strict. Start with :func:`set_backend`, build a :class:`Sequential` of
 
 __version__ = "0.1.0"
 
-from . import _allocator  # noqa: F401 - keeps freed memory for the next step (see its docstring)
 from . import data, functional, gradcheck, init, layers, losses, metrics, networks, optim, schedules, train
 from .backend import (
     Backend,

@@ -12,14 +12,17 @@ the MNIST network's 32-image slice, a quarter to a third of its time on the proj
 
 Two ``mallopt`` settings keep blocks below 32 MB in the heap and up to 64 MB of freed memory at
 its top, so the next step reuses the same pages. The cost: the process keeps up to 64 MB it
-no longer uses. They are applied once, when anyarray_nn is imported, on Linux with glibc,
-unless ``ANYARRAY_NN_TUNE_MALLOC=0`` or glibc's own ``MALLOC_MMAP_THRESHOLD_`` or
-``MALLOC_TRIM_THRESHOLD_`` is set (the user's settings win).
+no longer uses. They are applied once, at the first training forward pass of a model (and
+when ``anyarray-bench`` starts), never at import, on Linux with glibc, unless
+``ANYARRAY_NN_TUNE_MALLOC=0`` or glibc's own ``MALLOC_MMAP_THRESHOLD_`` or
+``MALLOC_TRIM_THRESHOLD_`` is set (the user's settings win); the decision is logged on the
+"anyarray_nn" logger.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import platform
 
@@ -55,5 +58,19 @@ def _glibc() -> bool:
         return False
 
 
-#: Whether this process runs with the settings (recorded by ``anyarray-bench``).
-TUNED = tune_malloc()
+logger = logging.getLogger("anyarray_nn")
+_decided: list[bool] = []  # the one decision of this process, once made
+
+
+def ensure_tuned() -> bool:
+    """Apply the settings the first time this is called in the process (later calls only
+    answer); returns whether the process runs with them, logging the decision once."""
+    if not _decided:
+        _decided.append(tune_malloc())
+        if _decided[0]:
+            logger.info("malloc tuned for training: blocks below %d MB from the heap, up to %d "
+                        "MB of freed memory kept for the next step (ANYARRAY_NN_TUNE_MALLOC=0 "
+                        "turns this off)", MMAP_THRESHOLD >> 20, TRIM_THRESHOLD >> 20)
+        else:
+            logger.info("malloc left as it is (not glibc, turned off, or set by the user)")
+    return _decided[0]

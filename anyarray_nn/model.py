@@ -24,6 +24,7 @@ import inspect
 import math
 from typing import Any, Callable, Iterator, Sequence
 
+from . import _allocator
 from . import backend as _backend
 from .layers.activation import ReLU
 from .layers.base import Layer, check_layer_name, layer_class
@@ -152,6 +153,8 @@ class Model:
         """The values of the slots after running the plan (the plain one where ``keep``
         asks for nodes' values, which are then not freed)."""
         self._sync()
+        if train:
+            _allocator.ensure_tuned()  # training repeats its temporaries: keep their pages
         xs = self._arrays(x, len(self.inputs), "x", "input")
         if keep and self._plain_plan is None:
             self._plain_plan = self._make_plan({})

@@ -12,10 +12,14 @@ from anyarray_nn import _allocator
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 # Two 2.8 MB arrays and their sum, freed, again and again: a training step's temporaries in
-# small. Prints whether anyarray_nn tuned malloc and the page faults per round.
+# small, after one training forward pass. Prints whether anyarray_nn tuned malloc and the
+# page faults per round.
 ROUNDS = """
 import resource, numpy as np
+import anyarray_nn as ann
 import anyarray_nn._allocator as allocator
+assert allocator._decided == []  # importing decided nothing
+ann.Sequential([ann.layers.ReLU()]).forward(np.zeros((1, 2), np.float32), train=True)
 
 def round_():
     a = np.ones(700_000, np.float32)
@@ -28,7 +32,7 @@ for _ in range(3):
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):
     round_()
-print(allocator.TUNED, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+print(allocator.ensure_tuned(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
 """
 
 
@@ -42,7 +46,7 @@ def run_rounds(**env):
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")
-def test_importing_anyarray_nn_makes_freed_temporaries_come_back_without_page_faults():
+def test_training_makes_freed_temporaries_come_back_without_page_faults():
     tuned, faults = run_rounds()
     untuned, untuned_faults = run_rounds(ANYARRAY_NN_TUNE_MALLOC="0")
     assert tuned and not untuned
@@ -64,3 +68,16 @@ def test_nothing_is_tuned_outside_glibc_or_when_turned_off(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setenv("ANYARRAY_NN_TUNE_MALLOC", "0")
     assert _allocator.tune_malloc() is False
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")
+def test_importing_anyarray_nn_changes_no_malloc_setting():
+    # a process that only imports: its freed temporaries are faulted in again, as without us
+    code = ROUNDS.replace("ann.Sequential([ann.layers.ReLU()]).forward(", "(lambda *a, **k: 0)(")
+    code = code.replace("print(allocator.ensure_tuned(),", "print(bool(allocator._decided),")
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("ANYARRAY_NN_TUNE_MALLOC", *_allocator._GLIBC_VARIABLES)}
+    done = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
+                          text=True, check=True)
+    decided, faults = done.stdout.split()
+    assert decided == "False" and float(faults) > 1000
