@@ -10,7 +10,7 @@ flips. The strong recipe adds batch normalization and dropout (networks.cifar10_
 doubles the learning rate. The resnet recipe trains the residual network
 (networks.cifar10_resnet) the way the fast CIFAR-10 recipes do: flips and 2-pixel
 translations, label smoothing 0.2, Nesterov momentum, a linear warm-up then a cosine decay
-updated every step, batch 512, and the mean of each test image's and its mirror image's
+updated every step, batch 128, and the mean of each test image's and its mirror image's
 logits. Recorded results: docs/training.md.
 """
 
@@ -29,7 +29,7 @@ NETWORKS = {
     "baseline": (cifar10_net, (), 10, 0.02, 5e-4, None),
     "improved": (cifar10_large_net, (RandomCrop(4), RandomFlip()), 20, 0.05, 5e-4, None),
     "strong": (cifar10_bn_net, (RandomCrop(4), RandomFlip()), 15, 0.1, 5e-4, None),
-    "resnet": (cifar10_resnet, (RandomCrop(2), RandomFlip()), 10, 0.2, 5e-4, 512),
+    "resnet": (cifar10_resnet, (RandomCrop(2), RandomFlip()), 10, 0.2, 5e-4, 128),
 }
 # What the resnet recipe adds to the others' plain SGD (see the module docstring)
 FAST_RECIPE = dict(label_smoothing=0.2, nesterov=True, warmup_epochs=1, lr_per="iteration",
@@ -48,7 +48,7 @@ FAST_RECIPE = dict(label_smoothing=0.2, nesterov=True, warmup_epochs=1, lr_per="
 def main(network, data, backend, epochs, batch_size, lr, seed, limit, save, report,
          overwrite, workers, progress) -> None:
     """Train a CIFAR-10 network and report its test accuracy. The resnet recipe's batch
-    size is 512 unless --batch-size is given."""
+    size is 128 unless --batch-size is given."""
     build, augment, default_epochs, default_lr, weight_decay, batch = NETWORKS[network]
     source = click.get_current_context().get_parameter_source("batch_size")
     if batch and source is click.core.ParameterSource.DEFAULT:
