@@ -699,6 +699,7 @@ def test_winograd_work_buffers_are_kept_per_thread_and_never_alias_results(numba
     import threading
     xa, wa = rng.standard_normal((2, 8, 6, 6)), rng.standard_normal((8, 8, 3, 3))
     xb, wb = rng.standard_normal((3, 8, 4, 5)), rng.standard_normal((9, 8, 3, 3))
+    numba_kernels.release_scratch()  # only this test's buffers below
 
     def network():
         a = ann.layers.Conv2D(8, 8, 3, padding=1, dtype="float64", rng=0)
@@ -721,3 +722,24 @@ def test_winograd_work_buffers_are_kept_per_thread_and_never_alias_results(numba
     assert theirs and all(theirs[0][key] is not mine[key] for key in mine)
     numba_kernels.release_scratch()
     assert not hasattr(numba_kernels._kept, "buffers")
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-6)])
+def test_large_winograd_transforms_split_by_channels_equal_the_portable_kernel(
+        numba_kernels, monkeypatch, rng, dtype, rtol):
+    """Above _SPLIT_VALUES the four transforms run in one part per core: the same results."""
+    monkeypatch.setattr(_threads, "_single_threaded_process", lambda: False)
+    monkeypatch.setattr(numba_kernels, "_SPLIT_VALUES", 0)
+    parts = []
+    real = numba_kernels.map_on_cores
+    monkeypatch.setattr(numba_kernels, "map_on_cores",
+                        lambda f, bounds: parts.append(list(bounds)) or real(f, bounds))
+    x, w = rng.standard_normal((2, 9, 7, 6)).astype(dtype), rng.standard_normal((5, 9, 3, 3))
+    dy = rng.standard_normal((2, 5, 7, 6)).astype(dtype)
+    assert_fast_equals_portable(
+        lambda: conv_all(x, w.astype(dtype), None, dy, padding=1), rtol, "split")
+    cores = _threads.cpu_count()
+    if cores > 1:  # forward: input and output transforms; backward: dY's, then dX's
+        assert [len(p) for p in parts[:4]] == [min(cores, 9), min(cores, 5), min(cores, 5),
+                                                min(cores, 9)]
+        assert parts[0][0][0] == 0 and parts[0][-1][1] == 9  # every channel, once

@@ -35,6 +35,8 @@ from typing import Any
 import numba
 import numpy as np
 
+from .._threads import cpu_count, map_on_cores
+
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 WINDOW = ((2, 2), (2, 2), (0, 0))  # kernel, stride, padding these kernels are written for
 
@@ -305,6 +307,20 @@ def _winograd_input_gradient(dv: Any, dxpad: Any) -> None:  # pragma: no cover -
                         row[2 * tx + 3] += e3
 
 
+# The transforms run on one thread each; those of large layers run on every core, split by
+# channels (each channel's tiles are independent), as long as the process is not already
+# splitting work over its cores (_threads.map_on_cores).
+_SPLIT_VALUES = 1 << 22
+
+
+def _by_channels(transform: Any, channels: int, values: int) -> None:
+    """``transform(lo, hi)`` over the channel range [0, channels): whole on this thread, or
+    in one part per core where ``values`` (the transformed planes' size) makes it pay."""
+    parts = min(cpu_count(), channels) if values >= _SPLIT_VALUES else 1
+    bounds = [(channels * k // parts, channels * (k + 1) // parts) for k in range(parts)]
+    map_on_cores(lambda bound: transform(*bound), bounds)
+
+
 def _tiles(out_hw: tuple[int, int]) -> tuple[int, int]:
     """The grid of 2x2 output blocks that covers an output of ``out_hw``."""
     return (out_hw[0] + 1) // 2, (out_hw[1] + 1) // 2
@@ -332,7 +348,7 @@ def winograd_patches(x: Any, pads: tuple[int, int, int, int], out_hw: tuple[int,
     xpad = np.zeros((c, n, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
     xpad[:, :, top:top + h, left:left + w] = _cnhw(x)
     v = _planes(c, n * th * tw, x.dtype)
-    _winograd_input(xpad, v)
+    _by_channels(lambda lo, hi: _winograd_input(xpad[lo:hi], v[:, lo:hi]), c, v.size)
     return v
 
 
@@ -344,7 +360,8 @@ def winograd_forward(w: Any, v: Any, b: Any | None, batch: int, out_hw: tuple[in
     m = _planes(o, v.shape[2], w.dtype, scratch="products")
     np.matmul(_winograd_weights(w), v, out=m)
     y = np.empty((o, batch, 2 * th, 2 * tw), dtype=w.dtype)
-    _winograd_output(m, np.zeros(o, dtype=w.dtype) if b is None else b, y)
+    bias = np.zeros(o, dtype=w.dtype) if b is None else b
+    _by_channels(lambda lo, hi: _winograd_output(m[:, lo:hi], bias[lo:hi], y[lo:hi]), o, m.size)
     return _cnhw(y[:, :, :out_hw[0], :out_hw[1]])
 
 
@@ -359,7 +376,8 @@ def winograd_output_gradient(dy: Any) -> Any:
         dy_grid = np.zeros((o, n, 2 * th, 2 * tw), dtype=dy.dtype)
         dy_grid[:, :, :ho, :wo] = _cnhw(dy)
     dm = _planes(o, n * th * tw, dy.dtype, scratch="output gradient")
-    _winograd_output_gradient(dy_grid, dm)
+    _by_channels(lambda lo, hi: _winograd_output_gradient(dy_grid[lo:hi], dm[:, lo:hi]), o,
+                 dm.size)
     return dm
 
 
@@ -381,7 +399,8 @@ def winograd_input_gradient(dm: Any, w: Any, batch: int, out_hw: tuple[int, int]
     dv = _planes(c, dm.shape[2], dm.dtype, scratch="input gradient")
     np.matmul(np.matrix_transpose(_winograd_weights(w)), dm, out=dv)
     dxpad = np.zeros((c, batch, 2 * th + 2, 2 * tw + 2), dtype=dm.dtype)
-    _winograd_input_gradient(dv, dxpad)
+    _by_channels(lambda lo, hi: _winograd_input_gradient(dv[:, lo:hi], dxpad[lo:hi]), c,
+                 dv.size)
     top, _, left, _ = pads
     return _cnhw(dxpad[:, :, top:top + in_hw[0], left:left + in_hw[1]])
 
