@@ -743,3 +743,55 @@ def test_large_winograd_transforms_split_by_channels_equal_the_portable_kernel(
         assert [len(p) for p in parts[:4]] == [min(cores, 9), min(cores, 5), min(cores, 5),
                                                 min(cores, 9)]
         assert parts[0][0][0] == 0 and parts[0][-1][1] == 9  # every channel, once
+
+
+# --- batch normalization ---------------------------------------------------------------------
+
+def batchnorm_all(x, gamma, beta, dy):
+    return (*F.batchnorm_forward(x, gamma, beta), *F.batchnorm_backward(x, gamma, dy))
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-13), ("float32", 2e-6)])
+@pytest.mark.parametrize("shape", [(2, 3, 6, 8), (5, 4), (3, 2, 7), (1, 3, 1, 2), (2, 1, 3, 3)])
+def test_batchnorm_kernels_equal_the_portable_ones_in_every_layout(numba_kernels, rng, dtype,
+                                                                   rtol, shape):
+    values = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    dy_values = rng.standard_normal(shape).astype(dtype)
+    gamma, beta = (rng.standard_normal(shape[1]).astype(dtype) for _ in range(2))
+    both = layouts if len(shape) == 4 else (lambda v: {"contiguous": v, "reversed": v[::-1]})
+    for layout, x in both(values).items():
+        for dy in both(dy_values).values():
+            if layout == "reversed":
+                dy = dy[::-1]  # the same samples, in x's order
+            fast, portable = fast_and_portable(lambda: batchnorm_all(x, gamma, beta, dy))
+            for what, a, e in zip(("y", "mean", "var", "dx", "dgamma", "dbeta"), fast,
+                                  portable):
+                assert a.dtype == e.dtype and a.shape == e.shape, (layout, what)
+                # at the inputs' scale (about 1): dx cancels to tiny values for 2 per channel
+                scale = max(float(np.abs(e).max()), 1.0)
+                np.testing.assert_allclose(a, e, rtol=0, atol=rtol * scale,
+                                           err_msg=f"{layout} {what}")
+
+
+def test_large_batchnorm_inputs_split_by_channels_over_the_cores(numba_kernels, monkeypatch,
+                                                                 rng):
+    monkeypatch.setattr(_threads, "_single_threaded_process", lambda: False)
+    monkeypatch.setattr(numba_kernels, "_SPLIT_VALUES", 0)
+    parts = []
+    real = numba_kernels.map_on_cores
+    monkeypatch.setattr(numba_kernels, "map_on_cores",
+                        lambda f, bounds: parts.append(len(bounds)) or real(f, bounds))
+    x, dy = rng.standard_normal((4, 5, 3, 3)), rng.standard_normal((4, 5, 3, 3))
+    gamma, beta = rng.standard_normal(5), rng.standard_normal(5)
+    fast, portable = fast_and_portable(lambda: batchnorm_all(x, gamma, beta, dy))
+    for a, e in zip(fast, portable):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-14)
+    assert parts == [min(_threads.cpu_count(), 5)] * 2
+
+
+def test_batchnorm_dispatch_answers_only_for_numpy_floats(numba_kernels):
+    import array_api_strict
+    assert _fast.norm_kernels(np, np.dtype("float32")) is numba_kernels
+    assert _fast.norm_kernels(array_api_strict, array_api_strict.float64) is None
+    with F.portable_kernels():
+        assert _fast.norm_kernels(np, np.dtype("float64")) is None

@@ -10,13 +10,13 @@ max-pool's k*k masked passes as a separate loop over memory; with numba installe
 compiled loop instead, runs 3x3 convolutions as Winograd convolutions, whose GEMMs are
 2.25x smaller, computes a first layer's convolutions (1 to 3 input channels; on one
 core up to 16) directly instead of through im2col matrices kh*kw times the size of the image
-or dY, and sums depthwise convolutions (forward, dX and dW) plane by plane in the cache
-(tests/test_numba_kernels.py). ``anyarray-bench
+or dY, sums depthwise convolutions (forward, dX and dW) plane by plane in the cache, and
+normalizes batches in one or two passes per channel (tests/test_numba_kernels.py). ``anyarray-bench
 --portable`` measures both against the portable code (docs/benchmarks.md).
 
 Every such place asks :func:`cuda_kernels`, :func:`pool_kernels`, :func:`winograd_kernels`,
-:func:`direct_kernels` or :func:`depthwise_kernels` and takes the portable path when it
-answers None; nothing else in the library knows the fast paths exist.
+:func:`direct_kernels`, :func:`depthwise_kernels` or :func:`norm_kernels` and takes the
+portable path when it answers None; nothing else in the library knows the fast paths exist.
 """
 
 from __future__ import annotations
@@ -99,6 +99,13 @@ def depthwise_kernels(xp: Any, dtype: Any, groups: int, in_channels: int) -> Any
     :func:`depthwise_weight_gradient`; else None."""
     numba_kernels = _numba_kernels(xp, dtype)
     return numba_kernels if numba_kernels is not None and groups == in_channels else None
+
+
+def norm_kernels(xp: Any, dtype: Any) -> Any | None:
+    """The numba kernels module for training-mode batch normalization of NumPy float arrays
+    (:func:`batchnorm_forward`, :func:`batchnorm_backward`: one or two passes per channel
+    instead of NumPy's many); else None."""
+    return _numba_kernels(xp, dtype)
 
 
 # How many cores a GEMM may use decides between it and a numba kernel, which runs on one:

@@ -768,3 +768,98 @@ def depthwise_weight_gradient(xpad: Any, dy: Any, w_shape: tuple[int, ...],
     _depthwise_weight_gradient(np.ascontiguousarray(xpad), np.ascontiguousarray(dy),
                                tuple(stride), tuple(dilation), o // groups, wide, grad)
     return grad
+
+
+# --- batch normalization ---------------------------------------------------------------------
+# NumPy's batch norm makes about eight passes over x for the forward pass (mean, centering,
+# squares, their mean, the division, scale and shift) and more for the backward one. Here each
+# channel's statistics take two reads of its values, summed in float64 (as accurate as NumPy's
+# pairwise float32 sums or better), and the output one read and one write, y = a x + b with
+# a = gamma / std and b = beta - a mean; the backward pass adds one read of x and dY for the
+# two sums, and dx = A dY + B x + C per channel. Channels are independent, so large inputs are
+# split by channels over the cores as the Winograd transforms are.
+
+@_inline
+def _channel_moments(x: Any, k: int) -> Any:  # pragma: no cover - compiled
+    # mean and biased variance of channel k of x (N, C, P), in float64, two passes
+    n, p = x.shape[0], x.shape[2]
+    total = 0.0
+    for i in range(n):
+        row = x[i, k]
+        for j in range(p):
+            total += row[j]
+    mean = total / (n * p)
+    squares = 0.0
+    for i in range(n):
+        row = x[i, k]
+        for j in range(p):
+            d = row[j] - mean
+            squares += d * d
+    return mean, squares / (n * p)
+
+
+@_compile(fastmath={"contract", "reassoc"})  # reassoc: vectorized running sums
+def _batchnorm_forward(x: Any, gamma: Any, beta: Any, eps: float, lo: int, hi: int, y: Any,
+                       means: Any, variances: Any) -> None:  # pragma: no cover - compiled
+    # channels lo .. hi - 1 of x, y (N, C, P)
+    for k in range(lo, hi):
+        mean, var = _channel_moments(x, k)
+        means[k], variances[k] = mean, var
+        a = gamma[k] / math.sqrt(var + eps)
+        b = beta[k] - a * mean
+        for i in range(x.shape[0]):
+            row, out = x[i, k], y[i, k]
+            for j in range(x.shape[2]):
+                out[j] = a * row[j] + b
+
+
+@_compile(fastmath={"contract", "reassoc"})
+def _batchnorm_backward(x: Any, gamma: Any, dy: Any, eps: float, lo: int, hi: int, dx: Any,
+                        dgamma: Any, dbeta: Any) -> None:  # pragma: no cover - compiled
+    n, p = x.shape[0], x.shape[2]
+    m = n * p
+    for k in range(lo, hi):
+        mean, var = _channel_moments(x, k)
+        inv_std = 1.0 / math.sqrt(var + eps)
+        sum_dy, sum_dy_centered = 0.0, 0.0
+        for i in range(n):
+            row, grad = x[i, k], dy[i, k]
+            for j in range(p):
+                sum_dy += grad[j]
+                sum_dy_centered += grad[j] * (row[j] - mean)
+        dbeta[k], dgamma[k] = sum_dy, sum_dy_centered * inv_std
+        # dx = gamma inv_std / m (m dy - sum(dy) - xhat sum(dy xhat)) = a dy + b x + c
+        a = gamma[k] * inv_std
+        b = -a * inv_std * inv_std * sum_dy_centered / m
+        c = -a * sum_dy / m - b * mean
+        for i in range(n):
+            row, grad, out = x[i, k], dy[i, k], dx[i, k]
+            for j in range(p):
+                out[j] = a * grad[j] + b * row[j] + c
+
+
+def _channels_last_flat(a: Any) -> Any:
+    """(N, C, *) as (N, C, P): a view where the trailing axes merge (they do for NCHW arrays
+    and for NCHW views of channels-first memory), else a copy."""
+    return np.reshape(a, (a.shape[0], a.shape[1], -1)) if a.ndim > 2 else a[:, :, None]
+
+
+def batchnorm_forward(x: Any, gamma: Any, beta: Any, eps: float) -> tuple[Any, Any, Any]:
+    """``(y, mean, var)`` of training-mode batch normalization of ``x`` (N, C, *), at least
+    two values per channel; y has x's shape (C-contiguous), mean and var x's dtype."""
+    x3 = _channels_last_flat(x)
+    y = np.empty(x3.shape, dtype=x.dtype)
+    means, variances = np.empty(x.shape[1]), np.empty(x.shape[1])
+    _by_channels(lambda lo, hi: _batchnorm_forward(x3, gamma, beta, eps, lo, hi, y, means,
+                                                   variances), x.shape[1], x.size)
+    return np.reshape(y, x.shape), means.astype(x.dtype), variances.astype(x.dtype)
+
+
+def batchnorm_backward(x: Any, gamma: Any, dy: Any, eps: float) -> tuple[Any, Any, Any]:
+    """``(dx, dgamma, dbeta)`` of :func:`batchnorm_forward` for the upstream gradient ``dy``."""
+    x3, dy3 = _channels_last_flat(x), _channels_last_flat(dy)
+    dx = np.empty(x3.shape, dtype=x.dtype)
+    dgamma, dbeta = np.empty(x.shape[1]), np.empty(x.shape[1])
+    _by_channels(lambda lo, hi: _batchnorm_backward(x3, gamma, dy3, eps, lo, hi, dx, dgamma,
+                                                    dbeta), x.shape[1], x.size)
+    return np.reshape(dx, x.shape), dgamma.astype(x.dtype), dbeta.astype(x.dtype)

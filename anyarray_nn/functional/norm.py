@@ -40,6 +40,7 @@ from ._checks import (
     check_same_dtype,
     check_same_shape,
 )
+from ._fast import norm_kernels
 
 
 def _axes(x: Any) -> tuple[int, ...]:
@@ -90,6 +91,9 @@ def batchnorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-5) -> tuple
     if m == 1:
         raise InputError(f"x: batch normalization needs at least 2 values per feature in "
                          f"training (or an empty batch), got shape {tuple(x.shape)}")
+    fast = norm_kernels(xp, x.dtype)
+    if fast is not None:  # see _fast
+        return fast.batchnorm_forward(x, gamma, beta, eps)
     mean = xp.mean(x, axis=axes)
     centered = x - _per_feature(mean, x)
     var = xp.mean(centered * centered, axis=axes)
@@ -107,6 +111,9 @@ def batchnorm_backward(x: Any, gamma: Any, dy: Any, eps: float = 1e-5) -> tuple[
     m = _values_per_feature(x)
     if m == 0:  # an empty batch contributes nothing
         return xp.zeros_like(x), xp.zeros_like(gamma), xp.zeros_like(gamma)
+    fast = norm_kernels(xp, x.dtype)
+    if fast is not None:  # see _fast
+        return fast.batchnorm_backward(x, gamma, dy, eps)
     mean = xp.mean(x, axis=axes)
     centered = x - _per_feature(mean, x)
     inv_std = 1.0 / xp.sqrt(xp.mean(centered * centered, axis=axes) + eps)
