@@ -692,38 +692,6 @@ def test_without_numba_depthwise_convolutions_take_the_portable_kernels(monkeypa
         np.testing.assert_array_equal(a, e)
 
 
-def test_winograd_work_buffers_are_kept_per_thread_and_never_alias_results(numba_kernels, rng):
-    """Two Winograd convolutions of different sizes interleaved as a network runs them
-    (A forward, B forward, B backward, A backward) equal the portable kernels, though they
-    share this thread's kept product and gradient buffers; another thread gets its own."""
-    import threading
-    xa, wa = rng.standard_normal((2, 8, 6, 6)), rng.standard_normal((8, 8, 3, 3))
-    xb, wb = rng.standard_normal((3, 8, 4, 5)), rng.standard_normal((9, 8, 3, 3))
-    numba_kernels.release_scratch()  # only this test's buffers below
-
-    def network():
-        a = ann.layers.Conv2D(8, 8, 3, padding=1, dtype="float64", rng=0)
-        b = ann.layers.Conv2D(8, 9, 3, padding=1, dtype="float64", rng=1)
-        a.params["W"], b.params["W"] = wa, wb
-        ya, yb = a.forward(xa, train=True), b.forward(xb, train=True)
-        dxb = b.backward(np.ones_like(yb))
-        dxa = a.backward(np.ones_like(ya))
-        return ya, yb, dxb, dxa, a.grads["W"], b.grads["W"]
-
-    for fast, portable in zip(*fast_and_portable(network)):
-        np.testing.assert_allclose(fast, portable, rtol=1e-10, atol=1e-12)
-    mine = numba_kernels._kept.buffers
-    assert {role for role, _ in mine} == {"products", "output gradient", "input gradient"}
-    theirs = []
-    thread = threading.Thread(
-        target=lambda: (network(), theirs.append(numba_kernels._kept.buffers)))
-    thread.start()
-    thread.join()
-    assert theirs and all(theirs[0][key] is not mine[key] for key in mine)
-    numba_kernels.release_scratch()
-    assert not hasattr(numba_kernels._kept, "buffers")
-
-
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-6)])
 def test_large_winograd_transforms_split_by_channels_equal_the_portable_kernel(
         numba_kernels, monkeypatch, rng, dtype, rtol):

@@ -29,7 +29,6 @@ The loops walk (C, N, H, W) order, which is the memory order of the convolutions
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any
 
 import numba
@@ -153,38 +152,10 @@ WINOGRAD_MIN_CHANNELS = 8
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 
 
-def _planes(rows: int, cols: int, dtype: Any, scratch: str | None = None) -> Any:
-    """16 (rows, cols) matrices, each row-major, placed a cache line apart (see above). With
-    ``scratch``, in this thread's kept buffer of that name (see :func:`_scratch`)."""
-    size = 16 * (rows * cols + 16)
-    memory = np.empty(size, dtype=dtype) if scratch is None else _scratch(scratch, size, dtype)
-    flat = np.reshape(memory, (16, rows * cols + 16))
+def _planes(rows: int, cols: int, dtype: Any) -> Any:
+    """16 (rows, cols) matrices, each row-major, placed a cache line apart (see above)."""
+    flat = np.empty((16, rows * cols + 16), dtype=dtype)
     return np.reshape(flat[:, :rows * cols], (16, rows, cols))
-
-
-# The products M, the transformed dY (dM) and dV are written in full by every call and read
-# only within the layer call that made them, so each thread keeps one buffer per role and
-# reuses it: at batch 256 they hold hundreds of MB, above the 32 MB beyond which malloc maps
-# fresh pages that the kernel zeroes on every call (a 268 MB product: 80 ms fresh, 58 ms
-# reused). The cost: each buffer stays allocated at its largest size until the thread ends or
-# release_scratch() is called.
-_kept = threading.local()
-
-
-def _scratch(role: str, size: int, dtype: Any) -> Any:
-    """``size`` elements of ``dtype`` from this thread's buffer for ``role``, grown as needed.
-    Valid until the next request for the same role on this thread."""
-    buffers = _kept.__dict__.setdefault("buffers", {})
-    key = (role, np.dtype(dtype))
-    if key not in buffers or buffers[key].size < size:
-        buffers.pop(key, None)  # the old one goes first: no two at once
-        buffers[key] = np.empty(size, dtype=dtype)
-    return buffers[key][:size]
-
-
-def release_scratch() -> None:
-    """Free this thread's kept Winograd work buffers (they are made again when needed)."""
-    _kept.__dict__.pop("buffers", None)
 
 
 def _inline(function: Any) -> Any:
@@ -357,7 +328,7 @@ def winograd_forward(w: Any, v: Any, b: Any | None, batch: int, out_hw: tuple[in
     ``v`` with weights ``w`` (O, C, 3, 3): a view of channels-first memory."""
     o = w.shape[0]
     th, tw = _tiles(out_hw)
-    m = _planes(o, v.shape[2], w.dtype, scratch="products")
+    m = _planes(o, v.shape[2], w.dtype)
     np.matmul(_winograd_weights(w), v, out=m)
     y = np.empty((o, batch, 2 * th, 2 * tw), dtype=w.dtype)
     bias = np.zeros(o, dtype=w.dtype) if b is None else b
@@ -367,15 +338,14 @@ def winograd_forward(w: Any, v: Any, b: Any | None, batch: int, out_hw: tuple[in
 
 def winograd_output_gradient(dy: Any) -> Any:
     """dM (16, O, T): the transformed blocks ``A dY A^T`` of NCHW ``dy`` (any strides), shared
-    by :func:`winograd_weight_gradient` and :func:`winograd_input_gradient`. It lives in this
-    thread's kept buffer: valid until this function is called again on the thread."""
+    by :func:`winograd_weight_gradient` and :func:`winograd_input_gradient`."""
     n, o, ho, wo = dy.shape
     th, tw = _tiles((ho, wo))
     dy_grid = _cnhw(dy)
     if (ho, wo) != (2 * th, 2 * tw):  # an odd size: zeros complete the last blocks
         dy_grid = np.zeros((o, n, 2 * th, 2 * tw), dtype=dy.dtype)
         dy_grid[:, :, :ho, :wo] = _cnhw(dy)
-    dm = _planes(o, n * th * tw, dy.dtype, scratch="output gradient")
+    dm = _planes(o, n * th * tw, dy.dtype)
     _by_channels(lambda lo, hi: _winograd_output_gradient(dy_grid[lo:hi], dm[:, lo:hi]), o,
                  dm.size)
     return dm
@@ -396,7 +366,7 @@ def winograd_input_gradient(dm: Any, w: Any, batch: int, out_hw: tuple[int, int]
     the tiles ``B dV B^T``, cropped to the input (a view of channels-first memory)."""
     c = w.shape[1]
     th, tw = _tiles(out_hw)
-    dv = _planes(c, dm.shape[2], dm.dtype, scratch="input gradient")
+    dv = _planes(c, dm.shape[2], dm.dtype)
     np.matmul(np.matrix_transpose(_winograd_weights(w)), dm, out=dv)
     dxpad = np.zeros((c, batch, 2 * th + 2, 2 * tw + 2), dtype=dm.dtype)
     _by_channels(lambda lo, hi: _winograd_input_gradient(dv[:, lo:hi], dxpad[lo:hi]), c,
