@@ -692,16 +692,23 @@ def test_without_numba_depthwise_convolutions_take_the_portable_kernels(monkeypa
         np.testing.assert_array_equal(a, e)
 
 
-@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-6)])
-def test_large_winograd_transforms_split_by_channels_equal_the_portable_kernel(
-        numba_kernels, monkeypatch, rng, dtype, rtol):
-    """Above _SPLIT_VALUES the four transforms run in one part per core: the same results."""
+@pytest.fixture
+def split_parts(numba_kernels, monkeypatch):
+    """Every split forced (several cores, no size floor): the channel bounds of each split."""
     monkeypatch.setattr(_threads, "_single_threaded_process", lambda: False)
     monkeypatch.setattr(numba_kernels, "_SPLIT_VALUES", 0)
     parts = []
     real = numba_kernels.map_on_cores
     monkeypatch.setattr(numba_kernels, "map_on_cores",
                         lambda f, bounds: parts.append(list(bounds)) or real(f, bounds))
+    return parts
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-6)])
+def test_large_winograd_transforms_split_by_channels_equal_the_portable_kernel(
+        split_parts, rng, dtype, rtol):
+    """Above _SPLIT_VALUES the four transforms run in one part per core: the same results."""
+    parts = split_parts
     x, w = rng.standard_normal((2, 9, 7, 6)).astype(dtype), rng.standard_normal((5, 9, 3, 3))
     dy = rng.standard_normal((2, 5, 7, 6)).astype(dtype)
     assert_fast_equals_portable(
@@ -741,20 +748,13 @@ def test_batchnorm_kernels_equal_the_portable_ones_in_every_layout(numba_kernels
                                            err_msg=f"{layout} {what}")
 
 
-def test_large_batchnorm_inputs_split_by_channels_over_the_cores(numba_kernels, monkeypatch,
-                                                                 rng):
-    monkeypatch.setattr(_threads, "_single_threaded_process", lambda: False)
-    monkeypatch.setattr(numba_kernels, "_SPLIT_VALUES", 0)
-    parts = []
-    real = numba_kernels.map_on_cores
-    monkeypatch.setattr(numba_kernels, "map_on_cores",
-                        lambda f, bounds: parts.append(len(bounds)) or real(f, bounds))
+def test_large_batchnorm_inputs_split_by_channels_over_the_cores(split_parts, rng):
     x, dy = rng.standard_normal((4, 5, 3, 3)), rng.standard_normal((4, 5, 3, 3))
     gamma, beta = rng.standard_normal(5), rng.standard_normal(5)
     fast, portable = fast_and_portable(lambda: batchnorm_all(x, gamma, beta, dy))
     for a, e in zip(fast, portable):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-14)
-    assert parts == [min(_threads.cpu_count(), 5)] * 2
+    assert [len(bounds) for bounds in split_parts] == [min(_threads.cpu_count(), 5)] * 2
 
 
 def test_batchnorm_dispatch_answers_only_for_numpy_floats(numba_kernels):
