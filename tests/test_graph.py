@@ -424,3 +424,23 @@ def test_forward_and_backward_check_how_many_arrays_they_get(rng):
     fresh = residual_net()
     with pytest.raises(RuntimeError, match="backward\\(\\) needs a preceding forward"):
         fresh.backward(np.zeros((1, 3)))
+
+
+def test_joining_and_shared_layers_run_on_every_backend(xp, rng):
+    """Add, Concatenate, Identity and a shared layer use nothing beyond the standard: each
+    backend gives NumPy's outputs and gradients (array_api_strict included)."""
+    a, b = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((2, 2, 5, 5))
+    dy1, dy2 = rng.standard_normal((2, 2)), rng.standard_normal((2, 3))
+    results = []
+    for backend in ("numpy", ann.current_backend().name):
+        model = two_input_net().to(backend)
+        arrays = [ann.asarray(v, backend=backend) for v in (a, b, dy1, dy2)]
+        ys = model.forward((arrays[0], arrays[1]), train=True)
+        dxs = model.backward((arrays[2], arrays[3]), input_grad=True)
+        results.append([host(v) for v in (*ys, *dxs, *model.grads().values())])
+    for got, expected in zip(*results[::-1]):
+        assert_close(got, expected)
+    x = ann.Input((2, 3))
+    identity = ann.Model(x, Identity()(x))
+    value = ann.asarray(rng.standard_normal((2, 2, 3)))
+    assert_close(identity.forward(value), value)
