@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 from . import _allocator
 from . import backend as _backend
 from .layers.activation import ReLU
-from .layers.base import Layer, check_layer_name, layer_class
+from .layers.base import Layer, layer_class
 from .layers.node import Input, Node
 from .layers.pool import MaxPool2D
 
@@ -640,7 +640,6 @@ def _assign_names(layers: list[Layer], owner: str, taken: Sequence[str] = ()) ->
             candidate = f"{base}{counters[base]}"
             if candidate not in used:
                 break
-        check_layer_name(candidate)
         layer.name = candidate
         used.add(candidate)
 

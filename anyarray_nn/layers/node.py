@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import backend as _backend
 from ..errors import InputError
-from .base import _SHAPES_ONLY
+from .base import _SHAPES_ONLY, check_layer_name
 
 if TYPE_CHECKING:
     from .base import Layer
@@ -66,10 +66,11 @@ def Input(shape: Sequence[int], name: str | None = None) -> Node:  # noqa: N802 
     if not valid:
         raise ValueError(f"Input: expected shape to be a sequence of non-negative ints (one "
                          f"sample, no batch axis), got {shape!r}")
-    if name is not None and (not isinstance(name, str) or not name or "." in name
-                             or "/" in name):
+    try:
+        check_layer_name(name)  # input names share the layers' namespace and rules
+    except ValueError:
         raise ValueError(f"Input: expected name to be a non-empty string without '.' or "
-                         f"'/', got {name!r}")
+                         f"'/', got {name!r}") from None
     return Node(None, (), dims, name)
 
 
