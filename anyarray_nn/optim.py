@@ -20,6 +20,14 @@ RMSProp (as ``torch.optim.RMSprop``)
 Every optimizer takes ``no_decay``: parameter names (the part after the layer name) that get
 no weight decay, e.g. ``no_decay=("b", "gamma", "beta")`` for biases and normalization.
 
+Every optimizer takes ``lr_scale``: a factor on the learning rate of some parameters, keyed by
+a full parameter key (``"conv1.w"``) or a parameter name (``"beta"``: every batch norm shift);
+a full key wins over a name. The factor scales the whole update, weight decay included, as a
+PyTorch parameter group with its own ``lr`` does. A factor of 0 freezes the parameter, e.g. a
+fixed whitening layer: ``lr_scale={"whiten.w": 0.0, "gamma": 0.0, "beta": 64.0}``. Schedules
+set ``lr`` and the factors follow it. A key that matches no parameter is refused (a typo would
+otherwise change nothing, silently).
+
 ``state_dict()`` / ``load_state_dict()`` save and restore hyper-parameters, the step count and
 every per-parameter slot (``momentum``, ``m``, ``v``).
 
@@ -49,12 +57,14 @@ class Optimizer:
     nonnegative_slots: tuple[str, ...] = ()  # running means of squares: a negative one is NaN
 
     def __init__(self, model: Any, lr: float, weight_decay: float = 0.0,
-                 no_decay: tuple[str, ...] = ()) -> None:
+                 no_decay: tuple[str, ...] = (), lr_scale: dict[str, float] | None = None
+                 ) -> None:
         _check_model(type(self).__name__, model)
         self.model = model
         self.lr = lr
         self.weight_decay = weight_decay
         self.no_decay = no_decay  # parameter names without decay, e.g. ("b", "gamma")
+        self.lr_scale = {} if lr_scale is None else lr_scale  # key or name -> factor on lr
         self.step_count = 0
         self.state: dict[str, dict[str, Any]] = {}
 
@@ -68,6 +78,33 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}: expected no_decay to be a sequence of "
                              f"parameter names, e.g. ('b',), got {self.no_decay!r}")
         self.no_decay = tuple(self.no_decay)
+        self._validate_lr_scale()
+
+    def _validate_lr_scale(self) -> None:
+        """``lr_scale`` maps keys or names of this model's parameters to finite factors >= 0."""
+        name = type(self).__name__
+        if not isinstance(self.lr_scale, dict) or not all(isinstance(k, str)
+                                                          for k in self.lr_scale):
+            raise ValueError(f"{name}: expected lr_scale to be a dict of parameter keys or "
+                             f"names to factors, e.g. {{'beta': 64.0}}, got "
+                             f"{shorten(self.lr_scale, 60)}")
+        keys = list(self.model.params())
+        listed = ", ".join(keys)
+        listed = listed if len(listed) <= 200 else listed[:197] + "..."
+        known = set(keys) | {key.rsplit(".", 1)[-1] for key in keys}
+        scales = {}
+        for key, factor in self.lr_scale.items():
+            if key not in known:
+                raise ValueError(f"{name}: lr_scale names {key!r}, which is neither a "
+                                 f"parameter key nor a parameter name of the model (keys: "
+                                 f"{listed})")
+            scales[key] = self._check_hyper(f"lr_scale[{key!r}]", factor, low=0.0)
+        self.lr_scale = scales
+
+    def _lr_of(self, key: str) -> float:
+        """The learning rate of parameter ``key``: ``lr`` times its ``lr_scale`` factor."""
+        scale = self.lr_scale.get(key, self.lr_scale.get(key.rsplit(".", 1)[-1], 1.0))
+        return self.lr * scale
 
     def step(self) -> None:
         """Apply one update to every parameter from the gradients of the last backward.
@@ -97,7 +134,7 @@ class Optimizer:
                 xp = _backend.namespace(w)
                 state = self.state[key] = {s: xp.zeros_like(w) for s in self.slots}
             decay = 0.0 if key.rsplit(".", 1)[-1] in self.no_decay else self.weight_decay
-            self._update(w, grads[key], state, decay)
+            self._update(w, grads[key], state, decay, self._lr_of(key))
 
     def _check_state(self, key: str, w: Any) -> None:
         for slot, value in self.state[key].items():
@@ -115,13 +152,15 @@ class Optimizer:
                     f"model.to(...), move the state with "
                     f"opt.load_state_dict(opt.state_dict()), or create the optimizer afterwards")
 
-    def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float) -> None:
-        """Update ``w`` in place; ``wd`` is this parameter's weight decay."""
+    def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float, lr: float) -> None:
+        """Update ``w`` in place; ``wd`` and ``lr`` are this parameter's weight decay and
+        learning rate."""
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
         """Hyper-parameters as JSON-ready data (what ``state_dict()["config"]`` holds)."""
-        return {"lr": self.lr, "weight_decay": self.weight_decay, "no_decay": list(self.no_decay)}
+        return {"lr": self.lr, "weight_decay": self.weight_decay, "no_decay": list(self.no_decay),
+                "lr_scale": dict(self.lr_scale)}
 
     def state_dict(self) -> dict[str, Any]:
         """``{"type", "config", "step", "state": {param key: {slot: array}}}``.
@@ -252,8 +291,9 @@ class SGD(Optimizer):
 
     def __init__(self, model: Any, lr: float = 0.01, momentum: float = 0.0,
                  weight_decay: float = 0.0, form: str = "ema",
-                 no_decay: tuple[str, ...] = ()) -> None:
-        super().__init__(model, lr, weight_decay, no_decay)
+                 no_decay: tuple[str, ...] = (), lr_scale: dict[str, float] | None = None
+                 ) -> None:
+        super().__init__(model, lr, weight_decay, no_decay, lr_scale)
         self.momentum, self.form = momentum, form
         self._validate()
 
@@ -263,22 +303,22 @@ class SGD(Optimizer):
         if self.form not in self.FORMS:
             raise ValueError(f"SGD: expected form in {self.FORMS}, got {self.form!r}")
 
-    def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float) -> None:
+    def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float, lr: float) -> None:
         m, mu = state["momentum"], self.momentum
         fast = cuda_kernels(_backend.namespace(w), w.dtype) if g.dtype == w.dtype else None
         if fast is not None:  # one CUDA kernel on CuPy, rounding as the lines below
-            fast.sgd_update(w, g, m, self.lr, mu, wd, self.form)
+            fast.sgd_update(w, g, m, lr, mu, wd, self.form)
             return
         if self.form == "ema":
             m *= mu
             m += (1.0 - mu) * g
-            w -= self.lr * (m + wd * w) if wd else self.lr * m
+            w -= lr * (m + wd * w) if wd else lr * m
             return
         if wd:
             g = g + wd * w
         m *= mu
         m += g
-        w -= self.lr * (g + mu * m if self.form == "nesterov" else m)
+        w -= lr * (g + mu * m if self.form == "nesterov" else m)
 
     def get_config(self) -> dict[str, Any]:
         return dict(super().get_config(), momentum=self.momentum, form=self.form)
@@ -293,8 +333,9 @@ class Adam(Optimizer):
 
     def __init__(self, model: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0,
-                 no_decay: tuple[str, ...] = ()) -> None:
-        super().__init__(model, lr, weight_decay, no_decay)
+                 no_decay: tuple[str, ...] = (), lr_scale: dict[str, float] | None = None
+                 ) -> None:
+        super().__init__(model, lr, weight_decay, no_decay, lr_scale)
         self.betas, self.eps = betas, eps
         self._validate()
 
@@ -308,12 +349,12 @@ class Adam(Optimizer):
         # eps > 0: with 0, a parameter whose gradient is exactly 0 (a dead unit) gets 0 / 0
         self.eps = self._check_hyper("eps", self.eps, low=0.0, low_open=True)
 
-    def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float) -> None:
+    def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float, lr: float) -> None:
         xp = _backend.namespace(w)
         b1, b2 = self.betas
         if wd:
             if self.decoupled:
-                w *= 1.0 - self.lr * wd
+                w *= 1.0 - lr * wd
             else:
                 g = g + wd * w
         m, v, t = state["m"], state["v"], self.step_count
@@ -322,7 +363,7 @@ class Adam(Optimizer):
         v *= b2
         v += (1.0 - b2) * (g * g)
         denom = xp.sqrt(v) / math.sqrt(1.0 - b2 ** t) + self.eps
-        w -= (self.lr / (1.0 - b1 ** t)) * (m / denom)
+        w -= (lr / (1.0 - b1 ** t)) * (m / denom)
 
     def get_config(self) -> dict[str, Any]:
         return dict(super().get_config(), betas=list(self.betas), eps=self.eps)
@@ -335,8 +376,9 @@ class AdamW(Adam):
 
     def __init__(self, model: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01,
-                 no_decay: tuple[str, ...] = ()) -> None:
-        super().__init__(model, lr, betas, eps, weight_decay, no_decay)
+                 no_decay: tuple[str, ...] = (), lr_scale: dict[str, float] | None = None
+                 ) -> None:
+        super().__init__(model, lr, betas, eps, weight_decay, no_decay, lr_scale)
 
 
 class RMSProp(Optimizer):
@@ -346,8 +388,9 @@ class RMSProp(Optimizer):
     nonnegative_slots = ("v",)
 
     def __init__(self, model: Any, lr: float = 0.01, rho: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, no_decay: tuple[str, ...] = ()) -> None:
-        super().__init__(model, lr, weight_decay, no_decay)
+                 weight_decay: float = 0.0, no_decay: tuple[str, ...] = (),
+                 lr_scale: dict[str, float] | None = None) -> None:
+        super().__init__(model, lr, weight_decay, no_decay, lr_scale)
         self.rho, self.eps = rho, eps
         self._validate()
 
@@ -357,14 +400,14 @@ class RMSProp(Optimizer):
         # eps > 0: with 0, a parameter whose gradient is exactly 0 (a dead unit) gets 0 / 0
         self.eps = self._check_hyper("eps", self.eps, low=0.0, low_open=True)
 
-    def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float) -> None:
+    def _update(self, w: Any, g: Any, state: dict[str, Any], wd: float, lr: float) -> None:
         xp = _backend.namespace(w)
         if wd:
             g = g + wd * w
         v = state["v"]
         v *= self.rho
         v += (1.0 - self.rho) * (g * g)
-        w -= self.lr * (g / (xp.sqrt(v) + self.eps))
+        w -= lr * (g / (xp.sqrt(v) + self.eps))
 
     def get_config(self) -> dict[str, Any]:
         return dict(super().get_config(), rho=self.rho, eps=self.eps)

@@ -398,3 +398,85 @@ def test_load_state_dict_refuses_slots_that_would_spoil_the_parameters(xp, cls, 
     with pytest.raises(ValueError, match=rf"{cls.__name__}.load_state_dict: {match}"):
         opt.load_state_dict(bad)
     np.testing.assert_array_equal(host(opt.state["p.w"][slot]), before)
+
+
+SCALED_CASES = [
+    ("SGD-nesterov", lambda m, s: ann.optim.SGD(m, lr=0.05, momentum=0.85, weight_decay=1e-2,
+                                                form="nesterov", lr_scale=s),
+     lambda t, groups: t.optim.SGD(groups, lr=0.05, momentum=0.85, weight_decay=1e-2,
+                                   nesterov=True)),
+    ("Adam", lambda m, s: ann.optim.Adam(m, lr=1e-2, weight_decay=1e-2, lr_scale=s),
+     lambda t, groups: t.optim.Adam(groups, lr=1e-2, weight_decay=1e-2)),
+    ("AdamW", lambda m, s: ann.optim.AdamW(m, lr=1e-2, weight_decay=0.1, lr_scale=s),
+     lambda t, groups: t.optim.AdamW(groups, lr=1e-2, weight_decay=0.1)),
+    ("RMSProp", lambda m, s: ann.optim.RMSProp(m, lr=1e-2, weight_decay=1e-2, lr_scale=s),
+     lambda t, groups: t.optim.RMSprop(groups, lr=1e-2, weight_decay=1e-2)),
+]
+
+
+@pytest.mark.parametrize("name,ours,theirs", SCALED_CASES, ids=[c[0] for c in SCALED_CASES])
+def test_lr_scale_matches_torch_parameter_groups(torch, rng, name, ours, theirs):
+    """lr_scale is a parameter group with its own lr: by key (W frozen at 0 in the first
+    layer) and by name (every bias at 3x), over five steps with a schedule changing lr."""
+    model = ann.Sequential([Dense(4, 3, dtype="float64", rng=0, name="d1"), ann.layers.Tanh(),
+                            Dense(3, 2, dtype="float64", rng=1, name="d2")])
+    start = {k: host(v).copy() for k, v in model.params().items()}
+    tp = {k: torch.tensor(a, requires_grad=True) for k, a in start.items()}
+    opt = ours(model, {"d1.W": 0.0, "b": 3.0})
+    factors = {"d1.W": 0.0, "d1.b": 3.0, "d2.W": 1.0, "d2.b": 3.0}
+    topt = theirs(torch, [{"params": [tp[k]], "lr": 0.0} for k in factors])
+    for step in range(5):
+        opt.lr = 0.01 * (step + 1)
+        for group, factor in zip(topt.param_groups, factors.values()):
+            group["lr"] = opt.lr * factor
+        x, target = rng.standard_normal((8, 4)), rng.standard_normal((8, 2))
+        loss_fn = ann.losses.MSE()
+        loss_fn.forward(model.forward(x, train=True), target)
+        model.backward(loss_fn.backward())
+        opt.step()
+        topt.zero_grad()
+        F = torch.nn.functional
+        hidden = torch.tanh(F.linear(torch.tensor(x), tp["d1.W"], tp["d1.b"]))
+        F.mse_loss(F.linear(hidden, tp["d2.W"], tp["d2.b"]), torch.tensor(target)).backward()
+        topt.step()
+    for key in factors:
+        assert_close(model.params()[key], tp[key], rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(host(model.params()["d1.W"]), start["d1.W"])  # frozen
+    assert not np.array_equal(host(model.params()["d1.b"]), start["d1.b"])
+
+
+def test_lr_scale_full_key_wins_over_name_and_round_trips():
+    model = ann.Sequential([Dense(2, 2, dtype="float64", rng=0, name="a"),
+                            Dense(2, 2, dtype="float64", rng=1, name="c")])
+    opt = ann.optim.SGD(model, lr=0.1, lr_scale={"b": 0.0, "c.b": 2.0})
+    before = {k: v.copy() for k, v in model.params().items()}
+    model.backward(model.forward(np.ones((1, 2)), train=True))
+    grads = {k: v.copy() for k, v in model.grads().items()}
+    opt.step()
+    np.testing.assert_array_equal(model.params()["a.b"], before["a.b"])
+    np.testing.assert_allclose(model.params()["c.b"], before["c.b"] - 0.2 * grads["c.b"],
+                               rtol=1e-15)
+    again = ann.optim.SGD(model, lr=0.5)
+    again.load_state_dict(opt.state_dict())
+    assert again.lr_scale == {"b": 0.0, "c.b": 2.0} and again.lr == 0.1
+
+
+@pytest.mark.parametrize("lr_scale, message", [
+    ({"a.w": 0.0}, r"lr_scale names 'a.w', which is neither a parameter key nor a parameter "
+                   r"name of the model \(keys: a.W, a.b\)"),
+    ({"b": -1.0}, r"expected lr_scale\['b'\] to be a finite number >= 0.0, got -1.0"),
+    ({"b": float("nan")}, r"expected lr_scale\['b'\] to be a finite number >= 0.0, got nan"),
+    ({"b": float("inf")}, r"expected lr_scale\['b'\] to be a finite number >= 0.0, got inf"),
+    ({"b": "2"}, r"expected lr_scale\['b'\] to be a number, got '2'"),
+    ({1: 2.0}, r"expected lr_scale to be a dict of parameter keys or names to factors"),
+    ([("b", 2.0)], r"expected lr_scale to be a dict of parameter keys or names to factors"),
+])
+def test_bad_lr_scale_is_refused_when_built_and_when_loaded(lr_scale, message):
+    model = ann.Sequential([Dense(2, 2, rng=0, name="a")])
+    with pytest.raises(ValueError, match=r"^SGD: " + message):
+        ann.optim.SGD(model, lr=0.1, lr_scale=lr_scale)
+    opt = ann.optim.SGD(model, lr=0.1, lr_scale={"W": 0.5})
+    state = opt.state_dict()
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(dict(state, config=dict(state["config"], lr_scale=lr_scale)))
+    assert opt.lr_scale == {"W": 0.5}
