@@ -57,7 +57,7 @@ from . import __version__
 from . import backend as _backend
 from ._atomic import write_atomically
 from .errors import as_int, shorten
-from .layers.base import shapes_only
+from .layers.base import bounded_probes, shapes_only
 from .model import Model, model_from_config
 from .train import Every, History
 
@@ -642,6 +642,13 @@ def _assign(model: Model, values: dict[str, Any]) -> None:
         layer.grads = {}
 
 
+MAX_PROBE_ELEMENTS = 1 << 25
+"""The most elements one array of a shape probe may have when ``load_model`` builds a graph
+model: 33.5 million (128 MiB in float32) for one sample, eight times what a 3x3 convolution
+on 64 channels of 224 x 224 needs. A larger model is built in code and its weights loaded
+with ``load_checkpoint``."""
+
+
 def load_model(path: str | os.PathLike, *, backend: Any = None,
                dtype: str | None = None) -> Model:
     """Rebuild the model stored in ``path`` from its JSON architecture and load its weights.
@@ -668,8 +675,11 @@ def load_model(path: str | os.PathLike, *, backend: Any = None,
     try:
         # The stored weights replace the initial ones at once: draw those from a private
         # generator so that rebuilding leaves the global one (anyarray_nn.seed) untouched.
-        model = model_from_config(config, backend=backend, dtype=dtype_used,
-                                  rng=np.random.default_rng(0))
+        # A graph's layers find their output shapes by a forward pass on one zero sample;
+        # bounded, so that no declared input size or padding can exhaust memory or time.
+        with bounded_probes(MAX_PROBE_ELEMENTS):
+            model = model_from_config(config, backend=backend, dtype=dtype_used,
+                                      rng=np.random.default_rng(0))
     except (KeyError, TypeError, ValueError, MemoryError) as exc:
         raise CheckpointError(f"{path}: model/config cannot be rebuilt: {exc}") from None
     _restore(data, path, model, None, loader=None, convert_dtype=dtype is not None,

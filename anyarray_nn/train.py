@@ -230,6 +230,54 @@ class EarlyStopping(Callback):
             _copy_into(state.model.buffers(), self.best_buffers)
 
 
+class Lookahead(Callback):
+    """Lookahead (Zhang et al., 2019) over the parameters and float buffers, with a pull that
+    grows over training, as in the fast CIFAR-10 recipes.
+
+    A slow copy starts at the initial weights. Every ``every`` steps it moves toward the
+    weights and the weights are set to it: ``slow = d slow + (1 - d) w; w = slow``, with
+    ``d = decay * (t / total_steps) ** power`` at step t (no pull early, a strong one late).
+    At the end of each epoch, and of training, the weights are set to the slow copy. The slow copy lives beside the
+    weights (one more copy of the model) and is not in checkpoints: a resumed run starts it
+    afresh from the weights it resumes with.
+    """
+
+    def __init__(self, total_steps: int, every: int = 5, decay: float = 0.95 ** 5,
+                 power: float = 3.0) -> None:
+        if not (isinstance(total_steps, int) and total_steps >= 1 and isinstance(every, int)
+                and every >= 1 and 0.0 <= decay <= 1.0 and power >= 0):
+            raise ValueError(f"Lookahead: expected total_steps >= 1, every >= 1 (ints), "
+                             f"0 <= decay <= 1 and power >= 0, got total_steps={total_steps!r}"
+                             f", every={every!r}, decay={decay!r}, power={power!r}")
+        self.total_steps, self.every, self.decay, self.power = total_steps, every, decay, power
+        self.slow: dict[str, Any] = {}
+
+    def _weights(self, state: TrainState) -> dict[str, Any]:
+        arrays = {**state.model.params(), **state.model.buffers()}
+        return {k: v for k, v in arrays.items() if _is_floating(_backend.namespace(v), v)}
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self.slow = {k: _backend.asarray_like(v, v, copy=True)
+                     for k, v in self._weights(state).items()}
+
+    def on_iteration_end(self, state: TrainState) -> None:
+        if state.step % self.every == 0:
+            self._pull(state, self.decay * min(1.0, state.step / self.total_steps) ** self.power)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self._pull(state, 1.0)
+
+    def on_train_end(self, state: TrainState) -> None:
+        self._pull(state, 1.0)  # also when training stopped within an epoch
+
+    def _pull(self, state: TrainState, d: float) -> None:
+        for key, w in self._weights(state).items():
+            slow = self.slow[key]
+            slow *= d
+            slow += (1.0 - d) * w
+            w[...] = slow
+
+
 def _host_copy(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
     """Host copies of a model's ``params()`` or ``buffers()``."""
     return {key: _backend.to_host(value).copy() for key, value in arrays.items()}

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 import anyarray_nn as ann
 from anyarray_nn.data import make_circles
+from anyarray_nn.data.pipeline import Standardize
 from anyarray_nn.examples import circles, experiment, mnist
 
 
@@ -162,7 +163,7 @@ def test_the_fast_recipe_options_reach_the_loss_optimizer_schedule_and_test(caps
     experiment.run("recipe", load, build=build, data=None, backend="numpy", epochs=3,
                    batch_size=11, lr=0.1, weight_decay=0.0, progress=False,
                    label_smoothing=0.2, nesterov=True, warmup_epochs=1, lr_per="iteration",
-                   flip_test=True)
+                   test_views="flip")
     assert seen["smoothing"] == 0.2 and seen["form"] == "nesterov" and seen["per"] == "iteration"
     assert seen["evaluated"][-1] == "FlipAveraged"  # the test set
     steps_per_epoch = 9  # 99 training images in batches of 11
@@ -179,3 +180,71 @@ def test_flip_averaged_logits_are_the_mean_over_the_mirror_images():
     x = rng.standard_normal((2, 1, 3, 4)).astype(np.float32)
     expected = (model.forward(x) + model.forward(x[..., ::-1])) / 2
     np.testing.assert_allclose(experiment.FlipAveraged(model).forward(x), expected, rtol=1e-6)
+
+
+def test_flip_translate_averaged_logits_weigh_six_reflected_views():
+    rng = np.random.default_rng(2)
+    model = ann.Sequential([ann.layers.Flatten(), ann.layers.Dense(20, 3, rng=0,
+                                                                   dtype="float64")])
+    x = rng.standard_normal((2, 1, 4, 5))
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+
+    def mirrored(v):
+        return (model.forward(v) + model.forward(v[..., ::-1].copy())) / 2
+    expected = (0.5 * mirrored(x) + 0.25 * mirrored(padded[:, :, :4, :5].copy())
+                + 0.25 * mirrored(padded[:, :, 2:, 2:].copy()))
+    np.testing.assert_allclose(experiment.FlipTranslateAveraged(model).forward(x), expected,
+                               rtol=1e-12)
+
+
+def test_the_cifar10_fast_recipe_trains_on_every_image_with_its_options(monkeypatch):
+    """val_fraction 0 (no validation, every training image used), the whitening set from
+    standardized images, the triangle schedule per step, lookahead, lr_scale and no_decay in
+    the optimizer, and six test views."""
+    from anyarray_nn.examples import cifar10
+    rng = np.random.default_rng(0)
+
+    loaded = {}
+
+    def load(data, split):
+        n = 60 if split == "train" else 10
+        loaded[split] = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+        return loaded[split], rng.integers(0, 10, n)
+
+    seen, rates = {}, []
+    real_fit, real_evaluate = ann.train.fit, ann.train.evaluate
+
+    class Rates(ann.train.Callback):
+        def on_iteration_end(self, state):
+            rates.append(state.optimizer.lr)
+
+    def fit(model, loss_fn, opt, loader, **kw):
+        seen.update(images=len(loader.x), val=kw["val_loader"], opt=opt.get_config(),
+                    callbacks=[type(c).__name__ for c in kw["callbacks"]],
+                    whiten=model["whiten"].params["W"].copy())
+        kw["callbacks"] = [*kw["callbacks"], Rates()]
+        return real_fit(model, loss_fn, opt, loader, **kw)
+
+    def evaluate(model, loss_fn, loader):
+        seen.setdefault("evaluated", []).append(type(model).__name__)
+        return real_evaluate(model, loss_fn, loader)
+
+    monkeypatch.setattr(ann.train, "fit", fit)
+    monkeypatch.setattr(ann.train, "evaluate", evaluate)
+    build, augment, _, lr, weight_decay, _ = cifar10.NETWORKS["fast"]
+    summary = experiment.run("fast", load, build=lambda **kw: build(widths=(4, 8, 8), **kw),
+                             data=None, backend="numpy", epochs=2, batch_size=20, lr=lr,
+                             weight_decay=weight_decay, augment=augment, progress=False,
+                             **cifar10.RECIPES["fast"])
+    assert seen["images"] == 60 and seen["val"] is None and summary["val_accuracy"] is None
+    assert seen["opt"]["momentum"] == 0.85 and seen["opt"]["form"] == "nesterov"
+    assert seen["opt"]["lr_scale"] == {"whiten.W": 0.0, "gamma": 0.0, "beta": 64.0}
+    assert seen["opt"]["no_decay"] == ["beta"]
+    assert seen["callbacks"] == ["LearningRateSchedule", "Lookahead"]
+    assert seen["evaluated"][-1] == "FlipTranslateAveraged"
+    assert len(rates) == 6 and max(rates) <= lr and rates[-1] == pytest.approx(0.07 * lr)
+    assert rates.index(max(rates)) == 1  # 0.23 of 6 steps: the peak comes early
+    x = loaded["train"].astype(np.float64)
+    standardized = Standardize.fit(x, scale=1 / 255)(x)
+    np.testing.assert_allclose(seen["whiten"], ann.init.patch_whitening(standardized, 2),
+                               rtol=1e-5, atol=1e-5)

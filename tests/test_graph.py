@@ -7,13 +7,16 @@ between Sequential and graph; every bad graph is refused when built, naming what
 from __future__ import annotations
 
 import json
+import tracemalloc
 
+import h5py
 import numpy as np
 import pytest
 from helpers import assert_close, host
 
 import anyarray_nn as ann
 from anyarray_nn.layers import (
+    AdaptiveAvgPool2D,
     Add,
     BatchNorm2D,
     Concatenate,
@@ -396,6 +399,66 @@ def test_a_damaged_graph_config_in_a_checkpoint_is_a_checkpoint_error(tmp_path):
     ann.checkpoint.reseal_checkpoint(path)  # a deliberate edit, sealed again
     with pytest.raises(ann.checkpoint.CheckpointError, match="cycle"):
         ann.load_model(path)
+
+
+def _probe_net():
+    """image -> max-pool -> conv -> adaptive pool -> concatenate with itself -> dense."""
+    x = ann.Input((2, 4, 4), name="image")
+    h = Conv2D(2, 2, 3, padding=1, name="c", rng=0)(MaxPool2D(2, stride=1, name="p")(x))
+    h = AdaptiveAvgPool2D(2, name="a")(h)
+    h = Concatenate(name="cat")([h, h])
+    return ann.Model(x, Dense(16, 3, name="fc", rng=1)(Flatten(name="f")(h)))
+
+
+def _doubling_calls(config, levels):
+    """cat2 = cat + cat, cat3 = cat2 + cat2, ...: each level doubles the sample."""
+    names = ["cat"] + [f"cat{i}" for i in range(2, levels + 2)]
+    for previous, name in zip(names, names[1:]):
+        config["layers"].append({"type": "Concatenate", "config": {"axis": 1, "name": name}})
+        config["calls"].insert(-2, {"layer": name, "inputs": [previous, previous]})
+    config["calls"][-2]["inputs"] = [names[-1]]
+
+
+@pytest.mark.parametrize("edit, culprit", [
+    (lambda c: c["inputs"][0].update(shape=[2, 10**5, 10**5]), "MaxPool2D 'p'"),
+    (lambda c: (c["inputs"][0].update(shape=[2, 4000, 4000]),
+                c["layers"][0]["config"].update(kernel_size=[2000, 2000])), "MaxPool2D 'p'"),
+    (lambda c: c["layers"][1]["config"].update(padding=[10**5] * 4), "Conv2D 'c'"),
+    (lambda c: c["layers"][1]["config"].update(dilation=[1, 1], padding=[10**4, 0, 10**4, 0]),
+     "Conv2D 'c'"),
+    (lambda c: c["layers"][2]["config"].update(output_size=10**6), "AdaptiveAvgPool2D 'a'"),
+    (lambda c: _doubling_calls(c, 60), "Concatenate 'cat18'"),
+], ids=["huge-input", "large-input-huge-window", "huge-padding", "padding-one-side",
+        "huge-adaptive-size", "doubling-concatenations"])
+def test_a_config_declaring_huge_shapes_is_refused_before_allocating(tmp_path, monkeypatch,
+                                                                    edit, culprit):
+    """A few-KB checkpoint whose graph config declares sizes that the shape probe would turn
+    into terabytes (or into loops of 10^12 steps): refused before anything is allocated, the
+    layer named; the file unedited loads. (The limit is lowered to 2^20 elements so that the
+    doubling concatenations stop within a few MB; the default is 2^25.)"""
+    assert ann.checkpoint.MAX_PROBE_ELEMENTS == 1 << 25
+    monkeypatch.setattr(ann.checkpoint, "MAX_PROBE_ELEMENTS", 1 << 20)
+    model = _probe_net()
+    path = ann.save_checkpoint(tmp_path / "graph.h5", model)
+    x = np.random.default_rng(0).standard_normal((2, 2, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(ann.load_model(path).forward(x), model.forward(x))
+    model_config = json.loads(json.dumps(model.get_config()))
+    edit(model_config)
+    with h5py.File(path, "r+") as f:
+        f["model"].attrs["config"] = json.dumps(model_config)
+    ann.checkpoint.reseal_checkpoint(path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ann.checkpoint.CheckpointError,
+                           match=rf"graph\.h5: model/config cannot be rebuilt: building a "
+                                 rf"graph: {culprit}.* would need arrays of [\d,]+ elements "
+                                 rf"for one sample; a model built from a file may need at "
+                                 rf"most 1,048,576"):
+            ann.load_model(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6
 
 
 def test_layers_called_wrongly_are_clear_errors():

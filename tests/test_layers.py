@@ -1,11 +1,13 @@
 """Layers: gradients through the layer objects, configs, the registry, errors naming the layer."""
 
+import re
+
 import numpy as np
 import pytest
 
 import anyarray_nn as ann
 from anyarray_nn.layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
-                                LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh)
+                                LeakyReLU, MaxPool2D, ReLU, Scale, Sigmoid, Tanh)
 from helpers import away_from_zero, host
 
 LAYERS = {
@@ -22,6 +24,7 @@ LAYERS = {
     "MaxPool2D": (lambda: MaxPool2D(2), (2, 2, 4, 6)),
     "AvgPool2D": (lambda: AvgPool2D(3, stride=2, padding=1), (1, 2, 5, 5)),
     "GlobalAvgPool2D": (GlobalAvgPool2D, (2, 3, 2, 3)),
+    "Scale": (lambda: Scale(-1 / 9), (3, 4)),
 }
 
 
@@ -135,12 +138,68 @@ def test_unknown_initializer():
 
 @pytest.mark.parametrize("init,expected_std", [("he", np.sqrt(2 / 400)),
                                                ("glorot", np.sqrt(2 / 600)),
-                                               ("normal", 0.01)])
+                                               ("normal", 0.01),
+                                               ("uniform", np.sqrt(1 / (3 * 400)))])
 def test_initializer_statistics(init, expected_std):
     w = host(Dense(400, 200, init=init, dtype="float64", rng=0).params["W"])
     assert abs(w.mean()) < 0.05 * expected_std * 10
     assert w.std() == pytest.approx(expected_std, rel=0.02)
     assert np.all(host(Dense(400, 200, init=init, rng=0).params["b"]) == 0)
+
+
+def test_identity_initializer_passes_the_first_channels_through(rng):
+    conv = Conv2D(3, 5, 3, padding=1, bias=False, init="identity", dtype="float64", rng=0)
+    x = rng.standard_normal((2, 3, 6, 6))
+    y = host(conv.forward(ann.asarray(x)))
+    np.testing.assert_array_equal(y[:, :3], x)  # outputs 0-2 copy inputs 0-2 exactly
+    w = host(conv.params["W"])[3:]  # the others are drawn as "uniform" draws them
+    assert np.abs(w).max() <= 1 / np.sqrt(27) and w.std() > 0.05
+    narrowing = Conv2D(4, 2, 3, padding=1, bias=False, init="identity", dtype="float64", rng=0)
+    x4 = rng.standard_normal((1, 4, 5, 5))
+    np.testing.assert_array_equal(host(narrowing.forward(ann.asarray(x4))), x4[:, :2])
+    dense = Dense(3, 3, bias=False, init="identity", dtype="float64", rng=0)
+    np.testing.assert_array_equal(host(dense.params["W"]), np.eye(3))
+    for shape in [(4, 3, 2, 2), (4, 3, 3)]:
+        with pytest.raises(ValueError, match=r"identity initializer: expected a dense weight "
+                                             rf"\(out, in\) or a convolution .*got shape "
+                                             rf"{re.escape(str(shape))}"):
+            ann.init.identity(shape, 12, 16, np.random.default_rng(0))
+
+
+def test_patch_whitening_decorrelates_the_patches(rng):
+    """Through a conv layer, the first half of the filters turns correlated 2x2 patches into
+    outputs with second moment diag(lambda / (lambda + eps)); the second half negates them."""
+    x = rng.standard_normal((40, 3, 9, 8))
+    x[:, 1] += 0.8 * x[:, 0]
+    x[:, :, 1:] += 0.5 * x[:, :, :-1]  # neighbouring rows correlated too
+    eps = 1e-2
+    w = ann.init.patch_whitening(x, 2, eps=eps)
+    assert w.shape == (24, 3, 2, 2)
+    np.testing.assert_array_equal(w[12:], -w[:12])
+    conv = Conv2D(3, 24, 2, bias=False, dtype="float64")
+    conv.params["W"] = ann.asarray(w, dtype="float64")
+    y = np.moveaxis(host(conv.forward(ann.asarray(x))), 1, 0).reshape(24, -1)
+    patches = np.lib.stride_tricks.sliding_window_view(x, (2, 2), axis=(2, 3))
+    flat = np.moveaxis(patches, 1, 3).reshape(-1, 12)  # (positions, c kh kw)
+    values = np.linalg.eigvalsh(flat.T @ flat / len(flat))[::-1]
+    moment = y[:12] @ y[:12].T / y.shape[1]
+    np.testing.assert_allclose(moment, np.diag(values / (values + eps)), atol=1e-10)
+    for bad, message in [(x[0], r"expected images \(N >= 1, C, H, W\)"),
+                         (x[:, :, :1], "H and W >= 2"), (x[:0], "N >= 1"),
+                         (np.where(x > 2, np.nan, x), "NaN or infinite")]:
+        with pytest.raises(ValueError, match=message):
+            ann.init.patch_whitening(bad, 2)
+
+
+def test_scale_layer_config_and_bad_factors():
+    layer = Scale(0.25, name="s")
+    again = ann.layers.layer_class("Scale").from_config(layer.get_config())
+    assert again.factor == 0.25 and again.name == "s"
+    np.testing.assert_array_equal(again.forward(np.ones((2, 2), np.float32)), np.full((2, 2), 0.25))
+    for bad in [float("nan"), float("inf"), True, "2", None]:
+        with pytest.raises(ValueError, match=rf"Scale: expected factor to be a finite number, "
+                                             rf"got {re.escape(repr(bad))}"):
+            Scale(bad)
 
 
 def test_custom_initializer_callable():

@@ -132,6 +132,57 @@ def test_more_schedules_by_hand():
         ann.schedules.warmup(ann.schedules.constant(1.0), 0)
 
 
+def test_piecewise_linear_schedule_by_hand():
+    tri = ann.schedules.piecewise_linear(2.0, [(0, 0.2), (4, 1.0), (10, 0.1)])
+    assert [tri(t) for t in (-1, 0, 2, 4, 7, 10, 12)] == pytest.approx(
+        [0.4, 0.4, 1.2, 2.0, 1.1, 0.2, 0.2])
+    for bad in ([], [(0, 1.0), (0, 2.0)], [(0, 1.0), (1, -0.5)], [(0, float("nan"))]):
+        with pytest.raises(ValueError, match=r"piecewise_linear: expected \(t, factor\) "
+                                             r"points with t finite and increasing"):
+            ann.schedules.piecewise_linear(1.0, bad)
+
+
+def test_lookahead_pulls_toward_the_slow_copy_as_by_hand(xp):
+    """Lookahead over two epochs of SGD equals the same steps with the pull written out:
+    every 2 steps slow = d slow + (1 - d) w, w = slow, d = 0.5 (t / T)^2; at each epoch's end
+    w = slow."""
+    def run(lookahead):
+        model, loss_fn, tl, _ = setup()
+        opt = ann.optim.SGD(model, lr=0.2, momentum=0.9, form="classic")
+        if lookahead:
+            train.fit(model, loss_fn, opt, tl, epochs=2, progress=False,
+                      callbacks=[train.Lookahead(2 * len(tl), every=2, decay=0.5, power=2)])
+            return model
+        slow = {k: host(v).copy() for k, v in model.params().items()}
+        total, step = 2 * len(tl), 0
+        for _ in range(2):
+            for xb, yb in tl:
+                loss_fn.forward(model.forward(xb, train=True), yb)
+                model.backward(loss_fn.backward())
+                opt.step()
+                step += 1
+                d = 0.5 * (step / total) ** 2 if step % 2 == 0 else None
+                for key, w in model.params().items() if d is not None else ():
+                    slow[key] = d * slow[key] + (1 - d) * host(w)
+                    w[...] = ann.backend.asarray_like(slow[key], w)
+            for key, w in model.params().items():
+                w[...] = ann.backend.asarray_like(slow[key], w)
+        return model
+    pulled, by_hand = run(True), run(False)
+    for key, value in pulled.params().items():
+        np.testing.assert_allclose(host(value), host(by_hand.params()[key]), rtol=1e-5,
+                                   atol=1e-6)
+    plain_model, loss_fn, tl, _ = setup()
+    train.fit(plain_model, loss_fn, ann.optim.SGD(plain_model, lr=0.2, momentum=0.9,
+                                                  form="classic"), tl, epochs=2, progress=False)
+    assert not np.allclose(host(plain_model.params()["dense1.W"]),
+                           host(pulled.params()["dense1.W"]), atol=1e-4)
+    with pytest.raises(ValueError, match=r"Lookahead: expected total_steps >= 1, every >= 1 "
+                                         r"\(ints\), 0 <= decay <= 1 and power >= 0, got "
+                                         r"total_steps=0"):
+        train.Lookahead(0)
+
+
 def test_reduce_on_plateau_lowers_the_rate_after_patience():
     model, loss_fn, tl, vl = setup()
     opt = ann.optim.SGD(model, lr=1.0)

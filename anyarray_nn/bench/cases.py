@@ -38,7 +38,7 @@ from ..model import Input, Model, Sequential
 from ..parallel import DataParallel
 
 INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar10_large": (3, 32, 32),
-                "cifar10_resnet": (3, 32, 32)}
+                "cifar10_resnet": (3, 32, 32), "cifar10_fast": (3, 32, 32)}
 # The networks whose layers are timed one by one (conv, dense and pool suites); the others
 # appear in the train suite only.
 LAYER_CASE_NETWORKS = ("mnist", "cifar10", "cifar10_large")
@@ -512,6 +512,10 @@ def _torch_module(layer: Any, torch: Any) -> Any:
         module = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
     elif kind == "GlobalAvgPool2D":
         module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    elif kind == "GELU":
+        module = nn.GELU(approximate=layer.approximate)
+    elif kind == "Scale":
+        module = _TorchScale(torch, layer.factor)
     else:
         module = {"ReLU": nn.ReLU, "Flatten": nn.Flatten, "Identity": nn.Identity,
                   "Add": nn.Identity, "Concatenate": nn.Identity}[kind]()
@@ -522,6 +526,14 @@ def _torch_module(layer: Any, torch: Any) -> Any:
             getattr(module, names[key]).copy_(torch.from_numpy(
                 np.asarray(_backend.to_host(value), dtype=np.float64)))
     return module
+
+
+def _TorchScale(torch: Any, factor: float) -> Any:
+    """``factor * x`` as a torch module (torch.nn has none)."""
+    class Scale(torch.nn.Module):
+        def forward(self, x: Any) -> Any:
+            return factor * x
+    return Scale()
 
 
 REFERENCE = {"conv": _ref_conv, "dense": _ref_dense, "pool": _ref_pool, "train": _ref_train}

@@ -17,12 +17,23 @@ logits. Recorded results: docs/training.md.
 from __future__ import annotations
 
 import click
+import numpy as np
 
+import anyarray_nn as ann
 from anyarray_nn.data import CIFAR10_CLASSES, load_cifar10
 from anyarray_nn.data.pipeline import RandomCrop, RandomFlip
-from anyarray_nn.networks import cifar10_bn_net, cifar10_large_net, cifar10_net, cifar10_resnet
+from anyarray_nn.init import patch_whitening
+from anyarray_nn.networks import (cifar10_bn_net, cifar10_fast, cifar10_large_net, cifar10_net,
+                                  cifar10_resnet)
 
 from . import experiment
+
+
+def whiten(model: ann.Model, images: np.ndarray) -> None:
+    """Set the fast network's first layer to whiten the 2x2 patches of ``images``."""
+    w = model["whiten"].params["W"]
+    w[...] = ann.backend.asarray_like(patch_whitening(images, 2), w)
+
 
 NETWORKS = {
     # network: (constructor, augmentation, epochs, learning rate, weight decay, batch size)
@@ -30,10 +41,17 @@ NETWORKS = {
     "improved": (cifar10_large_net, (RandomCrop(4), RandomFlip()), 20, 0.05, 5e-4, None),
     "strong": (cifar10_bn_net, (RandomCrop(4), RandomFlip()), 15, 0.1, 5e-4, None),
     "resnet": (cifar10_resnet, (RandomCrop(2), RandomFlip()), 10, 0.2, 5e-4, 128),
+    "fast": (cifar10_fast, (RandomCrop(2), RandomFlip()), 12, 1.5, 1.33e-3, 1024),
 }
-# What the resnet recipe adds to the others' plain SGD (see the module docstring)
-FAST_RECIPE = dict(label_smoothing=0.2, nesterov=True, warmup_epochs=1, lr_per="iteration",
-                   flip_test=True)
+# What the resnet and fast recipes add to the others' plain SGD (see the module docstring)
+RECIPES = {
+    "resnet": dict(label_smoothing=0.2, nesterov=True, warmup_epochs=1, lr_per="iteration",
+                   test_views="flip"),
+    "fast": dict(label_smoothing=0.2, nesterov=True, momentum=0.85, lr_per="iteration",
+                 lr_points=((0.0, 0.2), (0.23, 1.0), (1.0, 0.07)), test_views="flip_translate",
+                 lr_scale={"whiten.W": 0.0, "gamma": 0.0, "beta": 64.0}, no_decay=("beta",),
+                 lookahead=True, val_fraction=0.0, prepare=whiten),
+}
 
 
 @click.command()
@@ -58,7 +76,7 @@ def main(network, data, backend, epochs, batch_size, lr, seed, limit, save, repo
                    lr=lr or default_lr, weight_decay=weight_decay, augment=augment,
                    class_names=CIFAR10_CLASSES, seed=seed, progress=progress, limit=limit,
                    save=save, report=report, workers=workers, overwrite=overwrite,
-                   **(FAST_RECIPE if network == "resnet" else {}))
+                   **RECIPES.get(network, {}))
 
 
 if __name__ == "__main__":

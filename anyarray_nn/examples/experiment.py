@@ -78,15 +78,25 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
         limit: int | None = None, save: str | None = None,
         report: str | None = None, workers: int = 1, overwrite: bool = False,
         label_smoothing: float = 0.0, nesterov: bool = False, warmup_epochs: int = 0,
-        lr_per: str = "epoch", flip_test: bool = False) -> dict[str, Any]:
+        lr_per: str = "epoch", test_views: str = "plain", momentum: float = 0.9,
+        lr_scale: dict[str, float] | None = None, no_decay: tuple[str, ...] = (),
+        prepare: Callable[[Any, np.ndarray], None] | None = None,
+        lookahead: bool = False, lr_points: Sequence[tuple[float, float]] | None = None
+        ) -> dict[str, Any]:
     """Train ``build()`` on a data set and print the report; returns the numbers as a dict.
 
-    SGD with momentum 0.9 (PyTorch's form, or Nesterov's with ``nesterov``) and a cosine
-    learning-rate decay over the epochs, updated every epoch or every step (``lr_per``
-    "iteration"), after a linear warm-up over ``warmup_epochs``; cross-entropy with ``label_smoothing``; with ``flip_test`` the test
-    logits are the mean of each image's and its mirror image's (validation uses the plain
-    model).
-    The validation split is taken from the training set, standardization from the rest.
+    SGD with ``momentum`` (PyTorch's form, or Nesterov's with ``nesterov``), ``lr_scale`` and
+    ``no_decay`` as the optimizers take them, and a cosine learning-rate decay over the
+    epochs, updated every epoch or every step (``lr_per`` "iteration"), after a linear
+    warm-up over ``warmup_epochs`` (or, with ``lr_points``, a piecewise linear schedule
+    through (fraction of training, factor) points, per step); cross-entropy with ``label_smoothing``; ``lookahead``
+    adds :class:`anyarray_nn.train.Lookahead`. ``test_views`` averages the test logits over
+    views of each image: "plain" (none), "flip" (the image and its mirror image) or
+    "flip_translate" (also both shifted by one pixel each way); validation uses the plain
+    model. ``prepare(model, images)`` is called once before training with up to 5,000
+    standardized training images (host), e.g. to set a whitening layer.
+    The validation split is taken from the training set (``val_fraction`` 0: none, training
+    on all of it), standardization from the rest.
     ``limit`` trains on the first ``limit`` training examples (a quick smoke run); ``save``
     writes the trained model, optimizer and history to an HDF5 checkpoint at that path;
     ``report`` writes figures and a Markdown summary there. ``workers`` != 1 trains through
@@ -103,9 +113,14 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
             raise click.BadParameter(f"expected at most the {len(x):,} training images there "
                                      f"are, got {limit:,}", param_hint="'--limit'")
         x, y = x[:limit], y[:limit]
-    x_train, y_train, x_val, y_val = train_val_split(x, y, val_fraction, seed=seed)
+    if val_fraction:
+        x_train, y_train, x_val, y_val = train_val_split(x, y, val_fraction, seed=seed)
+    else:
+        x_train, y_train, x_val, y_val = x, y, None, None
     standardize = Standardize.fit(x_train, scale=1 / 255)
     model = build(rng=seed, backend=be.name)
+    if prepare is not None:
+        prepare(model, standardize(x_train[:5000].astype(np.float64)))
     # Batch normalization cannot train on a batch of one image: drop such a last batch.
     drop_last = len(x_train) % batch_size == 1 and any(
         layer.type_name.startswith("BatchNorm") for layer in model)
@@ -116,7 +131,7 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
                               preprocess=standardize, augment=augment, drop_last=drop_last)
     evaluation = dict(batch_size=500, shuffle=False, backend=be.name, preprocess=standardize,
                       train=False)
-    val_loader = DataLoader(x_val, y_val, **evaluation)
+    val_loader = None if x_val is None else DataLoader(x_val, y_val, **evaluation)
     test_loader = DataLoader(x_test, y_test, **evaluation)
 
     model.summary()
@@ -133,16 +148,24 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
                   f"(smallest split batch: {smallest}); training runs on one worker")
             used_workers = 1
     loss_fn = ann.losses.SoftmaxCrossEntropy(label_smoothing=label_smoothing)
-    opt = ann.optim.SGD(model, lr=lr, momentum=0.9, weight_decay=weight_decay,
-                        form="nesterov" if nesterov else "classic")
+    opt = ann.optim.SGD(model, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        form="nesterov" if nesterov else "classic", lr_scale=lr_scale,
+                        no_decay=no_decay)
     per_epoch = 1 if lr_per == "epoch" else len(train_loader)  # schedule steps in an epoch
-    schedule = ann.schedules.cosine(lr, epochs * per_epoch)
-    if warmup_epochs:
-        schedule = ann.schedules.warmup(schedule, warmup_epochs * per_epoch)
-    evaluated = FlipAveraged(model) if flip_test else model
+    total = epochs * per_epoch
+    if lr_points:
+        schedule = ann.schedules.piecewise_linear(lr, [(f * total, v) for f, v in lr_points])
+    else:
+        schedule = ann.schedules.cosine(lr, total)
+        if warmup_epochs:
+            schedule = ann.schedules.warmup(schedule, warmup_epochs * per_epoch)
+    evaluated = {"plain": model, "flip": FlipAveraged(model),
+                 "flip_translate": FlipTranslateAveraged(model)}[test_views]
+    callbacks = [train.LearningRateSchedule(schedule, per=lr_per)]
+    if lookahead:
+        callbacks.append(train.Lookahead(epochs * len(train_loader)))
     history = train.fit(model, loss_fn, opt, train_loader, epochs=epochs, val_loader=val_loader,
-                        callbacks=[train.LearningRateSchedule(schedule, per=lr_per)],
-                        progress=progress)
+                        callbacks=callbacks, progress=progress)
     if save:
         ann.save_checkpoint(save, model, opt, epoch=len(history.epochs),
                             step=len(history.iterations), history=history, loader=train_loader)
@@ -153,8 +176,9 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
     split = f", batch split over {used_workers} workers" if used_workers > 1 else ""
     print(f"\n{name} on {be.name}: {epochs} epochs, batch {batch_size}{split}")
     for e in history.epochs:
-        print(f"  epoch {e['epoch']:2d}  loss {e['loss']:.4f}  train acc {e['accuracy']:.4f}  "
-              f"val acc {e['val_accuracy']:.4f}  {e['images_per_second']:.0f} img/s")
+        val = f"  val acc {e['val_accuracy']:.4f}" if "val_accuracy" in e else ""
+        print(f"  epoch {e['epoch']:2d}  loss {e['loss']:.4f}  train acc {e['accuracy']:.4f}"
+              f"{val}  {e['images_per_second']:.0f} img/s")
     print(f"\nconfusion matrix (rows: true class, columns: predicted)\n"
           f"{metrics.format_confusion_matrix(cm, class_names)}\n")
     print(metrics.classification_report(test.labels, test.predictions, class_names))
@@ -162,7 +186,7 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
     summary = {"experiment": name, "backend": be.name, "epochs": epochs,
                "batch_size": batch_size, "workers": used_workers,
                "test_accuracy": test.accuracy,
-               "test_loss": test.loss, "val_accuracy": history.epochs[-1]["val_accuracy"],
+               "test_loss": test.loss, "val_accuracy": history.epochs[-1].get("val_accuracy"),
                "train_seconds": train_seconds, "images_per_second": images_per_second,
                "wall_seconds": time.perf_counter() - wall, "parameters": model.num_params()}
     print(f"\ntest accuracy {test.accuracy:.4f}  ({images_per_second:.0f} img/s training, "
@@ -188,6 +212,29 @@ class FlipAveraged:
         xp = ann.backend.namespace(x)
         return 0.5 * (self.model.forward(x, train=train)
                       + self.model.forward(xp.flip(x, axis=3), train=train))
+
+
+class FlipTranslateAveraged(FlipAveraged):
+    """Test-time augmentation over six views: half the weight on the image and its mirror
+    image (:class:`FlipAveraged`), a quarter on both shifted one pixel down and right, a
+    quarter on both shifted one pixel up and left (edges reflected, evaluation only)."""
+
+    def forward(self, x: Any, *, train: bool = False) -> Any:
+        xp, where = ann.backend.namespace(x), ann.backend.backend_name_of(x)
+        h, w = x.shape[2], x.shape[3]
+        views = 0.5 * super().forward(x, train=train)
+        for by in (1, -1):
+            rows, cols = (ann.asarray(_shifted(n, by), backend=where) for n in (h, w))
+            moved = xp.take(xp.take(x, rows, axis=2), cols, axis=3)
+            views = views + 0.25 * super().forward(moved, train=train)
+        return views
+
+
+def _shifted(n: int, by: int) -> np.ndarray:
+    """Indices that move an axis of length n by ``by`` = +1 or -1, reflecting at the edge
+    (index -1 reads 1, index n reads n - 2)."""
+    index = np.arange(n) - by
+    return np.abs(np.where(index >= n, 2 * (n - 1) - index, index)).astype(np.int64)
 
 
 def _check_outputs(save: str | None, report: str | None, overwrite: bool) -> None:

@@ -4,7 +4,7 @@ from .activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softma
 from .base import Layer, layer_class, register
 from .conv import Conv2D
 from .dense import Dense
-from .merge import Add, Concatenate, Identity
+from .merge import Add, Concatenate, Identity, Scale
 from .norm import BatchNorm1D, BatchNorm2D, Dropout, GroupNorm, LayerNorm
 from .pool import (AdaptiveAvgPool2D, AdaptiveMaxPool2D, AvgPool2D, GlobalAvgPool2D,
                    MaxPool2D)
@@ -14,4 +14,4 @@ __all__ = ["Layer", "register", "layer_class", "Dense", "ReLU", "LeakyReLU", "Ta
            "Sigmoid", "Flatten", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
            "AdaptiveAvgPool2D", "AdaptiveMaxPool2D", "BatchNorm1D", "BatchNorm2D",
            "Dropout", "GELU", "SiLU", "LayerNorm", "GroupNorm", "Softmax", "LogSoftmax",
-           "Add", "Concatenate", "Identity"]
+           "Add", "Concatenate", "Identity", "Scale"]

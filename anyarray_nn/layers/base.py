@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Iterator
+import math
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -24,6 +25,8 @@ from ..init import get_initializer
 
 _REGISTRY: dict[str, type["Layer"]] = {}
 _SHAPES_ONLY = contextvars.ContextVar("anyarray_nn_shapes_only", default=False)
+_PROBE_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "anyarray_nn_probe_limit", default=None)
 
 
 class _NoCache:
@@ -40,6 +43,19 @@ class _NoCache:
 
 
 _NO_CACHE = _NoCache()
+
+
+@contextlib.contextmanager
+def bounded_probes(limit: int) -> Iterator[None]:
+    """Inside this block, a layer called on graph nodes refuses, before computing anything,
+    a shape probe whose arrays could exceed ``limit`` elements (see
+    :meth:`Layer.probe_elements`): building a model from a file's config cannot then take
+    the machine's memory or hang in a huge loop, whatever sizes the config declares."""
+    token = _PROBE_LIMIT.set(limit)
+    try:
+        yield
+    finally:
+        _PROBE_LIMIT.reset(token)
 
 
 @contextlib.contextmanager
@@ -184,6 +200,18 @@ class Layer:
     def type_name(self) -> str:
         """The registered type name, e.g. ``"Dense"``."""
         return type(self).__name__
+
+    def probe_elements(self, shapes: Sequence[tuple[int, ...]]) -> int:
+        """An upper bound on the elements of the arrays (or the loop steps) one forward pass
+        on one sample of each input shape in ``shapes`` (no batch axis) creates.
+
+        The default, the inputs' elements or the parameters' count, whichever is larger,
+        holds for layers whose output is no larger than their inputs (activations,
+        normalization, joining) or than their parameters (Dense). Layers that can grow a
+        sample beyond both (padding, adaptive sizes, windows) compute their own.
+        """
+        inputs = sum(math.prod(shape) for shape in shapes)
+        return max(inputs, sum(math.prod(v.shape) for v in self.params.values()))
 
     def describe(self) -> str:
         """``Dense 'fc'``: how errors name this layer."""

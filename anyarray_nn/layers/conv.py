@@ -11,6 +11,7 @@ from ..functional.conv import (
     _conv2d_forward_with_patches,
     _pair,
     _stride_dilation,
+    conv_output_size,
     conv_padding,
 )
 from .base import Layer, register
@@ -60,6 +61,19 @@ class Conv2D(Layer):
         if bias:
             self.params["b"] = self._new_param("zeros", (out_channels,), fan_in, fan_out,
                                                backend, dtype, rng)
+
+    def probe_elements(self, shapes: Any) -> int:
+        """The padded input, the patch matrix and the output of one sample, whichever is
+        largest (padding can make them far larger than the input)."""
+        c, h, w = shapes[0][-3:]
+        kh, kw = self.kernel_size
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        top, bottom, left, right = conv_padding(self.padding, self.kernel_size, self.stride,
+                                                self.dilation)
+        ho = max(0, conv_output_size(h, kh, sh, top, bottom, dh))
+        wo = max(0, conv_output_size(w, kw, sw, left, right, dw))
+        return max(super().probe_elements(shapes), c * (h + top + bottom) * (w + left + right),
+                   (c * kh * kw + self.out_channels) * ho * wo)
 
     def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
         y, patches = _conv2d_forward_with_patches(x, self.params["W"], self.params.get("b"),

@@ -16,13 +16,14 @@ nodes named, not at the first step of training.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .. import backend as _backend
 from ..errors import InputError
-from .base import _SHAPES_ONLY, check_layer_name
+from .base import _PROBE_LIMIT, _SHAPES_ONLY, check_layer_name
 
 if TYPE_CHECKING:
     from .base import Layer
@@ -80,6 +81,7 @@ def call_on_nodes(layer: "Layer", inputs: Sequence[Node], several: bool) -> Node
     if any(node.shape is None for node in inputs) or _SHAPES_ONLY.get():
         # shapes not known, or parameters that cannot compute (a checkpoint's size check)
         return Node(layer, inputs, None, several=several)
+    _check_probe_size(layer, inputs)
     probe_backend, probe_dtype = _probe_kind(layer)
     probes = [_backend.asarray(np.zeros((1, *node.shape), dtype=np.float32),
                                backend=probe_backend, dtype=probe_dtype) for node in inputs]
@@ -92,6 +94,25 @@ def call_on_nodes(layer: "Layer", inputs: Sequence[Node], several: bool) -> Node
         raise TypeError(f"building a graph: {layer.describe()} must return one array with "
                         f"the batch axis first, got {type(out).__name__}")
     return Node(layer, inputs, tuple(out.shape[1:]), several=several)
+
+
+def _check_probe_size(layer: "Layer", inputs: Sequence[Node]) -> None:
+    """Within ``bounded_probes`` (a model built from a file), refuse a probe whose arrays
+    could exceed the limit, before anything is allocated."""
+    limit = _PROBE_LIMIT.get()
+    if limit is None:
+        return
+    shapes = [node.shape for node in inputs]
+    needed = sum(math.prod(shape) for shape in shapes)
+    try:
+        needed = max(needed, layer.probe_elements(shapes))
+    except (InputError, ValueError, TypeError):
+        pass  # a shape the layer cannot take: its forward says so
+    if needed > limit:
+        sources = ", ".join(f"{node.describe()} of shape {node.shape}" for node in inputs)
+        raise ValueError(f"building a graph: {layer.describe()} called on {sources} would "
+                         f"need arrays of {needed:,} elements for one sample; a model built "
+                         f"from a file may need at most {limit:,}")
 
 
 def _probe_kind(layer: "Layer") -> tuple[str, str]:

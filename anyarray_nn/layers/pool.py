@@ -26,6 +26,13 @@ class _Pool2D(Layer):
             self.kernel_size, self.stride, self.padding = pool_window(kernel_size, stride, padding)
             self.ceil_mode = check_flag(ceil_mode, "ceil_mode")
 
+    def probe_elements(self, shapes: Any) -> int:
+        """Every window's every tap, over the padded input: kernel area x output positions
+        (at most one window per input position, stride 1)."""
+        c, h, w = shapes[0][-3:]
+        (ph, pw), (kh, kw) = self.padding, self.kernel_size
+        return max(super().probe_elements(shapes), c * kh * kw * (h + 2 * ph) * (w + 2 * pw))
+
     def get_config(self) -> dict[str, Any]:
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
                 "padding": list(self.padding), "ceil_mode": self.ceil_mode, "name": self.name}
@@ -110,6 +117,12 @@ class _AdaptivePool2D(Layer):
             self.output_size: Any = tuple(None if o is None else int(o) for o in output_size)
         else:
             self.output_size = int(output_size)
+
+    def probe_elements(self, shapes: Any) -> int:
+        """The output, and the windows, which overlap by at most one row or column each."""
+        c, h, w = shapes[0][-3:]
+        oh, ow = adaptive_output_size(self.output_size, (h, w))
+        return max(super().probe_elements(shapes), c * (h + oh) * (w + ow))
 
     def get_config(self) -> dict[str, Any]:
         size = self.output_size
