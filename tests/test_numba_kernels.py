@@ -763,3 +763,34 @@ def test_batchnorm_dispatch_answers_only_for_numpy_floats(numba_kernels):
     assert _fast.norm_kernels(array_api_strict, array_api_strict.float64) is None
     with F.portable_kernels():
         assert _fast.norm_kernels(np, np.dtype("float64")) is None
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-13), ("float32", 1e-6)])
+def test_gelu_kernels_equal_the_portable_ones(numba_kernels, rng, approximate, dtype, rtol):
+    """Forward and backward, contiguous and strided, with the extremes and NaN. The kernel
+    sums in float64 and rounds once, so float32 results are compared with the portable
+    kernel's float64 ones (the portable float32 tanh form loses digits to 1 + t near -1)."""
+    values = np.concatenate([rng.standard_normal(200) * 4, [0.0, -0.0, 1e-30, -40.0, 40.0,
+                                                            np.inf, -np.inf, np.nan]])
+    x = values.astype(dtype).reshape(2, 4, 26)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    for a, g in [(x, dy), (x[:, ::-2], dy[:, ::2])]:  # a strided view: copied, same values
+        fast, _ = fast_and_portable(lambda: (F.gelu_forward(a, approximate),
+                                             F.gelu_backward(a, g, approximate)))
+        wide_a, wide_g = a.astype(np.float64), g.astype(np.float64)
+        _, portable = fast_and_portable(lambda: (F.gelu_forward(wide_a, approximate),
+                                                 F.gelu_backward(wide_a, wide_g, approximate)))
+        for what, got, expected in zip(("forward", "backward"), fast, portable):
+            assert got.dtype == a.dtype and got.shape == expected.shape
+            np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol, equal_nan=True,
+                                       err_msg=what)
+
+
+def test_large_gelu_inputs_split_over_the_cores(split_parts, rng):
+    x, dy = rng.standard_normal((3, 7)), rng.standard_normal((3, 7))
+    fast, portable = fast_and_portable(lambda: (F.gelu_forward(x, "tanh"),
+                                                F.gelu_backward(x, dy, "none")))
+    for got, expected in zip(fast, portable):
+        np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-15)
+    assert [len(bounds) for bounds in split_parts] == [_threads.cpu_count()] * 2

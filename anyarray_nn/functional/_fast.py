@@ -101,6 +101,12 @@ def depthwise_kernels(xp: Any, dtype: Any, groups: int, in_channels: int) -> Any
     return numba_kernels if numba_kernels is not None and groups == in_channels else None
 
 
+def activation_kernels(xp: Any, dtype: Any) -> Any | None:
+    """The numba kernels module for GELU of NumPy float arrays (:func:`gelu`: one pass,
+    the exact form with the library's erf); else None."""
+    return _numba_kernels(xp, dtype)
+
+
 def norm_kernels(xp: Any, dtype: Any) -> Any | None:
     """The numba kernels module for training-mode batch normalization of NumPy float arrays
     (:func:`batchnorm_forward`, :func:`batchnorm_backward`: one or two passes per channel

@@ -1,6 +1,8 @@
 """Compiled CPU kernels for NumPy arrays, built with numba (the optional ``cpu`` extra).
 
-Four families: the 2x2 max-pool of the course networks, the Winograd transforms that make
+Five families: GELU (its exact erf is one library call here, not the portable kernel's
+polynomial, and its tanh form one pass instead of ten), the 2x2 max-pool of the course
+networks, the Winograd transforms that make
 a 3x3 convolution cheaper than its GEMM (below, before :func:`winograd_patches`), a
 direct convolution for a network's first layer, whose few input channels make im2col
 memory-bound (:func:`direct_convolution`, :func:`direct_weight_gradient`), and the
@@ -833,3 +835,49 @@ def batchnorm_backward(x: Any, gamma: Any, dy: Any, eps: float) -> tuple[Any, An
     _by_channels(lambda lo, hi: _batchnorm_backward(x3, gamma, dy3, eps, lo, hi, dx, dgamma,
                                                     dbeta), x.shape[1], x.size)
     return np.reshape(dx, x.shape), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+
+# --- GELU -----------------------------------------------------------------------------------
+# One pass per call, where NumPy makes one per operation (the tanh form's backward has ten).
+# The sums are in float64 and rounded once to x's dtype; the portable kernel rounds each
+# operation (tests compare within float32's rounding).
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_TANH_CUBIC = 0.044715
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@_compile(fastmath={"contract"})
+def _gelu(x: Any, dy: Any, out: Any, lo: int, hi: int, exact: bool,
+          backward: bool) -> None:  # pragma: no cover - compiled
+    for i in range(lo, hi):
+        v = np.float64(x[i])
+        if exact:
+            cdf = 0.5 * (1.0 + math.erf(v * _INV_SQRT_2))
+            if backward:
+                out[i] = dy[i] * (cdf + v * math.exp(-0.5 * v * v) * _INV_SQRT_2PI)
+            else:
+                out[i] = v * cdf
+        else:
+            t = math.tanh(_SQRT_2_OVER_PI * (v + _TANH_CUBIC * v * v * v))
+            if backward:
+                du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _TANH_CUBIC * v * v)
+                out[i] = dy[i] * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du)
+            else:
+                out[i] = 0.5 * v * (1.0 + t)
+
+
+def gelu(x: Any, dy: Any | None, approximate: str) -> Any:
+    """GELU of ``x`` (``dy`` None), or its gradient for the upstream gradient ``dy``, with
+    ``approximate`` "none" (erf) or "tanh"; an array of x's shape and dtype. Large arrays
+    are split into one range per core."""
+    flat = np.ravel(x)
+    grad = flat if dy is None else np.ravel(dy)
+    out = np.empty(flat.shape, dtype=x.dtype)
+    n = flat.size
+    parts = cpu_count() if n >= _SPLIT_VALUES else 1
+    bounds = [(n * k // parts, n * (k + 1) // parts) for k in range(parts)]
+    map_on_cores(lambda bound: _gelu(flat, grad, out, bound[0], bound[1],
+                                     approximate == "none", dy is not None), bounds)
+    return np.reshape(out, x.shape)
