@@ -11,9 +11,10 @@ from anyarray_nn import _allocator
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# Two 2.8 MB arrays and their sum, freed, again and again: a training step's temporaries in
-# small, after one training forward pass. Prints whether anyarray_nn tuned malloc and the
-# page faults per round.
+# Two arrays and their sum, freed, again and again: a training step's temporaries in small
+# (2.8 MB each) or as at large batches (48 MB each: above glibc's largest mmap threshold),
+# after one training forward pass. Prints whether anyarray_nn tuned malloc and the page
+# faults per round.
 ROUNDS = """
 import resource, numpy as np
 import anyarray_nn as ann
@@ -22,8 +23,8 @@ assert allocator._decided == []  # importing decided nothing
 ann.Sequential([ann.layers.ReLU()]).forward(np.zeros((1, 2), np.float32), train=True)
 
 def round_():
-    a = np.ones(700_000, np.float32)
-    b = np.ones(700_000, np.float32)
+    a = np.ones(SIZE, np.float32)
+    b = np.ones(SIZE, np.float32)
     c = a + b
     del a, b, c
 
@@ -36,27 +37,33 @@ print(allocator.ensure_tuned(), (resource.getrusage(resource.RUSAGE_SELF).ru_min
 """
 
 
-def run_rounds(**env):
+def run_rounds(size=700_000, **env):
     environment = {k: v for k, v in os.environ.items()
                    if k not in ("ANYARRAY_NN_TUNE_MALLOC", *_allocator._GLIBC_VARIABLES)}
-    done = subprocess.run([sys.executable, "-c", ROUNDS], env={**environment, **env},
+    code = ROUNDS.replace("SIZE", str(size))
+    done = subprocess.run([sys.executable, "-c", code], env={**environment, **env},
                           capture_output=True, text=True, check=True)
     tuned, faults = done.stdout.split()
     return tuned == "True", float(faults)
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")
-def test_training_makes_freed_temporaries_come_back_without_page_faults():
-    tuned, faults = run_rounds()
-    untuned, untuned_faults = run_rounds(ANYARRAY_NN_TUNE_MALLOC="0")
+@pytest.mark.parametrize("size, untuned_at_least", [(700_000, 1000), (12_000_000, 100)],
+                         ids=["2.8MB", "48MB"])
+def test_training_makes_freed_temporaries_come_back_without_page_faults(size,
+                                                                      untuned_at_least):
+    tuned, faults = run_rounds(size)
+    untuned, untuned_faults = run_rounds(size, ANYARRAY_NN_TUNE_MALLOC="0")
     assert tuned and not untuned
-    # Untuned, every round maps its three arrays afresh: about 2,000 faults of 4 KB pages.
-    assert untuned_faults > 1000
+    # Untuned, every round maps its three arrays afresh: about 2,000 faults of 4 KB pages
+    # for the small ones (fewer for the large ones, whose pages may be 2 MB huge pages).
+    assert untuned_faults > untuned_at_least
     assert faults < 50
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")
-@pytest.mark.parametrize("variable", ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"])
+@pytest.mark.parametrize("variable", ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                                      "MALLOC_MMAP_MAX_"])
 def test_the_users_own_glibc_settings_win(variable):
     tuned, _ = run_rounds(**{variable: str(1 << 20)})
     assert not tuned
@@ -75,6 +82,7 @@ def test_importing_anyarray_nn_changes_no_malloc_setting():
     # a process that only imports: its freed temporaries are faulted in again, as without us
     code = ROUNDS.replace("ann.Sequential([ann.layers.ReLU()]).forward(", "(lambda *a, **k: 0)(")
     code = code.replace("print(allocator.ensure_tuned(),", "print(bool(allocator._decided),")
+    code = code.replace("SIZE", "700_000")
     environment = {k: v for k, v in os.environ.items()
                    if k not in ("ANYARRAY_NN_TUNE_MALLOC", *_allocator._GLIBC_VARIABLES)}
     done = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
