@@ -128,6 +128,31 @@ def test_batch_normalization_leaves_out_a_last_batch_of_one(capsys):
     assert summary["epochs"] == 1  # trained: the batch of one did not reach BatchNorm
 
 
+def spy_on_training(monkeypatch, record):
+    """Wrap train.fit and train.evaluate: ``record(model, loss_fn, opt, loader, kw)`` sees
+    fit's arguments. Returns the lists that fill as they run: the learning rate after each
+    step, and the type of each evaluated model."""
+    rates, evaluated = [], []
+    real_fit, real_evaluate = ann.train.fit, ann.train.evaluate
+
+    class Rates(ann.train.Callback):
+        def on_iteration_end(self, state):
+            rates.append(state.optimizer.lr)
+
+    def fit(model, loss_fn, opt, loader, **kw):
+        record(model, loss_fn, opt, loader, kw)
+        kw["callbacks"] = [*kw["callbacks"], Rates()]
+        return real_fit(model, loss_fn, opt, loader, **kw)
+
+    def evaluate(model, loss_fn, loader):
+        evaluated.append(type(model).__name__)
+        return real_evaluate(model, loss_fn, loader)
+
+    monkeypatch.setattr(ann.train, "fit", fit)
+    monkeypatch.setattr(ann.train, "evaluate", evaluate)
+    return rates, evaluated
+
+
 def test_the_fast_recipe_options_reach_the_loss_optimizer_schedule_and_test(capsys,
                                                                            monkeypatch):
     """label_smoothing, nesterov, a warm-up then a cosine updated every step, and the test
@@ -142,30 +167,15 @@ def test_the_fast_recipe_options_reach_the_loss_optimizer_schedule_and_test(caps
         return ann.Sequential([ann.layers.Flatten(), ann.layers.Dense(16, 2, rng=rng, name="d")])
 
     seen = {}
-    real_fit, real_evaluate = ann.train.fit, ann.train.evaluate
-    rates = []
-
-    class Rates(ann.train.Callback):  # the rate each step after the first will use
-        def on_iteration_end(self, state):
-            rates.append(state.optimizer.lr)
-
-    def fit(model, loss_fn, opt, loader, **kw):
-        seen.update(smoothing=loss_fn.label_smoothing, form=opt.form, per=kw["callbacks"][0].per)
-        kw["callbacks"] = [*kw["callbacks"], Rates()]
-        return real_fit(model, loss_fn, opt, loader, **kw)
-
-    def evaluate(model, loss_fn, loader):
-        seen.setdefault("evaluated", []).append(type(model).__name__)
-        return real_evaluate(model, loss_fn, loader)
-
-    monkeypatch.setattr(ann.train, "fit", fit)
-    monkeypatch.setattr(ann.train, "evaluate", evaluate)
+    rates, evaluated = spy_on_training(monkeypatch, lambda model, loss_fn, opt, loader, kw: (
+        seen.update(smoothing=loss_fn.label_smoothing, form=opt.form,
+                    per=kw["callbacks"][0].per)))
     experiment.run("recipe", load, build=build, data=None, backend="numpy", epochs=3,
                    batch_size=11, lr=0.1, weight_decay=0.0, progress=False,
                    label_smoothing=0.2, nesterov=True, warmup_epochs=1, lr_per="iteration",
                    test_views="flip")
     assert seen["smoothing"] == 0.2 and seen["form"] == "nesterov" and seen["per"] == "iteration"
-    assert seen["evaluated"][-1] == "FlipAveraged"  # the test set
+    assert evaluated[-1] == "FlipAveraged"  # the test set
     steps_per_epoch = 9  # 99 training images in batches of 11
     assert len(rates) == 3 * steps_per_epoch
     warm = rates[:steps_per_epoch]
@@ -211,26 +221,11 @@ def test_the_cifar10_fast_recipe_trains_on_every_image_with_its_options(monkeypa
         loaded[split] = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
         return loaded[split], rng.integers(0, 10, n)
 
-    seen, rates = {}, []
-    real_fit, real_evaluate = ann.train.fit, ann.train.evaluate
-
-    class Rates(ann.train.Callback):
-        def on_iteration_end(self, state):
-            rates.append(state.optimizer.lr)
-
-    def fit(model, loss_fn, opt, loader, **kw):
+    seen = {}
+    rates, evaluated = spy_on_training(monkeypatch, lambda model, loss_fn, opt, loader, kw: (
         seen.update(images=len(loader.x), val=kw["val_loader"], opt=opt.get_config(),
                     callbacks=[type(c).__name__ for c in kw["callbacks"]],
-                    whiten=model["whiten"].params["W"].copy())
-        kw["callbacks"] = [*kw["callbacks"], Rates()]
-        return real_fit(model, loss_fn, opt, loader, **kw)
-
-    def evaluate(model, loss_fn, loader):
-        seen.setdefault("evaluated", []).append(type(model).__name__)
-        return real_evaluate(model, loss_fn, loader)
-
-    monkeypatch.setattr(ann.train, "fit", fit)
-    monkeypatch.setattr(ann.train, "evaluate", evaluate)
+                    whiten=model["whiten"].params["W"].copy())))
     build, augment, _, lr, weight_decay, _ = cifar10.NETWORKS["fast"]
     summary = experiment.run("fast", load, build=lambda **kw: build(widths=(4, 8, 8), **kw),
                              data=None, backend="numpy", epochs=2, batch_size=20, lr=lr,
@@ -241,7 +236,7 @@ def test_the_cifar10_fast_recipe_trains_on_every_image_with_its_options(monkeypa
     assert seen["opt"]["lr_scale"] == {"whiten.W": 0.0, "gamma": 0.0, "beta": 64.0}
     assert seen["opt"]["no_decay"] == ["beta"]
     assert seen["callbacks"] == ["LearningRateSchedule", "Lookahead"]
-    assert seen["evaluated"][-1] == "FlipTranslateAveraged"
+    assert evaluated[-1] == "FlipTranslateAveraged"
     assert len(rates) == 6 and max(rates) <= lr and rates[-1] == pytest.approx(0.07 * lr)
     assert rates.index(max(rates)) == 1  # 0.23 of 6 steps: the peak comes early
     x = loaded["train"].astype(np.float64)

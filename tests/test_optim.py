@@ -60,6 +60,14 @@ def test_adamw_decays_before_the_step_by_hand(xp):
     assert w[0] == pytest.approx(2.0 * (1 - 0.1 * 0.5) - 0.1, rel=1e-14)
 
 
+def mse_step(model, opt, x, target):
+    """One optimizer step of ``model`` on the mean squared error to ``target``."""
+    loss_fn = ann.losses.MSE()
+    loss_fn.forward(model.forward(x, train=True), target)
+    model.backward(loss_fn.backward())
+    opt.step()
+
+
 TORCH_CASES = [
     ("SGD-classic", lambda m: ann.optim.SGD(m, lr=0.05, momentum=0.9, weight_decay=1e-2, form="classic"),
      lambda t, p: t.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-2)),
@@ -85,10 +93,7 @@ def test_matches_torch_optim_on_a_real_model(torch, rng, name, ours, theirs):
     opt, topt = ours(model), theirs(torch, [tw, tb])
     for _ in range(5):
         x, target = rng.standard_normal((8, 4)), rng.standard_normal((8, 3))
-        loss_fn = ann.losses.MSE()
-        loss_fn.forward(model.forward(x, train=True), target)
-        model.backward(loss_fn.backward())
-        opt.step()
+        mse_step(model, opt, x, target)
         topt.zero_grad()
         torch.nn.functional.mse_loss(torch.nn.functional.linear(torch.tensor(x), tw, tb),
                                      torch.tensor(target)).backward()
@@ -430,10 +435,7 @@ def test_lr_scale_matches_torch_parameter_groups(torch, rng, name, ours, theirs)
         for group, factor in zip(topt.param_groups, factors.values()):
             group["lr"] = opt.lr * factor
         x, target = rng.standard_normal((8, 4)), rng.standard_normal((8, 2))
-        loss_fn = ann.losses.MSE()
-        loss_fn.forward(model.forward(x, train=True), target)
-        model.backward(loss_fn.backward())
-        opt.step()
+        mse_step(model, opt, x, target)
         topt.zero_grad()
         F = torch.nn.functional
         hidden = torch.tanh(F.linear(torch.tensor(x), tp["d1.W"], tp["d1.b"]))
