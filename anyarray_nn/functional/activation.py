@@ -118,9 +118,9 @@ def gelu_forward(x: Any, approximate: str = "none") -> Any:
     ``Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``, as torch.nn.functional.gelu."""
     xp = _prepare(x)
     _check_approximate(approximate)
-    fast = activation_kernels(xp, x.dtype)
+    fast = activation_kernels(xp, x.dtype, approximate)
     if fast is not None:  # one compiled pass (numba) on NumPy
-        return fast.gelu(x, None, approximate)
+        return fast.gelu(x, None)
     if approximate == "tanh":
         return 0.5 * x * (1.0 + xp.tanh(_SQRT_2_OVER_PI * (x + _TANH_CUBIC * x * x * x)))
     return x * _normal_cdf(xp, x)
@@ -130,9 +130,9 @@ def gelu_backward(x: Any, dy: Any, approximate: str = "none") -> Any:
     """The gradient of :func:`gelu_forward` with the same ``approximate``."""
     xp = _prepare(x, dy)
     _check_approximate(approximate)
-    fast = activation_kernels(xp, x.dtype)
+    fast = activation_kernels(xp, x.dtype, approximate)
     if fast is not None and dy.dtype == x.dtype:
-        return fast.gelu(x, dy, approximate)
+        return fast.gelu(x, dy)
     if approximate == "tanh":
         t = xp.tanh(_SQRT_2_OVER_PI * (x + _TANH_CUBIC * x * x * x))
         du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _TANH_CUBIC * x * x)
