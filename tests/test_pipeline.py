@@ -103,6 +103,24 @@ def test_random_crop_takes_a_window_of_the_padded_image(xp):
         np.testing.assert_array_equal(out[i], padded[i, :, top[i]:top[i] + 5, left[i]:left[i] + 6])
 
 
+def test_random_crop_with_reflect_padding_mirrors_the_edges(xp):
+    x, _ = images(4, 2, 5, 6)
+    out = host(RandomCrop(2, padding_mode="reflect")(ann.asarray(x, dtype="float32"),
+                                                       np.random.default_rng(7)))
+    rng = np.random.default_rng(7)
+    top, left = rng.integers(0, 5, 4), rng.integers(0, 5, 4)
+    padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)), mode="reflect").astype(np.float32)
+    for i in range(4):
+        np.testing.assert_array_equal(out[i], padded[i, :, top[i]:top[i] + 5, left[i]:left[i] + 6])
+    with pytest.raises(ValueError, match=r"RandomCrop: reflect padding 5 needs images larger "
+                                         r"than it, got 5x6"):
+        RandomCrop(5, padding_mode="reflect")(ann.asarray(x, dtype="float32"),
+                                              np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"RandomCrop: expected padding_mode in \('zeros', "
+                                         r"'reflect'\), got 'edge'"):
+        RandomCrop(2, padding_mode="edge")
+
+
 def test_random_flip(xp):
     x, _ = images(6)
     xb = ann.asarray(x, dtype="float32")

@@ -140,23 +140,42 @@ def _image_batch_shape(x: Any, who: str) -> tuple[int, int, int, int]:
 
 
 class RandomCrop:
-    """Pad each image by ``padding`` zeros, then crop back to its size at a random offset.
+    """Pad each image by ``padding`` pixels, then crop back to its size at a random offset.
 
-    The offsets come from the loader's generator; the crop itself is two
-    ``take_along_axis`` gathers on the device.
+    ``padding_mode`` "zeros" pads with zeros, "reflect" mirrors the image at its edges
+    without repeating the edge (torchvision's and ``numpy.pad``'s "reflect"; ``padding``
+    must then be below the image's height and width). The offsets come from the loader's
+    generator; the crop itself is two ``take_along_axis`` gathers on the device.
     """
 
-    def __init__(self, padding: int = 4) -> None:
-        if not isinstance(padding, int) or padding < 1:
+    MODES = ("zeros", "reflect")
+
+    def __init__(self, padding: int = 4, padding_mode: str = "zeros") -> None:
+        if not isinstance(padding, int) or isinstance(padding, bool) or padding < 1:
             raise ValueError(f"RandomCrop: expected padding >= 1, got {padding!r}")
-        self.padding = padding
+        if padding_mode not in self.MODES:
+            raise ValueError(f"RandomCrop: expected padding_mode in {self.MODES}, got "
+                             f"{padding_mode!r}")
+        self.padding, self.padding_mode = padding, padding_mode
+
+    def _pad(self, xp: Any, x: Any, n: int, c: int, h: int, w: int) -> Any:
+        p = self.padding
+        if self.padding_mode == "zeros":
+            padded = xp.zeros((n, c, h + 2 * p, w + 2 * p), dtype=x.dtype, device=x.device)
+            padded[:, :, p:p + h, p:p + w] = x
+            return padded
+        if p >= min(h, w):
+            raise ValueError(f"RandomCrop: reflect padding {p} needs images larger than it, "
+                             f"got {h}x{w}")
+        where = _backend.backend_name_of(x)
+        rows, cols = (_backend.asarray(_reflected(size, p), backend=where) for size in (h, w))
+        return xp.take(xp.take(x, rows, axis=2), cols, axis=3)
 
     def __call__(self, x: Any, rng: np.random.Generator) -> Any:
         xp = _backend.namespace(x)
         n, c, h, w = _image_batch_shape(x, "RandomCrop")
         p = self.padding
-        padded = xp.zeros((n, c, h + 2 * p, w + 2 * p), dtype=x.dtype, device=x.device)
-        padded[:, :, p:p + h, p:p + w] = x
+        padded = self._pad(xp, x, n, c, h, w)
         top = rng.integers(0, 2 * p + 1, n)
         left = rng.integers(0, 2 * p + 1, n)
         rows = _backend.asarray(np.broadcast_to((top[:, None] + np.arange(h))[:, None, :, None],
@@ -166,6 +185,13 @@ class RandomCrop:
                                                 (n, c, h, w)).copy(),
                                 backend=_backend.backend_name_of(x))
         return xp.take_along_axis(xp.take_along_axis(padded, rows, axis=2), cols, axis=3)
+
+
+def _reflected(size: int, p: int) -> np.ndarray:
+    """Source indices of an axis of ``size`` padded by ``p`` on each side, mirrored at the
+    edges without repeating them: -1 reads 1, size reads size - 2."""
+    index = np.abs(np.arange(-p, size + p))
+    return np.where(index >= size, 2 * (size - 1) - index, index).astype(np.int64)
 
 
 class RandomFlip:
