@@ -139,7 +139,10 @@ def test_the_estimate_adds_every_target_on_its_memory():
 
 def tracemalloc_peak(case, batch):
     """The most bytes NumPy held at once while ``case`` was built and run once."""
-    case.build("numpy", 1, "float32")()  # compiled kernels and caches first
+    # Compiled kernels and caches first, at the same batch: a path taken only at this size
+    # (DataParallel's slices) would otherwise compile, or load from numba's cache, inside
+    # the measurement.
+    case.build("numpy", batch, "float32")()
     gc.collect()
     tracemalloc.start()
     try:
