@@ -21,8 +21,8 @@ by training stays with the process (up to its peak use) instead of going back to
 system. They are applied once, at the first training forward pass of a model (and when
 ``anyarray-bench`` starts), never at import, on Linux with glibc, unless
 ``ANYARRAY_NN_TUNE_MALLOC=0`` or glibc's own ``MALLOC_MMAP_THRESHOLD_``,
-``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_MAX_`` is set (the user's settings win); the decision is logged on the
-"anyarray_nn" logger.
+``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_MAX_`` is set (the user's settings win); the
+decision is logged on the "anyarray_nn" logger.
 """
 
 from __future__ import annotations

@@ -21,10 +21,10 @@ Every optimizer takes ``no_decay``: parameter names (the part after the layer na
 no weight decay, e.g. ``no_decay=("b", "gamma", "beta")`` for biases and normalization.
 
 Every optimizer takes ``lr_scale``: a factor on the learning rate of some parameters, keyed by
-a full parameter key (``"conv1.w"``) or a parameter name (``"beta"``: every batch norm shift);
+a full parameter key (``"conv1.W"``) or a parameter name (``"beta"``: every batch norm shift);
 a full key wins over a name. The factor scales the whole update, weight decay included, as a
 PyTorch parameter group with its own ``lr`` does. A factor of 0 freezes the parameter, e.g. a
-fixed whitening layer: ``lr_scale={"whiten.w": 0.0, "gamma": 0.0, "beta": 64.0}``. Schedules
+fixed whitening layer: ``lr_scale={"whiten.W": 0.0, "gamma": 0.0, "beta": 64.0}``. Schedules
 set ``lr`` and the factors follow it. A key that matches no parameter is refused (a typo would
 otherwise change nothing, silently).
 

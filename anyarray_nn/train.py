@@ -237,9 +237,9 @@ class Lookahead(Callback):
     A slow copy starts at the initial weights. Every ``every`` steps it moves toward the
     weights and the weights are set to it: ``slow = d slow + (1 - d) w; w = slow``, with
     ``d = decay * (t / total_steps) ** power`` at step t (no pull early, a strong one late).
-    At the end of each epoch, and of training, the weights are set to the slow copy. The slow copy lives beside the
-    weights (one more copy of the model) and is not in checkpoints: a resumed run starts it
-    afresh from the weights it resumes with.
+    At the end of each epoch, and of training, the weights are set to the slow copy. The
+    slow copy lives beside the weights (one more copy of the model) and is not in
+    checkpoints: a resumed run starts it afresh from the weights it resumes with.
     """
 
     def __init__(self, total_steps: int, every: int = 5, decay: float = 0.95 ** 5,

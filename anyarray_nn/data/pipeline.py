@@ -168,7 +168,8 @@ class RandomCrop:
             raise ValueError(f"RandomCrop: reflect padding {p} needs images larger than it, "
                              f"got {h}x{w}")
         where = _backend.backend_name_of(x)
-        rows, cols = (_backend.asarray(_reflected(size, p), backend=where) for size in (h, w))
+        rows, cols = (_backend.asarray(reflected_indices(size, p), backend=where)
+                      for size in (h, w))
         return xp.take(xp.take(x, rows, axis=2), cols, axis=3)
 
     def __call__(self, x: Any, rng: np.random.Generator) -> Any:
@@ -187,9 +188,10 @@ class RandomCrop:
         return xp.take_along_axis(xp.take_along_axis(padded, rows, axis=2), cols, axis=3)
 
 
-def _reflected(size: int, p: int) -> np.ndarray:
+def reflected_indices(size: int, p: int) -> np.ndarray:
     """Source indices of an axis of ``size`` padded by ``p`` on each side, mirrored at the
-    edges without repeating them: -1 reads 1, size reads size - 2."""
+    edges without repeating them (``numpy.pad``'s "reflect"): -1 reads 1, size reads
+    size - 2."""
     index = np.abs(np.arange(-p, size + p))
     return np.where(index >= size, 2 * (size - 1) - index, index).astype(np.int64)
 

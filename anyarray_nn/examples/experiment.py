@@ -17,7 +17,8 @@ import anyarray_nn as ann
 from anyarray_nn import metrics, train
 from anyarray_nn._atomic import unwritable_folder
 from anyarray_nn.data import DataFormatError
-from anyarray_nn.data.pipeline import DataLoader, Standardize, train_val_split
+from anyarray_nn.data.pipeline import (DataLoader, Standardize, reflected_indices,
+                                       train_val_split)
 
 
 def backend_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -89,8 +90,8 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
     ``no_decay`` as the optimizers take them, and a cosine learning-rate decay over the
     epochs, updated every epoch or every step (``lr_per`` "iteration"), after a linear
     warm-up over ``warmup_epochs`` (or, with ``lr_points``, a piecewise linear schedule
-    through (fraction of training, factor) points, per step); cross-entropy with ``label_smoothing``; ``lookahead``
-    adds :class:`anyarray_nn.train.Lookahead`. ``test_views`` averages the test logits over
+    through (fraction of training, factor) points, per step); cross-entropy with
+    ``label_smoothing``; ``lookahead`` adds :class:`anyarray_nn.train.Lookahead`. ``test_views`` averages the test logits over
     views of each image: "plain" (none), "flip" (the image and its mirror image) or
     "flip_translate" (also both shifted by one pixel each way); validation uses the plain
     model. ``prepare(model, images)`` is called once before training with up to 5,000
@@ -223,18 +224,12 @@ class FlipTranslateAveraged(FlipAveraged):
         xp, where = ann.backend.namespace(x), ann.backend.backend_name_of(x)
         h, w = x.shape[2], x.shape[3]
         views = 0.5 * super().forward(x, train=train)
-        for by in (1, -1):
-            rows, cols = (ann.asarray(_shifted(n, by), backend=where) for n in (h, w))
+        for start in (0, 2):  # the first and the last n rows of the 1-pixel reflected pad
+            rows, cols = (ann.asarray(reflected_indices(n, 1)[start:start + n], backend=where)
+                          for n in (h, w))
             moved = xp.take(xp.take(x, rows, axis=2), cols, axis=3)
             views = views + 0.25 * super().forward(moved, train=train)
         return views
-
-
-def _shifted(n: int, by: int) -> np.ndarray:
-    """Indices that move an axis of length n by ``by`` = +1 or -1, reflecting at the edge
-    (index -1 reads 1, index n reads n - 2)."""
-    index = np.arange(n) - by
-    return np.abs(np.where(index >= n, 2 * (n - 1) - index, index)).astype(np.int64)
 
 
 def _check_outputs(save: str | None, report: str | None, overwrite: bool) -> None:

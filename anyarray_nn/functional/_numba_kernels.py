@@ -864,9 +864,7 @@ def gelu(x: Any, dy: Any | None) -> Any:
     flat = np.ravel(x)
     grad = flat if dy is None else np.ravel(dy)
     out = np.empty(flat.shape, dtype=x.dtype)
-    n = flat.size
-    parts = cpu_count() if n >= _SPLIT_VALUES else 1
-    bounds = [(n * k // parts, n * (k + 1) // parts) for k in range(parts)]
-    map_on_cores(lambda bound: _gelu(flat, grad, out, bound[0], bound[1], dy is not None),
-                 bounds)
+    # every value is independent: split the flat range as the transforms split channels
+    _by_channels(lambda lo, hi: _gelu(flat, grad, out, lo, hi, dy is not None), flat.size,
+                 flat.size)
     return np.reshape(out, x.shape)
