@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 import anyarray_nn as ann
 from anyarray_nn.data import make_circles
-from anyarray_nn.data.pipeline import Standardize
+from anyarray_nn.data.pipeline import AlternatingFlip, Standardize
 from anyarray_nn.examples import circles, experiment, mnist
 
 
@@ -227,6 +227,8 @@ def test_the_cifar10_fast_recipe_trains_on_every_image_with_its_options(monkeypa
                     callbacks=[type(c).__name__ for c in kw["callbacks"]],
                     whiten=model["whiten"].params["W"].copy())))
     build, augment, _, lr, weight_decay, _ = cifar10.NETWORKS["fast"]
+    crop, flip = augment  # translations read mirrored edges; each image flips every epoch
+    assert (crop.padding, crop.padding_mode, type(flip)) == (2, "reflect", AlternatingFlip)
     summary = experiment.run("fast", load, build=lambda **kw: build(widths=(4, 8, 8), **kw),
                              data=None, backend="numpy", epochs=2, batch_size=20, lr=lr,
                              weight_decay=weight_decay, augment=augment, progress=False,

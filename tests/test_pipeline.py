@@ -7,8 +7,8 @@ import pytest
 
 import anyarray_nn as ann
 from anyarray_nn.backend import backend_name_of, dtype_name
-from anyarray_nn.data.pipeline import (DataLoader, RandomCrop, RandomFlip, Standardize,
-                                       train_val_split)
+from anyarray_nn.data.pipeline import (AlternatingFlip, DataLoader, RandomCrop, RandomFlip,
+                                       Standardize, train_val_split)
 from helpers import host
 
 
@@ -133,12 +133,86 @@ def test_random_flip(xp):
         np.testing.assert_array_equal(mixed[i], x[i, ..., ::-1] if flips[i] else x[i])
 
 
-@pytest.mark.parametrize("augmentation", [RandomCrop(2), RandomFlip()], ids=["crop", "flip"])
+@pytest.mark.parametrize("augmentation", [RandomCrop(2), RandomFlip(), AlternatingFlip()],
+                         ids=["crop", "flip", "alternating-flip"])
 def test_augmentations_refuse_what_is_not_a_batch_of_images(augmentation):
     flat = ann.asarray(np.zeros((4, 10)), dtype="float32")
     with pytest.raises(ValueError, match=rf"{type(augmentation).__name__}: expected a batch "
                                          r"of images \(N, C, H, W\), got shape \(4, 10\)"):
-        augmentation(flat, np.random.default_rng(0))
+        extra = dict(index=np.arange(4), epoch=1) if hasattr(augmentation, "per_example") else {}
+        augmentation(flat, np.random.default_rng(0), **extra)
+
+
+def flipped_by_epoch(loader, x, epochs):
+    """{example: [mirrored in epoch 1, 2, ...]} from the batches ``loader`` yields; the labels
+    are the examples' indices."""
+    seen = {}
+    for _ in range(epochs):
+        for xb, yb in loader:
+            for image, i in zip(host(xb), host(yb)):
+                mirrored = np.array_equal(image, x[i, ..., ::-1])
+                assert mirrored or np.array_equal(image, x[i])
+                seen.setdefault(int(i), []).append(mirrored)
+    return seen
+
+
+def test_alternating_flip_mirrors_each_image_every_other_epoch(xp):
+    x = np.random.default_rng(0).integers(0, 256, (200, 1, 2, 3)).astype(np.float32)
+    labels = np.arange(200)
+    seen = flipped_by_epoch(DataLoader(x, labels, 7, seed=1, augment=[AlternatingFlip()]),
+                            x, 4)
+    assert sorted(seen) == list(range(200))
+    for flips in seen.values():
+        assert flips[0] != flips[1] and flips[:2] == flips[2:]
+    first = [flips[0] for flips in seen.values()]
+    assert 70 < sum(first) < 130  # a random half, not a fixed pattern of the indices
+    # It depends on the example and the seed only: not on the batch size, the order or the
+    # loader's generator.
+    again = flipped_by_epoch(DataLoader(x, labels, 200, shuffle=False, seed=9,
+                                        augment=[AlternatingFlip()]), x, 2)
+    assert all(again[i] == seen[i][:2] for i in range(200))
+    other = flipped_by_epoch(DataLoader(x, labels, 200, augment=[AlternatingFlip(seed=1)]), x, 1)
+    assert 50 < sum(other[i][0] != seen[i][0] for i in range(200)) < 150
+
+
+def test_alternating_flip_resumes_exactly_and_is_balanced():
+    x = np.arange(40, dtype=np.float32).reshape(20, 1, 1, 2)
+    loader = DataLoader(x, np.arange(20), 6, seed=3, augment=[AlternatingFlip(5)])
+    flipped_by_epoch(loader, x, 2)
+    state = loader.state_dict()
+    expected = flipped_by_epoch(loader, x, 1)
+    resumed = DataLoader(x, np.arange(20), 6, seed=0, augment=[AlternatingFlip(5)])
+    resumed.load_state_dict(state)
+    assert flipped_by_epoch(resumed, x, 1) == expected
+    halves = AlternatingFlip().first_half(np.arange(2**20))
+    assert abs(halves.mean() - 0.5) < 0.002
+    assert abs(np.mean(halves[1:] == halves[:-1]) - 0.5) < 0.002  # neighbours independent
+    huge = np.array([2**63 - 1, 2**63 - 2])
+    assert AlternatingFlip(2**64 - 1).first_half(huge).dtype == bool
+
+
+def test_alternating_flip_refuses_a_call_without_indices_or_with_bad_ones():
+    flip = AlternatingFlip()
+    xb = ann.asarray(np.zeros((3, 1, 2, 2)), dtype="float32")
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"AlternatingFlip: needs the examples' indices and "
+                                         r"the epoch \(index=, epoch=; a DataLoader passes"):
+        flip(xb, rng)
+    with pytest.raises(ValueError, match=r"expected 3 example indices >= 0 for a batch of 3, "
+                                         r"got int64 of shape \(2,\)"):
+        flip(xb, rng, index=np.arange(2), epoch=1)
+    with pytest.raises(ValueError, match="expected 3 example indices >= 0"):
+        flip(xb, rng, index=np.array([0, -1, 2]), epoch=1)
+    with pytest.raises(ValueError, match="got float64 of shape"):
+        flip(xb, rng, index=np.array([0.0, 1.0, 2.0]), epoch=1)
+    for epoch in (-1, 1.5, "1", True):
+        with pytest.raises(ValueError, match=r"AlternatingFlip: expected an epoch count >= 0, "
+                                             rf"got {re.escape(repr(epoch))}"):
+            flip(xb, rng, index=np.arange(3), epoch=epoch)
+    for seed in (-1, 2**64, 0.5, True, None):
+        with pytest.raises(ValueError, match=r"AlternatingFlip: expected a seed from 0 to "
+                                             rf"2\*\*64 - 1, got {re.escape(repr(seed))}"):
+            AlternatingFlip(seed)
 
 
 def test_the_same_batches_on_every_backend(xp):

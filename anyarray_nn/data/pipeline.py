@@ -212,6 +212,55 @@ class RandomFlip:
         return xp.where(flip[:, None, None, None], xp.flip(x, axis=3), x)
 
 
+class AlternatingFlip:
+    """Mirror a random half of the examples in one epoch and the other half in the next,
+    alternating (the "alternating flip" of the airbench CIFAR-10 recipes, K. Jordan, 2024):
+    every image is seen both ways within any two epochs, where independent coin flips leave
+    a quarter of them the same way twice.
+
+    Which half comes first is a hash of each example's index in the data set and ``seed``,
+    so it needs no stored state and resumes exactly. A :class:`DataLoader` passes the
+    indices and its epoch count (``per_example``); called without them it raises a
+    ValueError.
+    """
+
+    per_example = True  # the DataLoader passes index= and epoch=
+
+    def __init__(self, seed: int = 0) -> None:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+            raise ValueError(f"AlternatingFlip: expected a seed from 0 to 2**64 - 1, got "
+                             f"{seed!r}")
+        self.seed = seed
+
+    def first_half(self, index: np.ndarray) -> np.ndarray:
+        """True for the examples at ``index`` that are mirrored in even epochs (the top bit
+        of SplitMix64 of index + seed: a well-mixed, reproducible coin per example)."""
+        z = np.asarray(index, dtype=np.uint64) + np.uint64(self.seed)
+        with np.errstate(over="ignore"):  # the mixing wraps around on purpose
+            z = z + np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return ((z ^ (z >> np.uint64(31))) >> np.uint64(63)).astype(bool)
+
+    def __call__(self, x: Any, rng: np.random.Generator, *, index: Any = None,
+                 epoch: Any = None) -> Any:
+        xp = _backend.namespace(x)
+        n = _image_batch_shape(x, "AlternatingFlip")[0]
+        if index is None or epoch is None:
+            raise ValueError("AlternatingFlip: needs the examples' indices and the epoch "
+                             "(index=, epoch=; a DataLoader passes them)")
+        index = np.asarray(index)
+        if index.shape != (n,) or index.dtype.kind not in "iu" or (index < 0).any():
+            raise ValueError(f"AlternatingFlip: expected {n} example indices >= 0 for a "
+                             f"batch of {n}, got {index.dtype} of shape {index.shape}")
+        count = as_int(epoch)
+        if count is None or count < 0:
+            raise ValueError(f"AlternatingFlip: expected an epoch count >= 0, got {epoch!r}")
+        flip = self.first_half(index) ^ bool(count % 2)
+        flip = _backend.asarray(flip, backend=_backend.backend_name_of(x))
+        return xp.where(flip[:, None, None, None], xp.flip(x, axis=3), x)
+
+
 class DataLoader:
     """Mini-batches of host data, moved to a backend, preprocessed and (in training) augmented.
 
@@ -220,7 +269,9 @@ class DataLoader:
     out as ``(x_batch, y_batch)`` on ``backend`` (default: the active one): ``x`` cast to
     ``dtype`` then passed through ``preprocess`` (e.g. a :class:`Standardize`), then, when
     ``augment`` is given and ``train`` is True, through each augmentation with the loader's
-    generator; ``y`` as int64. ``drop_last`` drops a final smaller batch.
+    generator; ``y`` as int64. ``drop_last`` drops a final smaller batch. An augmentation
+    whose ``per_example`` attribute is true (:class:`AlternatingFlip`) is also given the
+    batch's indices in ``x`` and the epoch count (``index=``, ``epoch=``).
 
     ``x`` must hold numbers (booleans, integers or floats; a NaN or infinity in a batch is
     caught by training, which skips that step with a :class:`~anyarray_nn.errors.NonFiniteError`).
@@ -267,7 +318,10 @@ class DataLoader:
             xb = self.preprocess(xb)
         if self.train:
             for transform in self.augment:
-                xb = transform(xb, self.rng)
+                if getattr(transform, "per_example", False):
+                    xb = transform(xb, self.rng, index=index, epoch=self.epoch)
+                else:
+                    xb = transform(xb, self.rng)
         return xb, _backend.asarray(self.y[index], backend=self.backend)
 
     def state_dict(self) -> dict[str, Any]:
