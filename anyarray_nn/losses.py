@@ -115,6 +115,55 @@ class MSE(Loss):
         return F.mse_backward(prediction, target, dloss, self.reduction)
 
 
+class Combined(Loss):
+    """The weighted sum of one loss per output, for a model with several outputs (Keras'
+    ``loss=[...]`` with ``loss_weights``): ``forward((out_1, ..., out_k), (t_1, ..., t_k))``
+    is ``sum_i weights[i] * losses[i](out_i, t_i)``, and ``backward()`` gives the tuple of
+    ``weights[i] * dL_i/dout_i`` that ``Model.backward`` takes.
+
+    ``weights``: one finite number per loss, 1 by default. :func:`anyarray_nn.fit` reports
+    the accuracy of the first output (with the first loss's ``ignore_index``).
+    """
+
+    def __init__(self, losses: Any, weights: Any = None) -> None:
+        super().__init__()
+        losses = list(losses) if isinstance(losses, (list, tuple)) else None
+        if not losses or not all(isinstance(loss, Loss) for loss in losses):
+            raise InputError("Combined: expected a non-empty list of losses (one per output), "
+                             "each a Loss")
+        weights = [1.0] * len(losses) if weights is None else weights
+        if (not isinstance(weights, (list, tuple)) or len(weights) != len(losses)
+                or not all(_finite_number(w) for w in weights)):
+            raise InputError(f"Combined: expected {len(losses)} finite weights (one per "
+                             f"loss), got {weights!r}")
+        self.losses, self.weights = losses, [float(w) for w in weights]
+        self.ignore_index = getattr(losses[0], "ignore_index", None)
+
+    def _forward(self, predictions: Any, targets: Any) -> Any:
+        count = len(self.losses)
+        for what, value in (("predictions", predictions), ("targets", targets)):
+            if not isinstance(value, (list, tuple)) or len(value) != count:
+                got = (f"{len(value)}" if isinstance(value, (list, tuple)) else
+                       f"one {type(value).__name__}")
+                raise InputError(f"{what}: expected a tuple of {count} (one per loss), got "
+                                 f"{got}")
+        total = None
+        for i, (loss, w, out, target) in enumerate(zip(self.losses, self.weights,
+                                                      predictions, targets)):
+            with errors_named(f"output {i}"):
+                term = w * loss.forward(out, target)
+            total = term if total is None else total + term
+        return total
+
+    def _backward(self, predictions: Any, targets: Any, dloss: Any) -> Any:
+        return tuple(loss.backward(dloss * w) for loss, w in zip(self.losses, self.weights))
+
+
+def _finite_number(value: Any) -> bool:
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            and bool(np.isfinite(value)))
+
+
 def _host_weights(weight: Any) -> np.ndarray:
     """Class weights as a 1-D float64 NumPy copy (from any backend's array or a sequence)."""
     host = np.array(to_host(weight) if hasattr(weight, "shape") else weight, dtype=np.float64)
@@ -124,4 +173,4 @@ def _host_weights(weight: Any) -> np.ndarray:
     return host
 
 
-__all__ = ["Loss", "SoftmaxCrossEntropy", "MSE"]
+__all__ = ["Loss", "SoftmaxCrossEntropy", "MSE", "Combined"]

@@ -329,19 +329,33 @@ def _accuracy(correct: int, counted: int) -> float:
     return correct / counted if counted else 0.0
 
 
+def _parts(batch: Any) -> tuple[Any, ...]:
+    """A batch's arrays: itself, or the tuple (or list) of one array per model input or
+    output."""
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+
+
+def _batch_length(yb: Any) -> int:
+    return int(_parts(yb)[0].shape[0])
+
+
 def evaluate(model: Any, loss_fn: Any, loader: Iterable[tuple[Any, Any]]) -> EvalResult:
     """Mean loss and accuracy of ``model`` over ``loader`` (evaluation mode), with the
     predictions and labels on the host. Labels equal to the loss's ``ignore_index`` are not
-    counted in the accuracy; probability targets count as their most probable class."""
+    counted in the accuracy; probability targets count as their most probable class.
+
+    For a model with several inputs or outputs the batches hold a tuple of arrays for each
+    (see :func:`fit`); the accuracy and the predictions are those of the first output."""
     total_loss, correct, counted, count = 0.0, 0, 0, 0
     predictions, labels = [], []
     ignore_index = getattr(loss_fn, "ignore_index", None)
     for xb, yb in loader:
-        logits = model.forward(xb, train=False)
+        outputs = model.forward(xb, train=False)
+        logits, targets = _parts(outputs)[0], _parts(yb)[0]
         xp = _backend.namespace(logits)
-        n = int(yb.shape[0])
-        total_loss += float(loss_fn.forward(logits, yb)) * n
-        predicted, classes, hits, counts = _hits(xp, logits, yb, ignore_index)
+        n = _batch_length(yb)
+        total_loss += float(loss_fn.forward(outputs, yb)) * n
+        predicted, classes, hits, counts = _hits(xp, logits, targets, ignore_index)
         correct, counted = correct + int(hits), counted + int(counts)
         count += n
         predictions.append(_backend.to_host(predicted))
@@ -363,6 +377,10 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
     iterations. ``callbacks`` see every step, validation and epoch. ``progress`` shows a
     tqdm bar with the running loss and accuracy. Passing a ``history`` continues it.
     Returns the :class:`History`.
+
+    A model with several inputs takes batches whose ``x`` is a tuple of arrays, one per input;
+    one with several outputs takes a tuple of targets and a loss for all of them
+    (:class:`~anyarray_nn.losses.Combined`). The accuracy recorded is the first output's.
 
     Raises ValueError before the first step for an ``optimizer`` built for another model,
     and :class:`NonFiniteError` for a step whose input batch, loss or gradients hold NaN or
@@ -416,7 +434,7 @@ def _train(state: TrainState, model: Any, loss_fn: Any, optimizer: Any, train_lo
         for xb, yb in train_loader:
             loss_value, correct, counted = _forward_backward(state, model, loss_fn, xb, yb)
             optimizer.step()  # only now: every value it reads was found finite
-            n = int(yb.shape[0])
+            n = _batch_length(yb)
             state.step += 1
             steps_done += 1
             seen += n
@@ -533,11 +551,11 @@ def _step_values(xb: Any, logits: Any, yb: Any, loss: Any, grads: dict[str, Any]
     screen: the loss plus the sums of the input batch and of every gradient, NaN or infinite
     if any of them holds a NaN or an infinity. One device-to-host read for all four, the read
     a step makes anyway."""
-    xp = _backend.namespace(logits)
-    _, _, correct, counted = _hits(xp, logits, yb, ignore_index)
+    first = _parts(logits)[0]
+    xp = _backend.namespace(first)
+    _, _, correct, counted = _hits(xp, first, _parts(yb)[0], ignore_index)
     sums = [xp.sum(g) for g in grads.values()]
-    if _is_floating(xp, xb):
-        sums.append(xp.sum(xb))
+    sums += [xp.sum(x) for x in _parts(xb) if _is_floating(xp, x)]
     screen = sum(sums, loss)
     # In the loss's dtype: float32 counts exactly up to 2**24 predictions per batch.
     values = xp.stack([loss, xp.astype(correct, loss.dtype), xp.astype(counted, loss.dtype),
@@ -551,21 +569,28 @@ def _non_finite(model: Any, xb: Any, logits: Any, loss_value: float | None = Non
     """What in the step is NaN or infinite, one phrase each (the slow path: one read per
     array); empty if nothing is."""
     problems = []
-    if hasattr(xb, "dtype"):  # not when a non-array failed the forward
-        xp = _backend.namespace(xb)
-        if _is_floating(xp, xb):
-            nan = int(xp.sum(xp.astype(xp.isnan(xb), xp.int64)))
-            inf = int(xp.sum(xp.astype(xp.isinf(xb), xp.int64)))
+    inputs = _parts(xb)
+    for i, x in enumerate(inputs):
+        if not hasattr(x, "dtype"):  # a non-array that failed the forward
+            continue
+        xp = _backend.namespace(x)
+        if _is_floating(xp, x):
+            nan = int(xp.sum(xp.astype(xp.isnan(x), xp.int64)))
+            inf = int(xp.sum(xp.astype(xp.isinf(x), xp.int64)))
             if nan or inf:
-                problems.append(f"the input batch (shape {tuple(xb.shape)}) has {nan} NaN and "
-                                f"{inf} infinite values")
+                what = "the input batch" if len(inputs) == 1 else f"input {i} of the batch"
+                problems.append(f"{what} (shape {tuple(x.shape)}) has {nan} NaN and {inf} "
+                                f"infinite values")
     broken = _non_finite_keys(model.params())
     if broken:  # set by hand, loaded, or an update that overflowed
         problems.append(f"parameters already not finite before this step: {_some(broken)}")
-    if logits is not None and _non_finite_keys({"output": logits}):
-        xp = _backend.namespace(logits)
-        bad = int(xp.sum(xp.astype(~xp.isfinite(logits), xp.int64)))
-        problems.append(f"the model's output has {bad} NaN or infinite values")
+    outputs = () if logits is None else _parts(logits)
+    for i, out in enumerate(outputs):
+        if _non_finite_keys({"output": out}):
+            xp = _backend.namespace(out)
+            bad = int(xp.sum(xp.astype(~xp.isfinite(out), xp.int64)))
+            what = "the model's output" if len(outputs) == 1 else f"the model's output {i}"
+            problems.append(f"{what} has {bad} NaN or infinite values")
     if loss_value is not None and not math.isfinite(loss_value):
         problems.append(f"the loss is {loss_value}")
     bad_grads = _non_finite_keys(grads or {})
@@ -606,8 +631,8 @@ def _no_batches_message(loader: Any) -> str:
     """Why ``fit`` cannot train on ``loader``: it yields no batches (with the sizes a
     DataLoader exposes)."""
     message = "fit: the training loader yields no batches"
-    if all(hasattr(loader, name) for name in ("x", "batch_size", "drop_last")):
-        n = len(loader.x)
+    if all(hasattr(loader, name) for name in ("num_examples", "batch_size", "drop_last")):
+        n = loader.num_examples
         message += f" ({n} examples, batch_size {loader.batch_size}, drop_last={loader.drop_last})"
         if n > 0 and loader.drop_last:
             message += (f": drop_last drops the one partial batch; use a batch_size <= {n} "

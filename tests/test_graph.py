@@ -254,6 +254,63 @@ def test_fit_evaluate_and_predict_run_a_graph_model(rng):
     assert model.predict(x).shape == (12,)
 
 
+def two_input_data(rng, n=8):
+    return ((rng.standard_normal((n, 3, 5, 5)), rng.standard_normal((n, 2, 5, 5))),
+            (rng.integers(0, 2, n), rng.integers(0, 3, n)))
+
+
+def test_fit_and_evaluate_train_a_model_with_two_inputs_and_two_outputs(rng):
+    from anyarray_nn.data.pipeline import DataLoader
+    from anyarray_nn.losses import Combined, SoftmaxCrossEntropy
+    (a, b), (y1, y2) = two_input_data(rng)
+    loss = Combined([SoftmaxCrossEntropy(), SoftmaxCrossEntropy(label_smoothing=0.1)],
+                    weights=[1.0, 0.5])
+    model, by_hand = two_input_net(), two_input_net()
+    loader = DataLoader((a, b), (y1, y2), 8, shuffle=False, dtype="float64")
+    history = ann.fit(model, loss, ann.optim.SGD(model, lr=0.1), loader, epochs=1,
+                      progress=False)
+    # The same step written out: each output's loss, its weighted gradient, one update.
+    out1, out2 = by_hand.forward((a, b), train=True)
+    first, second = SoftmaxCrossEntropy(), SoftmaxCrossEntropy(label_smoothing=0.1)
+    value = float(first.forward(out1, y1)) + 0.5 * float(second.forward(out2, y2))
+    by_hand.backward((first.backward(), 0.5 * second.backward()))
+    ann.optim.SGD(by_hand, lr=0.1).step()
+    for key, w in model.params().items():
+        assert_close(w, by_hand.params()[key], rtol=1e-12, atol=1e-14)
+    assert history.iterations[0]["loss"] == pytest.approx(value, rel=1e-12)
+    assert history.iterations[0]["accuracy"] == np.mean(out1.argmax(axis=1) == y1)
+    result = ann.evaluate(model, loss, DataLoader((a, b), (y1, y2), 3, shuffle=False,
+                                                  dtype="float64"))
+    out1, out2 = model.forward((a, b))
+    expected = float(first.forward(out1, y1)) + 0.5 * float(second.forward(out2, y2))
+    assert result.loss == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_array_equal(result.predictions, out1.argmax(axis=1))
+    np.testing.assert_array_equal(result.labels, y1)
+    np.testing.assert_array_equal(model.predict((a, b)), out1.argmax(axis=1))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's, on the infinite input
+def test_a_bad_value_in_the_second_input_is_named_and_the_step_not_applied(rng):
+    from anyarray_nn.data.pipeline import DataLoader
+    from anyarray_nn.losses import Combined, SoftmaxCrossEntropy
+    (a, b), (y1, y2) = two_input_data(rng)
+    b[3, 1, 2, 2] = np.inf
+    model = two_input_net()
+    before = {key: w.copy() for key, w in model.params().items()}
+    loader = DataLoader((a, b), (y1, y2), 8, dtype="float64")
+    loss = Combined([SoftmaxCrossEntropy(), SoftmaxCrossEntropy()])
+    with pytest.raises(ann.NonFiniteError, match=r"input 1 of the batch \(shape \(8, 2, 5, "
+                                                 r"5\)\) has 0 NaN and 1 infinite values"):
+        ann.fit(model, loss, ann.optim.SGD(model, lr=0.1), loader, epochs=1, progress=False)
+    for key, w in model.params().items():
+        np.testing.assert_array_equal(w, before[key])
+    b[3, 1, 2, 2] = 0.0
+    with pytest.raises(ann.InputError, match=r"fit: epoch 1, step 1: Combined: predictions: "
+                                             r"expected a tuple of 3 \(one per loss\), got 2"):
+        ann.fit(model, Combined([SoftmaxCrossEntropy()] * 3), ann.optim.SGD(model, lr=0.1),
+                DataLoader((a, b), (y1, y2), 8, dtype="float64"), epochs=1, progress=False)
+
+
 @pytest.mark.parametrize("processes", [False, True])
 def test_data_parallel_splits_a_graph_model_like_the_model_itself(rng, processes):
     model = residual_net()

@@ -411,3 +411,65 @@ def test_fit_trains_with_the_options_and_refuses_a_batch_with_no_counted_label(r
                           [(x, np.full(8, -100))], iterations=1, progress=False)
     for key, value in model.params().items():
         np.testing.assert_array_equal(host(value), before[key])
+
+
+def combined_case(rng):
+    """A classification and a regression output, their targets, and their Combined loss."""
+    outputs = (rng.standard_normal((4, 3)), rng.standard_normal((4, 2)))
+    targets = (rng.integers(0, 3, 4), rng.standard_normal((4, 2)))
+    loss_fn = ann.losses.Combined([ann.losses.SoftmaxCrossEntropy(label_smoothing=0.1),
+                                   ann.losses.MSE()], weights=[1.0, 0.5])
+    return outputs, targets, loss_fn
+
+
+def test_combined_loss_is_the_weighted_sum_of_its_losses_as_torch(xp, torch, rng):
+    outputs, targets, loss_fn = combined_case(rng)
+    z = [torch.tensor(o, requires_grad=True) for o in outputs]
+    f = torch.nn.functional
+    expected = (f.cross_entropy(z[0], torch.tensor(targets[0]), label_smoothing=0.1)
+                + 0.5 * f.mse_loss(z[1], torch.tensor(targets[1])))
+    (0.7 * expected).backward()
+    loss = loss_fn.forward(tuple(map(ann.asarray, outputs)), tuple(map(ann.asarray, targets)))
+    grads = loss_fn.backward(ann.asarray(np.array(0.7)))
+    assert_close(loss, expected)
+    assert isinstance(grads, tuple) and len(grads) == 2
+    for grad, tz in zip(grads, z):
+        assert_close(grad, tz.grad)
+    assert loss_fn.ignore_index == -100  # the first loss's, for fit's accuracy
+
+
+def test_combined_loss_gradient_float64(xp, rng):
+    outputs, targets, loss_fn = combined_case(rng)
+    targets = tuple(map(ann.asarray, targets))
+
+    def backward(dy, z1, z2):
+        loss_fn.forward((z1, z2), targets)
+        return dict(zip(("z1", "z2"), loss_fn.backward(dy)))
+
+    report = check_function(lambda z1, z2: loss_fn.forward((z1, z2), targets), backward,
+                            {"z1": ann.asarray(outputs[0]), "z2": ann.asarray(outputs[1])})
+    assert report.passed, str(report)
+
+
+def test_combined_loss_refusals_name_what_is_wrong():
+    mse = ann.losses.MSE()
+    for losses in ([], [mse, "mse"], mse, None):
+        with pytest.raises(ann.InputError, match=r"Combined: expected a non-empty list of "
+                                                 r"losses \(one per output\), each a Loss"):
+            ann.losses.Combined(losses)
+    for weights in ([1.0], [1.0, float("nan")], [1.0, "2"], [1.0, True], 2.0):
+        with pytest.raises(ann.InputError, match=r"Combined: expected 2 finite weights \(one "
+                                                 r"per loss\), got"):
+            ann.losses.Combined([mse, mse], weights)
+    loss_fn = ann.losses.Combined([mse, mse])
+    z = np.zeros((2, 1))
+    with pytest.raises(ann.InputError, match=r"Combined: predictions: expected a tuple of 2 "
+                                             r"\(one per loss\), got one ndarray"):
+        loss_fn.forward(z, (z, z))
+    with pytest.raises(ann.InputError, match=r"Combined: targets: expected a tuple of 2 "
+                                             r"\(one per loss\), got 3"):
+        loss_fn.forward((z, z), (z, z, z))
+    with pytest.raises(ann.InputError, match=r"Combined: output 1: MSE: .*shape"):
+        loss_fn.forward((z, z), (z, np.zeros((2, 3))))
+    with pytest.raises(RuntimeError, match="Combined: backward\\(\\) needs a preceding"):
+        ann.losses.Combined([mse]).backward()

@@ -156,6 +156,37 @@ def flipped_by_epoch(loader, x, epochs):
     return seen
 
 
+def test_a_loader_of_several_inputs_or_outputs_yields_a_tuple_for_each(xp):
+    x, y = images(10)
+    extra, y2 = np.arange(10.0)[:, None], 9 - y
+    for xb, yb in DataLoader((x, extra), (y, y2), 4, seed=1, dtype="float64"):
+        (images_b, extra_b), (labels, labels2) = map(host, xb), map(host, yb)
+        rows = extra_b[:, 0].astype(int)  # which examples this batch holds
+        np.testing.assert_array_equal(images_b, x[rows])
+        np.testing.assert_array_equal(labels, y[rows])
+        np.testing.assert_array_equal(labels2, y2[rows])
+    xb, yb = next(iter(DataLoader(x, (y, y2), 10, shuffle=False, augment=[RandomFlip(1.0)])))
+    np.testing.assert_array_equal(host(xb), x[..., ::-1])  # one input: augmented as usual
+    assert isinstance(yb, tuple) and len(yb) == 2
+
+
+def test_a_loader_of_several_inputs_refuses_what_it_cannot_do():
+    x, y = images(10)
+    with pytest.raises(ValueError, match=r"DataLoader: preprocess and augment take one array, "
+                                         r"and x has 2 \(one per model input\)"):
+        DataLoader((x, x), y, augment=[RandomFlip()])
+    with pytest.raises(ValueError, match=r"DataLoader: every array of x and y needs one row "
+                                         r"per example; x has \[10, 9\] and y \[10\] rows"):
+        DataLoader((x, x[:9]), y)
+    with pytest.raises(ValueError, match=r"DataLoader: x\[1\]: expected x to hold examples "
+                                         r"of numbers"):
+        DataLoader((x, np.array(["a"] * 10)), y)
+    with pytest.raises(ValueError, match=r"expected at least one array in x and in y, got 0"):
+        DataLoader((), y)
+    with pytest.raises(ValueError, match="DataLoader: expected integer class labels"):
+        DataLoader(x, (y, y + 0.5))
+
+
 def test_alternating_flip_mirrors_each_image_every_other_epoch(xp):
     x = np.random.default_rng(0).integers(0, 256, (200, 1, 2, 3)).astype(np.float32)
     labels = np.arange(200)

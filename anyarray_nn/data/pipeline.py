@@ -273,6 +273,11 @@ class DataLoader:
     whose ``per_example`` attribute is true (:class:`AlternatingFlip`) is also given the
     batch's indices in ``x`` and the epoch count (``index=``, ``epoch=``).
 
+    For a model with several inputs ``x`` is a tuple of host arrays (the batches' ``x`` then
+    a tuple of device arrays, one per input; ``preprocess`` and ``augment`` take one array,
+    so they are refused there); for several outputs ``y`` is a tuple of label arrays. (A
+    list is one array's values, as before.)
+
     ``x`` must hold numbers (booleans, integers or floats; a NaN or infinity in a batch is
     caught by training, which skips that step with a :class:`~anyarray_nn.errors.NonFiniteError`).
     ``y`` holds one class index per example: a 1-D array of integers >= 0, or of floats that
@@ -285,14 +290,32 @@ class DataLoader:
                  dtype: str = "float32", preprocess: Callable[[Any], Any] | None = None,
                  augment: Sequence[Callable[[Any, np.random.Generator], Any]] = (),
                  train: bool = True, drop_last: bool = False) -> None:
-        x = x if isinstance(x, np.ndarray) else np.asarray(x)
-        _check_numbers(x, "DataLoader")
-        y = _class_labels(y)
-        if len(x) != len(y):
-            raise ValueError(f"DataLoader: x has {len(x)} examples but y has {len(y)}")
+        # A tuple holds one array per model input or output; a list is one array's values.
+        self._several_x, self._several_y = isinstance(x, tuple), isinstance(y, tuple)
+        xs = [a if isinstance(a, np.ndarray) else np.asarray(a)
+              for a in (x if self._several_x else [x])]
+        for i, a in enumerate(xs):
+            _check_numbers(a, f"DataLoader: x[{i}]" if self._several_x else "DataLoader")
+        ys = [_class_labels(labels) for labels in (y if self._several_y else [y])]
+        if not xs or not ys:
+            raise ValueError(f"DataLoader: expected at least one array in x and in y, got "
+                             f"{len(xs)} and {len(ys)}")
+        sizes = [len(a) for a in xs + ys]
+        if len(set(sizes)) > 1:
+            if len(sizes) == 2:
+                raise ValueError(f"DataLoader: x has {sizes[0]} examples but y has {sizes[1]}")
+            raise ValueError(f"DataLoader: every array of x and y needs one row per example; "
+                             f"x has {sizes[:len(xs)]} and y {sizes[len(xs):]} rows")
+        if self._several_x and (preprocess is not None or augment):
+            raise ValueError(f"DataLoader: preprocess and augment take one array, and x has "
+                             f"{len(xs)} (one per model input); preprocess the host arrays "
+                             f"before, or write a loader that augments each input")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"DataLoader: expected batch_size >= 1, got {batch_size!r}")
-        self.x, self.y = x, y
+        self.x = tuple(xs) if self._several_x else xs[0]
+        self.y = tuple(ys) if self._several_y else ys[0]
+        #: The number of examples (rows of each array of x and y).
+        self.num_examples = sizes[0]
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.backend = _backend.get_backend(backend).name
         self.dtype, self.preprocess, self.augment, self.train = dtype, preprocess, augment, train
@@ -301,11 +324,12 @@ class DataLoader:
 
     def __len__(self) -> int:
         """Batches per epoch."""
-        n = len(self.x)
+        n = self.num_examples
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        order = self.rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
+        n = self.num_examples
+        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         self.epoch += 1
         for i in range(len(self)):
             index = np.sort(order[i * self.batch_size:(i + 1) * self.batch_size])
@@ -313,7 +337,13 @@ class DataLoader:
 
     def batch(self, index: np.ndarray) -> tuple[Any, Any]:
         """The examples at ``index`` as a device batch (preprocessed, augmented in training)."""
-        xb = _backend.asarray(self.x[index], backend=self.backend, dtype=self.dtype)
+        xs = [_backend.asarray(a[index], backend=self.backend, dtype=self.dtype)
+              for a in (self.x if self._several_x else (self.x,))]
+        ys = [_backend.asarray(labels[index], backend=self.backend)
+              for labels in (self.y if self._several_y else (self.y,))]
+        if self._several_x:  # preprocess and augment were refused
+            return tuple(xs), (tuple(ys) if self._several_y else ys[0])
+        xb = xs[0]
         if self.preprocess is not None:
             xb = self.preprocess(xb)
         if self.train:
@@ -322,7 +352,7 @@ class DataLoader:
                     xb = transform(xb, self.rng, index=index, epoch=self.epoch)
                 else:
                     xb = transform(xb, self.rng)
-        return xb, _backend.asarray(self.y[index], backend=self.backend)
+        return xb, (tuple(ys) if self._several_y else ys[0])
 
     def state_dict(self) -> dict[str, Any]:
         """The position in the data order (the generator state and the epoch count)."""
