@@ -77,7 +77,13 @@ def check_gradients(net: Any, x: Any, *, loss: Any = None, target: Any = None,
                     eps: float = 1e-6, rtol: float = 1e-5, atol: float = 1e-8,
                     max_checks: int = 200, seed: int = 0, check_input: bool = True
                     ) -> GradCheckReport:
-    """Check ``net.backward`` (a Layer or a Sequential) against central differences.
+    """Check ``net.backward`` (a Layer, a Sequential or a graph Model) against central
+    differences.
+
+    For a model with several inputs ``x`` is a tuple of arrays (checked as ``"x0"``,
+    ``"x1"``, ...); with several outputs, ``loss`` takes them all
+    (:class:`~anyarray_nn.losses.Combined`) or, without a loss, each output gets its own
+    random ``r``.
 
     ``net`` and ``x`` must be float64 (call ``net.to(dtype="float64")``). With ``loss``
     (e.g. ``SoftmaxCrossEntropy()``) and ``target`` the scalar is the loss of the output;
@@ -91,30 +97,36 @@ def check_gradients(net: Any, x: Any, *, loss: Any = None, target: Any = None,
     """
     _check_settings("check_gradients", eps=eps, rtol=rtol, atol=atol, max_checks=max_checks)
     params = _named_params(net)
-    _require_float64({"x": x, **params}, "check_gradients",
+    several = isinstance(x, tuple)  # one array per input of a graph model
+    names = [f"x{i}" for i in range(len(x))] if several else ["x"]
+    xs = tuple(x) if several else (x,)
+    _require_float64({**dict(zip(names, xs)), **params}, "check_gradients",
                      "call net.to(dtype='float64') and pass float64 inputs")
-    xp = _backend.namespace(x)
+    xp = _backend.namespace(xs[0])
     rng = np.random.default_rng(seed)
-    x = xp.asarray(x, copy=True)
+    xs = tuple(xp.asarray(a, copy=True) for a in xs)  # perturbed in place below
     probe: dict[str, Any] = {}
 
     def objective() -> Any:
-        """The scalar L of the current parameters and x."""
-        y = net.forward(x, train=True)
+        """The scalar L of the current parameters and inputs."""
+        y = net.forward(xs if several else xs[0], train=True)
         if loss is not None:
             return loss.forward(y, target)
+        ys = y if isinstance(y, tuple) else (y,)
         if "r" not in probe:
-            probe["r"] = _random_like(y, rng)
-        return xp.sum(y * probe["r"])
+            probe["r"] = tuple(_random_like(a, rng) for a in ys)
+            probe["dy"] = probe["r"] if isinstance(y, tuple) else probe["r"][0]
+        return sum(xp.sum(a * r) for a, r in zip(ys, probe["r"]))
 
     buffers = _saved_buffers(net)
     try:
         objective()
-        dx = net.backward(loss.backward() if loss is not None else probe["r"], input_grad=True)
-        analytic = {"x": dx, **_named_grads(net)}
-        tensors = {"x": x, **params}
+        dx = net.backward(loss.backward() if loss is not None else probe["dy"], input_grad=True)
+        analytic = {**dict(zip(names, dx if several else (dx,))), **_named_grads(net)}
+        tensors = {**dict(zip(names, xs)), **params}
         if not check_input:
-            del analytic["x"], tensors["x"]
+            for name in names:
+                del analytic[name], tensors[name]
         return _compare_all(lambda: float(objective()), tensors, analytic, eps, rtol, atol,
                             max_checks, rng)
     finally:

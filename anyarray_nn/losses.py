@@ -156,7 +156,14 @@ class Combined(Loss):
         return total
 
     def _backward(self, predictions: Any, targets: Any, dloss: Any) -> Any:
-        return tuple(loss.backward(dloss * w) for loss, w in zip(self.losses, self.weights))
+        # From this loss's own record of each output, not from each loss's last forward: one
+        # loss object may serve several outputs.
+        grads = []
+        for i, (loss, w, out, target) in enumerate(zip(self.losses, self.weights,
+                                                      predictions, targets)):
+            with errors_named(f"output {i}"), errors_named(type(loss).__name__):
+                grads.append(loss._backward(out, target, dloss * w))
+        return tuple(grads)
 
 
 def _finite_number(value: Any) -> bool:

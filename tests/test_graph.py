@@ -118,6 +118,27 @@ def test_graph_gradients_pass_float64_finite_differences_on_every_backend(xp, rn
     assert report.passed, str(report)
 
 
+def test_gradient_checks_of_a_two_input_two_output_graph_on_every_backend(xp, rng,
+                                                                          monkeypatch):
+    from anyarray_nn.losses import Combined, SoftmaxCrossEntropy
+    model = two_input_net().to(ann.current_backend().name)
+    inputs = (ann.asarray(rng.standard_normal((2, 3, 5, 5))),
+              ann.asarray(rng.standard_normal((2, 2, 5, 5))))
+    report = ann.check_gradients(model, inputs, max_checks=20)
+    assert report.passed, str(report)
+    assert [e.name for e in report.entries][:2] == ["x0", "x1"]
+    loss = Combined([SoftmaxCrossEntropy(), SoftmaxCrossEntropy()], weights=[1.0, 0.3])
+    targets = (ann.asarray(np.array([0, 1])), ann.asarray(np.array([2, 0])))
+    report = ann.check_gradients(model, inputs, loss=loss, target=targets, max_checks=20)
+    assert report.passed, str(report)
+    # A wrong gradient for the second input is caught, and only there.
+    original = Concatenate._backward
+    monkeypatch.setattr(Concatenate, "_backward", lambda self, dy, cache, input_grad: (
+        lambda dx, grads: ((dx[0], 2 * dx[1]), grads))(*original(self, dy, cache, input_grad)))
+    report = ann.check_gradients(model, inputs, max_checks=20)
+    assert not report["x1"].passed and report["x0"].passed
+
+
 def test_an_input_read_by_a_layer_and_a_shortcut_gets_both_gradients(rng):
     # Add(conv(x), x): the first layer reads the input, but so does the shortcut
     x_node = ann.Input((2, 4, 4))

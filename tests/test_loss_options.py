@@ -438,6 +438,18 @@ def test_combined_loss_is_the_weighted_sum_of_its_losses_as_torch(xp, torch, rng
     assert loss_fn.ignore_index == -100  # the first loss's, for fit's accuracy
 
 
+def test_combined_loss_with_one_loss_object_for_two_outputs(xp, rng):
+    outputs = tuple(ann.asarray(rng.standard_normal((4, 3))) for _ in range(2))
+    targets = tuple(ann.asarray(rng.integers(0, 3, 4)) for _ in range(2))
+    shared = ann.losses.SoftmaxCrossEntropy()
+    separate = ann.losses.Combined([ann.losses.SoftmaxCrossEntropy() for _ in range(2)],
+                                   weights=[1.0, 2.0])
+    once = ann.losses.Combined([shared, shared], weights=[1.0, 2.0])
+    assert_close(once.forward(outputs, targets), separate.forward(outputs, targets))
+    for mine, theirs in zip(once.backward(), separate.backward()):
+        assert_close(mine, theirs)
+
+
 def test_combined_loss_gradient_float64(xp, rng):
     outputs, targets, loss_fn = combined_case(rng)
     targets = tuple(map(ann.asarray, targets))
