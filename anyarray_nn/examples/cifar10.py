@@ -24,7 +24,8 @@ weight decay 1.33e-3 (not on the shifts); label smoothing 0.2; alternating flips
 image mirrored every other epoch) and 2-pixel translations with mirrored edges; Lookahead;
 15 epochs on all 50,000 training images (no validation split:
 the recipe is fixed in advance, the test set is used once); and the test logits averaged
-over six views (mirror and one-pixel shifts). Recorded results: docs/training.md.
+over six views (mirror and one-pixel shifts). It reached 94.37% on the test set in 76
+minutes of training on a 2-core CPU (docs/training.md).
 """
 
 from __future__ import annotations
