@@ -193,9 +193,25 @@ def assert_fast_equals_portable(run, rtol, err_msg):
                                    err_msg=f"{err_msg} {what}")
 
 
-@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-6)])
+# F(4x4, 3x3)'s larger coefficients round more than F(2x2, 3x3)'s (see _numba_kernels).
+WINOGRAD_RTOL = {("F2", "float64"): 1e-12, ("F2", "float32"): 2e-6,
+                 ("F4", "float64"): 1e-12, ("F4", "float32"): 1e-5}
+
+
+@pytest.fixture(params=["F2", "F4"])
+def winograd_scheme(request, numba_kernels, monkeypatch):
+    """Every Winograd convolution of the test runs F(2x2, 3x3) or F(4x4, 3x3), whatever
+    its output size."""
+    monkeypatch.setattr(numba_kernels, "WINOGRAD_F4_MIN_SIZE",
+                        1 if request.param == "F4" else 10**9)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", WINOGRAD_CASES)
-def test_winograd_convolution_equals_the_portable_kernel(numba_kernels, rng, dtype, rtol, name):
+def test_winograd_convolution_equals_the_portable_kernel(numba_kernels, winograd_scheme, rng,
+                                                         dtype, name):
+    rtol = WINOGRAD_RTOL[winograd_scheme, dtype]
     shape, out_channels, padding = WINOGRAD_CASES[name]
     assert _fast.winograd_kernels(np, np.dtype(dtype), WINOGRAD, shape[1]) is numba_kernels
     w = rng.standard_normal((out_channels, shape[1], 3, 3)).astype(dtype)
@@ -209,7 +225,16 @@ def test_winograd_convolution_equals_the_portable_kernel(numba_kernels, rng, dty
                                         layout)
 
 
-def test_winograd_convolution_passes_float64_gradient_checks(numba_kernels, rng):
+def test_winograd_takes_4x4_blocks_from_4x4_outputs_and_2x2_blocks_below(numba_kernels):
+    # (output size, planes of the (m+2)^2 tile, blocks of m x m covering one image)
+    for size, planes, blocks in ((3, 16, 2 * 2), (4, 36, 1), (9, 36, 3 * 3)):
+        x = np.zeros((1, 8, size, size), dtype=np.float32)
+        v = numba_kernels.winograd_patches(x, (1, 1, 1, 1), (size, size))
+        assert v.shape == (planes, 8, blocks)
+
+
+def test_winograd_convolution_passes_float64_gradient_checks(numba_kernels, winograd_scheme,
+                                                              rng):
     from anyarray_nn.gradcheck import check_function
     x = rng.standard_normal((2, 8, 5, 6))
     w, b = rng.standard_normal((8, 8, 3, 3)), rng.standard_normal(8)  # dX Winograd too

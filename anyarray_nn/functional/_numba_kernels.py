@@ -30,7 +30,7 @@ The loops walk (C, N, H, W) order, which is the memory order of the convolutions
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -151,12 +151,15 @@ WINOGRAD = ((3, 3), (1, 1), (1, 1))  # kernel, stride, dilation these kernels ar
 # im2col and not the transforms.
 WINOGRAD_MIN_CHANNELS = 8
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+_G4 = ((1 / 4, 0.0, 0.0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+       (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0.0, 0.0, 1.0))
 
 
-def _planes(rows: int, cols: int, dtype: Any) -> Any:
-    """16 (rows, cols) matrices, each row-major, placed a cache line apart (see above)."""
-    flat = np.empty((16, rows * cols + 16), dtype=dtype)
-    return np.reshape(flat[:, :rows * cols], (16, rows, cols))
+def _planes(count: int, rows: int, cols: int, dtype: Any) -> Any:
+    """``count`` (rows, cols) matrices (16 or 36), each row-major, placed a cache line apart
+    (see above)."""
+    flat = np.empty((count, rows * cols + 16), dtype=dtype)
+    return np.reshape(flat[:, :rows * cols], (count, rows, cols))
 
 
 def _inline(function: Any) -> Any:
@@ -279,6 +282,153 @@ def _winograd_input_gradient(dv: Any, dxpad: Any) -> None:  # pragma: no cover -
                         row[2 * tx + 3] += e3
 
 
+# Winograd F(4x4, 3x3): a 4x4 block of outputs from a 6x6 input tile, with the points 0, 1,
+# -1, 2, -2 and infinity (Lavin and Gray's matrices):
+#
+#     B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+#            [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
+#     G   = [[1/4, 0, 0], [-1/6, -1/6, -1/6], [-1/6, 1/6, -1/6], [1/24, 1/12, 1/6],
+#            [1/24, -1/12, 1/6], [0, 0, 1]]
+#     A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+#
+# 36 products per 16 outputs where F(2x2, 3x3) needs 64 (4x fewer multiplications than direct
+# convolution, against 2.25x), and 2.25 transformed values per output instead of 4: the GEMMs
+# with 32-128 input channels are bound by memory, so they read and write 1.8x less. The price
+# is rounding: the larger coefficients make float32 results differ from direct convolution
+# by about 1e-6 to 1e-5 of the largest value, where F(2x2, 3x3) stays near 2e-7. The
+# transforms below are written with additions only, since a Python int times a float32 is a
+# float64 in numba.
+
+@_inline
+def _four(a: Any) -> Any:  # pragma: no cover - compiled
+    a2 = a + a
+    return a2 + a2
+
+
+@_inline
+def _bt6(d0: Any, d1: Any, d2: Any, d3: Any, d4: Any, d5: Any) -> Any:  # pragma: no cover
+    a, b = d4 - d2, d3 - d1
+    return (_four(d0 - d2) + a, d3 + d4 - _four(d1 + d2), _four(d1 - d2) + d4 - d3,
+            b + b + a, a - b - b, _four(d1 - d3) + d5 - d3)  # B^T d
+
+
+@_inline
+def _b6(e0: Any, e1: Any, e2: Any, e3: Any, e4: Any, e5: Any) -> Any:  # pragma: no cover
+    d43, d34 = e4 - e3, e3 - e4
+    return (_four(e0), _four(e2 - e1 + e5) + d43 + d43, -_four(e0 + e1 + e2) - e0 - e3 - e4,
+            e1 - e2 + d34 + d34 - _four(e5) - e5, e0 + e1 + e2 + e3 + e4, e5)  # B e
+
+
+@_inline
+def _at6(m0: Any, m1: Any, m2: Any, m3: Any, m4: Any, m5: Any) -> Any:  # pragma: no cover
+    s, d, s2, d2 = m1 + m2, m1 - m2, m3 + m4, m3 - m4
+    return m0 + s + s2, d + d2 + d2, s + _four(s2), d + _four(d2 + d2) + m5  # A^T m
+
+
+@_inline
+def _a6(g0: Any, g1: Any, g2: Any, g3: Any) -> Any:  # pragma: no cover - compiled
+    even, odd = g0 + g2, g1 + g3
+    even4, odd2 = g0 + _four(g2), g1 + g1 + _four(g3 + g3)
+    return g0, even + odd, even - odd, even4 + odd2, even4 - odd2, g3  # A g
+
+
+@_compile
+def _winograd4_input(xpad: Any, v: Any) -> None:  # pragma: no cover - compiled
+    # xpad (C, N, 4*th + 2, 4*tw + 2) -> v[xi, c, t] = (B^T d B)[xi] of tile t = (n, ty, tx)
+    th, tw = (xpad.shape[2] - 2) // 4, (xpad.shape[3] - 2) // 4
+    k = np.empty((6, 6), dtype=xpad.dtype)
+    for c in range(xpad.shape[0]):
+        for n in range(xpad.shape[1]):
+            for ty in range(th):
+                r0, r1, r2 = xpad[c, n, 4 * ty], xpad[c, n, 4 * ty + 1], xpad[c, n, 4 * ty + 2]
+                r3, r4, r5 = xpad[c, n, 4 * ty + 3], xpad[c, n, 4 * ty + 4], xpad[c, n, 4 * ty + 5]
+                t0 = (n * th + ty) * tw
+                for tx in range(tw):
+                    t = t0 + tx
+                    for q in range(6):  # B^T d, column by column
+                        j = 4 * tx + q
+                        e = _bt6(r0[j], r1[j], r2[j], r3[j], r4[j], r5[j])
+                        k[0, q], k[1, q], k[2, q], k[3, q], k[4, q], k[5, q] = e
+                    for i in range(6):  # (B^T d) B, row by row
+                        e = _bt6(k[i, 0], k[i, 1], k[i, 2], k[i, 3], k[i, 4], k[i, 5])
+                        v[6 * i, c, t], v[6 * i + 1, c, t], v[6 * i + 2, c, t] = e[0], e[1], e[2]
+                        v[6 * i + 3, c, t], v[6 * i + 4, c, t], v[6 * i + 5, c, t] = e[3], e[4], e[5]
+
+
+@_compile
+def _winograd4_output(m: Any, bias: Any, y: Any) -> None:  # pragma: no cover - compiled
+    # m (36, O, T) -> y (O, N, 4*th, 4*tw): each tile's A^T M A, plus the bias
+    th, tw = y.shape[2] // 4, y.shape[3] // 4
+    k = np.empty((4, 6), dtype=y.dtype)
+    for o in range(y.shape[0]):
+        b = bias[o]
+        for n in range(y.shape[1]):
+            for ty in range(th):
+                t0 = (n * th + ty) * tw
+                for tx in range(tw):
+                    t = t0 + tx
+                    for q in range(6):  # A^T M, column by column
+                        k[0, q], k[1, q], k[2, q], k[3, q] = _at6(
+                            m[q, o, t], m[6 + q, o, t], m[12 + q, o, t], m[18 + q, o, t],
+                            m[24 + q, o, t], m[30 + q, o, t])
+                    for i in range(4):  # its four rows times A
+                        row = y[o, n, 4 * ty + i]
+                        e = _at6(k[i, 0], k[i, 1], k[i, 2], k[i, 3], k[i, 4], k[i, 5])
+                        row[4 * tx], row[4 * tx + 1] = e[0] + b, e[1] + b
+                        row[4 * tx + 2], row[4 * tx + 3] = e[2] + b, e[3] + b
+
+
+@_compile
+def _winograd4_output_gradient(dy: Any, dm: Any) -> None:  # pragma: no cover - compiled
+    # dy (O, N, 4*th, 4*tw) -> dm[xi, o, t] = (A dY A^T)[xi] of tile t
+    th, tw = dy.shape[2] // 4, dy.shape[3] // 4
+    k = np.empty((6, 4), dtype=dy.dtype)
+    for o in range(dy.shape[0]):
+        for n in range(dy.shape[1]):
+            for ty in range(th):
+                r0, r1 = dy[o, n, 4 * ty], dy[o, n, 4 * ty + 1]
+                r2, r3 = dy[o, n, 4 * ty + 2], dy[o, n, 4 * ty + 3]
+                t0 = (n * th + ty) * tw
+                for tx in range(tw):
+                    t = t0 + tx
+                    for q in range(4):  # A dY, column by column
+                        j = 4 * tx + q
+                        k[0, q], k[1, q], k[2, q], k[3, q], k[4, q], k[5, q] = _a6(
+                            r0[j], r1[j], r2[j], r3[j])
+                    for i in range(6):  # (A dY) A^T, row by row
+                        e = _a6(k[i, 0], k[i, 1], k[i, 2], k[i, 3])
+                        dm[6 * i, o, t], dm[6 * i + 1, o, t], dm[6 * i + 2, o, t] = e[0], e[1], e[2]
+                        dm[6 * i + 3, o, t], dm[6 * i + 4, o, t], dm[6 * i + 5, o, t] = (
+                            e[3], e[4], e[5])
+
+
+@_compile
+def _winograd4_input_gradient(dv: Any, dxpad: Any) -> None:  # pragma: no cover - compiled
+    # dv (36, C, T) -> dxpad (C, N, 4*th + 2, 4*tw + 2), zeroed: the sum of the tiles'
+    # B dV B^T, which overlap by two rows and columns
+    th, tw = (dxpad.shape[2] - 2) // 4, (dxpad.shape[3] - 2) // 4
+    k = np.empty((6, 6), dtype=dxpad.dtype)
+    for c in range(dxpad.shape[0]):
+        for n in range(dxpad.shape[1]):
+            for ty in range(th):
+                t0 = (n * th + ty) * tw
+                for tx in range(tw):
+                    t = t0 + tx
+                    for q in range(6):  # B dV, column by column
+                        k[0, q], k[1, q], k[2, q], k[3, q], k[4, q], k[5, q] = _b6(
+                            dv[q, c, t], dv[6 + q, c, t], dv[12 + q, c, t], dv[18 + q, c, t],
+                            dv[24 + q, c, t], dv[30 + q, c, t])
+                    for i in range(6):  # (B dV) B^T, row by row, added into the input's rows
+                        row = dxpad[c, n, 4 * ty + i]
+                        e = _b6(k[i, 0], k[i, 1], k[i, 2], k[i, 3], k[i, 4], k[i, 5])
+                        row[4 * tx] += e[0]
+                        row[4 * tx + 1] += e[1]
+                        row[4 * tx + 2] += e[2]
+                        row[4 * tx + 3] += e[3]
+                        row[4 * tx + 4] += e[4]
+                        row[4 * tx + 5] += e[5]
+
+
 # The transforms run on one thread each; those of large layers run on every core, split by
 # channels (each channel's tiles are independent), as long as the process is not already
 # splitting work over its cores (_threads.map_on_cores).
@@ -293,71 +443,110 @@ def _by_channels(transform: Any, channels: int, values: int) -> None:
     map_on_cores(lambda bound: transform(*bound), bounds)
 
 
-def _tiles(out_hw: tuple[int, int]) -> tuple[int, int]:
-    """The grid of 2x2 output blocks that covers an output of ``out_hw``."""
-    return (out_hw[0] + 1) // 2, (out_hw[1] + 1) // 2
+class _Scheme(NamedTuple):
+    """One Winograd algorithm F(b x b, 3x3): its output block, its number of planes, its G,
+    the plane that holds each block's plain sum in ``A dY A^T`` (the bias gradient), and its
+    four compiled transforms."""
+    block: int
+    planes: int
+    g: tuple
+    sum_plane: int
+    input: Any
+    output: Any
+    output_gradient: Any
+    input_gradient: Any
 
 
-def _weight_transform(dtype: Any) -> Any:
-    """The (16, 9) matrix that maps a flattened 3x3 kernel g to the flattened G g G^T."""
-    g = np.asarray(_G, dtype=dtype)
-    return np.kron(g, g)
+_F2 = _Scheme(2, 16, _G, 5, _winograd_input, _winograd_output, _winograd_output_gradient,
+              _winograd_input_gradient)
+_F4 = _Scheme(4, 36, _G4, 7, _winograd4_input, _winograd4_output, _winograd4_output_gradient,
+              _winograd4_input_gradient)
+_BY_PLANES = {16: _F2, 36: _F4}
+# F(4x4, 3x3) from this output size on; below it, most of a 4x4 block would be padding.
+# Measured per layer (forward, dW and dX together, 2 cores): 1.1-1.4x faster than F(2x2,
+# 3x3) at 15 to 32 pixels, even at 7 and 8, 0.9-1.15x at 4; the residual network's step at
+# batch 256 1.11x faster, the fast network's 1.13x (docs/benchmarks.md).
+WINOGRAD_F4_MIN_SIZE = 4
 
 
-def _winograd_weights(w: Any) -> Any:
-    """U (16, O, C): every kernel's G g G^T, one (O, C) matrix per position of the 4x4 tile."""
+def _scheme(out_hw: tuple[int, int]) -> _Scheme:
+    """The algorithm for an output of ``out_hw``; the forward pass and both gradients of one
+    convolution ask with the same size, so they agree."""
+    return _F4 if min(out_hw) >= WINOGRAD_F4_MIN_SIZE else _F2
+
+
+def _tiles(out_hw: tuple[int, int], block: int) -> tuple[int, int]:
+    """The grid of ``block`` x ``block`` output blocks that covers an output of ``out_hw``."""
+    return -(-out_hw[0] // block), -(-out_hw[1] // block)
+
+
+def _weight_transform(scheme: _Scheme, dtype: Any) -> Any:
+    """The (planes, 9) matrix that maps a flattened 3x3 kernel g to the flattened G g G^T
+    (in float64, then rounded once)."""
+    g = np.asarray(scheme.g, dtype=np.float64)
+    return np.kron(g, g).astype(dtype)
+
+
+def _winograd_weights(scheme: _Scheme, w: Any) -> Any:
+    """U (planes, O, C): every kernel's G g G^T, one (O, C) matrix per position of the tile."""
     o, c = w.shape[0], w.shape[1]
-    u = np.reshape(w, (o * c, 9)) @ _weight_transform(w.dtype).T
-    return np.reshape(np.matrix_transpose(u), (16, o, c))  # a copy: matmul wants it compact
+    u = np.reshape(w, (o * c, 9)) @ _weight_transform(scheme, w.dtype).T
+    return np.reshape(np.matrix_transpose(u), (scheme.planes, o, c))  # a copy: matmul wants it compact
 
 
 def winograd_patches(x: Any, pads: tuple[int, int, int, int], out_hw: tuple[int, int]) -> Any:
-    """V (16, C, T): the transformed input tiles of NCHW ``x`` (any strides), zero-padded by
-    ``pads`` (top, bottom, left, right) and, for an odd output size, one more row or column."""
+    """V (planes, C, T): the transformed input tiles of NCHW ``x`` (any strides), zero-padded
+    by ``pads`` (top, bottom, left, right) and, for an output size that is not a multiple of
+    the block, by the rows and columns that complete the last blocks."""
     n, c, h, w = x.shape
-    th, tw = _tiles(out_hw)
+    scheme = _scheme(out_hw)
+    b = scheme.block
+    th, tw = _tiles(out_hw, b)
     top, _, left, _ = pads
-    xpad = np.zeros((c, n, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+    xpad = np.zeros((c, n, b * th + 2, b * tw + 2), dtype=x.dtype)
     xpad[:, :, top:top + h, left:left + w] = _cnhw(x)
-    v = _planes(c, n * th * tw, x.dtype)
-    _by_channels(lambda lo, hi: _winograd_input(xpad[lo:hi], v[:, lo:hi]), c, v.size)
+    v = _planes(scheme.planes, c, n * th * tw, x.dtype)
+    _by_channels(lambda lo, hi: scheme.input(xpad[lo:hi], v[:, lo:hi]), c, v.size)
     return v
 
 
 def winograd_forward(w: Any, v: Any, b: Any | None, batch: int, out_hw: tuple[int, int]) -> Any:
     """(N, O, Ho, Wo) output, bias added, of the 3x3 convolution of :func:`winograd_patches`
     ``v`` with weights ``w`` (O, C, 3, 3): a view of channels-first memory."""
-    o = w.shape[0]
-    th, tw = _tiles(out_hw)
-    m = _planes(o, v.shape[2], w.dtype)
-    np.matmul(_winograd_weights(w), v, out=m)
-    y = np.empty((o, batch, 2 * th, 2 * tw), dtype=w.dtype)
+    scheme, o = _BY_PLANES[v.shape[0]], w.shape[0]
+    th, tw = _tiles(out_hw, scheme.block)
+    m = _planes(scheme.planes, o, v.shape[2], w.dtype)
+    np.matmul(_winograd_weights(scheme, w), v, out=m)
+    y = np.empty((o, batch, scheme.block * th, scheme.block * tw), dtype=w.dtype)
     bias = np.zeros(o, dtype=w.dtype) if b is None else b
-    _by_channels(lambda lo, hi: _winograd_output(m[:, lo:hi], bias[lo:hi], y[lo:hi]), o, m.size)
+    _by_channels(lambda lo, hi: scheme.output(m[:, lo:hi], bias[lo:hi], y[lo:hi]), o, m.size)
     return _cnhw(y[:, :, :out_hw[0], :out_hw[1]])
 
 
 def winograd_output_gradient(dy: Any) -> Any:
-    """dM (16, O, T): the transformed blocks ``A dY A^T`` of NCHW ``dy`` (any strides), shared
-    by :func:`winograd_weight_gradient` and :func:`winograd_input_gradient`."""
+    """dM (planes, O, T): the transformed blocks ``A dY A^T`` of NCHW ``dy`` (any strides),
+    shared by :func:`winograd_weight_gradient` and :func:`winograd_input_gradient`."""
     n, o, ho, wo = dy.shape
-    th, tw = _tiles((ho, wo))
+    scheme = _scheme((ho, wo))
+    b = scheme.block
+    th, tw = _tiles((ho, wo), b)
     dy_grid = _cnhw(dy)
-    if (ho, wo) != (2 * th, 2 * tw):  # an odd size: zeros complete the last blocks
-        dy_grid = np.zeros((o, n, 2 * th, 2 * tw), dtype=dy.dtype)
+    if (ho, wo) != (b * th, b * tw):  # zeros complete the last blocks
+        dy_grid = np.zeros((o, n, b * th, b * tw), dtype=dy.dtype)
         dy_grid[:, :, :ho, :wo] = _cnhw(dy)
-    dm = _planes(o, n * th * tw, dy.dtype)
-    _by_channels(lambda lo, hi: _winograd_output_gradient(dy_grid[lo:hi], dm[:, lo:hi]), o,
+    dm = _planes(scheme.planes, o, n * th * tw, dy.dtype)
+    _by_channels(lambda lo, hi: scheme.output_gradient(dy_grid[lo:hi], dm[:, lo:hi]), o,
                  dm.size)
     return dm
 
 
 def winograd_weight_gradient(dm: Any, v: Any, w_shape: tuple[int, ...]) -> tuple[Any, Any]:
     """``(dW, db)`` from :func:`winograd_output_gradient` ``dm`` and the forward's tiles ``v``."""
-    o, c = w_shape[0], w_shape[1]
-    db = np.sum(dm[5], axis=1)  # (A dY A^T) at (1, 1) is the sum of the block
-    du = np.matmul(dm, np.matrix_transpose(v))  # (16, O, C)
-    g = np.matrix_transpose(np.reshape(du, (16, o * c))) @ _weight_transform(dm.dtype)
+    scheme, o, c = _BY_PLANES[dm.shape[0]], w_shape[0], w_shape[1]
+    db = np.sum(dm[scheme.sum_plane], axis=1)  # (A dY A^T) at (1, 1) is the block's sum
+    du = np.matmul(dm, np.matrix_transpose(v))  # (planes, O, C)
+    g = (np.matrix_transpose(np.reshape(du, (scheme.planes, o * c)))
+         @ _weight_transform(scheme, dm.dtype))
     return np.reshape(g, w_shape), db
 
 
@@ -365,13 +554,13 @@ def winograd_input_gradient(dm: Any, w: Any, batch: int, out_hw: tuple[int, int]
                             in_hw: tuple[int, int], pads: tuple[int, int, int, int]) -> Any:
     """dX (N, C, H, W) from :func:`winograd_output_gradient` ``dm``: the overlapping sum of
     the tiles ``B dV B^T``, cropped to the input (a view of channels-first memory)."""
-    c = w.shape[1]
-    th, tw = _tiles(out_hw)
-    dv = _planes(c, dm.shape[2], dm.dtype)
-    np.matmul(np.matrix_transpose(_winograd_weights(w)), dm, out=dv)
-    dxpad = np.zeros((c, batch, 2 * th + 2, 2 * tw + 2), dtype=dm.dtype)
-    _by_channels(lambda lo, hi: _winograd_input_gradient(dv[:, lo:hi], dxpad[lo:hi]), c,
-                 dv.size)
+    scheme, c = _BY_PLANES[dm.shape[0]], w.shape[1]
+    b = scheme.block
+    th, tw = _tiles(out_hw, b)
+    dv = _planes(scheme.planes, c, dm.shape[2], dm.dtype)
+    np.matmul(np.matrix_transpose(_winograd_weights(scheme, w)), dm, out=dv)
+    dxpad = np.zeros((c, batch, b * th + 2, b * tw + 2), dtype=dm.dtype)
+    _by_channels(lambda lo, hi: scheme.input_gradient(dv[:, lo:hi], dxpad[lo:hi]), c, dv.size)
     top, _, left, _ = pads
     return _cnhw(dxpad[:, :, top:top + in_hw[0], left:left + in_hw[1]])
 

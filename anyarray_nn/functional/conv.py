@@ -30,7 +30,8 @@ docs/benchmarks.md):
 On CuPy, where each of those slices is a kernel launch, one CUDA kernel writes the full
 im2col matrix instead and dX is col2im of W^T dY (``_cupy_kernels``, chosen in ``_fast``).
 On NumPy with numba, 3x3 stride-1 convolutions of 8 or more input channels run as Winograd
-convolutions, whose GEMMs are 2.25x smaller, and stride-1 convolutions with 1 to 3 input
+convolutions, whose GEMMs are 4x smaller (F(4x4, 3x3); 2.25x, F(2x2, 3x3), for outputs
+below 4x4), and stride-1 convolutions with 1 to 3 input
 channels (a first layer; on one core up to 16) are computed directly, forward, dW and dX,
 from the same padded flat planes (``_numba_kernels``, chosen in ``_fast``). Depthwise
 convolutions (groups == C) run numba's depthwise kernels for the forward pass, dX and dW, and
@@ -148,8 +149,8 @@ class Patches:
 
     ``kind`` is ``"full"`` (``matrix`` is the (C*kh*kw, N*Ho*Wv) im2col matrix),
     ``"rows"`` (``matrix`` is (C*kh, N*Ho*Wp): only kernel rows are unrolled, and the kw
-    kernel columns are shifted views of it), ``"winograd"`` (``matrix`` is the (16, C, T)
-    stack of transformed input tiles) or ``"direct"`` (``matrix`` is the padded (C, N, Hp,
+    kernel columns are shifted views of it), ``"winograd"`` (``matrix`` is the (36, C, T)
+    or, for outputs below 4x4, (16, C, T) stack of transformed input tiles) or ``"direct"`` (``matrix`` is the padded (C, N, Hp,
     Wp) input itself, see ``_numba_kernels``). ``width`` is Wv, the width of the output grid
     the columns encode. A grouped convolution keeps ``"grouped"`` (``matrix`` is its padded
     input) or ``"per_group"`` (``matrix`` is the list of each group's patches).
