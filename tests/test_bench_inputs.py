@@ -457,9 +457,12 @@ def test_compare_refuses_paths_it_cannot_read(tmp_path, monkeypatch):
                                   for piece in C.PIECES["conv"]])
 def test_the_estimate_bounds_the_grouped_convolutions(name):
     """The grouped kernels' estimate (conv.py's padded grid, no im2col) holds at batch 4:
-    never below the real peak, at most 2.5 times it."""
+    never below the real peak, at most 2.5 times it (3 times for groups of 8 channels or
+    more, run group by group: their estimate covers the portable path's im2col matrices,
+    and with numba each group makes Winograd F(4x4, 3x3) tiles instead, far smaller)."""
     case = next(c for c in C.all_cases() if c.name == name)
     peak = tracemalloc_peak(case, 4)
     estimate = case.memory(4, "float32", "numpy")
     bound = estimate.kept + max(estimate.working, estimate.staging)
-    assert peak <= bound + 2**16 and bound <= 2.5 * peak, (peak, bound)
+    slack = 3.0 if "grouped" in name else 2.5
+    assert peak <= bound + 2**16 and bound <= slack * peak, (peak, bound)

@@ -225,8 +225,9 @@ def _lowered(channels: int, out_channels: int, spec: tuple, batch: int, gpu: boo
         patches, products = channels * k * wide, k * out_channels * wide
     else:
         patches, products = channels * k * k * wide, out_channels * wide
-    if k == 3:
-        tiles = 16 * batch * -(-h // 2) * -(-w // 2)
+    if k == 3:  # Winograd's planes: F(4x4, 3x3) from 4x4 outputs on, F(2x2, 3x3) below
+        block, planes = (4, 36) if min(h, w) >= 4 else (2, 16)
+        tiles = planes * batch * -(-h // block) * -(-w // block)
         patches, products = max(patches, channels * tiles), max(products, out_channels * tiles)
     if gpu:
         patches = max(patches, channels * k * k * batch * h * w)
