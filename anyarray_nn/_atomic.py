@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import pathlib
@@ -69,13 +70,18 @@ def write_atomically(path: pathlib.Path, chunks: Iterable[bytes | memoryview], *
     folder = path.parent
     existed = path.exists()
     remove_stale_temporaries(folder, suffix, magic)
+    # The first bytes are made before the temporary exists and written right after it is
+    # locked: a write killed at any later moment leaves a file that begins with ``magic``,
+    # which the next write removes (an empty one is kept for a minute, as it may be new).
+    chunks = iter(chunks)
+    first = next(chunks, b"")
     tmp_name = None
     try:
         fd, tmp_name = _create_temporary(folder, path.name, suffix)
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "in use": not stale
-            for chunk in chunks:
+            for chunk in itertools.chain((first,), chunks):
                 view = memoryview(chunk)
                 while view.nbytes:  # os.write may write less than asked (a full disk)
                     view = view[os.write(fd, view):]
