@@ -80,7 +80,7 @@ def check_gradients(net: Any, x: Any, *, loss: Any = None, target: Any = None,
     """Check ``net.backward`` (a Layer, a Sequential or a graph Model) against central
     differences.
 
-    For a model with several inputs ``x`` is a tuple of arrays (checked as ``"x0"``,
+    For a model with several inputs ``x`` is a tuple or list of arrays (checked as ``"x0"``,
     ``"x1"``, ...); with several outputs, ``loss`` takes them all
     (:class:`~anyarray_nn.losses.Combined`) or, without a loss, each output gets its own
     random ``r``.
@@ -97,7 +97,7 @@ def check_gradients(net: Any, x: Any, *, loss: Any = None, target: Any = None,
     """
     _check_settings("check_gradients", eps=eps, rtol=rtol, atol=atol, max_checks=max_checks)
     params = _named_params(net)
-    several = isinstance(x, tuple)  # one array per input of a graph model
+    several = isinstance(x, (tuple, list))  # one array per input, as Model.forward takes them
     names = [f"x{i}" for i in range(len(x))] if several else ["x"]
     xs = tuple(x) if several else (x,)
     _require_float64({**dict(zip(names, xs)), **params}, "check_gradients",

@@ -127,6 +127,7 @@ def test_gradient_checks_of_a_two_input_two_output_graph_on_every_backend(xp, rn
     report = ann.check_gradients(model, inputs, max_checks=20)
     assert report.passed, str(report)
     assert [e.name for e in report.entries][:2] == ["x0", "x1"]
+    assert ann.check_gradients(model, list(inputs), max_checks=5).passed  # as forward takes
     loss = Combined([SoftmaxCrossEntropy(), SoftmaxCrossEntropy()], weights=[1.0, 0.3])
     targets = (ann.asarray(np.array([0, 1])), ann.asarray(np.array([2, 0])))
     report = ann.check_gradients(model, inputs, loss=loss, target=targets, max_checks=20)

@@ -341,8 +341,9 @@ class DataLoader:
               for a in (self.x if self._several_x else (self.x,))]
         ys = [_backend.asarray(labels[index], backend=self.backend)
               for labels in (self.y if self._several_y else (self.y,))]
+        yb = tuple(ys) if self._several_y else ys[0]
         if self._several_x:  # preprocess and augment were refused
-            return tuple(xs), (tuple(ys) if self._several_y else ys[0])
+            return tuple(xs), yb
         xb = xs[0]
         if self.preprocess is not None:
             xb = self.preprocess(xb)
@@ -352,7 +353,7 @@ class DataLoader:
                     xb = transform(xb, self.rng, index=index, epoch=self.epoch)
                 else:
                     xb = transform(xb, self.rng)
-        return xb, (tuple(ys) if self._several_y else ys[0])
+        return xb, yb
 
     def state_dict(self) -> dict[str, Any]:
         """The position in the data order (the generator state and the epoch count)."""

@@ -332,6 +332,14 @@ def _a6(g0: Any, g1: Any, g2: Any, g3: Any) -> Any:  # pragma: no cover - compil
     return g0, even + odd, even - odd, even4 + odd2, even4 - odd2, g3  # A g
 
 
+@_inline
+def _store6(planes: Any, first: int, row: int, t: int, values: Any) -> None:  # pragma: no cover
+    # The six values into planes first .. first + 5 at (row, t)
+    planes[first, row, t], planes[first + 1, row, t] = values[0], values[1]
+    planes[first + 2, row, t], planes[first + 3, row, t] = values[2], values[3]
+    planes[first + 4, row, t], planes[first + 5, row, t] = values[4], values[5]
+
+
 @_compile
 def _winograd4_input(xpad: Any, v: Any) -> None:  # pragma: no cover - compiled
     # xpad (C, N, 4*th + 2, 4*tw + 2) -> v[xi, c, t] = (B^T d B)[xi] of tile t = (n, ty, tx)
@@ -350,9 +358,8 @@ def _winograd4_input(xpad: Any, v: Any) -> None:  # pragma: no cover - compiled
                         e = _bt6(r0[j], r1[j], r2[j], r3[j], r4[j], r5[j])
                         k[0, q], k[1, q], k[2, q], k[3, q], k[4, q], k[5, q] = e
                     for i in range(6):  # (B^T d) B, row by row
-                        e = _bt6(k[i, 0], k[i, 1], k[i, 2], k[i, 3], k[i, 4], k[i, 5])
-                        v[6 * i, c, t], v[6 * i + 1, c, t], v[6 * i + 2, c, t] = e[0], e[1], e[2]
-                        v[6 * i + 3, c, t], v[6 * i + 4, c, t], v[6 * i + 5, c, t] = e[3], e[4], e[5]
+                        _store6(v, 6 * i, c, t, _bt6(k[i, 0], k[i, 1], k[i, 2], k[i, 3],
+                                                     k[i, 4], k[i, 5]))
 
 
 @_compile
@@ -396,10 +403,7 @@ def _winograd4_output_gradient(dy: Any, dm: Any) -> None:  # pragma: no cover - 
                         k[0, q], k[1, q], k[2, q], k[3, q], k[4, q], k[5, q] = _a6(
                             r0[j], r1[j], r2[j], r3[j])
                     for i in range(6):  # (A dY) A^T, row by row
-                        e = _a6(k[i, 0], k[i, 1], k[i, 2], k[i, 3])
-                        dm[6 * i, o, t], dm[6 * i + 1, o, t], dm[6 * i + 2, o, t] = e[0], e[1], e[2]
-                        dm[6 * i + 3, o, t], dm[6 * i + 4, o, t], dm[6 * i + 5, o, t] = (
-                            e[3], e[4], e[5])
+                        _store6(dm, 6 * i, o, t, _a6(k[i, 0], k[i, 1], k[i, 2], k[i, 3]))
 
 
 @_compile
