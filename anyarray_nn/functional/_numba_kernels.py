@@ -468,8 +468,8 @@ _F4 = _Scheme(4, 36, _G4, 7, _winograd4_input, _winograd4_output, _winograd4_out
 _BY_PLANES = {16: _F2, 36: _F4}
 # F(4x4, 3x3) from this output size on; below it, most of a 4x4 block would be padding.
 # Measured per layer (forward, dW and dX together, 2 cores): 1.1-1.4x faster than F(2x2,
-# 3x3) at 15 to 32 pixels, even at 7 and 8, 0.9-1.15x at 4; the residual network's step at
-# batch 256 1.11x faster, the fast network's 1.13x (docs/benchmarks.md).
+# 3x3) at 15 to 32 pixels, even at 7 and 8, 0.9-1.15x at 4; the residual and fast networks'
+# steps 1.03-1.10x faster, with a quarter less peak memory (docs/benchmarks.md).
 WINOGRAD_F4_MIN_SIZE = 4
 
 
