@@ -15,6 +15,10 @@ whose only consumer is a MaxPool2D runs after the pooling. Max-pooling commutes 
 works on the pooled array, a quarter of the size for 2x2 pooling. The gradients are the same
 too: where the window's maximum m is positive, the first arg-max of x is the first arg-max of
 relu(x) and both paths pass dy; where m <= 0, ReLU's gradient is 0 on both paths.
+
+One fusion is made for the same reason: a ReLU that is the only consumer of a layer that can
+apply it in its own pass (``fuses_relu``: batch normalization) runs inside that layer's
+step, forward and backward, computing the same values without a pass of its own.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class _Step:
     output: int
     several: bool
     name: str  # the node's
+    relu: str | None = None  # the name of a ReLU node fused into this step (fuses_relu)
 
 
 class Model:
@@ -101,19 +106,31 @@ class Model:
             if (type(node.layer) is ReLU and node not in outputs and len(users) == 1
                     and type(users[0].layer) is MaxPool2D):
                 swapped[users[0]] = node
+        fused: dict[Node, Node] = {}  # a fuses_relu layer's node -> the ReLU node it applies
+        for node in self.nodes:
+            users = consumers[node]
+            if (node.layer is not None and node.layer.fuses_relu and node not in outputs
+                    and len(users) == 1 and type(users[0].layer) is ReLU
+                    and users[0] not in swapped.values()):
+                fused[node] = users[0]
         self._slot = {node: i for i, node in enumerate(self.nodes)}
         self._input_slots = tuple(self._slot[node] for node in self.inputs)
         self._output_slots = tuple(self._slot[node] for node in self.outputs)
         self._node_slots = {self.node_names[node]: self._slot[node] for node in self.nodes}
-        self._fast_plan = self._make_plan(swapped)
+        self._fast_plan = self._make_plan(swapped, fused)
         self._plain_plan: _Plan | None = None
         self._caches: list[Any] | None = None
 
-    def _make_plan(self, swapped: dict[Node, Node]) -> "_Plan":
+    def _make_plan(self, swapped: dict[Node, Node], fused: dict[Node, Node]) -> "_Plan":
         slot, names = self._slot, self.node_names
         steps, extra = [], len(self.nodes)
         for node in self.nodes:
-            if node.layer is None or node in swapped.values():
+            if node.layer is None or node in swapped.values() or node in fused.values():
+                continue
+            if node in fused:  # the layer and its ReLU in one step, writing the ReLU's slot
+                relu = fused[node]
+                steps.append(_Step(node.layer, (slot[node.inputs[0]],), slot[relu], False,
+                                   names[node], names[relu]))
                 continue
             if node in swapped:  # pool first, into a slot of its own, then the ReLU
                 relu = swapped[node]
@@ -157,7 +174,7 @@ class Model:
             _allocator.ensure_tuned()  # training repeats its temporaries: keep their pages
         xs = self._arrays(x, len(self.inputs), "x", "input")
         if keep and self._plain_plan is None:
-            self._plain_plan = self._make_plan({})
+            self._plain_plan = self._make_plan({}, {})
         plan = self._plain_plan if keep else self._fast_plan
         values: list[Any] = [None] * plan.slots
         for i, array in zip(self._input_slots, xs):
@@ -166,7 +183,8 @@ class Model:
         caches = []
         for step, frees in zip(plan.steps, plan.frees):
             arg = tuple(values[i] for i in step.inputs) if step.several else values[step.inputs[0]]
-            values[step.output], cache = step.layer.forward_pass(arg, train)
+            values[step.output], cache = step.layer.forward_pass(arg, train,
+                                                                 step.relu is not None)
             caches.append(cache)
             for i in frees:  # nothing else reads it: let its memory go
                 if i not in keep:
@@ -236,9 +254,10 @@ class Model:
 
     def execution_order(self) -> list[str]:
         """The names of the layer calls in the order forward runs them (backward runs them
-        in reverse): topological, with a ReLU whose only consumer is a MaxPool2D after it."""
+        in reverse): topological, with a ReLU whose only consumer is a MaxPool2D after it.
+        A ReLU fused into the layer before it follows that layer's name."""
         self._sync()
-        return [step.name for step in self._steps]
+        return [name for step in self._steps for name in (step.name, step.relu) if name]
 
     def node_outputs(self, x: Any, names: Sequence[str]) -> dict[str, Any]:
         """The values of the nodes ``names`` (see :attr:`node_names`) for input ``x``, in

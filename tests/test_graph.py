@@ -202,6 +202,67 @@ def test_a_relu_read_by_two_layers_is_not_moved_after_the_pool(rng):
     assert model.execution_order().index("r") == 0
 
 
+def bn_relu_net(dtype, relu_consumers=1, bn_output=False):
+    """conv, batch norm, ReLU (read by ``relu_consumers`` layers), pooled to a dense layer;
+    with ``bn_output`` the batch norm's value is a second output."""
+    x = ann.Input((2, 5, 5))
+    bn = BatchNorm2D(3, name="bn", dtype=dtype)(Conv2D(2, 3, 3, padding=1, name="conv",
+                                                       dtype=dtype, rng=0)(x))
+    r = ReLU(name="relu")(bn)
+    h = GlobalAvgPool2D(name="gap")(r)
+    if relu_consumers == 2:
+        h = Add(name="add")([h, Flatten(name="flat")(AdaptiveAvgPool2D(1, name="avg")(r))])
+    out = Dense(3, 2, name="fc", dtype=dtype, rng=1)(h)
+    return ann.Model(x, [out, bn] if bn_output else out)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_relu_after_batch_norm_runs_fused_with_the_same_results(rng, dtype):
+    """The plan runs the ReLU inside the batch norm's step (one pass each way); output,
+    every gradient and the running statistics equal the layers run one by one."""
+    model = bn_relu_net(dtype)
+    assert [(step.name, step.relu) for step in model._steps if step.relu] == [("bn", "relu")]
+    assert model.execution_order() == ["conv", "bn", "relu", "gap", "fc"]
+    x = rng.standard_normal((4, 2, 5, 5)).astype(dtype)
+    dy = rng.standard_normal((4, 2)).astype(dtype)
+    out = model.forward(x, train=True)
+    dx = model.backward(dy, input_grad=True)
+    conv, bn, relu, gap, fc = (model[n] for n in ("conv", "bn", "relu", "gap", "fc"))
+    twin = [layer.from_config(layer.get_config(), dtype=dtype) if layer.params or layer.buffers
+            else layer for layer in (conv, bn, relu, gap, fc)]
+    for mine, original in zip(twin, (conv, bn, relu, gap, fc)):
+        mine.params.update({k: np.array(v) for k, v in original.params.items()})
+    twin[1].buffers.update({"running_mean": np.zeros(3, dtype), "running_var": np.ones(3, dtype)})
+    h = x
+    for layer in twin:
+        h = layer.forward(h, train=True)
+    np.testing.assert_array_equal(out, h)
+    g = dy
+    for layer in reversed(twin):
+        g = layer.backward(g)
+    np.testing.assert_array_equal(dx, g)
+    for mine, original in zip(twin, (conv, bn, relu, gap, fc)):
+        for key in original.params:
+            np.testing.assert_array_equal(original.grads[key], mine.grads[key], err_msg=key)
+    for key in ("running_mean", "running_var"):
+        np.testing.assert_array_equal(bn.buffers[key], twin[1].buffers[key])
+    np.testing.assert_array_equal(model.forward(x), twin[4].forward(twin[3].forward(
+        twin[2].forward(twin[1].forward(twin[0].forward(x))))))  # evaluation mode too
+
+
+@pytest.mark.parametrize("relu_consumers, bn_output", [(2, False), (1, True)])
+def test_a_relu_is_fused_only_when_it_alone_reads_a_value_no_output_needs(relu_consumers,
+                                                                          bn_output):
+    """The fused step writes only the ReLU's value: a batch norm whose own value is an output
+    keeps its step (a ReLU read by two layers still fuses: its value exists)."""
+    model = bn_relu_net("float64", relu_consumers, bn_output)
+    fused = [step.relu for step in model._steps if step.relu]
+    assert fused == ([] if bn_output else ["relu"])
+    x = np.random.default_rng(0).standard_normal((3, 2, 5, 5))
+    outs = model.forward(x, train=True)
+    assert (np.asarray(outs[1] if bn_output else outs) != 0).all()
+
+
 # --- everything Sequential does -------------------------------------------------------------
 
 def test_summary_lists_each_node_with_its_inputs_and_output_shape():

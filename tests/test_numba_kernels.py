@@ -747,14 +747,18 @@ def test_large_winograd_transforms_split_by_channels_equal_the_portable_kernel(
 
 # --- batch normalization ---------------------------------------------------------------------
 
-def batchnorm_all(x, gamma, beta, dy):
-    return (*F.batchnorm_forward(x, gamma, beta), *F.batchnorm_backward(x, gamma, dy))
+def batchnorm_all(x, gamma, beta, dy, relu=False, stats=True):
+    """Forward, then backward from the forward's statistics (``stats``) or from x alone."""
+    y, mean, var = F.batchnorm_forward(x, gamma, beta, relu=relu)
+    given = {"mean": mean, "var": var} if stats else {}
+    return (y, mean, var, *F.batchnorm_backward(x, gamma, dy, beta=beta, relu=relu, **given))
 
 
+@pytest.mark.parametrize("relu, stats", [(False, True), (False, False), (True, True)])
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-13), ("float32", 2e-6)])
 @pytest.mark.parametrize("shape", [(2, 3, 6, 8), (5, 4), (3, 2, 7), (1, 3, 1, 2), (2, 1, 3, 3)])
 def test_batchnorm_kernels_equal_the_portable_ones_in_every_layout(numba_kernels, rng, dtype,
-                                                                   rtol, shape):
+                                                                   rtol, shape, relu, stats):
     values = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
     dy_values = rng.standard_normal(shape).astype(dtype)
     gamma, beta = (rng.standard_normal(shape[1]).astype(dtype) for _ in range(2))
@@ -763,7 +767,8 @@ def test_batchnorm_kernels_equal_the_portable_ones_in_every_layout(numba_kernels
         for dy in both(dy_values).values():
             if layout == "reversed":
                 dy = dy[::-1]  # the same samples, in x's order
-            fast, portable = fast_and_portable(lambda: batchnorm_all(x, gamma, beta, dy))
+            fast, portable = fast_and_portable(
+                lambda: batchnorm_all(x, gamma, beta, dy, relu, stats))
             for what, a, e in zip(("y", "mean", "var", "dx", "dgamma", "dbeta"), fast,
                                   portable):
                 assert a.dtype == e.dtype and a.shape == e.shape, (layout, what)
@@ -771,6 +776,22 @@ def test_batchnorm_kernels_equal_the_portable_ones_in_every_layout(numba_kernels
                 scale = max(float(np.abs(e).max()), 1.0)
                 np.testing.assert_allclose(a, e, rtol=0, atol=rtol * scale,
                                            err_msg=f"{layout} {what}")
+            if relu:  # the ReLU really ran: zeros where y was negative, none below
+                assert (fast[0] >= 0).all() and (fast[0] == 0).any()
+
+
+def test_batchnorm_outputs_keep_the_memory_order_of_x(numba_kernels, rng):
+    """A convolution's output (channels-first memory) gives channels-first y and dx, read
+    as contiguous rows; NCHW stays NCHW; a strided view is read through an NCHW copy."""
+    values, dy = rng.standard_normal((3, 4, 5, 6)), rng.standard_normal((3, 4, 5, 6))
+    gamma, beta = rng.standard_normal(4), rng.standard_normal(4)
+    for layout, x in layouts(values).items():
+        y, mean, var = numba_kernels.batchnorm_forward(x, gamma, beta, 1e-5)
+        dx = numba_kernels.batchnorm_backward(x, gamma, beta, dy, 1e-5, mean, var)[0]
+        channels_first = layout == "cnhw"
+        for a in (y, dx):
+            assert np.permute_dims(a, (1, 0, 2, 3)).flags.c_contiguous == channels_first
+            assert a.flags.c_contiguous == (not channels_first)
 
 
 def test_large_batchnorm_inputs_split_by_channels_over_the_cores(split_parts, rng):

@@ -26,6 +26,57 @@ def test_batchnorm_gradients_float64(xp, rng, shape):
     assert report.passed, str(report)
 
 
+@pytest.mark.parametrize("shape", [(6, 4), (3, 2, 4, 5)])
+def test_batchnorm_with_a_fused_relu_gradients_float64(xp, rng, shape):
+    """relu=True: the gradients of relu(batchnorm(x)), from the forward's statistics."""
+    inputs = {"x": ann.asarray(rng.standard_normal(shape)),
+              "gamma": ann.asarray(rng.standard_normal(shape[1])),
+              "beta": ann.asarray(rng.standard_normal(shape[1]))}
+
+    def backward(dy, x, gamma, beta):
+        _, mean, var = F.batchnorm_forward(x, gamma, beta, relu=True)
+        dx, dgamma, dbeta = F.batchnorm_backward(x, gamma, dy, mean=mean, var=var, beta=beta,
+                                                 relu=True)
+        return {"x": dx, "gamma": dgamma, "beta": dbeta}
+
+    report = check_function(lambda x, gamma, beta: F.batchnorm_forward(x, gamma, beta,
+                                                                       relu=True)[0],
+                            backward, inputs, eps=1e-5, max_checks=80)
+    assert report.passed, str(report)
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (4, 3, 5, 6)])
+def test_batchnorm_with_a_fused_relu_matches_torch(xp, torch, rng, shape):
+    """Forward and every gradient of torch's relu(batch_norm(x)), on every backend."""
+    x, g, b, dy = (rng.standard_normal(s) for s in (shape, shape[1], shape[1], shape))
+    tx, tg, tb = (torch.tensor(a, requires_grad=True) for a in (x, g, b))
+    ty = torch.relu(torch.nn.functional.batch_norm(tx, None, None, tg, tb, training=True))
+    ty.backward(torch.tensor(dy))
+    ax, ag, ab, ady = (ann.asarray(a) for a in (x, g, b, dy))
+    y, mean, var = F.batchnorm_forward(ax, ag, ab, relu=True)
+    dx, dg, db = F.batchnorm_backward(ax, ag, ady, mean=mean, var=var, beta=ab, relu=True)
+    assert float(host(y).min()) == 0.0  # some outputs were cut
+    for ours, ref in [(y, ty), (dx, tx.grad), (dg, tg.grad), (db, tb.grad)]:
+        assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    rm, rv = torch.tensor(host(mean)), torch.tensor(host(var))
+    te = torch.relu(torch.nn.functional.batch_norm(torch.tensor(x), rm, rv, torch.tensor(g),
+                                                   torch.tensor(b), training=False))
+    assert_close(F.batchnorm_inference(ax, ag, ab, mean, var, relu=True), te, rtol=1e-10,
+                 atol=1e-12)
+
+
+def test_batchnorm_backward_refuses_half_the_statistics_or_a_relu_without_beta(xp, rng):
+    x, dy = (ann.asarray(rng.standard_normal((4, 3))) for _ in range(2))
+    gamma = ann.asarray(np.ones(3))
+    _, mean, var = F.batchnorm_forward(x, gamma, ann.asarray(np.zeros(3)))
+    with pytest.raises(ann.InputError, match="both mean and var .* or neither"):
+        F.batchnorm_backward(x, gamma, dy, mean=mean)
+    with pytest.raises(ann.InputError, match="relu=True needs beta"):
+        F.batchnorm_backward(x, gamma, dy, mean=mean, var=var, relu=True)
+    with pytest.raises(ann.InputError, match=r"var: expected shape \(3,\) .* got \(2,\)"):
+        F.batchnorm_backward(x, gamma, dy, mean=mean, var=ann.asarray(np.ones(2)))
+
+
 def test_dropout_gradient_float64_with_a_fixed_mask(xp, rng):
     mask = ann.asarray((rng.random((4, 5)) > 0.3).astype(np.float64))
     report = check_function(lambda x: F.dropout_forward(x, mask, 0.3),

@@ -78,8 +78,21 @@ def _check_features(x: Any, vectors: dict[str, Any]) -> None:
                              f"{tuple(x.shape)}, got {tuple(v.shape)}")
 
 
-def batchnorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-5) -> tuple[Any, Any, Any]:
-    """Training-mode batch normalization: returns ``(y, mean, var)`` (var biased)."""
+def _normalize(xp: Any, x: Any, gamma: Any, beta: Any, mean: Any, var: Any,
+               eps: float) -> tuple[Any, Any]:
+    """``(gamma * xhat + beta, xhat)`` for x standardized with the statistics ``mean`` and
+    ``var``: the forward pass, and the backward's ReLU mask, compute y by this one function."""
+    xhat = (x - _per_feature(mean, x)) / _per_feature(xp.sqrt(var + eps), x)
+    return _per_feature(gamma, x) * xhat + _per_feature(beta, x), xhat
+
+
+def batchnorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-5, *,
+                      relu: bool = False) -> tuple[Any, Any, Any]:
+    """Training-mode batch normalization: returns ``(y, mean, var)`` (var biased).
+
+    ``relu=True`` returns ``max(y, 0)`` instead of y, in the same pass: what a ReLU after the
+    batch norm computes, without its own pass over memory (models fuse the two this way).
+    """
     xp = namespace(x, gamma, beta, names=("x", "gamma", "beta"))
     check_floating(x, "x")
     axes = _axes(x)
@@ -93,31 +106,51 @@ def batchnorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-5) -> tuple
                          f"training (or an empty batch), got shape {tuple(x.shape)}")
     fast = norm_kernels(xp, x.dtype)
     if fast is not None:  # see _fast
-        return fast.batchnorm_forward(x, gamma, beta, eps)
+        return fast.batchnorm_forward(x, gamma, beta, eps, bool(relu))
     mean = xp.mean(x, axis=axes)
     centered = x - _per_feature(mean, x)
     var = xp.mean(centered * centered, axis=axes)
-    xhat = centered / _per_feature(xp.sqrt(var + eps), x)
-    return _per_feature(gamma, x) * xhat + _per_feature(beta, x), mean, var
+    y, _ = _normalize(xp, x, gamma, beta, mean, var, eps)
+    return (xp.maximum(y, xp.zeros_like(y)) if relu else y), mean, var
 
 
-def batchnorm_backward(x: Any, gamma: Any, dy: Any, eps: float = 1e-5) -> tuple[Any, Any, Any]:
-    """Gradients ``(dx, dgamma, dbeta)`` of training-mode batch normalization."""
+def batchnorm_backward(x: Any, gamma: Any, dy: Any, eps: float = 1e-5, *, mean: Any = None,
+                       var: Any = None, beta: Any = None,
+                       relu: bool = False) -> tuple[Any, Any, Any]:
+    """Gradients ``(dx, dgamma, dbeta)`` of training-mode batch normalization.
+
+    ``mean`` and ``var``: the statistics :func:`batchnorm_forward` returned, which saves the
+    passes that compute them again from x (pass both or neither). ``relu=True``: the
+    gradients of ``batchnorm_forward(..., relu=True)``, dy zeroed where
+    ``gamma * xhat + beta <= 0`` (as :func:`relu_backward`); it needs ``beta``.
+    """
     xp = namespace(x, gamma, dy, names=("x", "gamma", "dy"))
     check_floating(x, "x")
     axes = _axes(x)
-    _check_features(x, {"gamma": gamma})
     check_gradient(x, dy, tuple(x.shape))
+    if (mean is None) != (var is None):
+        raise InputError("batchnorm_backward: expected both mean and var (the forward's "
+                         "statistics) or neither")
+    if relu and beta is None:
+        raise InputError("batchnorm_backward: relu=True needs beta (the ReLU's mask is where "
+                         "gamma * xhat + beta <= 0)")
+    given = {"gamma": gamma, "beta": beta, "mean": mean, "var": var}
+    _check_features(x, {k: v for k, v in given.items() if v is not None})
     m = _values_per_feature(x)
     if m == 0:  # an empty batch contributes nothing
         return xp.zeros_like(x), xp.zeros_like(gamma), xp.zeros_like(gamma)
+    if mean is None:
+        mean = xp.mean(x, axis=axes)
+        centered = x - _per_feature(mean, x)
+        var = xp.mean(centered * centered, axis=axes)
+    beta = xp.zeros_like(gamma) if beta is None else beta
     fast = norm_kernels(xp, x.dtype)
     if fast is not None:  # see _fast
-        return fast.batchnorm_backward(x, gamma, dy, eps)
-    mean = xp.mean(x, axis=axes)
-    centered = x - _per_feature(mean, x)
-    inv_std = 1.0 / xp.sqrt(xp.mean(centered * centered, axis=axes) + eps)
-    xhat = centered * _per_feature(inv_std, x)
+        return fast.batchnorm_backward(x, gamma, beta, dy, eps, mean, var, bool(relu))
+    y, xhat = _normalize(xp, x, gamma, beta, mean, var, eps)
+    if relu:  # as relu_backward: 0 where y <= 0 (a NaN y passes dy)
+        dy = dy * xp.astype(~(y <= 0), dy.dtype)
+    inv_std = 1.0 / xp.sqrt(var + eps)
     dbeta = xp.sum(dy, axis=axes)
     dgamma = xp.sum(dy * xhat, axis=axes)
     scale = _per_feature(gamma * inv_std / m, x)
@@ -126,8 +159,9 @@ def batchnorm_backward(x: Any, gamma: Any, dy: Any, eps: float = 1e-5) -> tuple[
 
 
 def batchnorm_inference(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any,
-                        eps: float = 1e-5) -> Any:
-    """Evaluation-mode batch normalization with the running statistics."""
+                        eps: float = 1e-5, *, relu: bool = False) -> Any:
+    """Evaluation-mode batch normalization with the running statistics (then a ReLU if
+    ``relu``)."""
     xp = namespace(x, gamma, beta, running_mean, running_var,
                    names=("x", "gamma", "beta", "running_mean", "running_var"))
     check_floating(x, "x")
@@ -135,7 +169,8 @@ def batchnorm_inference(x: Any, gamma: Any, beta: Any, running_mean: Any, runnin
     _check_features(x, {"gamma": gamma, "beta": beta, "running_mean": running_mean,
                         "running_var": running_var})
     scale = gamma / xp.sqrt(running_var + eps)
-    return _per_feature(scale, x) * x + _per_feature(beta - running_mean * scale, x)
+    y = _per_feature(scale, x) * x + _per_feature(beta - running_mean * scale, x)
+    return xp.maximum(y, xp.zeros_like(y)) if relu else y
 
 
 def batchnorm_update_running(running_mean: Any, running_var: Any, mean: Any, var: Any,

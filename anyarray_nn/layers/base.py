@@ -108,6 +108,9 @@ class Layer:
     batch_separable = True
     #: Whether the layer joins several inputs, given as one tuple (Add, Concatenate).
     takes_several = False
+    #: Whether ``_forward`` takes ``relu=True`` and then applies a ReLU to its output in the
+    #: same pass (BatchNorm): models run a ReLU that follows such a layer this way.
+    fuses_relu = False
 
     def __init__(self, name: str | None = None) -> None:
         check_layer_name(name)
@@ -157,12 +160,13 @@ class Layer:
 
     # --- the engine's protocol: no state kept ---------------------------------------------
 
-    def forward_pass(self, x: Any, train: bool) -> tuple[Any, Any]:
+    def forward_pass(self, x: Any, train: bool, relu: bool = False) -> tuple[Any, Any]:
         """``(y, cache)``: the forward pass with errors naming the layer, keeping nothing on
         the layer (the cache is ``_NO_CACHE`` unless ``train``). Models call this, so a layer
-        used twice keeps one cache per call."""
+        used twice keeps one cache per call. ``relu=True`` (layers whose ``fuses_relu`` is
+        true) returns ``relu(y)``, and the backward pass goes back through both."""
         with errors_named(self.describe()):
-            out, cache = self._forward(x, train)
+            out, cache = self._forward(x, train, relu=True) if relu else self._forward(x, train)
         return out, (cache if train else _NO_CACHE)
 
     def backward_pass(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:

@@ -20,6 +20,7 @@ class _BatchNorm(Layer):
     """Shared code of BatchNorm1D and BatchNorm2D (they differ in the input rank only)."""
 
     batch_separable = False  # training statistics come from the whole batch
+    fuses_relu = True
     ndims: tuple[int, ...]  # the input ranks accepted, set by each subclass
     layouts: str  # how the error message names them
 
@@ -54,33 +55,38 @@ class _BatchNorm(Layer):
         return (_backend.asarray_like(np.ones(self.num_features), x),
                 _backend.asarray_like(np.zeros(self.num_features), x))
 
-    def _forward(self, x: Any, train: bool) -> tuple[Any, Any]:
+    def _forward(self, x: Any, train: bool, relu: bool = False) -> tuple[Any, Any]:
         namespace(x)  # a non-array x: the library's error, before x.ndim is read
         if x.ndim not in self.ndims:
             raise InputError(f"x: expected {self.layouts}, got shape {tuple(x.shape)}")
         gamma, beta = self._gamma_and_beta(x)
         if not train and self.track_running_stats:
             return F.batchnorm_inference(x, gamma, beta, self.buffers["running_mean"],
-                                         self.buffers["running_var"], self.eps), None
+                                         self.buffers["running_var"], self.eps,
+                                         relu=relu), None
         # Batch statistics: in training, and always without running statistics (as PyTorch).
-        y, mean, var = F.batchnorm_forward(x, gamma, beta, self.eps)
+        y, mean, var = F.batchnorm_forward(x, gamma, beta, self.eps, relu=relu)
+        cache = (x, mean, var, relu)
         count = math.prod(x.shape) // x.shape[1]  # x.shape[1] == num_features >= 1
         if not train or not self.track_running_stats:
-            return y, x
+            return y, cache
         momentum = self.momentum
         if momentum is None:  # PyTorch's cumulative average: batch k weighs 1 / k
             tracked = self.buffers["num_batches_tracked"] + 1
             self.buffers["num_batches_tracked"] = tracked
             momentum = 1.0 / float(tracked)
         if count == 0:  # an empty batch leaves the running statistics as they are (PyTorch)
-            return y, x
+            return y, cache
         self.buffers["running_mean"], self.buffers["running_var"] = F.batchnorm_update_running(
             self.buffers["running_mean"], self.buffers["running_var"], mean, var, count,
             momentum)
-        return y, x
+        return y, cache
 
-    def _backward(self, dy: Any, x: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
-        dx, dgamma, dbeta = F.batchnorm_backward(x, self._gamma_and_beta(x)[0], dy, self.eps)
+    def _backward(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
+        x, mean, var, relu = cache
+        gamma, beta = self._gamma_and_beta(x)
+        dx, dgamma, dbeta = F.batchnorm_backward(x, gamma, dy, self.eps, mean=mean, var=var,
+                                                 beta=beta, relu=relu)
         return dx, ({"gamma": dgamma, "beta": dbeta} if self.affine else {})
 
     def get_config(self) -> dict[str, Any]:
