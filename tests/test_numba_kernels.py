@@ -835,6 +835,22 @@ def test_exact_gelu_kernels_equal_the_portable_ones(numba_kernels, rng, dtype, r
                                        err_msg=what)
 
 
+def test_exact_gelu_kernels_in_every_layout_keep_the_memory_order_of_x(numba_kernels, rng):
+    """x and dy in every layout the kernels meet, the two layouts differing too: the
+    portable results, and a channels-first x (a convolution's output) read in place and
+    answered in its own order."""
+    values, dy_values = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 3, 4, 5))
+    for name, x in layouts(values).items():
+        for dy in layouts(dy_values).values():
+            fast, portable = fast_and_portable(lambda: (F.gelu_forward(x),
+                                                        F.gelu_backward(x, dy)))
+            for got, expected in zip(fast, portable):
+                np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-15,
+                                           err_msg=name)
+                if name == "cnhw":
+                    assert np.permute_dims(got, (1, 0, 2, 3)).flags.c_contiguous
+
+
 def test_gelu_dispatch_takes_numba_for_the_exact_form_on_numpy_only(numba_kernels):
     import array_api_strict
     assert _fast.activation_kernels(np, np.dtype("float32"), "none") is numba_kernels

@@ -1150,10 +1150,18 @@ def gelu(x: Any, dy: Any | None) -> Any:
     """The exact GELU of ``x`` (``dy`` None), or its gradient for the upstream gradient
     ``dy``: an array of x's shape and dtype. Large arrays are split into one range per
     core."""
-    flat = np.ravel(x)
-    grad = flat if dy is None else np.ravel(dy)
-    out = np.empty(flat.shape, dtype=x.dtype)
+    # In x's memory order: views, not copies, for a convolution's channels-first output.
+    out = np.empty_like(x)
+    flat, out_flat = np.ravel(x, order="K"), np.ravel(out, order="K")
+    if dy is not None and dy.strides != x.strides:
+        dy = _copy_into(np.empty_like(x), dy)
+    grad = flat if dy is None else np.ravel(dy, order="K")
     # every value is independent: split the flat range as the transforms split channels
-    _by_channels(lambda lo, hi: _gelu(flat, grad, out, lo, hi, dy is not None), flat.size,
-                 flat.size)
-    return np.reshape(out, x.shape)
+    _by_channels(lambda lo, hi: _gelu(flat, grad, out_flat, lo, hi, dy is not None),
+                 flat.size, flat.size)
+    return out
+
+
+def _copy_into(target: Any, source: Any) -> Any:
+    target[...] = source
+    return target
