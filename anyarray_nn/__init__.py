@@ -7,7 +7,7 @@ array-api-strict. Start with :func:`set_backend`, build a :class:`Sequential` of
 
 __version__ = "0.1.0"
 
-from . import data, functional, gradcheck, init, layers, losses, metrics, networks, optim, schedules, train
+from . import data, distributed, functional, gradcheck, init, layers, losses, metrics, networks, optim, schedules, train
 from .backend import (
     Backend,
     available_backends,
@@ -33,6 +33,6 @@ __all__ = [
     "BackendError", "BackendMismatchError", "InputError", "NonFiniteError",
     "GradCheckReport", "check_gradients", "Sequential", "Model", "Input", "DataParallel",
     "save_checkpoint", "load_checkpoint", "warm_start", "load_model", "checkpoint",
-    "data", "functional", "gradcheck", "init", "layers", "losses", "metrics", "networks", "optim",
+    "data", "distributed", "functional", "gradcheck", "init", "layers", "losses", "metrics", "networks", "optim",
     "schedules", "train", "fit", "evaluate", "History",
 ]

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import backend as _backend
+from . import distributed
 from .errors import InputError, NonFiniteError, shorten
 
 
@@ -349,6 +350,9 @@ def evaluate(model: Any, loss_fn: Any, loader: Iterable[tuple[Any, Any]]) -> Eva
     total_loss, correct, counted, count = 0.0, 0, 0, 0
     predictions, labels = [], []
     ignore_index = getattr(loss_fn, "ignore_index", None)
+    shared = distributed.is_distributed(model)
+    if shared:
+        _check_sharded(loader, "evaluate", "loader")
     for xb, yb in loader:
         outputs = model.forward(xb, train=False)
         logits, targets = _parts(outputs)[0], _parts(yb)[0]
@@ -358,13 +362,36 @@ def evaluate(model: Any, loss_fn: Any, loader: Iterable[tuple[Any, Any]]) -> Eva
         predicted, classes, hits, counts = _hits(xp, logits, targets, ignore_index)
         correct, counted = correct + int(hits), counted + int(counts)
         count += n
-        predictions.append(_backend.to_host(predicted))
-        labels.append(_backend.to_host(classes))
+        predictions.append(_backend.to_host(predicted).astype(np.int64))
+        labels.append(_backend.to_host(classes).astype(np.int64))
+    if shared:  # every rank reports the whole data set: sums and predictions of all ranks
+        total_loss, correct, counted, count = distributed.allreduce_sum(
+            np.array([total_loss, correct, counted, count], dtype=np.float64)).tolist()
+        predictions, labels = _in_batch_order(predictions), _in_batch_order(labels)
     if count == 0:
         raise ValueError("evaluate: the loader produced no batches")
-    return EvalResult(total_loss / count, _accuracy(correct, counted),
-                      np.concatenate(predictions).astype(np.int64),
-                      np.concatenate(labels).astype(np.int64))
+    return EvalResult(total_loss / count, _accuracy(int(correct), int(counted)),
+                      np.concatenate(predictions), np.concatenate(labels))
+
+
+def _in_batch_order(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """The ranks' per-batch arrays ``parts`` gathered, batch by batch in rank order: the
+    order one process would have produced."""
+    lengths = distributed.allgather(np.array([len(p) for p in parts], dtype=np.int64))
+    values = distributed.allgather(np.concatenate(parts) if parts else np.zeros(0, np.int64))
+    pieces = [np.split(v, np.cumsum(n)[:-1]) for v, n in zip(values, lengths)]
+    return [piece for batch in zip(*pieces) for piece in batch]
+
+
+def _check_sharded(loader: Any, who: str, what: str) -> None:
+    """Refuse a loader that is not sharded over the ranks of a distributed model (each rank
+    would go through every example)."""
+    size = distributed.world_size()
+    if getattr(loader, "world_size", None) != size:
+        raise ValueError(f"{who}: the model is trained on {size} ranks, but the {what} is not "
+                         f"sharded over them (world_size "
+                         f"{getattr(loader, 'world_size', None)!r}); make it with "
+                         f"DataLoader(..., shard=anyarray_nn.distributed.shard())")
 
 
 def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
@@ -400,6 +427,11 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
         raise ValueError(f"fit: epochs= needs a training loader with len() (batches per "
                          f"epoch), and {type(train_loader).__name__} has none; use iterations=")
     _check_optimizer_is_for(model, optimizer)
+    if distributed.is_distributed(model):
+        _check_sharded(train_loader, "fit", "training loader")
+        if val_loader is not None:
+            _check_sharded(val_loader, "fit", "validation loader")
+        progress = progress and distributed.is_main()
     callbacks = list(callbacks)
     state = TrainState(model, optimizer, history or History(), validates=val_loader is not None)
     state.epoch = len(state.history.epochs)
@@ -409,8 +441,9 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
         cb.on_train_begin(state)
     bar = _progress_bar(total_steps, progress)
     try:
-        _train(state, model, loss_fn, optimizer, train_loader, total_steps, val_loader,
-               val_every, callbacks, bar)
+        with distributed.abort_on_error():  # one rank's error stops every rank
+            _train(state, model, loss_fn, optimizer, train_loader, total_steps, val_loader,
+                   val_every, callbacks, bar)
     finally:  # also on an error or Ctrl-C: a bar left open garbles the next one
         if bar is not None:
             bar.close()
@@ -435,6 +468,9 @@ def _train(state: TrainState, model: Any, loss_fn: Any, optimizer: Any, train_lo
             loss_value, correct, counted = _forward_backward(state, model, loss_fn, xb, yb)
             optimizer.step()  # only now: every value it reads was found finite
             n = _batch_length(yb)
+            if distributed.is_distributed(model):  # the whole global batch's values
+                loss_value, n, correct, counted = _global_batch(loss_value, n, correct,
+                                                                counted)
             state.step += 1
             steps_done += 1
             seen += n
@@ -468,6 +504,15 @@ def _train(state: TrainState, model: Any, loss_fn: Any, optimizer: Any, train_lo
         state.history.epochs.append(summary)
         for cb in callbacks:
             cb.on_epoch_end(state)
+
+
+def _global_batch(loss: float, n: int, correct: int,
+                  counted: int) -> tuple[float, int, int, int]:
+    """This rank's loss and counts summed with every rank's: the global batch's mean loss,
+    its size and its numbers of correct and of counted predictions."""
+    total, n, correct, counted = distributed.allreduce_sum(
+        np.array([loss * n, n, correct, counted], dtype=np.float64)).tolist()
+    return total / n, int(n), int(correct), int(counted)
 
 
 def _check_optimizer_is_for(model: Any, optimizer: Any) -> None:

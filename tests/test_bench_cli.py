@@ -139,13 +139,17 @@ def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):
 @pytest.mark.parametrize("backend", ["numpy", "array_api_strict"])
 def test_every_case_builds_and_runs_on_our_kernels(backend):
     """The suite itself is portable: every case runs once at batch 1 (strict: standard only).
-    Only the DataParallel steps are NumPy's alone."""
+    Only the DataParallel and MPI steps are NumPy's alone; the MPI steps run at batch 2 (one
+    example per rank at least: at batch 1 they are left out)."""
     for case in C.all_cases():
-        call = case.build(backend, 1, "float32")
-        if case.piece in C.PARALLEL_STEPS and backend != "numpy":
+        batch = 2 if case.piece in C.MPI_STEPS else 1
+        call = case.build(backend, batch, "float32")
+        if (case.piece in C.PARALLEL_STEPS or case.piece in C.MPI_STEPS) and backend != "numpy":
             assert call is None
         else:
             call()
+        if case.piece in C.MPI_STEPS:
+            assert case.build(backend, 1, "float32") is None
 
 
 def test_every_case_builds_the_pytorch_reference(torch):
@@ -164,14 +168,17 @@ def test_real_subprocess():
     assert bad.returncode == 2 and "Invalid value for '-n' / '--batch'" in bad.stderr
 
 
-def test_the_data_parallel_steps_run_on_numpy_only(tmp_path):
+def test_the_data_parallel_and_mpi_steps_run_on_numpy_only(tmp_path):
     path = tmp_path / "parallel.json"
     out = invoke("-b", "numpy", "-b", "array_api_strict", "-c", "train/mnist/step-*",
                  "-n", "4", "--repeats", "1", "--no-reference", "--json", str(path))
     assert out.exit_code == 0, out.output
     rows = json.loads(path.read_text())["rows"]
-    assert [(r["case"], r["backend"]) for r in rows] == [
-        ("train/mnist/step-threads", "numpy"), ("train/mnist/step-processes", "numpy")]
+    expected = [("train/mnist/step-threads", "numpy"), ("train/mnist/step-processes", "numpy")]
+    if C.ranks.mpiexec() is not None:  # the mpi extra: the 2-rank step too
+        expected.append(("train/mnist/step-mpi2", "numpy"))
+    assert [(r["case"], r["backend"]) for r in rows] == expected
+    assert [r["peak_memory_mb"] for r in rows][2:] == [None] * (len(expected) - 2)
 
 
 @pytest.mark.parametrize("repeats,blocks", [(1, 2), (3, 2), (5, 2), (4, 3), (2, 1)])

@@ -36,6 +36,7 @@ from ..networks import NETWORKS
 from ..optim import SGD
 from ..model import Input, Model, Sequential
 from ..parallel import DataParallel
+from . import ranks
 
 INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar10_large": (3, 32, 32),
                 "cifar10_resnet": (3, 32, 32), "cifar10_fast": (3, 32, 32)}
@@ -47,6 +48,7 @@ PIECES = {"conv": ("forward", "dX", "dW"), "dense": ("forward", "backward"),
           "pool": ("forward", "backward")}  # what is timed of each layer
 NUM_CLASSES = 10  # every course network ends in 10 logits
 PARALLEL_STEPS = {"step-threads": False, "step-processes": True}  # piece -> processes
+MPI_STEPS = {"step-mpi2": 2}  # piece -> ranks of DistributedDataParallel (bench.ranks)
 HOST_ITEMSIZE = 8  # inputs are drawn on the host in float64, then cast and moved
 HELPER_PROCESS_BYTES = 200 * 10**6  # a DataParallel helper interpreter (measured: 174 MB RSS)
 
@@ -66,7 +68,8 @@ class Case:
 
     suite: str
     layer: str           # e.g. "mnist.conv2"
-    piece: str           # forward, dX, dW, backward, step, step-threads, step-processes
+    piece: str           # forward, dX, dW, backward, step, step-threads, step-processes,
+                         # step-mpi2
     spec: tuple          # sizes, see the builders below
 
     @property
@@ -106,19 +109,23 @@ class Case:
         :func:`_conv_elements` and its neighbours). PyTorch's reference computes the same
         arrays (measured: it needs no more than our kernels), so it gets the same estimate."""
         piece = self.piece
-        if target.startswith("pytorch") and piece in PARALLEL_STEPS:
+        if target.startswith("pytorch") and (piece in PARALLEL_STEPS or piece in MPI_STEPS):
             piece = "step"  # the reference runs the plain step
+        helpers = ((cpu_count() - 1) * HELPER_PROCESS_BYTES if piece == "step-processes"
+                   else MPI_STEPS.get(piece, 0) * HELPER_PROCESS_BYTES)
+        if piece in MPI_STEPS:  # the ranks hold the plain step's arrays between them
+            piece = "step"
         gpu = _backend.on_gpu(target)
         kept, working, drawn = _ELEMENTS[self.suite](self.spec, piece, batch, gpu)
         itemsize = np.dtype(dtype).itemsize
-        helpers = (cpu_count() - 1) * HELPER_PROCESS_BYTES if piece == "step-processes" else 0
         return Memory(kept * itemsize + helpers, working * itemsize, drawn * HOST_ITEMSIZE)
 
     def runs_on(self, target: str) -> bool:
         """Whether this case runs on ``target`` (a backend name, or "pytorch"/"pytorch:cuda"):
-        the DataParallel steps split a batch over CPU cores, so they are NumPy's alone."""
-        return (self.piece not in PARALLEL_STEPS or target == "numpy"
-                or target.startswith("pytorch"))
+        the DataParallel and MPI steps split a batch over CPU cores, so they are NumPy's
+        alone."""
+        return (self.piece not in PARALLEL_STEPS and self.piece not in MPI_STEPS
+                or target == "numpy" or target.startswith("pytorch"))
 
     def build(self, target: str, batch: int, dtype: str) -> Callable[[], Any]:
         """A no-argument callable running this case once on ``target``.
@@ -174,6 +181,10 @@ def all_cases() -> list[Case]:
     cases += [Case("train", network, piece, (network,))
               for network in NETWORKS for piece in ("step", *PARALLEL_STEPS)
               if piece == "step" or _batch_separable(network)]
+    # Data parallel over MPI ranks of one core each (bench.ranks), where MPI is installed.
+    if ranks.mpiexec() is not None:
+        cases += [Case("train", network, piece, (network,))
+                  for network in NETWORKS for piece in MPI_STEPS]
     cases += [Case("conv", layer, piece, spec) for layer, spec in GROUPED_CONVOLUTIONS.items()
               for piece in PIECES["conv"]]
     return cases
@@ -374,6 +385,9 @@ def _ours_train(case: Case, target: str, batch: int, dtype: str) -> Callable[[],
     split = case.piece in PARALLEL_STEPS
     if not case.runs_on(target):  # torch has its own thread pool; a GPU needs none
         return None
+    if case.piece in MPI_STEPS:  # every rank needs an example of the batch
+        count = MPI_STEPS[case.piece]
+        return ranks.MpiSteps(network, batch, dtype, count) if batch >= count else None
     model = NETWORKS[network](rng=0, backend=target, dtype=dtype)
     if split:  # every batch size split, to show where it pays (DataParallel's min_batch: 16 or 32)
         model = DataParallel(model, processes=PARALLEL_STEPS[case.piece], min_batch=1)

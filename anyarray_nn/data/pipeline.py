@@ -278,6 +278,16 @@ class DataLoader:
     so they are refused there); for several outputs ``y`` is a tuple of label arrays. (A
     list is one array's values, as before.)
 
+    ``shard=(rank, world_size)`` (what :func:`anyarray_nn.distributed.shard` returns) makes
+    this rank's loader of data parallel training: every rank draws the same order, the
+    batches keep ``batch_size`` as their global size, and each rank gets its contiguous part
+    of each global batch (sorted; sizes differing by one at most), so every example is seen
+    once per epoch on exactly one rank. A last global batch with fewer examples than ranks
+    joins the one before it (a rank never gets an empty batch; ``drop_last`` drops it
+    instead). Augmentations then draw from a generator of each rank's own (from ``seed`` and
+    the rank). The state (:meth:`state_dict`) records the number of ranks, and resumes on the
+    same number only.
+
     ``x`` must hold numbers (booleans, integers or floats; a NaN or infinity in a batch is
     caught by training, which skips that step with a :class:`~anyarray_nn.errors.NonFiniteError`).
     ``y`` holds one class index per example: a 1-D array of integers >= 0, or of floats that
@@ -289,7 +299,8 @@ class DataLoader:
                  shuffle: bool = True, seed: int = 0, backend: Any = None,
                  dtype: str = "float32", preprocess: Callable[[Any], Any] | None = None,
                  augment: Sequence[Callable[[Any, np.random.Generator], Any]] = (),
-                 train: bool = True, drop_last: bool = False) -> None:
+                 train: bool = True, drop_last: bool = False,
+                 shard: tuple[int, int] | None = None) -> None:
         # A tuple holds one array per model input or output; a list is one array's values.
         self._several_x, self._several_y = isinstance(x, tuple), isinstance(y, tuple)
         xs = [a if isinstance(a, np.ndarray) else np.asarray(a)
@@ -320,20 +331,35 @@ class DataLoader:
         self.backend = _backend.get_backend(backend).name
         self.dtype, self.preprocess, self.augment, self.train = dtype, preprocess, augment, train
         self.rng = np.random.default_rng(seed)
+        self.rank, self.world_size = _check_shard(shard, batch_size, self.num_examples, seed)
+        # The order is drawn from self.rng on every rank alike; augmentations draw from a
+        # generator of each rank's own, so that the ranks' orders never drift apart.
+        self.augment_rng = (self.rng if self.world_size == 1
+                            else np.random.default_rng([seed, self.rank]))
         self.epoch = 0
 
     def __len__(self) -> int:
-        """Batches per epoch."""
-        n = self.num_examples
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        """Batches per epoch (global batches, when sharded)."""
+        return len(self._bounds())
+
+    def _bounds(self) -> list[tuple[int, int]]:
+        """Each global batch's [start, stop) in the epoch's order."""
+        n, size = self.num_examples, self.batch_size
+        count = n // size if self.drop_last else math.ceil(n / size)
+        bounds = [(i * size, min(n, (i + 1) * size)) for i in range(count)]
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < self.world_size:
+            bounds[-2:] = [(bounds[-2][0], n)]  # too few to give every rank one: join
+        return bounds
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         n = self.num_examples
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         self.epoch += 1
-        for i in range(len(self)):
-            index = np.sort(order[i * self.batch_size:(i + 1) * self.batch_size])
-            yield self.batch(index)
+        for start, stop in self._bounds():
+            index = np.sort(order[start:stop])
+            count = len(index)  # this rank's contiguous part, sizes differing by one at most
+            yield self.batch(index[count * self.rank // self.world_size:
+                                   count * (self.rank + 1) // self.world_size])
 
     def batch(self, index: np.ndarray) -> tuple[Any, Any]:
         """The examples at ``index`` as a device batch (preprocessed, augmented in training)."""
@@ -350,14 +376,19 @@ class DataLoader:
         if self.train:
             for transform in self.augment:
                 if getattr(transform, "per_example", False):
-                    xb = transform(xb, self.rng, index=index, epoch=self.epoch)
+                    xb = transform(xb, self.augment_rng, index=index, epoch=self.epoch)
                 else:
-                    xb = transform(xb, self.rng)
+                    xb = transform(xb, self.augment_rng)
         return xb, yb
 
     def state_dict(self) -> dict[str, Any]:
-        """The position in the data order (the generator state and the epoch count)."""
-        return {"epoch": self.epoch, "rng": self.rng.bit_generator.state}
+        """The position in the data order (the generator state and the epoch count; sharded
+        over several ranks, also the number of ranks and the augmentations' generator)."""
+        state = {"epoch": self.epoch, "rng": self.rng.bit_generator.state}
+        if self.world_size > 1:
+            state.update(world_size=self.world_size,
+                         augment_rng=self.augment_rng.bit_generator.state)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the data order from :meth:`state_dict` (for exact resume).
@@ -369,24 +400,54 @@ class DataLoader:
         if not isinstance(state, dict):
             raise ValueError(f"{where}: expected a dict with 'epoch' and 'rng', got "
                              f"{type(state).__name__}")
-        missing = [repr(key) for key in ("epoch", "rng") if key not in state]
-        unexpected = [repr(key) for key in state if key not in ("epoch", "rng")]
+        keys = ("epoch", "rng") + (("world_size", "augment_rng") if self.world_size > 1 else ())
+        if state.get("world_size", 1) != self.world_size:
+            raise ValueError(f"{where}: the state was saved by a loader sharded over "
+                             f"{state.get('world_size', 1)!r} ranks and this one shards over "
+                             f"{self.world_size}; resume on the same number of ranks")
+        missing = [repr(key) for key in keys if key not in state]
+        unexpected = [repr(key) for key in state if key not in keys]
         if missing or unexpected:
-            raise ValueError(f"{where}: expected the keys 'epoch' and 'rng'; missing "
+            raise ValueError(f"{where}: expected the keys {', '.join(map(repr, keys))}; missing "
                              f"{', '.join(missing) or 'none'}, unexpected "
                              f"{', '.join(unexpected) or 'none'}")
         epoch = as_int(state["epoch"])
         if epoch is None or epoch < 0:
             raise ValueError(f"{where}: expected 'epoch' to be an integer >= 0, got "
                              f"{state['epoch']!r}")
-        trial = type(self.rng.bit_generator)(0)  # a throwaway generator tries the state first
-        try:
-            trial.state = state["rng"]
-        except (TypeError, ValueError, KeyError, OverflowError) as exc:
-            raise ValueError(f"{where}: 'rng' is not a {type(trial).__name__} generator state "
-                             f"({type(exc).__name__}: {exc})") from None
+        generators = [("rng", self.rng)] + ([("augment_rng", self.augment_rng)]
+                                            if self.world_size > 1 else [])
+        for key, generator in generators:
+            trial = type(generator.bit_generator)(0)  # a throwaway generator tries it first
+            try:
+                trial.state = state[key]
+            except (TypeError, ValueError, KeyError, OverflowError) as exc:
+                raise ValueError(f"{where}: {key!r} is not a {type(trial).__name__} generator "
+                                 f"state ({type(exc).__name__}: {exc})") from None
         self.epoch = epoch
-        self.rng.bit_generator.state = state["rng"]
+        for key, generator in generators:
+            generator.bit_generator.state = state[key]
+
+
+def _check_shard(shard: Any, batch_size: int, examples: int, seed: Any) -> tuple[int, int]:
+    """``(rank, world_size)`` of a loader's ``shard`` ((0, 1) for None); a ValueError says
+    what does not fit."""
+    if shard is None:
+        return 0, 1
+    pair = tuple(shard) if isinstance(shard, (tuple, list)) else ()
+    if (len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+            or not 0 <= pair[0] < pair[1]):
+        raise ValueError(f"DataLoader: expected shard=(rank, world_size) with 0 <= rank < "
+                         f"world_size (anyarray_nn.distributed.shard()), got {shard!r}")
+    rank, size = pair
+    if size > 1 and (batch_size < size or examples < size):
+        raise ValueError(f"DataLoader: sharded over {size} ranks, every global batch needs "
+                         f"at least one example per rank; got batch_size={batch_size} and "
+                         f"{examples} examples")
+    if size > 1 and not (isinstance(seed, int) and seed >= 0):
+        raise ValueError(f"DataLoader: sharded over {size} ranks, seed must be an int >= 0 "
+                         f"(each rank's augmentations draw from seed and rank), got {seed!r}")
+    return rank, size
 
 
 def _check_numbers(x: np.ndarray, who: str) -> None:

@@ -1,0 +1,266 @@
+"""Data parallel training over MPI: one process per rank, each on its own shard of every batch.
+
+Started with ``mpiexec -n 4 python train.py``, each process trains the same model on its part
+of each global batch; after every backward pass the gradients are all-reduced, so every rank
+applies the same update and the weights stay identical everywhere (the shape of PyTorch's
+DistributedDataParallel and ChainerMN). The library starts no process and speaks no protocol of
+its own: mpi4py carries the messages (``pip install "anyarray_nn[mpi]"`` installs it and MPICH,
+whose ``mpiexec`` runs on one machine or, with a host file, on several).
+
+* :func:`init` joins MPI. Nothing here imports mpi4py until a function is called: a process
+  started by ``mpiexec`` (it sets ``PMI_RANK``, ``OMPI_COMM_WORLD_RANK`` or ``PMIX_RANK``)
+  joins at the first call, and a process started without it is rank 0 of 1 without ever
+  loading MPI, so the same script runs unchanged either way.
+* :class:`DistributedDataParallel` wraps a model: the parameters and buffers start as rank
+  0's, and its backward pass averages the gradients over the ranks, each weighted by its
+  share of the global batch (exact for losses averaged over the batch, the default of every
+  loss here, also when the shards differ in size).
+* ``DataLoader(..., shard=ann.distributed.shard())`` gives each rank its part of every global
+  batch (see :class:`~anyarray_nn.data.DataLoader`).
+* :func:`~anyarray_nn.fit` and :func:`~anyarray_nn.evaluate` notice the wrapper: only rank 0
+  shows progress, every rank records the losses and accuracies of the whole global batch,
+  and an error on one rank stops every rank (:func:`abort_on_error`).
+
+Layers that see the batch: batch normalization computes its statistics on each rank's own
+shard (PyTorch's default too), and before each forward pass every rank takes rank 0's
+buffers (its running statistics), as PyTorch's ``broadcast_buffers``; each rank's Dropout
+layers draw from their own streams, derived from the layer's seed and the rank when the
+model is wrapped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import traceback
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import backend as _backend
+from .layers.norm import Dropout
+from .model import Model
+
+logger = logging.getLogger("anyarray_nn")
+
+#: The environment variables by which MPI launchers (MPICH's Hydra, Open MPI, PMIx) tell a
+#: process its rank.
+LAUNCHER_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+_comm: Any = None  # the communicator once joined; None: not joined (one rank, or not yet)
+
+
+def launched_by_mpi() -> bool:
+    """Whether an MPI launcher (``mpiexec``) started this process."""
+    return any(name in os.environ for name in LAUNCHER_VARIABLES)
+
+
+def init(comm: Any = None) -> None:
+    """Join MPI (``MPI.COMM_WORLD``, or the mpi4py communicator ``comm``): called for the user
+    at the first use of any function here when ``mpiexec`` started the process. Raises
+    ImportError with the install command when mpi4py is missing."""
+    global _comm
+    if comm is None:
+        try:
+            from mpi4py import MPI
+        except ImportError as exc:
+            raise ImportError('anyarray_nn.distributed: mpi4py is not installed; install it '
+                              'and MPICH with: pip install "anyarray_nn[mpi]"') from exc
+        comm = MPI.COMM_WORLD
+    _comm = comm
+    logger.info("distributed: rank %d of %d (MPI)", comm.Get_rank(), comm.Get_size())
+
+
+def _communicator() -> Any:
+    """The communicator, joining MPI first if ``mpiexec`` started this process; None for a
+    process that runs alone."""
+    if _comm is None and launched_by_mpi():
+        init()
+    return _comm
+
+
+def rank() -> int:
+    """This process's rank, 0 to ``world_size() - 1`` (0 without MPI)."""
+    comm = _communicator()
+    return 0 if comm is None else comm.Get_rank()
+
+
+def world_size() -> int:
+    """The number of ranks (1 without MPI)."""
+    comm = _communicator()
+    return 1 if comm is None else comm.Get_size()
+
+
+def is_main() -> bool:
+    """Whether this is rank 0, the one that prints and writes files."""
+    return rank() == 0
+
+
+def shard() -> tuple[int, int]:
+    """``(rank(), world_size())``: what ``DataLoader(..., shard=...)`` takes."""
+    return rank(), world_size()
+
+
+def allreduce_sum(values: np.ndarray) -> np.ndarray:
+    """``values`` (a contiguous host array) summed over the ranks, in place; returned."""
+    comm = _communicator()
+    if comm is not None and comm.Get_size() > 1:
+        from mpi4py import MPI
+        comm.Allreduce(MPI.IN_PLACE, values, op=MPI.SUM)
+    return values
+
+
+def broadcast(values: np.ndarray, root: int = 0) -> np.ndarray:
+    """``values`` (a contiguous host array) replaced by rank ``root``'s, in place; returned."""
+    comm = _communicator()
+    if comm is not None and comm.Get_size() > 1:
+        comm.Bcast(values, root=root)
+    return values
+
+
+def allgather(values: np.ndarray) -> list[np.ndarray]:
+    """Every rank's 1-D host array ``values`` (of one dtype, any lengths), in rank order."""
+    comm = _communicator()
+    if comm is None or comm.Get_size() == 1:
+        return [values]
+    lengths = np.zeros(comm.Get_size(), dtype=np.int64)
+    lengths[comm.Get_rank()] = values.size
+    allreduce_sum(lengths)
+    everything = np.empty(int(lengths.sum()), dtype=values.dtype)
+    comm.Allgatherv(np.ascontiguousarray(values), [everything, lengths])
+    return np.split(everything, np.cumsum(lengths)[:-1])
+
+
+@contextlib.contextmanager
+def abort_on_error() -> Iterator[None]:
+    """Inside this block an exception on one rank stops every rank: the error and the rank
+    are printed, then ``MPI_Abort`` ends the whole job (the others would wait forever in
+    their next collective call). Without MPI, or on one rank, the exception propagates."""
+    try:
+        yield
+    except BaseException as exc:
+        comm = _communicator()
+        if comm is None or comm.Get_size() == 1:
+            raise
+        message = "".join(traceback.format_exception(exc))
+        sys.stderr.write(f"anyarray_nn.distributed: rank {comm.Get_rank()} of "
+                         f"{comm.Get_size()} failed; stopping every rank:\n{message}")
+        sys.stderr.flush()
+        comm.Abort(1)
+        raise  # not reached: Abort ends the process
+
+
+class DistributedDataParallel:
+    """Wraps a model for data parallel training over MPI (see the module's docstring).
+
+    Made on every rank with the same architecture: the parameters and buffers become rank
+    0's, and each Dropout layer's generator is reseeded from its own draw and the rank (so
+    ranks drop different units; the generators are saved in checkpoints as before).
+    ``backward`` returns after the gradients hold the average over the ranks, weighted by
+    each rank's number of examples in the last forward pass. Everything else (``layers``,
+    ``params()``, ``to()``, ``summary()``, ...) is the wrapped model's.
+    """
+
+    def __init__(self, model: Model) -> None:
+        if not isinstance(model, Model):
+            raise TypeError(f"DistributedDataParallel: expected an anyarray_nn Model or "
+                            f"Sequential, got {type(model).__name__}")
+        self.model = model
+        self._examples = 0
+        size = world_size()
+        for layer in model.layers:
+            for store in (layer.params, layer.buffers):
+                for key, value in store.items():
+                    host = np.ascontiguousarray(_backend.to_host(value))
+                    store[key] = _backend.asarray_like(broadcast(host), value)
+            if isinstance(layer, Dropout) and size > 1:
+                layer.rng = np.random.default_rng([int(layer.rng.integers(2**63)), rank()])
+
+    def forward(self, x: Any, *, train: bool = False) -> Any:
+        """The wrapped model's forward pass on this rank's examples, with rank 0's buffers
+        (batch norm's running statistics: every rank evaluates the same model, the one rank
+        0 saves)."""
+        first = x[0] if isinstance(x, (tuple, list)) else x
+        self._examples = int(first.shape[0])
+        self._broadcast_buffers()
+        return self.model.forward(x, train=train)
+
+    def _broadcast_buffers(self) -> None:
+        """Every layer's buffers replaced by rank 0's: one broadcast of one flat buffer."""
+        if world_size() == 1:
+            return
+        entries = [(layer.buffers, key, value) for layer in self.model.layers
+                   for key, value in layer.buffers.items()]
+        if not entries:
+            return
+        hosts = [_backend.to_host(value) for _, _, value in entries]
+        flat = broadcast(np.concatenate([h.ravel().astype(np.float64) for h in hosts]))
+        at = 0
+        for (store, key, value), h in zip(entries, hosts):
+            store[key] = _backend.asarray_like(
+                np.reshape(flat[at:at + h.size], h.shape).astype(h.dtype), value)
+            at += h.size
+
+    def backward(self, dy: Any, *, input_grad: bool = False) -> Any:
+        """The wrapped model's backward pass, then the gradients averaged over the ranks."""
+        dx = self.model.backward(dy, input_grad=input_grad)
+        self._average_gradients()
+        return dx
+
+    def _average_gradients(self) -> None:
+        """Every layer's gradients replaced by sum_r n_r g_r / sum_r n_r: one all-reduce of
+        one flat buffer, the ranks' example counts n_r in its last element."""
+        if world_size() == 1:
+            return
+        entries = [(layer, key, g) for layer in self.model.layers
+                   for key, g in layer.grads.items()]
+        hosts = [_backend.to_host(g) for _, _, g in entries]
+        dtype = np.result_type(*hosts) if hosts else np.float64
+        flat = np.empty(sum(h.size for h in hosts) + 1, dtype=dtype)
+        at = 0
+        for h in hosts:
+            np.multiply(h.ravel(), self._examples, out=flat[at:at + h.size])
+            at += h.size
+        flat[-1] = self._examples
+        allreduce_sum(flat)
+        total = float(flat[-1])
+        if total == 0:
+            raise ValueError("DistributedDataParallel: no rank had examples in its last "
+                             "forward pass")
+        flat /= total
+        at = 0
+        for (layer, key, g), h in zip(entries, hosts):
+            layer.grads[key] = _backend.asarray_like(
+                np.reshape(flat[at:at + h.size], h.shape).astype(h.dtype), g)
+            at += h.size
+
+    def __call__(self, x: Any, *, train: bool = False) -> Any:
+        return self.forward(x, train=train)
+
+    def predict(self, x: Any) -> Any:
+        """Class indices of the largest output per row, on this rank's examples."""
+        return self.model.predict(x)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "model":  # not set yet (a half-built object): avoid endless recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def __len__(self) -> int:
+        return len(self.model)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.model)
+
+    def __getitem__(self, key: int | str) -> Any:
+        return self.model[key]
+
+    def __repr__(self) -> str:
+        return f"DistributedDataParallel({self.model!r}, rank {rank()} of {world_size()})"
+
+
+def is_distributed(model: Any) -> bool:
+    """Whether ``model`` is a :class:`DistributedDataParallel` on more than one rank."""
+    return isinstance(model, DistributedDataParallel) and world_size() > 1

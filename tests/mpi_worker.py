@@ -1,0 +1,84 @@
+"""What tests/test_distributed.py runs on each rank: ``python mpi_worker.py SCENARIO OUT_DIR``
+under ``mpiexec -n K`` (or alone, as one rank). Each scenario writes its results to
+``OUT_DIR/<scenario>-rank<r>.npz``."""
+
+import sys
+
+import numpy as np
+
+import anyarray_nn as ann
+from anyarray_nn import distributed
+from anyarray_nn.data.pipeline import DataLoader
+from anyarray_nn.layers import Dense, Dropout, ReLU
+
+EXAMPLES, FEATURES, CLASSES, BATCH = 26, 5, 3, 8
+
+
+def problem():
+    """A small classification set (26 examples: 3 global batches of 8 and one of 2)."""
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((EXAMPLES, FEATURES)), rng.integers(0, CLASSES, EXAMPLES)
+
+
+def network(dtype):
+    return ann.Sequential([Dense(FEATURES, 7, name="fc1", dtype=dtype, rng=1), ReLU(),
+                           Dense(7, CLASSES, name="fc2", dtype=dtype, rng=2)])
+
+
+def train(dtype, shard):
+    """Two epochs of SGD with momentum; returns the model (wrapped when sharded)."""
+    x, y = problem()
+    model = network(dtype)
+    if shard is not None:
+        model = distributed.DistributedDataParallel(model)
+    loader = DataLoader(x, y, BATCH, seed=3, backend="numpy", dtype=dtype,
+                                 shard=shard)
+    optimizer = ann.optim.SGD(model, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    history = ann.fit(model, ann.losses.SoftmaxCrossEntropy(), optimizer, loader, epochs=2,
+                      progress=False)
+    return model, history
+
+
+def main(scenario, out):
+    rank = distributed.rank()
+    results = {"world_size": distributed.world_size()}
+    if scenario in ("train64", "train32"):
+        dtype = "float64" if scenario == "train64" else "float32"
+        model, history = train(dtype, distributed.shard())
+        results.update({f"param:{k}": np.asarray(v) for k, v in model.params().items()})
+        results["losses"] = np.array([it["loss"] for it in history.iterations])
+        x, y = problem()
+        val = DataLoader(x, y, 5, shuffle=False, backend="numpy", dtype=dtype,
+                                  shard=distributed.shard())
+        result = ann.evaluate(model, ann.losses.SoftmaxCrossEntropy(), val)
+        results.update(val_loss=result.loss, val_accuracy=result.accuracy,
+                       predictions=result.predictions, labels=result.labels)
+    elif scenario == "dropout":
+        model = distributed.DistributedDataParallel(
+            ann.Sequential([Dropout(0.5, rng=4)]))
+        results["mask"] = np.asarray(model.forward(np.ones((4, 6)), train=True))
+    elif scenario == "raise":
+        class Fail(ann.train.Callback):
+            def on_iteration_end(self, state):
+                if rank == 1 and state.step == 2:
+                    raise RuntimeError("rank one's deliberate failure")
+        x, y = problem()
+        model = distributed.DistributedDataParallel(network("float64"))
+        loader = DataLoader(x, y, BATCH, backend="numpy", dtype="float64",
+                                     shard=distributed.shard())
+        ann.fit(model, ann.losses.SoftmaxCrossEntropy(), ann.optim.SGD(model, lr=0.1), loader,
+                epochs=50, progress=False, callbacks=[Fail()])
+    elif scenario == "unsharded":
+        x, y = problem()
+        model = distributed.DistributedDataParallel(network("float64"))
+        loader = DataLoader(x, y, BATCH, backend="numpy", dtype="float64")
+        try:
+            ann.fit(model, ann.losses.SoftmaxCrossEntropy(), ann.optim.SGD(model, lr=0.1),
+                    loader, epochs=1, progress=False)
+        except ValueError as exc:
+            results["error"] = str(exc)
+    np.savez(f"{out}/{scenario}-rank{rank}.npz", **results)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,266 @@
+"""Data parallel training over MPI (issue 24): 2 and 3 ranks under ``mpiexec`` against one
+process on the same global batches, evaluation on every rank, per-rank dropout streams, one
+rank's error stopping every rank, a loader that is not sharded refused, and the sharding and
+resume of the loader itself (in this process, rank by rank)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import anyarray_nn as ann
+from anyarray_nn import distributed
+from anyarray_nn.data.pipeline import DataLoader
+
+WORKER = Path(__file__).with_name("mpi_worker.py")
+sys.path.insert(0, str(WORKER.parent))
+import mpi_worker  # noqa: E402  (the single-process reference runs the same code)
+
+
+def mpiexec() -> str:
+    """The launcher; the test skips where the ``mpi`` extra is not installed."""
+    pytest.importorskip("mpi4py", reason="the mpi extra (mpi4py, mpich) is not installed")
+    launcher = shutil.which("mpiexec") or shutil.which("mpiexec", path=os.path.dirname(
+        sys.executable))
+    if launcher is None:
+        pytest.skip("no mpiexec on PATH (pip install 'anyarray_nn[mpi]' brings MPICH's)")
+    return launcher
+
+
+def run_ranks(ranks: int, scenario: str, out: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCHER_VARIABLES}
+    env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = "1"  # one core per rank
+    return subprocess.run([mpiexec(), "-n", str(ranks), sys.executable, str(WORKER), scenario,
+                           str(out)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def results(out: Path, scenario: str, ranks: int) -> list[dict]:
+    return [dict(np.load(out / f"{scenario}-rank{r}.npz")) for r in range(ranks)]
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 1e-5)])
+def test_training_on_ranks_equals_one_process_on_the_same_global_batches(tmp_path, ranks,
+                                                                         dtype, rtol):
+    """Two epochs, 26 examples in global batches of 8 (3 ranks: parts of 2 and 3; the last
+    batch of 2 joins the one before on 3 ranks, so the one-process reference is run with
+    the same batches): every rank ends with the one process's weights, reports its losses,
+    and evaluates the whole set as it does, predictions in the same order."""
+    scenario = "train64" if dtype == "float64" else "train32"
+    done = run_ranks(ranks, scenario, tmp_path)
+    assert done.returncode == 0, done.stderr
+    per_rank = results(tmp_path, scenario, ranks)
+    if ranks == 3:  # the merge policy: 26 = 8 + 8 + 10, the last 2 joining the third batch
+        reference_loader = _MergedLast(DataLoader(
+            *mpi_worker.problem(), mpi_worker.BATCH, seed=3, backend="numpy", dtype=dtype))
+        model = mpi_worker.network(dtype)
+        optimizer = ann.optim.SGD(model, lr=0.1, momentum=0.9, weight_decay=1e-3)
+        history = ann.fit(model, ann.losses.SoftmaxCrossEntropy(), optimizer,
+                          reference_loader, epochs=2, progress=False)
+    else:
+        model, history = mpi_worker.train(dtype, None)
+    losses = np.array([it["loss"] for it in history.iterations])
+    x, y = mpi_worker.problem()
+    expected = ann.evaluate(model, ann.losses.SoftmaxCrossEntropy(),
+                            DataLoader(x, y, 5, shuffle=False, backend="numpy",
+                                                dtype=dtype))
+    for r, got in enumerate(per_rank):
+        assert int(got["world_size"]) == ranks
+        for key, value in model.params().items():
+            np.testing.assert_allclose(got[f"param:{key}"], value, rtol=rtol, atol=rtol * 1e-3,
+                                       err_msg=f"rank {r} {key}")
+        np.testing.assert_allclose(got["losses"], losses, rtol=rtol * 10, err_msg=f"rank {r}")
+        assert abs(float(got["val_loss"]) - expected.loss) <= rtol * 10 * expected.loss
+        assert float(got["val_accuracy"]) == expected.accuracy
+        np.testing.assert_array_equal(got["predictions"], expected.predictions)
+        np.testing.assert_array_equal(got["labels"], expected.labels)
+    for got in per_rank[1:]:  # the same arrays on every rank, bit for bit
+        for key in model.params():
+            np.testing.assert_array_equal(got[f"param:{key}"], per_rank[0][f"param:{key}"])
+
+
+class _MergedLast:
+    """One process's loader with the batches of a 3-rank run of 26 examples: the last two
+    examples in the third batch."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self):
+        return 3
+
+    def __iter__(self):
+        n = self.loader.num_examples
+        order = self.loader.rng.permutation(n)
+        for start, stop in ((0, 8), (8, 16), (16, 26)):
+            yield self.loader.batch(np.sort(order[start:stop]))
+
+
+def test_each_rank_drops_other_units(tmp_path):
+    done = run_ranks(2, "dropout", tmp_path)
+    assert done.returncode == 0, done.stderr
+    first, second = (r["mask"] for r in results(tmp_path, "dropout", 2))
+    assert set(np.unique(first)) <= {0.0, 2.0} and set(np.unique(second)) <= {0.0, 2.0}
+    assert not np.array_equal(first, second)
+
+
+def test_a_rank_that_raises_stops_every_rank_naming_itself(tmp_path):
+    """Rank 1 raises at its second step while rank 0 waits in the next all-reduce: the job
+    ends, well within the time limit, with the rank and the cause on stderr."""
+    began = time.monotonic()
+    done = run_ranks(2, "raise", tmp_path, timeout=90)
+    assert done.returncode != 0
+    assert time.monotonic() - began < 60
+    assert "rank 1 of 2 failed; stopping every rank" in done.stderr
+    assert "rank one's deliberate failure" in done.stderr
+
+
+def test_a_loader_that_is_not_sharded_is_refused_on_every_rank(tmp_path):
+    done = run_ranks(2, "unsharded", tmp_path)
+    assert done.returncode == 0, done.stderr
+    for got in results(tmp_path, "unsharded", 2):
+        assert "not sharded over them" in str(got["error"])
+        assert "shard=anyarray_nn.distributed.shard()" in str(got["error"])
+
+
+def test_the_same_script_without_mpiexec_is_one_rank(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCHER_VARIABLES}
+    done = subprocess.run([sys.executable, str(WORKER), "train64", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    (got,) = results(tmp_path, "train64", 1)
+    model, _ = mpi_worker.train("float64", None)
+    assert int(got["world_size"]) == 1
+    for key, value in model.params().items():
+        np.testing.assert_array_equal(got[f"param:{key}"], value)
+
+
+def test_the_docs_example_runs_unchanged_on_two_ranks(tmp_path):
+    """docs/distributed.md's script, under mpiexec -n 2: rank 0 alone prints and saves."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "distributed.md").read_text()
+    script = tmp_path / "train.py"
+    script.write_text(text.split("```python\n")[1].split("```")[0])
+    env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCHER_VARIABLES}
+    done = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("rank(s), last loss") == 1 and "2 rank(s)" in done.stdout
+    assert ann.load_model(tmp_path / "distributed-example.h5").params().keys() == {
+        "dense1.W", "dense1.b", "dense2.W", "dense2.b"}
+
+
+# --- the sharded loader, rank by rank in this process ----------------------------------------
+
+def shard_indices(n: int, batch: int, ranks: int, epochs: int = 2, drop_last: bool = False):
+    """Per rank, per epoch: the examples (their x values) of each batch."""
+    x, y = np.arange(n, dtype=np.float64)[:, None], np.zeros(n, dtype=np.int64)
+    seen = []
+    for r in range(ranks):
+        loader = DataLoader(x, y, batch, seed=5, backend="numpy", dtype="float64",
+                                     shard=(r, ranks), drop_last=drop_last)
+        seen.append([[np.asarray(xb)[:, 0].astype(int).tolist() for xb, _ in loader]
+                     for _ in range(epochs)])
+        assert all(len(epoch) == len(loader) for epoch in seen[-1])
+    return seen
+
+
+@pytest.mark.parametrize("n, batch, ranks", [(26, 8, 2), (26, 8, 3), (25, 9, 4), (10, 3, 3),
+                                             (17, 5, 2)])
+def test_shards_cover_every_example_once_per_epoch_in_disjoint_parts(n, batch, ranks):
+    seen = shard_indices(n, batch, ranks)
+    for epoch in range(2):
+        everything = [i for r in range(ranks) for b in seen[r][epoch] for i in b]
+        assert sorted(everything) == list(range(n))  # each once, none left out
+        for step in range(len(seen[0][epoch])):
+            parts = [seen[r][epoch][step] for r in range(ranks)]
+            assert all(parts) and max(map(len, parts)) - min(map(len, parts)) <= 1
+            assert sum(parts, []) == sorted(sum(parts, []))  # contiguous parts, rank order
+    assert seen[0][0] != seen[0][1]  # a new order each epoch
+
+
+def test_a_last_batch_smaller_than_the_ranks_joins_the_one_before():
+    seen = shard_indices(10, 4, 3, epochs=1)  # 4 + 4 + 2: the 2 join the second batch
+    assert [len(b) for b in seen[0][0]] == [1, 2] and [len(b) for b in seen[2][0]] == [2, 2]
+    dropped = shard_indices(10, 4, 3, epochs=1, drop_last=True)
+    assert sum(len(b) for r in range(3) for b in dropped[r][0]) == 8
+
+
+def test_one_rank_of_one_is_the_unsharded_loader():
+    x, y = np.arange(20.0)[:, None], np.zeros(20, dtype=np.int64)
+    plain = DataLoader(x, y, 6, seed=2, backend="numpy")
+    sharded = DataLoader(x, y, 6, seed=2, backend="numpy", shard=(0, 1))
+    for (a, _), (b, _) in zip(plain, sharded):
+        np.testing.assert_array_equal(a, b)
+    assert plain.state_dict().keys() == sharded.state_dict().keys() == {"epoch", "rng"}
+
+
+def test_the_ranks_draw_one_order_and_their_own_augmentations():
+    x, y = np.zeros((12, 1, 4, 4)), np.zeros(12, dtype=np.int64)
+    noise = lambda xb, rng: xb + ann.asarray(rng.standard_normal(xb.shape))  # noqa: E731
+    loaders = [DataLoader(x, y, 4, seed=1, backend="numpy", dtype="float64",
+                                   augment=[noise], shard=(r, 2)) for r in range(2)]
+    first, second = ([np.asarray(xb) for xb, _ in loader] for loader in loaders)
+    assert not np.array_equal(first[0], second[0])  # each rank's own draws
+    assert (loaders[0].rng.bit_generator.state == loaders[1].rng.bit_generator.state)
+
+
+def test_a_sharded_loader_resumes_exactly_on_the_same_number_of_ranks_only():
+    x, y = np.arange(30.0)[:, None], np.zeros(30, dtype=np.int64)
+    noise = lambda xb, rng: xb + ann.asarray(rng.standard_normal(xb.shape))  # noqa: E731
+
+    def make(shard):
+        return DataLoader(x, y, 6, seed=9, backend="numpy", dtype="float64",
+                                   augment=[noise], shard=shard)
+    loader = make((1, 3))
+    list(loader)
+    state = loader.state_dict()
+    assert state["world_size"] == 3 and "augment_rng" in state
+    expected = [np.asarray(xb) for xb, _ in loader]
+    resumed = make((1, 3))
+    resumed.load_state_dict(state)
+    for a, (b, _) in zip(expected, resumed):
+        np.testing.assert_array_equal(a, b)
+    for other in ((0, 2), None):
+        with pytest.raises(ValueError, match=r"sharded over 3 ranks and this one shards over "
+                                             r"(2|1); resume on the same number of ranks"):
+            make(other).load_state_dict(state)
+
+
+@pytest.mark.parametrize("shard, message", [
+    ((2, 2), r"0 <= rank < world_size"), ((0,), r"shard=\(rank, world_size\)"),
+    (("0", 2), r"got \('0', 2\)"), ((0, 5), r"at least one example per rank; got "
+                                            r"batch_size=4 and 30 examples")])
+def test_bad_shards_are_refused(shard, message):
+    with pytest.raises(ValueError, match=message):
+        DataLoader(np.zeros((30, 2)), np.zeros(30, dtype=np.int64), 4, shard=shard)
+
+
+def test_without_mpi_the_process_is_rank_0_of_1_and_loads_no_mpi():
+    code = ("import sys, anyarray_nn as ann; d = ann.distributed; "
+            "print(d.rank(), d.world_size(), d.is_main(), d.shard(), 'mpi4py' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCHER_VARIABLES}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.stdout.split() == ["0", "1", "True", "(0,", "1)", "False"], out.stderr
+
+
+def test_wrapping_on_one_rank_trains_as_the_model_itself():
+    plain, _ = mpi_worker.train("float64", None)
+    model = distributed.DistributedDataParallel(mpi_worker.network("float64"))
+    x, y = mpi_worker.problem()
+    loader = DataLoader(x, y, mpi_worker.BATCH, seed=3, backend="numpy",
+                                 dtype="float64")
+    ann.fit(model, ann.losses.SoftmaxCrossEntropy(),
+            ann.optim.SGD(model, lr=0.1, momentum=0.9, weight_decay=1e-3), loader, epochs=2,
+            progress=False)
+    for key, value in plain.params().items():
+        np.testing.assert_array_equal(model.params()[key], value)
+    with pytest.raises(TypeError, match="expected an anyarray_nn Model or Sequential, got dict"):
+        distributed.DistributedDataParallel({})
