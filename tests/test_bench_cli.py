@@ -178,7 +178,8 @@ def test_the_data_parallel_and_mpi_steps_run_on_numpy_only(tmp_path):
     if C.ranks.mpiexec() is not None:  # the mpi extra: the 2-rank step too
         expected.append(("train/mnist/step-mpi2", "numpy"))
     assert [(r["case"], r["backend"]) for r in rows] == expected
-    assert [r["peak_memory_mb"] for r in rows][2:] == [None] * (len(expected) - 2)
+    # the 2-rank step: the sum of the ranks' peaks, more than one process's at half the batch
+    assert all(r["peak_memory_mb"] > rows[0]["peak_memory_mb"] / 2 for r in rows[2:])
 
 
 @pytest.mark.parametrize("repeats,blocks", [(1, 2), (3, 2), (5, 2), (4, 3), (2, 1)])

@@ -284,9 +284,10 @@ def build(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any] 
 def peak_memory_mb(call: Callable[[], Any], target: str) -> float | None:
     """Peak memory allocated while ``call`` runs once, where the library lets us see it:
     NumPy arrays (tracemalloc), CuPy arrays (a hook on CuPy's memory pool) and PyTorch CUDA
-    tensors; None elsewhere, and for steps computed in other processes (MPI ranks)."""
+    tensors; None elsewhere. A step computed in other processes (MPI ranks) reports the sum
+    of their peaks."""
     if getattr(call, "runs_in_other_processes", False):
-        return None
+        return call.peak_memory_mb()
     if target == "numpy":
         import tracemalloc
         tracemalloc.start()

@@ -17,12 +17,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import tracemalloc
 import weakref
 from typing import Any
 
 import numpy as np
 
-STEP, QUIT, DONE = b"s", b"q", b"d"
+STEP, MEASURE, QUIT, DONE = b"s", b"m", b"q", b"d"
 START_SECONDS = 120  # starting the ranks and building the network
 STEP_SECONDS = 600
 
@@ -42,7 +43,7 @@ class MpiSteps:
     """One training step of ``network`` at global ``batch`` over ``ranks`` MPI ranks per
     call (see the module's docstring). :meth:`close` (or garbage collection) ends the job."""
 
-    runs_in_other_processes = True  # the harness cannot see its memory
+    runs_in_other_processes = True  # the harness asks peak_memory_mb() for its memory
 
     def __init__(self, network: str, batch: int, dtype: str, ranks: int = 2) -> None:
         launcher = mpiexec()
@@ -74,6 +75,22 @@ class MpiSteps:
         for link in self.links:
             link.sendall(STEP)
         self._wait()
+
+    def peak_memory_mb(self) -> float:
+        """One step with every rank tracing its NumPy arrays (tracemalloc): the sum of the
+        ranks' peaks, in MiB."""
+        for link in self.links:
+            link.sendall(MEASURE)
+        total = 0.0
+        for link in self.links:
+            reply = b""
+            while len(reply) < 8:
+                part = link.recv(8 - len(reply))
+                if not part:
+                    raise RuntimeError(f"MpiSteps: a rank stopped: {self._stderr()}")
+                reply += part
+            total += float(np.frombuffer(reply, dtype="<f8")[0])
+        return total / 2**20
 
     def _wait(self) -> None:
         for link in self.links:
@@ -123,13 +140,25 @@ def _rank_main(network: str, batch: int, dtype: str, port: int) -> None:
     loss_fn = SoftmaxCrossEntropy()
     optimizer = SGD(model, lr=1e-3, momentum=0.9, weight_decay=1e-3, form="classic")
     link = socket.create_connection(("127.0.0.1", port))
+    def step() -> None:
+        loss_fn.forward(model.forward(x, train=True), labels)
+        model.backward(loss_fn.backward())
+        optimizer.step()
+
     with distributed.abort_on_error():
         link.sendall(DONE)
-        while link.recv(1) == STEP:
-            loss_fn.forward(model.forward(x, train=True), labels)
-            model.backward(loss_fn.backward())
-            optimizer.step()
-            link.sendall(DONE)
+        while (order := link.recv(1)) in (STEP, MEASURE):
+            if order == STEP:
+                step()
+                link.sendall(DONE)
+                continue
+            tracemalloc.start()
+            try:
+                step()
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            link.sendall(np.array([peak], dtype="<f8").tobytes())
     link.close()
 
 
