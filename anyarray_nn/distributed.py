@@ -70,7 +70,9 @@ def init(comm: Any = None) -> None:
                               'and MPICH with: pip install "anyarray_nn[mpi]"') from exc
         comm = MPI.COMM_WORLD
     _comm = comm
-    logger.info("distributed: rank %d of %d (MPI)", comm.Get_rank(), comm.Get_size())
+    # The process id: mpiexec names a rank that dies by its process alone.
+    logger.info("distributed: rank %d of %d (MPI) is process %d", comm.Get_rank(),
+                comm.Get_size(), os.getpid())
 
 
 def _communicator() -> Any:

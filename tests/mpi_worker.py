@@ -2,6 +2,8 @@
 under ``mpiexec -n K`` (or alone, as one rank). Each scenario writes its results to
 ``OUT_DIR/<scenario>-rank<r>.npz``."""
 
+import os
+import signal
 import sys
 
 import numpy as np
@@ -68,6 +70,17 @@ def main(scenario, out):
                                      shard=distributed.shard())
         ann.fit(model, ann.losses.SoftmaxCrossEntropy(), ann.optim.SGD(model, lr=0.1), loader,
                 epochs=50, progress=False, callbacks=[Fail()])
+    elif scenario == "die":
+        class Die(ann.train.Callback):
+            def on_iteration_end(self, state):
+                if rank == 1 and state.step == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        x, y = problem()
+        model = distributed.DistributedDataParallel(network("float64"))
+        loader = DataLoader(x, y, BATCH, backend="numpy", dtype="float64",
+                            shard=distributed.shard())
+        ann.fit(model, ann.losses.SoftmaxCrossEntropy(), ann.optim.SGD(model, lr=0.1), loader,
+                epochs=50, progress=False, callbacks=[Die()])
     elif scenario == "unsharded":
         x, y = problem()
         model = distributed.DistributedDataParallel(network("float64"))

@@ -122,6 +122,19 @@ def test_a_rank_that_raises_stops_every_rank_naming_itself(tmp_path):
     assert "rank one's deliberate failure" in done.stderr
 
 
+def test_a_rank_that_dies_stops_every_rank(tmp_path):
+    """Rank 1 is killed (SIGKILL) at its second step, while rank 0 waits in the next
+    all-reduce: mpiexec ends the whole job, naming the process and the signal (the log of
+    distributed.init names each rank's process)."""
+    began = time.monotonic()
+    done = run_ranks(2, "die", tmp_path, timeout=90)
+    assert done.returncode != 0
+    assert time.monotonic() - began < 60
+    printed = done.stdout + done.stderr
+    assert "BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES" in printed
+    assert "Killed (signal 9)" in printed
+
+
 def test_a_loader_that_is_not_sharded_is_refused_on_every_rank(tmp_path):
     done = run_ranks(2, "unsharded", tmp_path)
     assert done.returncode == 0, done.stderr
