@@ -40,7 +40,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import backend as _backend
-from .layers.norm import Dropout
+from . import functional as F
+from .errors import InputError
+from .layers.norm import BatchNorm1D, BatchNorm2D, Dropout, _BatchNorm
 from .model import Model
 
 logger = logging.getLogger("anyarray_nn")
@@ -261,6 +263,97 @@ class DistributedDataParallel:
 
     def __repr__(self) -> str:
         return f"DistributedDataParallel({self.model!r}, rank {rank()} of {world_size()})"
+
+
+class _Synchronized(_BatchNorm):
+    """Batch norm whose training statistics come from every rank's examples (see
+    :func:`synchronize_batchnorm`). Saved as the plain batch norm it replaces."""
+
+    fuses_relu = False  # its own passes: the ReLU runs as a layer
+    plain: type  # the layer it synchronizes, by whose name it is saved (it loads anywhere)
+
+    @property
+    def type_name(self) -> str:
+        return self.plain.__name__
+
+    def _normalize_batch(self, x: Any, gamma: Any, beta: Any,
+                         relu: bool) -> tuple[Any, Any, Any, int]:
+        # Each rank's count, mean and sum of squared deviations per feature, gathered and
+        # combined exactly (Chan et al.'s pairwise update): no sum of squares cancels.
+        xp = _backend.namespace(x)
+        axes = (0,) + tuple(range(2, x.ndim))
+        count = x.size // x.shape[1] if x.ndim >= 2 else 0
+        channels = int(gamma.shape[0])
+        mine = np.zeros(1 + 2 * channels)
+        mine[0] = count
+        if count:
+            mean = xp.mean(x, axis=axes)
+            centered = x - xp.reshape(mean, (1, channels) + (1,) * (x.ndim - 2))
+            mine[1:1 + channels] = _backend.to_host(mean)
+            mine[1 + channels:] = _backend.to_host(xp.sum(centered * centered, axis=axes))
+        ranks = np.stack(allgather(mine))
+        counts, means, squares = ranks[:, :1], ranks[:, 1:1 + channels], ranks[:, 1 + channels:]
+        total = int(counts.sum())
+        if total < 2:
+            raise InputError(f"x: synchronized batch normalization needs at least 2 values "
+                             f"per feature over all ranks, got {total}")
+        mean = (counts * means).sum(axis=0) / total
+        var = (squares + counts * (means - mean) ** 2).sum(axis=0) / total
+        mean, var = _backend.asarray_like(mean, x), _backend.asarray_like(var, x)
+        return F.batchnorm_inference(x, gamma, beta, mean, var, self.eps), mean, var, total
+
+    def _batch_gradients(self, x: Any, gamma: Any, beta: Any, dy: Any, mean: Any, var: Any,
+                         relu: bool) -> tuple[Any, Any, Any]:
+        # With a_r = m_r / M (this rank's share of the M values per feature) the gradient of
+        # the global loss is a_r dy here; its sums over every rank give
+        # dx = gamma inv_std (dy - (G1 + xhat G2) / m_r) in this rank's units (DistributedDataParallel
+        # weighs them back), G1 = sum_r a_r sum(dy_r), G2 = sum_r a_r sum(dy_r xhat_r).
+        # The parameters' gradients are this rank's own sums: the wrapper averages them.
+        xp = _backend.namespace(x)
+        axes = (0,) + tuple(range(2, x.ndim))
+        shape = (1, int(gamma.shape[0])) + (1,) * (x.ndim - 2)
+        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        xhat = (x - xp.reshape(mean, shape)) * xp.reshape(inv_std, shape)
+        dbeta, dgamma = xp.sum(dy, axis=axes), xp.sum(dy * xhat, axis=axes)
+        count = x.size // x.shape[1]
+        sums = np.concatenate([[count], count * _backend.to_host(dbeta),
+                               count * _backend.to_host(dgamma)]).astype(np.float64)
+        allreduce_sum(sums)
+        channels = int(gamma.shape[0])
+        g1, g2 = sums[1:1 + channels] / sums[0], sums[1 + channels:] / sums[0]
+        if count == 0:
+            return xp.zeros_like(x), dgamma, dbeta
+        g1, g2 = _backend.asarray_like(g1 / count, x), _backend.asarray_like(g2 / count, x)
+        dx = xp.reshape(gamma * inv_std, shape) * (
+            dy - xp.reshape(g1, shape) - xhat * xp.reshape(g2, shape))
+        return dx, dgamma, dbeta
+
+
+class SyncBatchNorm1D(_Synchronized, BatchNorm1D):
+    """:class:`~anyarray_nn.layers.BatchNorm1D` with statistics over every rank's examples."""
+
+    plain = BatchNorm1D
+
+
+class SyncBatchNorm2D(_Synchronized, BatchNorm2D):
+    """:class:`~anyarray_nn.layers.BatchNorm2D` with statistics over every rank's examples."""
+
+    plain = BatchNorm2D
+
+
+def synchronize_batchnorm(model: Model) -> Model:
+    """``model`` with every BatchNorm1D and BatchNorm2D made synchronized, in place (the same
+    parameters, buffers and names): in training, each one normalizes with the mean and
+    variance of the whole global batch, all ranks' parts together, as PyTorch's
+    ``SyncBatchNorm``; its backward pass sums over every rank too. Then training on N ranks
+    equals one process on the same global batches, batch norm included. A checkpoint saves
+    them as the plain layers, which load anywhere. Returns the model."""
+    for layer in model.layers:
+        for synchronized in (SyncBatchNorm1D, SyncBatchNorm2D):
+            if type(layer) is synchronized.plain:
+                layer.__class__ = synchronized
+    model._plan()  # no batch norm with a fused ReLU any more
+    return model
 
 
 def is_distributed(model: Any) -> bool:

@@ -11,7 +11,7 @@ import numpy as np
 import anyarray_nn as ann
 from anyarray_nn import distributed
 from anyarray_nn.data.pipeline import DataLoader
-from anyarray_nn.layers import Dense, Dropout, ReLU
+from anyarray_nn.layers import BatchNorm1D, Dense, Dropout, ReLU
 
 EXAMPLES, FEATURES, CLASSES, BATCH = 26, 5, 3, 8
 
@@ -22,17 +22,20 @@ def problem():
     return rng.standard_normal((EXAMPLES, FEATURES)), rng.integers(0, CLASSES, EXAMPLES)
 
 
-def network(dtype):
-    return ann.Sequential([Dense(FEATURES, 7, name="fc1", dtype=dtype, rng=1), ReLU(),
+def network(dtype, batchnorm=False):
+    """Dense, ReLU, Dense; with ``batchnorm`` a BatchNorm1D after the first Dense."""
+    norm = [BatchNorm1D(7, name="bn", dtype=dtype)] if batchnorm else []
+    return ann.Sequential([Dense(FEATURES, 7, name="fc1", dtype=dtype, rng=1), *norm, ReLU(),
                            Dense(7, CLASSES, name="fc2", dtype=dtype, rng=2)])
 
 
-def train(dtype, shard):
-    """Two epochs of SGD with momentum; returns the model (wrapped when sharded)."""
+def train(dtype, shard, batchnorm=False):
+    """Two epochs of SGD with momentum; returns the model (wrapped, its batch norm
+    synchronized, when sharded)."""
     x, y = problem()
-    model = network(dtype)
+    model = network(dtype, batchnorm)
     if shard is not None:
-        model = distributed.DistributedDataParallel(model)
+        model = distributed.DistributedDataParallel(distributed.synchronize_batchnorm(model))
     loader = DataLoader(x, y, BATCH, seed=3, backend="numpy", dtype=dtype,
                                  shard=shard)
     optimizer = ann.optim.SGD(model, lr=0.1, momentum=0.9, weight_decay=1e-3)
@@ -44,10 +47,11 @@ def train(dtype, shard):
 def main(scenario, out):
     rank = distributed.rank()
     results = {"world_size": distributed.world_size()}
-    if scenario in ("train64", "train32"):
-        dtype = "float64" if scenario == "train64" else "float32"
-        model, history = train(dtype, distributed.shard())
+    if scenario in ("train64", "train32", "syncbn"):
+        dtype = "float32" if scenario == "train32" else "float64"
+        model, history = train(dtype, distributed.shard(), batchnorm=scenario == "syncbn")
         results.update({f"param:{k}": np.asarray(v) for k, v in model.params().items()})
+        results.update({f"buffer:{k}": np.asarray(v) for k, v in model.buffers().items()})
         results["losses"] = np.array([it["loss"] for it in history.iterations])
         x, y = problem()
         val = DataLoader(x, y, 5, shuffle=False, backend="numpy", dtype=dtype,

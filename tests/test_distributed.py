@@ -46,26 +46,35 @@ def results(out: Path, scenario: str, ranks: int) -> list[dict]:
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
-@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("scenario, dtype, rtol", [("train64", "float64", 1e-12),
+                                                   ("train32", "float32", 1e-5),
+                                                   ("syncbn", "float64", 1e-12)])
 def test_training_on_ranks_equals_one_process_on_the_same_global_batches(tmp_path, ranks,
-                                                                         dtype, rtol):
+                                                                         scenario, dtype,
+                                                                         rtol):
     """Two epochs, 26 examples in global batches of 8 (3 ranks: parts of 2 and 3; the last
     batch of 2 joins the one before on 3 ranks, so the one-process reference is run with
     the same batches): every rank ends with the one process's weights, reports its losses,
-    and evaluates the whole set as it does, predictions in the same order."""
-    scenario = "train64" if dtype == "float64" else "train32"
+    and evaluates the whole set as it does, predictions in the same order. "syncbn": with a
+    synchronized batch norm against the plain one on the whole batch, running statistics
+    included (on 2 ranks the last batch gives each rank one example)."""
+    batchnorm = scenario == "syncbn"
     done = run_ranks(ranks, scenario, tmp_path)
     assert done.returncode == 0, done.stderr
     per_rank = results(tmp_path, scenario, ranks)
     if ranks == 3:  # the merge policy: 26 = 8 + 8 + 10, the last 2 joining the third batch
         reference_loader = _MergedLast(DataLoader(
             *mpi_worker.problem(), mpi_worker.BATCH, seed=3, backend="numpy", dtype=dtype))
-        model = mpi_worker.network(dtype)
+        model = mpi_worker.network(dtype, batchnorm)
         optimizer = ann.optim.SGD(model, lr=0.1, momentum=0.9, weight_decay=1e-3)
         history = ann.fit(model, ann.losses.SoftmaxCrossEntropy(), optimizer,
                           reference_loader, epochs=2, progress=False)
     else:
-        model, history = mpi_worker.train(dtype, None)
+        model, history = mpi_worker.train(dtype, None, batchnorm)
+    for key, value in model.buffers().items():
+        for r, got in enumerate(per_rank):
+            np.testing.assert_allclose(got[f"buffer:{key}"], value, rtol=rtol,
+                                       err_msg=f"rank {r} {key}")
     losses = np.array([it["loss"] for it in history.iterations])
     x, y = mpi_worker.problem()
     expected = ann.evaluate(model, ann.losses.SoftmaxCrossEntropy(),
@@ -167,6 +176,35 @@ def test_the_docs_example_runs_unchanged_on_two_ranks(tmp_path):
     assert done.stdout.count("rank(s), last loss") == 1 and "2 rank(s)" in done.stdout
     assert ann.load_model(tmp_path / "distributed-example.h5").params().keys() == {
         "dense1.W", "dense1.b", "dense2.W", "dense2.b"}
+
+
+def test_a_synchronized_batch_norm_on_one_rank_is_the_batch_norm_and_saves_as_it(tmp_path, rng):
+    """On one process the synchronized layer computes what BatchNorm does (the statistics
+    combined from one rank), in float64 to rounding, forward, backward and running
+    statistics; its checkpoint holds the plain type, and a ReLU after it is no longer fused
+    (its backward would need the ReLU's mask)."""
+    from anyarray_nn.layers import BatchNorm2D, ReLU
+    plain = ann.Sequential([BatchNorm2D(3, name="bn", dtype="float64"), ReLU(name="relu")])
+    synced = distributed.synchronize_batchnorm(
+        ann.Sequential([BatchNorm2D(3, name="bn", dtype="float64"), ReLU(name="relu")]))
+    assert type(synced["bn"]).__name__ == "SyncBatchNorm2D"
+    assert [s.relu for s in synced._steps] == [None, None]
+    assert [s.relu for s in plain._steps] == ["relu"]
+    x = rng.standard_normal((4, 3, 5, 5)) * 2 + 1
+    dy = rng.standard_normal((4, 3, 5, 5))
+    for model in (plain, synced):
+        model.forward(x, train=True)
+    np.testing.assert_allclose(synced.forward(x, train=True), plain.forward(x, train=True),
+                               rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(synced.backward(dy, input_grad=True),
+                               plain.backward(dy, input_grad=True), rtol=1e-11, atol=1e-12)
+    for key, value in plain.grads().items():
+        np.testing.assert_allclose(synced.grads()[key], value, rtol=1e-11, err_msg=key)
+    for key, value in plain.buffers().items():
+        np.testing.assert_allclose(synced.buffers()[key], value, rtol=1e-12, err_msg=key)
+    loaded = ann.load_model(ann.save_checkpoint(tmp_path / "s.h5", synced))
+    assert type(loaded["bn"]).__name__ == "BatchNorm2D"
+    np.testing.assert_allclose(loaded.forward(x), plain.forward(x), rtol=1e-12)
 
 
 # --- the sharded loader, rank by rank in this process ----------------------------------------

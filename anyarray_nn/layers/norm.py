@@ -65,9 +65,8 @@ class _BatchNorm(Layer):
                                          self.buffers["running_var"], self.eps,
                                          relu=relu), None
         # Batch statistics: in training, and always without running statistics (as PyTorch).
-        y, mean, var = F.batchnorm_forward(x, gamma, beta, self.eps, relu=relu)
+        y, mean, var, count = self._normalize_batch(x, gamma, beta, relu)
         cache = (x, mean, var, relu)
-        count = math.prod(x.shape) // x.shape[1]  # x.shape[1] == num_features >= 1
         if not train or not self.track_running_stats:
             return y, cache
         momentum = self.momentum
@@ -85,9 +84,24 @@ class _BatchNorm(Layer):
     def _backward(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:
         x, mean, var, relu = cache
         gamma, beta = self._gamma_and_beta(x)
-        dx, dgamma, dbeta = F.batchnorm_backward(x, gamma, dy, self.eps, mean=mean, var=var,
-                                                 beta=beta, relu=relu)
+        dx, dgamma, dbeta = self._batch_gradients(x, gamma, beta, dy, mean, var, relu)
         return dx, ({"gamma": dgamma, "beta": dbeta} if self.affine else {})
+
+    # The batch statistics and their gradients: the whole batch here; over every rank's part
+    # of it in anyarray_nn.distributed's synchronized batch norm.
+
+    def _normalize_batch(self, x: Any, gamma: Any, beta: Any,
+                         relu: bool) -> tuple[Any, Any, Any, int]:
+        """``(y, mean, var, count)``: training-mode batch norm of x, count the values per
+        feature the statistics come from."""
+        y, mean, var = F.batchnorm_forward(x, gamma, beta, self.eps, relu=relu)
+        return y, mean, var, math.prod(x.shape) // x.shape[1]  # x.shape[1] >= 1
+
+    def _batch_gradients(self, x: Any, gamma: Any, beta: Any, dy: Any, mean: Any, var: Any,
+                         relu: bool) -> tuple[Any, Any, Any]:
+        """``(dx, dgamma, dbeta)`` of :meth:`_normalize_batch`."""
+        return F.batchnorm_backward(x, gamma, dy, self.eps, mean=mean, var=var, beta=beta,
+                                    relu=relu)
 
     def get_config(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
