@@ -55,6 +55,7 @@ import numpy as np
 
 from . import __version__
 from . import backend as _backend
+from . import distributed
 from ._atomic import write_atomically
 from .errors import as_int, shorten
 from .layers.base import bounded_probes, shapes_only
@@ -99,10 +100,46 @@ def save_checkpoint(path: str | os.PathLike, model: Model, optimizer: Any = None
     previous checkpoint there is left intact and no temporary file remains. A symbolic link
     at ``path`` is followed: the file it points to is replaced.
     """
+    state = _train_state(model, loader)
+    if distributed.is_distributed(model):
+        return _save_on_rank_0(path, model, optimizer, epoch, step, history, state)
     path = _target_path(path)
-    image = _hdf5_image(model, optimizer, epoch, step, history, loader)
+    image = _hdf5_image(model, optimizer, epoch, step, history, state)
     write_atomically(path, _sealed(image), suffix=_TEMPORARY_SUFFIX, magic=_HEADER_MAGIC)
     return path
+
+
+def _save_on_rank_0(path: Any, model: Any, optimizer: Any, epoch: int | None,
+                    step: int | None, history: Any, state: dict[str, Any]) -> pathlib.Path:
+    """save_checkpoint of a model trained on several ranks, called on every rank: rank 0
+    writes one file with every rank's generators and loader position (``train/state``:
+    ``world_size`` and ``ranks``, rank 0's also at the top), so that each rank resumes
+    exactly; every rank returns the path, or raises rank 0's error."""
+    states = [json.loads(part) for part in distributed.allgather_bytes(
+        json.dumps(state, default=_json_default).encode())]
+    error, written = b"", None
+    if distributed.is_main():
+        try:
+            written = _target_path(path)
+            image = _hdf5_image(model, optimizer, epoch, step, history,
+                                {**state, "world_size": len(states), "ranks": states})
+            write_atomically(written, _sealed(image), suffix=_TEMPORARY_SUFFIX,
+                             magic=_HEADER_MAGIC)
+        except (OSError, ValueError) as exc:
+            distributed.allgather_bytes(f"{type(exc).__name__}: {exc}".encode())  # tell them
+            raise
+    verdict = distributed.allgather_bytes(error)[0]
+    if verdict:
+        raise OSError(f"{path}: rank 0 could not write the checkpoint: {verdict.decode()}")
+    return written or pathlib.Path(path)
+
+
+def _train_state(model: Any, loader: Any) -> dict[str, Any]:
+    """What an exact resume needs besides the arrays: the generators and the loader's place."""
+    return {"global_rng": _backend.host_rng().bit_generator.state,
+            "layer_rngs": {name: rng.bit_generator.state
+                           for name, rng in _layer_generators(model).items()},
+            "loader": loader.state_dict() if loader is not None else None}
 
 
 def _target_path(path: str | os.PathLike) -> pathlib.Path:
@@ -128,7 +165,7 @@ def _target_path(path: str | os.PathLike) -> pathlib.Path:
 
 
 def _hdf5_image(model: Model, optimizer: Any, epoch: int | None, step: int | None,
-                history: Any, loader: Any) -> bytes:
+                history: Any, state: dict[str, Any]) -> bytes:
     """The checkpoint as HDF5 bytes, built in memory, with an empty user block for the
     integrity header (no disk is touched, so no HDF5 write can fail half-way on disk)."""
     h5py = _h5py()
@@ -150,10 +187,6 @@ def _hdf5_image(model: Model, optimizer: Any, epoch: int | None, step: int | Non
         train.attrs["epoch"] = -1 if epoch is None else int(epoch)
         train.attrs["step"] = -1 if step is None else int(step)
         train.attrs["history"] = json.dumps(history.to_dict() if history is not None else None)
-        state = {"global_rng": _backend.host_rng().bit_generator.state,
-                 "layer_rngs": {name: rng.bit_generator.state
-                                for name, rng in _layer_generators(model).items()},
-                 "loader": loader.state_dict() if loader is not None else None}
         train.attrs["state"] = json.dumps(state, default=_json_default)
     return buffer.getvalue()
 
@@ -557,6 +590,12 @@ def _restore(data: dict[str, Any], path: Any, model: Model, optimizer: Any, *,
     if optimizer is not None and data["optimizer"] is None:
         raise CheckpointError(f"{path}: holds no optimizer state (/optimizer is missing)")
     state = data["state"] or {}
+    ranks = state.get("ranks")
+    if isinstance(ranks, list) and len(ranks) == distributed.world_size() > 1:
+        state = ranks[distributed.rank()]  # this rank's generators and loader position
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: train/state: the state of rank "
+                                  f"{distributed.rank()} is not a dict")
     if loader is not None and not state.get("loader"):
         raise CheckpointError(f"{path}: holds no data loader position (train/state)")
     try:

@@ -137,6 +137,12 @@ def allgather(values: np.ndarray) -> list[np.ndarray]:
     return np.split(everything, np.cumsum(lengths)[:-1])
 
 
+def allgather_bytes(data: bytes) -> list[bytes]:
+    """Every rank's ``data``, in rank order (what the ranks tell each other: their states as
+    JSON, an error message)."""
+    return [part.tobytes() for part in allgather(np.frombuffer(data, dtype=np.uint8))]
+
+
 @contextlib.contextmanager
 def abort_on_error() -> Iterator[None]:
     """Inside this block an exception on one rank stops every rank: the error and the rank

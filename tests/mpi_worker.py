@@ -85,6 +85,31 @@ def main(scenario, out):
                             shard=distributed.shard())
         ann.fit(model, ann.losses.SoftmaxCrossEntropy(), ann.optim.SGD(model, lr=0.1), loader,
                 epochs=50, progress=False, callbacks=[Die()])
+    elif scenario == "resume":
+        # One epoch, a checkpoint (rank 0 writes), one more epoch; then a fresh model,
+        # optimizer and loader resumed from the file, one epoch: the same weights, on a
+        # network whose dropout and augmentation draw from each rank's own generators.
+        def parts():
+            x, y = problem()
+            net = ann.Sequential([Dense(FEATURES, 7, name="fc1", rng=1, dtype="float64"),
+                                  ReLU(), Dropout(0.3, name="drop", rng=5),
+                                  Dense(7, CLASSES, name="fc2", rng=2, dtype="float64")])
+            model = distributed.DistributedDataParallel(net)
+            noise = lambda xb, g: xb + ann.asarray(0.1 * g.standard_normal(xb.shape))  # noqa
+            loader = DataLoader(x, y, BATCH, seed=3, backend="numpy", dtype="float64",
+                                augment=[noise], shard=distributed.shard())
+            return model, ann.optim.SGD(model, lr=0.1, momentum=0.9), loader
+        loss = ann.losses.SoftmaxCrossEntropy()
+        model, optimizer, loader = parts()
+        ann.fit(model, loss, optimizer, loader, epochs=1, progress=False)
+        ann.save_checkpoint(f"{out}/resume.h5", model, optimizer, loader=loader)
+        ann.fit(model, loss, optimizer, loader, epochs=1, progress=False)
+        again, optimizer, loader = parts()
+        ann.load_checkpoint(f"{out}/resume.h5", again, optimizer, loader=loader)
+        ann.fit(again, loss, optimizer, loader, epochs=1, progress=False)
+        results.update({f"straight:{k}": np.asarray(v) for k, v in model.params().items()})
+        results.update({f"resumed:{k}": np.asarray(v) for k, v in again.params().items()})
+        results["drop_state"] = np.array(str(again["drop"].rng.bit_generator.state))
     elif scenario == "unsharded":
         x, y = problem()
         model = distributed.DistributedDataParallel(network("float64"))

@@ -144,6 +144,26 @@ def test_a_rank_that_dies_stops_every_rank(tmp_path):
     assert "Killed (signal 9)" in printed
 
 
+def test_training_on_two_ranks_resumes_exactly_from_rank_0s_checkpoint(tmp_path):
+    """Each rank's dropout and augmentation streams and loader position are in the one file
+    rank 0 wrote; resumed, each rank trains on bit for bit as if never stopped. The file
+    loads in one process too, and refuses a loader that shards over another number."""
+    done = run_ranks(2, "resume", tmp_path)
+    assert done.returncode == 0, done.stderr
+    per_rank = results(tmp_path, "resume", 2)
+    for got in per_rank:
+        for key in [k for k in got if k.startswith("straight:")]:
+            np.testing.assert_array_equal(got[key], got["resumed:" + key.split(":", 1)[1]])
+    assert str(per_rank[0]["drop_state"]) != str(per_rank[1]["drop_state"])
+    model = ann.load_model(tmp_path / "resume.h5")
+    assert set(model.params()) == {"fc1.W", "fc1.b", "fc2.W", "fc2.b"}
+    x, y = mpi_worker.problem()
+    with pytest.raises(ann.checkpoint.CheckpointError,
+                       match="sharded over 2 ranks and this one shards over 1"):
+        ann.load_checkpoint(tmp_path / "resume.h5", model,
+                            loader=DataLoader(x, y, 8, backend="numpy", dtype="float64"))
+
+
 def test_a_loader_that_is_not_sharded_is_refused_on_every_rank(tmp_path):
     done = run_ranks(2, "unsharded", tmp_path)
     assert done.returncode == 0, done.stderr
