@@ -31,8 +31,10 @@ model is wrapped.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
+import shutil
 import sys
 import traceback
 from typing import Any, Iterator
@@ -52,6 +54,16 @@ logger = logging.getLogger("anyarray_nn")
 LAUNCHER_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
 _comm: Any = None  # the communicator once joined; None: not joined (one rank, or not yet)
+
+
+def mpiexec() -> str | None:
+    """The ``mpiexec`` to start ranks with (the one beside this Python first), or None where
+    MPI (the ``mpi`` extra: mpi4py and MPICH) is not installed. The library itself starts
+    no process: the benchmark and the examples' ``--workers`` use it."""
+    if importlib.util.find_spec("mpi4py") is None:
+        return None
+    here = shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+    return here or shutil.which("mpiexec")
 
 
 def launched_by_mpi() -> bool:
@@ -363,5 +375,11 @@ def synchronize_batchnorm(model: Model) -> Model:
 
 
 def is_distributed(model: Any) -> bool:
-    """Whether ``model`` is a :class:`DistributedDataParallel` on more than one rank."""
-    return isinstance(model, DistributedDataParallel) and world_size() > 1
+    """Whether ``model`` is a :class:`DistributedDataParallel` on more than one rank, or
+    wraps one (its ``model`` attribute, as a test-time augmentation wrapper has)."""
+    seen = 0
+    while model is not None and seen < 8:  # a chain of wrappers, not a cycle
+        if isinstance(model, DistributedDataParallel):
+            return world_size() > 1
+        model, seen = getattr(model, "model", None), seen + 1
+    return False

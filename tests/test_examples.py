@@ -2,6 +2,10 @@
 real-data examples on small synthetic files."""
 
 import gzip
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -102,12 +106,31 @@ def test_an_existing_checkpoint_is_replaced_only_with_overwrite(tmp_path):
     assert ann.load_model(saved).num_params() == 14_682
 
 
-def test_workers_that_split_no_batch_are_reported_as_one(tmp_path):
+def test_workers_train_on_mpi_ranks_started_for_the_user(tmp_path):
+    """--workers 2 starts the same command under mpiexec -n 2 (and says so); the ranks train
+    on their parts of each batch, rank 0 alone prints the report and writes the checkpoint,
+    and the test set is evaluated whole."""
+    pytest.importorskip("mpi4py", reason="the mpi extra is not installed")
     write_mnist(tmp_path)
-    out = invoke_mnist(tmp_path, "--workers", "2", "--batch-size", "8")
-    assert out.exit_code == 0, out.output
-    assert "DataParallel splits no batch of 8 on numpy" in out.output
-    assert '"workers": 1' in out.output and "batch split" not in out.output
+    env = {k: v for k, v in os.environ.items() if k not in ann.distributed.LAUNCHER_VARIABLES}
+    done = subprocess.run([sys.executable, "-m", "anyarray_nn.examples.mnist", "--data",
+                           str(tmp_path), "--epochs", "1", "--no-progress", "--workers", "2",
+                           "--batch-size", "16", "--save", str(tmp_path / "m.h5")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "running: " in done.stdout and " -n 2 " in done.stdout
+    assert done.stdout.count("summary {") == 1 and '"workers": 2' in done.stdout
+    assert "batch split over 2 MPI ranks" in done.stdout
+    summary = json.loads(done.stdout.split("summary ", 1)[1].splitlines()[0])
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert ann.load_model(tmp_path / "m.h5").num_params() == 14_682
+
+
+def test_workers_on_a_run_started_on_other_ranks_are_refused(tmp_path, monkeypatch):
+    write_mnist(tmp_path)
+    monkeypatch.setattr(ann.distributed, "world_size", lambda: 3)
+    out = invoke_mnist(tmp_path, "--workers", "2")
+    assert out.exit_code == 2 and "started on 3 MPI ranks; give --workers 3, or 1" in out.output
 
 
 def test_batch_normalization_leaves_out_a_last_batch_of_one(capsys):

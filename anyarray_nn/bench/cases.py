@@ -36,6 +36,7 @@ from ..networks import NETWORKS
 from ..optim import SGD
 from ..model import Input, Model, Sequential
 from ..parallel import DataParallel
+from .. import distributed
 from . import ranks
 
 INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar10_large": (3, 32, 32),
@@ -182,7 +183,7 @@ def all_cases() -> list[Case]:
               for network in NETWORKS for piece in ("step", *PARALLEL_STEPS)
               if piece == "step" or _batch_separable(network)]
     # Data parallel over MPI ranks of one core each (bench.ranks), where MPI is installed.
-    if ranks.mpiexec() is not None:
+    if distributed.mpiexec() is not None:
         cases += [Case("train", network, piece, (network,))
                   for network in NETWORKS for piece in MPI_STEPS]
     cases += [Case("conv", layer, piece, spec) for layer, spec in GROUPED_CONVOLUTIONS.items()

@@ -13,7 +13,6 @@ one core (one BLAS thread).
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,20 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import distributed
+
 STEP, MEASURE, QUIT, DONE = b"s", b"m", b"q", b"d"
 START_SECONDS = 120  # starting the ranks and building the network
 STEP_SECONDS = 600
-
-
-def mpiexec() -> str | None:
-    """The ``mpiexec`` to launch ranks with (beside this Python first), or None when MPI
-    (the ``mpi`` extra: mpi4py and MPICH) is not installed."""
-    try:
-        import mpi4py  # noqa: F401  (only whether it is there)
-    except ImportError:
-        return None
-    here = shutil.which("mpiexec", path=os.path.dirname(sys.executable))
-    return here or shutil.which("mpiexec")
 
 
 class MpiSteps:
@@ -46,7 +36,7 @@ class MpiSteps:
     runs_in_other_processes = True  # the harness asks peak_memory_mb() for its memory
 
     def __init__(self, network: str, batch: int, dtype: str, ranks: int = 2) -> None:
-        launcher = mpiexec()
+        launcher = distributed.mpiexec()
         if launcher is None:
             raise RuntimeError('MpiSteps: MPI is not installed (pip install "anyarray_nn[mpi]")')
         server = socket.create_server(("127.0.0.1", 0))

@@ -7,6 +7,8 @@ import importlib.util
 import json
 import math
 import pathlib
+import subprocess
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -14,7 +16,8 @@ import click
 import numpy as np
 
 import anyarray_nn as ann
-from anyarray_nn import metrics, train
+from anyarray_nn import distributed, metrics, train
+from anyarray_nn._threads import cpu_count
 from anyarray_nn._atomic import unwritable_folder
 from anyarray_nn.data import DataFormatError
 from anyarray_nn.data.pipeline import (DataLoader, Standardize, reflected_indices,
@@ -61,9 +64,9 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Replace an existing --save file or --report folder (refused "
                           "otherwise, so that no earlier result is lost)."),
         click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
-                     help="Train with DataParallel: the batch split over this many workers, "
-                          "helper processes on NumPy (0: one per core). Not for networks "
-                          "with BatchNorm or Dropout."),
+                     help="Train on this many MPI ranks, each on its part of every batch "
+                          "(0: one per core): the command starts itself again under "
+                          "mpiexec (the mpi extra). Started by mpiexec, it uses its ranks."),
         click.option("--progress/--no-progress", default=True, show_default=True),
     ]
     for option in reversed(options):
@@ -100,11 +103,20 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
     on all of it), standardization from the rest.
     ``limit`` trains on the first ``limit`` training examples (a quick smoke run); ``save``
     writes the trained model, optimizer and history to an HDF5 checkpoint at that path;
-    ``report`` writes figures and a Markdown summary there. ``workers`` != 1 trains through
-    :class:`anyarray_nn.DataParallel` (0: one worker per core). Output paths are checked
-    before anything is loaded; existing ones are replaced only with ``overwrite``.
+    ``report`` writes figures and a Markdown summary there. ``workers`` != 1 trains on that
+    many MPI ranks (0: one per core; see :func:`launch_ranks`); a run started by ``mpiexec``
+    trains on its ranks (:mod:`anyarray_nn.distributed`: the batch norms per rank, rank 0
+    printing and writing). Output paths are checked before anything is loaded; existing ones
+    are replaced only with ``overwrite``.
     """
     wall = time.perf_counter()
+    ranks = distributed.world_size()
+    if ranks == 1 and workers != 1:
+        launch_ranks(workers or cpu_count())  # the same command on the ranks; exits
+    if workers not in (1, 0, ranks):
+        raise click.UsageError(f"--workers {workers}: this run was started on {ranks} MPI "
+                               f"ranks; give --workers {ranks}, or 1")
+    say = print if distributed.is_main() else _silent
     _check_outputs(save, report, overwrite)
     be = ann.get_backend(backend)
     x, y = _load(load, data, "train")
@@ -122,32 +134,28 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
     model = build(rng=seed, backend=be.name)
     if prepare is not None:
         prepare(model, standardize(x_train[:5000].astype(np.float64)))
-    # Batch normalization cannot train on a batch of one image: drop such a last batch.
-    drop_last = len(x_train) % batch_size == 1 and any(
+    # Batch normalization cannot train on one image (per rank, on several ranks): drop a
+    # last batch that would leave a rank one.
+    last = len(x_train) % batch_size
+    drop_last = 0 < last < 2 * ranks and any(
         layer.type_name.startswith("BatchNorm") for layer in model)
     if drop_last:
-        print(f"note: {len(x_train):,} training images leave a last batch of 1, which batch "
-              f"normalization cannot train on; it is left out of each epoch")
+        say(f"note: {len(x_train):,} training images leave a last batch of {last} "
+            f"({'per' if ranks == 1 else 'over'} {ranks} rank{'s' * (ranks > 1)}), which batch "
+            f"normalization cannot train on; it is left out of each epoch")
+    shard = distributed.shard() if ranks > 1 else None
     train_loader = DataLoader(x_train, y_train, batch_size, seed=seed, backend=be.name,
-                              preprocess=standardize, augment=augment, drop_last=drop_last)
+                              preprocess=standardize, augment=augment, drop_last=drop_last,
+                              shard=shard)
     evaluation = dict(batch_size=500, shuffle=False, backend=be.name, preprocess=standardize,
-                      train=False)
+                      train=False, shard=shard)
     val_loader = None if x_val is None else DataLoader(x_val, y_val, **evaluation)
     test_loader = DataLoader(x_test, y_test, **evaluation)
 
-    model.summary()
-    if workers != 1:
-        try:
-            model = ann.DataParallel(model, workers or None)
-        except ValueError as exc:
-            raise click.UsageError(f"--workers {workers}: {exc}") from exc
-    used_workers = getattr(model, "workers", 1)
-    if used_workers > 1:
-        smallest = model.smallest_split_batch()
-        if smallest is None or batch_size < smallest:
-            print(f"note: DataParallel splits no batch of {batch_size} on {be.name} "
-                  f"(smallest split batch: {smallest}); training runs on one worker")
-            used_workers = 1
+    model.summary(print_fn=say)
+    if ranks > 1:
+        model = distributed.DistributedDataParallel(model)
+    used_workers = ranks
     loss_fn = ann.losses.SoftmaxCrossEntropy(label_smoothing=label_smoothing)
     opt = ann.optim.SGD(model, lr=lr, momentum=momentum, weight_decay=weight_decay,
                         form="nesterov" if nesterov else "classic", lr_scale=lr_scale,
@@ -174,15 +182,15 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
     train_seconds = sum(e["seconds"] for e in history.epochs)
     cm = metrics.confusion_matrix(test.labels, test.predictions, len(class_names or []) or None)
 
-    split = f", batch split over {used_workers} workers" if used_workers > 1 else ""
-    print(f"\n{name} on {be.name}: {epochs} epochs, batch {batch_size}{split}")
+    split = f", batch split over {used_workers} MPI ranks" if used_workers > 1 else ""
+    say(f"\n{name} on {be.name}: {epochs} epochs, batch {batch_size}{split}")
     for e in history.epochs:
         val = f"  val acc {e['val_accuracy']:.4f}" if "val_accuracy" in e else ""
-        print(f"  epoch {e['epoch']:2d}  loss {e['loss']:.4f}  train acc {e['accuracy']:.4f}"
+        say(f"  epoch {e['epoch']:2d}  loss {e['loss']:.4f}  train acc {e['accuracy']:.4f}"
               f"{val}  {e['images_per_second']:.0f} img/s")
-    print(f"\nconfusion matrix (rows: true class, columns: predicted)\n"
+    say(f"\nconfusion matrix (rows: true class, columns: predicted)\n"
           f"{metrics.format_confusion_matrix(cm, class_names)}\n")
-    print(metrics.classification_report(test.labels, test.predictions, class_names))
+    say(metrics.classification_report(test.labels, test.predictions, class_names))
     images_per_second = len(x_train) * epochs / train_seconds
     summary = {"experiment": name, "backend": be.name, "epochs": epochs,
                "batch_size": batch_size, "workers": used_workers,
@@ -190,16 +198,39 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
                "test_loss": test.loss, "val_accuracy": history.epochs[-1].get("val_accuracy"),
                "train_seconds": train_seconds, "images_per_second": images_per_second,
                "wall_seconds": time.perf_counter() - wall, "parameters": model.num_params()}
-    print(f"\ntest accuracy {test.accuracy:.4f}  ({images_per_second:.0f} img/s training, "
+    say(f"\ntest accuracy {test.accuracy:.4f}  ({images_per_second:.0f} img/s training, "
           f"{train_seconds:.0f} s training, {summary['wall_seconds']:.0f} s wall)")
-    print("summary " + json.dumps(summary))
-    if report:
+    say("summary " + json.dumps(summary))
+    if report and distributed.is_main():
         from anyarray_nn import plots
         path = plots.write_report(report, title=name, model=model, history=history, test=test,
                                   test_images=x_test, class_names=class_names, summary=summary,
                                   preprocess=standardize)
-        print(f"report: {path}")
+        say(f"report: {path}")
     return summary
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """What the ranks other than rank 0 print: nothing."""
+
+
+def launch_ranks(count: int) -> None:
+    """Run this command again on ``count`` MPI ranks (``mpiexec -n count python -m <this
+    module> <the same arguments>``), say so, and exit with its status; a usage error naming
+    ``--workers`` where MPI is not installed."""
+    launcher = distributed.mpiexec()
+    main = sys.modules["__main__"]
+    module = getattr(getattr(main, "__spec__", None), "name", None)
+    if launcher is None:
+        raise click.UsageError(f"--workers {count}: training on several ranks runs over MPI, "
+                               f"which is not installed here: pip install 'anyarray_nn[mpi]' "
+                               f"(mpi4py and MPICH's mpiexec)")
+    if module is None:
+        raise click.UsageError(f"--workers {count}: start the example as python -m "
+                               f"anyarray_nn.examples.<name>, or under mpiexec -n {count}")
+    command = [launcher, "-n", str(count), sys.executable, "-m", module, *sys.argv[1:]]
+    print("running: " + " ".join(command), flush=True)
+    raise SystemExit(subprocess.call(command))
 
 
 class FlipAveraged:
