@@ -41,6 +41,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from . import _threads
 from . import backend as _backend
 from . import functional as F
 from .errors import InputError
@@ -73,20 +74,28 @@ def launched_by_mpi() -> bool:
 
 def init(comm: Any = None) -> None:
     """Join MPI (``MPI.COMM_WORLD``, or the mpi4py communicator ``comm``): called for the user
-    at the first use of any function here when ``mpiexec`` started the process. Raises
-    ImportError with the install command when mpi4py is missing."""
+    at the first use of any function here when ``mpiexec`` started the process. The ranks
+    that share a machine share its cores: each one's BLAS and OpenMP thread pools are
+    limited to its share (logged; left alone where ``OMP_NUM_THREADS`` or
+    ``OPENBLAS_NUM_THREADS`` is set). Raises ImportError with the install command when
+    mpi4py is missing."""
     global _comm
-    if comm is None:
-        try:
-            from mpi4py import MPI
-        except ImportError as exc:
-            raise ImportError('anyarray_nn.distributed: mpi4py is not installed; install it '
-                              'and MPICH with: pip install "anyarray_nn[mpi]"') from exc
-        comm = MPI.COMM_WORLD
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise ImportError('anyarray_nn.distributed: mpi4py is not installed; install it '
+                          'and MPICH with: pip install "anyarray_nn[mpi]"') from exc
+    comm = MPI.COMM_WORLD if comm is None else comm
     _comm = comm
     # The process id: mpiexec names a rank that dies by its process alone.
     logger.info("distributed: rank %d of %d (MPI) is process %d", comm.Get_rank(),
                 comm.Get_size(), os.getpid())
+    # The ranks on this machine share its cores: each computes on its share (see
+    # _threads.share_cores, which logs what it decides).
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    if local.Get_size() > 1:
+        _threads.share_cores(local.Get_size())
+    local.Free()
 
 
 def _communicator() -> Any:

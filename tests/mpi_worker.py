@@ -110,6 +110,12 @@ def main(scenario, out):
         results.update({f"straight:{k}": np.asarray(v) for k, v in model.params().items()})
         results.update({f"resumed:{k}": np.asarray(v) for k, v in again.params().items()})
         results["drop_state"] = np.array(str(again["drop"].rng.bit_generator.state))
+    elif scenario == "threads":
+        from threadpoolctl import threadpool_info
+        from anyarray_nn import _threads
+        results["cores"] = _threads.cpu_count()
+        results["blas_threads"] = max(p["num_threads"] for p in threadpool_info()
+                                      if p["user_api"] == "blas")
     elif scenario == "unsharded":
         x, y = problem()
         model = distributed.DistributedDataParallel(network("float64"))

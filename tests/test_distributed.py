@@ -34,9 +34,17 @@ def mpiexec() -> str:
     return launcher
 
 
-def run_ranks(ranks: int, scenario: str, out: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCHER_VARIABLES}
-    env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = "1"  # one core per rank
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def run_ranks(ranks: int, scenario: str, out: Path, timeout: float = 120,
+              threads: str | None = "1") -> subprocess.CompletedProcess:
+    """``scenario`` on ``ranks`` ranks; ``threads``: OMP_NUM_THREADS and OPENBLAS_NUM_THREADS
+    for them (None: unset, the library decides)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in distributed.LAUNCHER_VARIABLES + THREAD_VARIABLES}
+    if threads is not None:
+        env.update(dict.fromkeys(THREAD_VARIABLES, threads))
     return subprocess.run([mpiexec(), "-n", str(ranks), sys.executable, str(WORKER), scenario,
                            str(out)], capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -110,6 +118,19 @@ class _MergedLast:
         order = self.loader.rng.permutation(n)
         for start, stop in ((0, 8), (8, 16), (16, 26)):
             yield self.loader.batch(np.sort(order[start:stop]))
+
+
+@pytest.mark.parametrize("threads", [None, "2"])
+def test_ranks_sharing_a_machine_share_its_cores(tmp_path, threads):
+    """Two ranks on this machine: each computes on its share of the cores, its BLAS pool
+    limited to it, unless OMP_NUM_THREADS / OPENBLAS_NUM_THREADS say otherwise."""
+    done = run_ranks(2, "threads", tmp_path, threads=threads)
+    assert done.returncode == 0, done.stderr
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for got in results(tmp_path, "threads", 2):
+        assert int(got["cores"]) == max(1, cores // 2)
+        expected = max(1, cores // 2) if threads is None else min(2, cores)
+        assert int(got["blas_threads"]) == expected
 
 
 def test_each_rank_drops_other_units(tmp_path):
