@@ -46,7 +46,7 @@ from . import backend as _backend
 from . import functional as F
 from .errors import InputError
 from .layers.norm import BatchNorm1D, BatchNorm2D, Dropout, _BatchNorm
-from .model import Model
+from .model import Model, ModelWrapper
 
 logger = logging.getLogger("anyarray_nn")
 
@@ -183,7 +183,7 @@ def abort_on_error() -> Iterator[None]:
         raise  # not reached: Abort ends the process
 
 
-class DistributedDataParallel:
+class DistributedDataParallel(ModelWrapper):
     """Wraps a model for data parallel training over MPI (see the module's docstring).
 
     Made on every rank with the same architecture: the parameters and buffers become rank
@@ -266,27 +266,6 @@ class DistributedDataParallel:
             layer.grads[key] = _backend.asarray_like(
                 np.reshape(flat[at:at + h.size], h.shape).astype(h.dtype), g)
             at += h.size
-
-    def __call__(self, x: Any, *, train: bool = False) -> Any:
-        return self.forward(x, train=train)
-
-    def predict(self, x: Any) -> Any:
-        """Class indices of the largest output per row, on this rank's examples."""
-        return self.model.predict(x)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "model":  # not set yet (a half-built object): avoid endless recursion
-            raise AttributeError(name)
-        return getattr(self.model, name)
-
-    def __len__(self) -> int:
-        return len(self.model)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.model)
-
-    def __getitem__(self, key: int | str) -> Any:
-        return self.model[key]
 
     def __repr__(self) -> str:
         return f"DistributedDataParallel({self.model!r}, rank {rank()} of {world_size()})"

@@ -35,7 +35,7 @@ from .layers.base import Layer, layer_class
 from .layers.node import Input, Node
 from .layers.pool import MaxPool2D
 
-__all__ = ["Model", "Sequential", "Input", "model_from_config"]
+__all__ = ["Model", "Sequential", "Input", "ModelWrapper", "model_from_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,6 +399,32 @@ class Model:
         (``backend``, ``dtype``, ``rng``) go to each layer whose constructor takes them. A
         call that names an unknown node, or calls that form a cycle, are clear errors."""
         return _graph_from_config(config, kwargs)
+
+
+class ModelWrapper:
+    """The base of the wrappers that run a model another way (``DataParallel``,
+    ``DistributedDataParallel``): they define ``forward`` and ``backward`` over the wrapped
+    :attr:`model`; calling and ``predict`` run through their ``forward``, and everything else
+    (``layers``, ``params()``, ``summary()``, ``to()``, ...) is the wrapped model's."""
+
+    model: Model
+
+    __call__ = Model.__call__
+    predict = Model.predict
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "model":  # not set yet (a half-built object): avoid endless recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def __len__(self) -> int:
+        return len(self.model)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.model)
+
+    def __getitem__(self, key: int | str) -> Any:
+        return self.model[key]
 
 
 class Sequential(Model):

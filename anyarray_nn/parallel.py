@@ -55,20 +55,20 @@ import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from . import backend as _backend
 from ._threads import cpu_count, one_blas_thread
 from .errors import InputError
 from .functional._fast import portable_kernels, portable_only
 from .layers.base import _NO_CACHE
-from .model import Model
+from .model import Model, ModelWrapper
 
 #: Whether helper processes can be started here (they inherit a socket and shared memory).
 PROCESSES_SUPPORTED = os.name == "posix"
 
 
-class DataParallel:
+class DataParallel(ModelWrapper):
     """Wraps a model (a :class:`Sequential` or a graph :class:`Model` with one input) so that
     forward and backward split the batch over workers.
 
@@ -240,26 +240,6 @@ class DataParallel:
                 f"defined {where}, which helper processes cannot import; use "
                 f"processes=False (threads) or move the class into a module")
         return True
-
-    # The model's own, running through this class's forward.
-    __call__ = Model.__call__
-    predict = Model.predict
-
-    # --- everything else is the wrapped model's ------------------------------------------
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "model":  # not set yet (a half-built object): avoid endless recursion
-            raise AttributeError(name)
-        return getattr(self.model, name)
-
-    def __len__(self) -> int:
-        return len(self.model)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.model)
-
-    def __getitem__(self, key: int | str) -> Any:
-        return self.model[key]
 
     def __repr__(self) -> str:
         return (f"DataParallel({self.model!r}, workers={self.workers}, "

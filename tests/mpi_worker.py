@@ -63,28 +63,22 @@ def main(scenario, out):
         model = distributed.DistributedDataParallel(
             ann.Sequential([Dropout(0.5, rng=4)]))
         results["mask"] = np.asarray(model.forward(np.ones((4, 6)), train=True))
-    elif scenario == "raise":
+    elif scenario in ("raise", "die"):
+        def fail():  # rank one's deliberate failure: an exception, or a kill
+            if scenario == "raise":
+                raise RuntimeError("rank one's deliberate failure")
+            os.kill(os.getpid(), signal.SIGKILL)
+
         class Fail(ann.train.Callback):
             def on_iteration_end(self, state):
                 if rank == 1 and state.step == 2:
-                    raise RuntimeError("rank one's deliberate failure")
-        x, y = problem()
-        model = distributed.DistributedDataParallel(network("float64"))
-        loader = DataLoader(x, y, BATCH, backend="numpy", dtype="float64",
-                                     shard=distributed.shard())
-        ann.fit(model, ann.losses.SoftmaxCrossEntropy(), ann.optim.SGD(model, lr=0.1), loader,
-                epochs=50, progress=False, callbacks=[Fail()])
-    elif scenario == "die":
-        class Die(ann.train.Callback):
-            def on_iteration_end(self, state):
-                if rank == 1 and state.step == 2:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    fail()
         x, y = problem()
         model = distributed.DistributedDataParallel(network("float64"))
         loader = DataLoader(x, y, BATCH, backend="numpy", dtype="float64",
                             shard=distributed.shard())
         ann.fit(model, ann.losses.SoftmaxCrossEntropy(), ann.optim.SGD(model, lr=0.1), loader,
-                epochs=50, progress=False, callbacks=[Die()])
+                epochs=50, progress=False, callbacks=[Fail()])
     elif scenario == "resume":
         # One epoch, a checkpoint (rank 0 writes), one more epoch; then a fresh model,
         # optimizer and loader resumed from the file, one epoch: the same weights, on a

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tracemalloc
 import weakref
-from typing import Any
 
 import numpy as np
 
