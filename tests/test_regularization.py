@@ -10,38 +10,33 @@ from anyarray_nn.layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout,
 from helpers import assert_close, host
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("shape", [(6, 4), (3, 2, 4, 5)])
-def test_batchnorm_gradients_float64(xp, rng, shape):
+def test_batchnorm_gradients_float64(xp, rng, shape, relu):
+    """Plain, and with relu=True (the gradients of relu(batchnorm(x)), from the forward's
+    statistics)."""
     inputs = {"x": ann.asarray(rng.standard_normal(shape)),
               "gamma": ann.asarray(rng.standard_normal(shape[1])),
               "beta": ann.asarray(rng.standard_normal(shape[1]))}
 
     def backward(dy, x, gamma, beta):
-        dx, dgamma, dbeta = F.batchnorm_backward(x, gamma, dy)
+        _, mean, var = F.batchnorm_forward(x, gamma, beta, relu=relu)
+        stats = {"mean": mean, "var": var, "beta": beta, "relu": True} if relu else {}
+        dx, dgamma, dbeta = F.batchnorm_backward(x, gamma, dy, **stats)
         return {"x": dx, "gamma": dgamma, "beta": dbeta}
 
     # eps=1e-5: BatchNorm's x-gradient sums many cancelling terms; a smaller step is roundoff
-    report = check_function(lambda x, gamma, beta: F.batchnorm_forward(x, gamma, beta)[0],
+    report = check_function(lambda x, gamma, beta: F.batchnorm_forward(x, gamma, beta,
+                                                                       relu=relu)[0],
                             backward, inputs, eps=1e-5, max_checks=80)
     assert report.passed, str(report)
 
 
-@pytest.mark.parametrize("shape", [(6, 4), (3, 2, 4, 5)])
-def test_batchnorm_with_a_fused_relu_gradients_float64(xp, rng, shape):
-    """relu=True: the gradients of relu(batchnorm(x)), from the forward's statistics."""
-    inputs = {"x": ann.asarray(rng.standard_normal(shape)),
-              "gamma": ann.asarray(rng.standard_normal(shape[1])),
-              "beta": ann.asarray(rng.standard_normal(shape[1]))}
-
-    def backward(dy, x, gamma, beta):
-        _, mean, var = F.batchnorm_forward(x, gamma, beta, relu=True)
-        dx, dgamma, dbeta = F.batchnorm_backward(x, gamma, dy, mean=mean, var=var, beta=beta,
-                                                 relu=True)
-        return {"x": dx, "gamma": dgamma, "beta": dbeta}
-
-    report = check_function(lambda x, gamma, beta: F.batchnorm_forward(x, gamma, beta,
-                                                                       relu=True)[0],
-                            backward, inputs, eps=1e-5, max_checks=80)
+def test_dropout_gradient_float64_with_a_fixed_mask(xp, rng):
+    mask = ann.asarray((rng.random((4, 5)) > 0.3).astype(np.float64))
+    report = check_function(lambda x: F.dropout_forward(x, mask, 0.3),
+                            lambda dy, x: {"x": F.dropout_backward(mask, dy, 0.3)},
+                            {"x": ann.asarray(rng.standard_normal((4, 5)))})
     assert report.passed, str(report)
 
 
@@ -75,14 +70,6 @@ def test_batchnorm_backward_refuses_half_the_statistics_or_a_relu_without_beta(x
         F.batchnorm_backward(x, gamma, dy, mean=mean, var=var, relu=True)
     with pytest.raises(ann.InputError, match=r"var: expected shape \(3,\) .* got \(2,\)"):
         F.batchnorm_backward(x, gamma, dy, mean=mean, var=ann.asarray(np.ones(2)))
-
-
-def test_dropout_gradient_float64_with_a_fixed_mask(xp, rng):
-    mask = ann.asarray((rng.random((4, 5)) > 0.3).astype(np.float64))
-    report = check_function(lambda x: F.dropout_forward(x, mask, 0.3),
-                            lambda dy, x: {"x": F.dropout_backward(mask, dy, 0.3)},
-                            {"x": ann.asarray(rng.standard_normal((4, 5)))})
-    assert report.passed, str(report)
 
 
 @pytest.mark.parametrize("shape", [(8, 5), (4, 3, 5, 6)])
