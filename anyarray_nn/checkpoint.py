@@ -553,8 +553,30 @@ def load_checkpoint(path: str | os.PathLike, model: Model, optimizer: Any = None
     Arrays go to the model's backend, whichever backend wrote them. Nothing is assigned
     until everything has been checked. Returns a :class:`CheckpointInfo`.
     """
-    return _restore(read_checkpoint(path), path, model, optimizer, loader=loader,
+    data = _read_on_rank_0(path) if distributed.is_distributed(model) else read_checkpoint(path)
+    return _restore(data, path, model, optimizer, loader=loader,
                     convert_dtype=convert_dtype, restore_rng=restore_rng)
+
+
+_FAILURES = {"FileNotFoundError": FileNotFoundError, "CheckpointError": None}  # None: ours
+
+
+def _read_on_rank_0(path: Any) -> dict[str, Any]:
+    """read_checkpoint for a model trained on several ranks, called on every rank: rank 0
+    reads and verifies the file once and sends its bytes to the others, which parse them in
+    memory. Rank 0's error is raised on every rank (``FileNotFoundError``,
+    :class:`CheckpointError` or ``OSError``, with rank 0's message)."""
+    message = b""
+    if distributed.is_main():
+        try:
+            message = b"I" + _verified_image(pathlib.Path(path))
+        except (OSError, CheckpointError) as exc:
+            message = f"E{type(exc).__name__}:{exc}".encode()
+    sent = distributed.allgather_bytes(message)[0]
+    if sent[:1] == b"E":
+        kind, _, text = sent[1:].decode(errors="replace").partition(":")
+        raise (_FAILURES.get(kind, OSError) or CheckpointError)(text)
+    return _parse(sent[1:], pathlib.Path(path))
 
 
 def _mismatches(data: dict[str, Any], model: Model, convert_dtype: bool) -> list[str]:

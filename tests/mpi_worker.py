@@ -110,6 +110,16 @@ def main(scenario, out):
         results["cores"] = _threads.cpu_count()
         results["blas_threads"] = max(p["num_threads"] for p in threadpool_info()
                                       if p["user_api"] == "blas")
+    elif scenario == "missing":  # every rank hears of rank 0's failure to read
+        model = distributed.DistributedDataParallel(network("float64"))
+        for name, path in (("missing", f"{out}/nowhere.h5"), ("damaged", f"{out}/bad.h5")):
+            if rank == 0 and name == "damaged":
+                with open(path, "wb") as f:
+                    f.write(b"not a checkpoint" * 10)
+            try:
+                ann.load_checkpoint(path, model)
+            except Exception as exc:  # noqa: BLE001  (what each rank raised is the result)
+                results[name] = f"{type(exc).__name__}: {exc}"
     elif scenario == "unsharded":
         x, y = problem()
         model = distributed.DistributedDataParallel(network("float64"))

@@ -185,6 +185,18 @@ def test_training_on_two_ranks_resumes_exactly_from_rank_0s_checkpoint(tmp_path)
                             loader=DataLoader(x, y, 8, backend="numpy", dtype="float64"))
 
 
+def test_rank_0_reads_the_checkpoint_and_every_rank_raises_its_error(tmp_path):
+    """Loading into a model on several ranks reads the file once, on rank 0 (the resume test
+    above loads that way); a missing or damaged file is the same error on every rank."""
+    done = run_ranks(2, "missing", tmp_path)
+    assert done.returncode == 0, done.stderr
+    for got in results(tmp_path, "missing", 2):
+        assert str(got["missing"]).startswith("FileNotFoundError: ")
+        assert "nowhere.h5" in str(got["missing"])
+        assert str(got["damaged"]).startswith("CheckpointError: ")
+        assert "bad.h5" in str(got["damaged"])
+
+
 def test_a_loader_that_is_not_sharded_is_refused_on_every_rank(tmp_path):
     done = run_ranks(2, "unsharded", tmp_path)
     assert done.returncode == 0, done.stderr
