@@ -277,12 +277,6 @@ def to_host(x: Any) -> np.ndarray:
     return np.asarray(x)  # array-api-strict arrays and host data
 
 
-def host_view(buffer: Any, shape: tuple[int, ...], dtype: str, offset: int = 0) -> np.ndarray:
-    """A NumPy array over existing host memory (``buffer``: e.g. an ``mmap`` shared between
-    processes), without copying."""
-    return np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset)
-
-
 def asarray(data: Any, backend: str | Backend | None = None, dtype: str | None = None,
             copy: bool = False) -> Any:
     """Return ``data`` as an array of ``backend`` (default: the active one), optionally cast.

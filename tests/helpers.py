@@ -37,7 +37,7 @@ def away_from_zero(rng, shape, margin=0.05):
 
 class FailsOnNegativeFirstValue(ann.layers.Layer):
     """Identity that raises ValueError when its batch starts with a negative value: lets a
-    test make one slice of a DataParallel batch fail (importable by helper processes)."""
+    test make one slice of a DataParallel batch fail."""
 
     def _forward(self, x, train):
         if float(x[0, ...].reshape(-1)[0]) < 0:
@@ -50,7 +50,7 @@ class FailsOnNegativeFirstValue(ann.layers.Layer):
 
 class ScaledByBuffer(ann.layers.Layer):
     """y = x * s with a buffer s that is not trained (lets a test change a buffer under
-    DataParallel; importable by helper processes)."""
+    DataParallel)."""
 
     def __init__(self, features, name=None):
         super().__init__(name)
@@ -70,7 +70,7 @@ class _TwoArgumentError(Exception):
 
 class FailsWithAnOddError(ann.layers.Layer):
     """Identity that raises an exception pickle cannot rebuild when its batch starts with a
-    negative value (importable by helper processes)."""
+    negative value."""
 
     def _forward(self, x, train):
         if float(x[0, ...].reshape(-1)[0]) < 0:

@@ -175,12 +175,12 @@ def test_the_data_parallel_and_mpi_steps_run_on_numpy_only(tmp_path):
                  "-n", "4", "--repeats", "1", "--no-reference", "--json", str(path))
     assert out.exit_code == 0, out.output
     rows = json.loads(path.read_text())["rows"]
-    expected = [("train/mnist/step-threads", "numpy"), ("train/mnist/step-processes", "numpy")]
+    expected = [("train/mnist/step-threads", "numpy")]
     if distributed.mpiexec() is not None:  # the mpi extra: the 2-rank step too
         expected.append(("train/mnist/step-mpi2", "numpy"))
     assert [(r["case"], r["backend"]) for r in rows] == expected
     # the 2-rank step: the sum of the ranks' peaks, more than one process's at half the batch
-    assert all(r["peak_memory_mb"] > rows[0]["peak_memory_mb"] / 2 for r in rows[2:])
+    assert all(r["peak_memory_mb"] > rows[0]["peak_memory_mb"] / 2 for r in rows[1:])
 
 
 @pytest.mark.parametrize("repeats,blocks", [(1, 2), (3, 2), (5, 2), (4, 3), (2, 1)])

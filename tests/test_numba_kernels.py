@@ -146,12 +146,11 @@ def test_without_numba_numpy_takes_the_portable_kernels_quietly(monkeypatch, rec
     assert not [w for w in recwarn if "numba" in str(w.message)]
 
 
-@pytest.mark.parametrize("processes", [False, True])
-def test_data_parallel_helpers_follow_portable_kernels(numba_kernels, processes):
-    """A portable_kernels() block reaches the slices that helper threads and processes
-    compute: the NaN dy below spreads over its window on the portable path only."""
+def test_data_parallel_helpers_follow_portable_kernels(numba_kernels):
+    """A portable_kernels() block reaches the slices that helper threads compute: the NaN dy
+    below spreads over its window on the portable path only."""
     model = ann.DataParallel(ann.Sequential([ann.layers.MaxPool2D(2)]), workers=2,
-                             processes=processes, min_batch=1)
+                             min_batch=1)
     try:
         x = np.tile(np.array([[[[1.0, 3.0], [2.0, 0.0]]]]), (4, 1, 1, 1))
         dy = np.full((4, 1, 1, 1), np.nan)
@@ -160,7 +159,7 @@ def test_data_parallel_helpers_follow_portable_kernels(numba_kernels, processes)
                 model.forward(x, train=True)
                 dx = model.backward(dy, input_grad=True)
             spread = np.isnan(dx).all(axis=(1, 2, 3))
-            assert spread.tolist() == [portable] * 4, (processes, portable)
+            assert spread.tolist() == [portable] * 4, portable
     finally:
         model.close()
 
@@ -421,7 +420,7 @@ def test_data_parallel_slices_count_as_one_core(direct_calls, rng):
     """DataParallel computes each slice with one BLAS thread: there the direct kernel wins for
     16 channels; its threads and the caller's slice take it."""
     model = ann.DataParallel(ann.Sequential([ann.layers.Conv2D(16, 4, 5, padding=2, rng=0)]),
-                             workers=2, processes=False, min_batch=1)
+                             workers=2, min_batch=1)
     try:
         model.forward(rng.standard_normal((4, 16, 6, 6)).astype(np.float32), train=True)
     finally:

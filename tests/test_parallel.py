@@ -1,12 +1,9 @@
-"""DataParallel: slices of the batch on threads or in helper processes give the full batch's
-outputs and gradients."""
+"""DataParallel: slices of the batch on threads give the full batch's outputs and gradients;
+the helper processes of earlier versions are refused with the way to MPI."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +15,7 @@ from anyarray_nn.losses import SoftmaxCrossEntropy
 from anyarray_nn.networks import cifar10_bn_net, mnist_net
 from anyarray_nn.optim import SGD
 
-from helpers import (FailsOnNegativeFirstValue, FailsWithAnOddError, ScaledByBuffer,
-                     assert_close, host)
+from helpers import FailsOnNegativeFirstValue, ScaledByBuffer, assert_close, host
 
 
 def _step(model, loss_fn, x, labels, input_grad=False):
@@ -42,9 +38,7 @@ def test_gradients_and_input_gradient_equal_one_thread(xp, rng, workers, batch):
         assert_close(dx_b, dx_a)
         return
     assert parallel._bounds is not None and len(parallel._bounds) == workers  # really split
-    # Helper processes for NumPy (the default there), threads for every other backend.
-    expected = "_Processes" if isinstance(x, np.ndarray) else "_Threads"
-    assert type(parallel._helpers).__name__ == expected
+    assert type(parallel._helpers).__name__ == "_Threads"
     assert_close(loss_b, loss_a)
     assert_close(dx_b, dx_a)
     grads_a, grads_b = serial.grads(), parallel.grads()
@@ -53,10 +47,9 @@ def test_gradients_and_input_gradient_equal_one_thread(xp, rng, workers, batch):
         assert_close(grads_b[key], grads_a[key])
 
 
-@pytest.mark.parametrize("processes", [False, True])
-def test_training_with_an_optimizer_follows_one_thread(rng, processes):
+def test_training_with_an_optimizer_follows_one_thread(rng):
     serial = mnist_net(rng=0, dtype="float64")
-    parallel = ann.DataParallel(mnist_net(rng=0, dtype="float64"), 2, processes=processes,
+    parallel = ann.DataParallel(mnist_net(rng=0, dtype="float64"), 2,
                                 min_batch=1)
     opt_a = SGD(serial, lr=0.1, momentum=0.9)
     opt_b = SGD(parallel, lr=0.1, momentum=0.9)
@@ -74,9 +67,9 @@ def test_training_with_an_optimizer_follows_one_thread(rng, processes):
         assert_close(parallel.grads()[key], value, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("processes, default_min_batch", [(True, 16), (False, 32)])
-def test_small_batches_run_on_the_calling_thread(rng, processes, default_min_batch):
-    parallel = ann.DataParallel(mnist_net(rng=0), 2, processes=processes)
+def test_small_batches_run_on_the_calling_thread(rng):
+    default_min_batch = 32
+    parallel = ann.DataParallel(mnist_net(rng=0), 2)
     x = rng.standard_normal((default_min_batch - 1, 1, 28, 28)).astype(np.float32)
     out = parallel.forward(x, train=True)
     assert parallel._bounds is None and parallel._helpers is None
@@ -103,11 +96,9 @@ def test_models_whose_samples_interact_are_refused():
         ann.DataParallel([ann.layers.ReLU()])
 
 
-@pytest.mark.parametrize("processes", [False, True])
-def test_an_error_on_any_slice_reaches_the_caller(rng, processes, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # helpers import tests/helpers.py
+def test_an_error_on_any_slice_reaches_the_caller(rng):
     model = ann.Sequential([FailsOnNegativeFirstValue(), *mnist_net(rng=0).layers])
-    parallel = ann.DataParallel(model, 2, processes=processes, min_batch=1)
+    parallel = ann.DataParallel(model, 2, min_batch=1)
     x = np.abs(rng.standard_normal((4, 1, 28, 28))).astype(np.float32)
     x[2, 0, 0, 0] = -1.0  # the first value of the second slice
     with pytest.raises(ValueError, match="first value is negative"):
@@ -121,35 +112,6 @@ def test_an_error_on_any_slice_reaches_the_caller(rng, processes, monkeypatch):
     x3 = rng.standard_normal((4, 3, 28, 28)).astype(np.float32)  # conv1 wants 1 channel
     with pytest.raises(InputError, match=r"Conv2D 'conv1'.*channels"):
         parallel.forward(np.abs(x3), train=True)
-
-
-def test_a_helper_process_that_dies_gives_a_clear_error_then_restarts(rng):
-    parallel = ann.DataParallel(mnist_net(rng=0), 2, processes=True, min_batch=1)
-    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
-    expected = parallel.forward(x)
-    helper = parallel._helpers.procs[0]
-    helper.kill()
-    helper.wait()
-    with pytest.raises(RuntimeError, match=r"DataParallel: helper process 1 .* stopped"):
-        parallel.forward(x)
-    np.testing.assert_array_equal(parallel.forward(x), expected)  # started again
-    parallel.forward(x, train=True)
-    procs = parallel._helpers.procs
-    parallel.close()
-    assert parallel._helpers is None and all(p.poll() is not None for p in procs)
-    with pytest.raises(RuntimeError, match=r"were stopped; run forward\(x, train=True\) again"):
-        parallel.backward(np.ones((4, 10), dtype=np.float32))
-
-
-def test_processes_need_numpy_arrays():
-    model = mnist_net(rng=0, backend="array_api_strict")
-    parallel = ann.DataParallel(model, 2, processes=True, min_batch=1)
-    x = ann.asarray(np.zeros((4, 1, 28, 28)), backend="array_api_strict", dtype="float32")
-    with pytest.raises(ValueError, match="processes=True needs a NumPy model, got array_api_strict"):
-        parallel.forward(x)
-    threads = ann.DataParallel(model, 2, min_batch=1)  # the default picks threads there
-    assert threads.forward(x).shape == (4, 10)
-    assert type(threads._helpers).__name__ == "_Threads"
 
 
 def test_fit_evaluate_and_checkpoints_take_the_wrapper(tmp_path, rng):
@@ -175,9 +137,8 @@ def test_fit_evaluate_and_checkpoints_take_the_wrapper(tmp_path, rng):
     np.testing.assert_allclose(wrapped.forward(x[:8]), parallel.forward(x[:8]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("processes", [False, True])
-def test_moving_the_wrapped_model_moves_every_helper(rng, processes):
-    parallel = ann.DataParallel(mnist_net(rng=0), 2, processes=processes, min_batch=1)
+def test_moving_the_wrapped_model_moves_every_helper(rng):
+    parallel = ann.DataParallel(mnist_net(rng=0), 2, min_batch=1)
     x = rng.standard_normal((4, 1, 28, 28))
     assert parallel.forward(x.astype(np.float32)).dtype == np.float32
     assert parallel.to(dtype="float64") is parallel  # the wrapper, not the model inside it
@@ -187,10 +148,9 @@ def test_moving_the_wrapped_model_moves_every_helper(rng, processes):
     np.testing.assert_allclose(out, parallel.model.forward(x), rtol=1e-12)
 
 
-@pytest.mark.parametrize("processes", [False, True])
-def test_a_gradient_for_another_batch_size_is_refused(rng, processes):
+def test_a_gradient_for_another_batch_size_is_refused(rng):
     serial = mnist_net(rng=0, dtype="float64")
-    parallel = ann.DataParallel(mnist_net(rng=0, dtype="float64"), 2, processes=processes,
+    parallel = ann.DataParallel(mnist_net(rng=0, dtype="float64"), 2,
                                 min_batch=1)
     x = rng.standard_normal((20, 1, 28, 28))
     y = parallel.forward(x, train=True)
@@ -205,118 +165,10 @@ def test_a_gradient_for_another_batch_size_is_refused(rng, processes):
     parallel.close()
 
 
-def _with_mnist_net(layer):
-    return ann.Sequential([layer, *mnist_net(rng=0, dtype="float64").layers])
-
-
-def test_helper_processes_import_layer_classes_from_this_process_import_path(rng, monkeypatch):
-    # tests/helpers.py is importable here because tests/ is on sys.path (not on PYTHONPATH):
-    # the helpers search the same path.
-    monkeypatch.delenv("PYTHONPATH", raising=False)
-    serial = _with_mnist_net(FailsOnNegativeFirstValue())
-    parallel = ann.DataParallel(_with_mnist_net(FailsOnNegativeFirstValue()), 2,
-                                processes=True, min_batch=1)
-    x = np.abs(rng.standard_normal((4, 1, 28, 28)))
-    labels = np.arange(4)
-    _step(serial, SoftmaxCrossEntropy(), x, labels)
-    _step(parallel, SoftmaxCrossEntropy(), x, labels)
-    assert type(parallel._helpers).__name__ == "_Processes"
-    for key, value in serial.grads().items():
-        assert_close(parallel.grads()[key], value)
-    parallel.close()
-
-
-class MainScriptLayer(FailsOnNegativeFirstValue):
-    """Stands for a layer class written in the user's script: a helper process is a fresh
-    interpreter, which cannot import the classes of another one's ``__main__``."""
-
-    __module__ = "__main__"
-
-
-def test_a_layer_class_of_the_main_script_runs_on_threads(rng):
-    serial = _with_mnist_net(MainScriptLayer(name="mine"))
-    parallel = ann.DataParallel(_with_mnist_net(MainScriptLayer(name="mine")), 2, min_batch=1)
-    x = np.abs(rng.standard_normal((4, 1, 28, 28)))
-    labels = np.arange(4)
-    _step(serial, SoftmaxCrossEntropy(), x, labels)
-    _step(parallel, SoftmaxCrossEntropy(), x, labels)
-    assert type(parallel._helpers).__name__ == "_Threads"  # the default falls back to threads
-    for key, value in serial.grads().items():
-        assert_close(parallel.grads()[key], value)
-    parallel.close()
-    insisting = ann.DataParallel(_with_mnist_net(MainScriptLayer(name="mine")), 2,
-                                 processes=True, min_batch=1)
-    with pytest.raises(ValueError, match=r"DataParallel: MainScriptLayer 'mine' is of class "
-                                         r"MainScriptLayer, defined in the main script "
-                                         r"\(__main__\).*processes=False.*module"):
-        insisting.forward(x)
-    assert insisting._helpers is None
-
-
-def test_helpers_import_a_layer_module_from_where_it_was_loaded(rng, tmp_path, monkeypatch):
-    # A module loaded from a file outside the import path (or before a chdir): the helpers
-    # look in the folder it came from.
-    path = tmp_path / "layers_only_here.py"
-    path.write_text("from anyarray_nn.layers import ReLU\n\n\nclass ReLUOnlyHere(ReLU):\n"
-                    "    pass\n")
-    spec = importlib.util.spec_from_file_location("layers_only_here", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "layers_only_here", module)  # removed after the test
-    spec.loader.exec_module(module)
-    parallel = ann.DataParallel(_with_mnist_net(module.ReLUOnlyHere()), 2, processes=True,
-                                min_batch=1)
-    x = rng.standard_normal((4, 1, 28, 28))
-    try:
-        np.testing.assert_allclose(parallel.forward(x), parallel.model.forward(x), rtol=1e-6)
-        assert isinstance(parallel._helpers, ann.parallel._Processes)
-    finally:
-        parallel.close()
-
-
-def _module_without_a_file(monkeypatch):
-    module = types.ModuleType("layers_nowhere")  # made in memory: no file to import it from
-    exec("from anyarray_nn.layers import ReLU\n\nclass ReLUNowhere(ReLU):\n    pass\n",
-         module.__dict__)
-    module.ReLUNowhere.__module__ = "layers_nowhere"
-    monkeypatch.setitem(sys.modules, "layers_nowhere", module)
-    return module
-
-
-def test_a_helper_process_that_cannot_load_the_model_says_why(rng, monkeypatch):
-    module = _module_without_a_file(monkeypatch)
-    parallel = ann.DataParallel(_with_mnist_net(module.ReLUNowhere()), 2, processes=True,
-                                min_batch=1)
-    x = rng.standard_normal((4, 1, 28, 28))
-    for _ in range(2):  # every call starts the helpers afresh, and they fail the same way
-        with pytest.raises(RuntimeError, match=r"DataParallel: helper process 1 \(pid \d+\) "
-                                               r"could not load the model: ModuleNotFoundError: "
-                                               r"No module named 'layers_nowhere'; use "
-                                               r"processes=False"):
-            parallel.forward(x)
-        assert parallel._helpers is None
-
-
-def test_the_default_trains_on_threads_when_helper_processes_cannot_load_the_model(
-        rng, monkeypatch):
-    module = _module_without_a_file(monkeypatch)
-    parallel = ann.DataParallel(_with_mnist_net(module.ReLUNowhere()), 2, min_batch=1)
-    x = rng.standard_normal((4, 1, 28, 28))
-    with pytest.warns(RuntimeWarning, match="could not load the model.*on threads instead"):
-        out = parallel.forward(x, train=True)
-    np.testing.assert_allclose(out, parallel.model.forward(x), rtol=1e-6)
-    assert isinstance(parallel._helpers, ann.parallel._Threads)
-    parallel.forward(x, train=True)  # no second warning, no second attempt
-    assert isinstance(parallel._helpers, ann.parallel._Threads)
-    parallel.close()
-
-
-@pytest.mark.parametrize("workers,processes,min_batch,expected", [
-    (1, None, None, None), (2, True, None, 16), (2, False, None, 32), (2, True, 8, 8),
-    (3, False, 2, 3)])  # never fewer images than workers
-def test_smallest_split_batch_says_what_forward_splits(rng, workers, processes, min_batch,
-                                                       expected):
-    dp = ann.DataParallel(mnist_net(rng=0, dtype="float64"), workers, processes=processes,
-                          min_batch=min_batch)
+@pytest.mark.parametrize("workers,min_batch,expected", [
+    (1, None, None), (2, None, 32), (2, 8, 8), (3, 2, 3)])  # never fewer images than workers
+def test_smallest_split_batch_says_what_forward_splits(rng, workers, min_batch, expected):
+    dp = ann.DataParallel(mnist_net(rng=0, dtype="float64"), workers, min_batch=min_batch)
     assert dp.smallest_split_batch() == expected
     try:
         for n in {2, (expected or 2) - 1, expected or 2}:
@@ -332,10 +184,9 @@ def _dense_net(*middle):
                            ann.layers.Dense(4, 3, name="d2", rng=1, dtype="float64")])
 
 
-@pytest.mark.parametrize("processes", [True, False])
-def test_buffers_reach_the_helpers(rng, processes):
+def test_buffers_reach_the_helpers(rng):
     model = _dense_net(ScaledByBuffer(4, name="scale"))
-    parallel = ann.DataParallel(model, 2, processes=processes, min_batch=2)
+    parallel = ann.DataParallel(model, 2, min_batch=2)
     x = rng.standard_normal((8, 4))
     try:
         parallel.forward(x, train=True)  # helpers start with s = 1
@@ -347,10 +198,9 @@ def test_buffers_reach_the_helpers(rng, processes):
         parallel.close()
 
 
-@pytest.mark.parametrize("processes", [True, False])
-def test_a_layer_replaced_after_the_helpers_started_reaches_them(rng, processes):
+def test_a_layer_replaced_after_the_helpers_started_reaches_them(rng):
     model = _dense_net(ann.layers.ReLU(name="act"))
-    parallel = ann.DataParallel(model, 2, processes=processes, min_batch=2)
+    parallel = ann.DataParallel(model, 2, min_batch=2)
     x = rng.standard_normal((8, 4))
     try:
         parallel.forward(x, train=True)
@@ -360,10 +210,9 @@ def test_a_layer_replaced_after_the_helpers_started_reaches_them(rng, processes)
         parallel.close()
 
 
-@pytest.mark.parametrize("processes", [True, False])
-def test_two_threads_may_predict_through_one_wrapper(rng, processes):
+def test_two_threads_may_predict_through_one_wrapper(rng):
     import threading
-    parallel = ann.DataParallel(_dense_net(), 2, processes=processes, min_batch=2)
+    parallel = ann.DataParallel(_dense_net(), 2, min_batch=2)
     batches = [rng.standard_normal((n, 4)) for n in (32, 20)]
     wrong = []
 
@@ -409,22 +258,8 @@ def test_two_wrappers_at_once_leave_the_blas_threads_as_they_were():
     assert blas_threads() == before
 
 
-def test_an_error_pickle_cannot_rebuild_arrives_with_its_text(rng):
-    parallel = ann.DataParallel(_dense_net(FailsWithAnOddError()), 2, processes=True, min_batch=2)
-    x = rng.standard_normal((8, 4))
-    x[4:] = -abs(x[4:])  # the helper's slice fails
-    x[0, 0] = 1.0
-    try:
-        with pytest.raises(RuntimeError, match="_TwoArgumentError: two arguments 1 2"):
-            parallel.forward(x)
-        x[4:] = abs(x[4:])
-        parallel.forward(x)  # the helpers still serve
-    finally:
-        parallel.close()
-
-
 def test_non_array_input_gets_the_library_errors():
-    parallel = ann.DataParallel(_dense_net(), 2, processes=False, min_batch=2)
+    parallel = ann.DataParallel(_dense_net(), 2, min_batch=2)
     with pytest.raises(ann.BackendMismatchError):
         parallel.forward([[1.0, 2.0, 3.0, 4.0]])
     with pytest.raises(InputError, match=r"DataParallel: x: expected a batch \(N, ...\), got "
@@ -434,23 +269,20 @@ def test_non_array_input_gets_the_library_errors():
 
 def test_a_wrapper_that_has_split_a_batch_can_be_copied(rng):
     import copy
-    for processes in (True, False):
-        parallel = ann.DataParallel(_dense_net(), 2, processes=processes, min_batch=2)
-        x = rng.standard_normal((8, 4))
-        parallel.forward(x)
-        twin = copy.deepcopy(parallel)
-        try:
-            assert twin.model is not parallel.model and twin.workers == 2
-            np.testing.assert_allclose(twin.forward(x), parallel.forward(x), rtol=1e-12)
-        finally:
-            parallel.close()
-            twin.close()
+    parallel = ann.DataParallel(_dense_net(), 2, min_batch=2)
+    x = rng.standard_normal((8, 4))
+    parallel.forward(x)
+    twin = copy.deepcopy(parallel)
+    try:
+        assert twin.model is not parallel.model and twin.workers == 2
+        np.testing.assert_allclose(twin.forward(x), parallel.forward(x), rtol=1e-12)
+    finally:
+        parallel.close()
+        twin.close()
 
 
-@pytest.mark.parametrize("processes", [False, True])
-def test_fit_stops_a_data_parallel_step_with_an_infinite_input_before_the_update(rng,
-                                                                                 processes):
-    parallel = ann.DataParallel(mnist_net(rng=0), 2, processes=processes, min_batch=1)
+def test_fit_stops_a_data_parallel_step_with_an_infinite_input_before_the_update(rng):
+    parallel = ann.DataParallel(mnist_net(rng=0), 2, min_batch=1)
     x = rng.standard_normal((48, 1, 28, 28)).astype(np.float32)
     x[16 + 12, 0, 3, 3] = -np.inf  # in the second batch, in the helper's slice
     y = (np.arange(48) % 10).astype(np.int64)
@@ -474,3 +306,10 @@ def test_fit_stops_a_data_parallel_step_with_an_infinite_input_before_the_update
         np.testing.assert_array_equal(host(value), kept[0][key])
         np.testing.assert_array_equal(host(opt.state[key]["momentum"]), kept[1][key])
     parallel.close()
+
+
+def test_helper_processes_are_refused_with_the_way_to_mpi_ranks():
+    with pytest.raises(ValueError, match=r"helper processes \(processes=True\) were removed; "
+                                         r"train over MPI ranks instead"):
+        ann.DataParallel(mnist_net(rng=0), 2, processes=True)
+    assert ann.DataParallel(mnist_net(rng=0), 2, processes=False).workers == 2

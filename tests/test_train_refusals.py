@@ -94,14 +94,14 @@ def test_an_optimizer_of_part_of_the_model_is_refused():
 def test_a_model_and_its_data_parallel_wrapper_share_their_optimizer():
     x, y, batch = circles()
     model = small_model()
-    wrapper = ann.DataParallel(model, 2, processes=False, min_batch=1)
+    wrapper = ann.DataParallel(model, 2, min_batch=1)
     for trained, built_for in ((wrapper, model), (model, wrapper)):
         opt = ann.optim.SGD(built_for, lr=0.1)
         history = train.fit(trained, ann.losses.SoftmaxCrossEntropy(), opt,
                             DataLoader(x, y, batch), iterations=2, progress=False)
         assert len(history.iterations) == 2 and opt.step_count == 2
     wrapper.close()
-    stranger = ann.DataParallel(small_model(), 2, processes=False)
+    stranger = ann.DataParallel(small_model(), 2)
     with pytest.raises(ValueError, match=r"built for another model \(DataParallel at .*\) than "
                                          r"the one to train \(Sequential at"):
         train.fit(model, ann.losses.SoftmaxCrossEntropy(), ann.optim.SGD(stranger, lr=0.1),

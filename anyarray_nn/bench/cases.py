@@ -48,10 +48,10 @@ SUITES = ("conv", "dense", "pool", "train")
 PIECES = {"conv": ("forward", "dX", "dW"), "dense": ("forward", "backward"),
           "pool": ("forward", "backward")}  # what is timed of each layer
 NUM_CLASSES = 10  # every course network ends in 10 logits
-PARALLEL_STEPS = {"step-threads": False, "step-processes": True}  # piece -> processes
+PARALLEL_STEPS = ("step-threads",)  # the step through DataParallel's threads
 MPI_STEPS = {"step-mpi2": 2}  # piece -> ranks of DistributedDataParallel (bench.ranks)
 HOST_ITEMSIZE = 8  # inputs are drawn on the host in float64, then cast and moved
-HELPER_PROCESS_BYTES = 200 * 10**6  # a DataParallel helper interpreter (measured: 174 MB RSS)
+RANK_PROCESS_BYTES = 200 * 10**6  # an MPI rank's interpreter (a helper measured 174 MB RSS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +69,7 @@ class Case:
 
     suite: str
     layer: str           # e.g. "mnist.conv2"
-    piece: str           # forward, dX, dW, backward, step, step-threads, step-processes,
-                         # step-mpi2
+    piece: str           # forward, dX, dW, backward, step, step-threads, step-mpi2
     spec: tuple          # sizes, see the builders below
 
     @property
@@ -112,8 +111,7 @@ class Case:
         piece = self.piece
         if target.startswith("pytorch") and (piece in PARALLEL_STEPS or piece in MPI_STEPS):
             piece = "step"  # the reference runs the plain step
-        helpers = ((cpu_count() - 1) * HELPER_PROCESS_BYTES if piece == "step-processes"
-                   else MPI_STEPS.get(piece, 0) * HELPER_PROCESS_BYTES)
+        helpers = MPI_STEPS.get(piece, 0) * RANK_PROCESS_BYTES
         if piece in MPI_STEPS:  # the ranks hold the plain step's arrays between them
             piece = "step"
         gpu = _backend.on_gpu(target)
@@ -178,7 +176,7 @@ def all_cases() -> list[Case]:
             seen.add((suite, spec))
             cases += [Case(suite, f"{network}.{name}", piece, spec) for piece in PIECES[suite]]
     # The same step through DataParallel, one batch slice per core (NumPy): the other slices
-    # on threads ("step-threads") or in helper processes ("step-processes").
+    # on threads ("step-threads").
     cases += [Case("train", network, piece, (network,))
               for network in NETWORKS for piece in ("step", *PARALLEL_STEPS)
               if piece == "step" or _batch_separable(network)]
@@ -391,7 +389,7 @@ def _ours_train(case: Case, target: str, batch: int, dtype: str) -> Callable[[],
         return ranks.MpiSteps(network, batch, dtype, count) if batch >= count else None
     model = NETWORKS[network](rng=0, backend=target, dtype=dtype)
     if split:  # every batch size split, to show where it pays (DataParallel's min_batch: 16 or 32)
-        model = DataParallel(model, processes=PARALLEL_STEPS[case.piece], min_batch=1)
+        model = DataParallel(model, min_batch=1)
     x = _backend.asarray(_host((batch, *INPUT_SHAPES[network]), 0), backend=target, dtype=dtype)
     labels = _backend.asarray(np.arange(batch) % NUM_CLASSES, backend=target)
     loss_fn = SoftmaxCrossEntropy()
