@@ -96,7 +96,13 @@ def main(scenario, out):
         loss = ann.losses.SoftmaxCrossEntropy()
         model, optimizer, loader = parts()
         ann.fit(model, loss, optimizer, loader, epochs=1, progress=False)
+        writes = []  # the files this rank writes while saving
+        real_write = ann.checkpoint.write_atomically
+        ann.checkpoint.write_atomically = lambda path, *a, **k: (writes.append(str(path)),
+                                                                 real_write(path, *a, **k))
         ann.save_checkpoint(f"{out}/resume.h5", model, optimizer, loader=loader)
+        ann.checkpoint.write_atomically = real_write
+        results["writes"] = len(writes)
         ann.fit(model, loss, optimizer, loader, epochs=1, progress=False)
         again, optimizer, loader = parts()
         ann.load_checkpoint(f"{out}/resume.h5", again, optimizer, loader=loader)

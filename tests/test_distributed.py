@@ -167,11 +167,12 @@ def test_a_rank_that_dies_stops_every_rank(tmp_path):
 
 def test_training_on_two_ranks_resumes_exactly_from_rank_0s_checkpoint(tmp_path):
     """Each rank's dropout and augmentation streams and loader position are in the one file
-    rank 0 wrote; resumed, each rank trains on bit for bit as if never stopped. The file
+    rank 0 wrote (rank 1 writes nothing); resumed, each rank trains on bit for bit as if never stopped. The file
     loads in one process too, and refuses a loader that shards over another number."""
     done = run_ranks(2, "resume", tmp_path)
     assert done.returncode == 0, done.stderr
     per_rank = results(tmp_path, "resume", 2)
+    assert [int(got["writes"]) for got in per_rank] == [1, 0]  # rank 0 alone writes the file
     for got in per_rank:
         for key in [k for k in got if k.startswith("straight:")]:
             np.testing.assert_array_equal(got[key], got["resumed:" + key.split(":", 1)[1]])
