@@ -103,6 +103,12 @@ def save_checkpoint(path: str | os.PathLike, model: Model, optimizer: Any = None
     state = _train_state(model, loader)
     if distributed.is_distributed(model):
         return _save_on_rank_0(path, model, optimizer, epoch, step, history, state)
+    return _write(path, model, optimizer, epoch, step, history, state)
+
+
+def _write(path: Any, model: Any, optimizer: Any, epoch: int | None, step: int | None,
+           history: Any, state: dict[str, Any]) -> pathlib.Path:
+    """The checkpoint written atomically to ``path`` (see :func:`save_checkpoint`)."""
     path = _target_path(path)
     image = _hdf5_image(model, optimizer, epoch, step, history, state)
     write_atomically(path, _sealed(image), suffix=_TEMPORARY_SUFFIX, magic=_HEADER_MAGIC)
@@ -117,18 +123,15 @@ def _save_on_rank_0(path: Any, model: Any, optimizer: Any, epoch: int | None,
     exactly; every rank returns the path, or raises rank 0's error."""
     states = [json.loads(part) for part in distributed.allgather_bytes(
         json.dumps(state, default=_json_default).encode())]
-    error, written = b"", None
+    written = None
     if distributed.is_main():
         try:
-            written = _target_path(path)
-            image = _hdf5_image(model, optimizer, epoch, step, history,
-                                {**state, "world_size": len(states), "ranks": states})
-            write_atomically(written, _sealed(image), suffix=_TEMPORARY_SUFFIX,
-                             magic=_HEADER_MAGIC)
+            written = _write(path, model, optimizer, epoch, step, history,
+                             {**state, "world_size": len(states), "ranks": states})
         except (OSError, ValueError) as exc:
             distributed.allgather_bytes(f"{type(exc).__name__}: {exc}".encode())  # tell them
             raise
-    verdict = distributed.allgather_bytes(error)[0]
+    verdict = distributed.allgather_bytes(b"")[0]  # rank 0's word: empty when it wrote
     if verdict:
         raise OSError(f"{path}: rank 0 could not write the checkpoint: {verdict.decode()}")
     return written or pathlib.Path(path)
@@ -558,7 +561,8 @@ def load_checkpoint(path: str | os.PathLike, model: Model, optimizer: Any = None
                     convert_dtype=convert_dtype, restore_rng=restore_rng)
 
 
-_FAILURES = {"FileNotFoundError": FileNotFoundError, "CheckpointError": None}  # None: ours
+# What rank 0's failure to read is raised as on every rank (anything else: OSError).
+_FAILURES = {"FileNotFoundError": FileNotFoundError, "CheckpointError": CheckpointError}
 
 
 def _read_on_rank_0(path: Any) -> dict[str, Any]:
@@ -575,7 +579,7 @@ def _read_on_rank_0(path: Any) -> dict[str, Any]:
     sent = distributed.allgather_bytes(message)[0]
     if sent[:1] == b"E":
         kind, _, text = sent[1:].decode(errors="replace").partition(":")
-        raise (_FAILURES.get(kind, OSError) or CheckpointError)(text)
+        raise _FAILURES.get(kind, OSError)(text)
     return _parse(sent[1:], pathlib.Path(path))
 
 

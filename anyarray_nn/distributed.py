@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import sys
@@ -200,14 +201,11 @@ class DistributedDataParallel(ModelWrapper):
                             f"Sequential, got {type(model).__name__}")
         self.model = model
         self._examples = 0
-        size = world_size()
-        for layer in model.layers:
-            for store in (layer.params, layer.buffers):
-                for key, value in store.items():
-                    host = np.ascontiguousarray(_backend.to_host(value))
-                    store[key] = _backend.asarray_like(broadcast(host), value)
-            if isinstance(layer, Dropout) and size > 1:
-                layer.rng = np.random.default_rng([int(layer.rng.integers(2**63)), rank()])
+        self._from_rank_0(self._entries("params") + self._entries("buffers"))
+        if world_size() > 1:
+            for layer in model.layers:
+                if isinstance(layer, Dropout):
+                    layer.rng = np.random.default_rng([int(layer.rng.integers(2**63)), rank()])
 
     def forward(self, x: Any, *, train: bool = False) -> Any:
         """The wrapped model's forward pass on this rank's examples, with rank 0's buffers
@@ -215,60 +213,65 @@ class DistributedDataParallel(ModelWrapper):
         0 saves)."""
         first = x[0] if isinstance(x, (tuple, list)) else x
         self._examples = int(first.shape[0])
-        self._broadcast_buffers()
+        self._from_rank_0(self._entries("buffers"))
         return self.model.forward(x, train=train)
 
-    def _broadcast_buffers(self) -> None:
-        """Every layer's buffers replaced by rank 0's: one broadcast of one flat buffer."""
-        if world_size() == 1:
-            return
-        entries = [(layer.buffers, key, value) for layer in self.model.layers
-                   for key, value in layer.buffers.items()]
-        if not entries:
-            return
-        hosts = [_backend.to_host(value) for _, _, value in entries]
-        flat = broadcast(np.concatenate([h.ravel().astype(np.float64) for h in hosts]))
-        at = 0
-        for (store, key, value), h in zip(entries, hosts):
-            store[key] = _backend.asarray_like(
-                np.reshape(flat[at:at + h.size], h.shape).astype(h.dtype), value)
-            at += h.size
-
     def backward(self, dy: Any, *, input_grad: bool = False) -> Any:
-        """The wrapped model's backward pass, then the gradients averaged over the ranks."""
+        """The wrapped model's backward pass, then the gradients averaged over the ranks:
+        every gradient replaced by sum_r n_r g_r / sum_r n_r, one all-reduce of one flat
+        buffer with the ranks' example counts n_r in its last element."""
         dx = self.model.backward(dy, input_grad=input_grad)
-        self._average_gradients()
-        return dx
-
-    def _average_gradients(self) -> None:
-        """Every layer's gradients replaced by sum_r n_r g_r / sum_r n_r: one all-reduce of
-        one flat buffer, the ranks' example counts n_r in its last element."""
-        if world_size() == 1:
-            return
-        entries = [(layer, key, g) for layer in self.model.layers
-                   for key, g in layer.grads.items()]
-        hosts = [_backend.to_host(g) for _, _, g in entries]
-        dtype = np.result_type(*hosts) if hosts else np.float64
-        flat = np.empty(sum(h.size for h in hosts) + 1, dtype=dtype)
-        at = 0
-        for h in hosts:
-            np.multiply(h.ravel(), self._examples, out=flat[at:at + h.size])
-            at += h.size
+        entries = self._entries("grads")
+        if world_size() == 1 or not entries:
+            return dx
+        hosts = [_backend.to_host(store[key]) for store, key in entries]
+        flat = _packed(hosts, np.result_type(*hosts), self._examples, trailing=1)
         flat[-1] = self._examples
-        allreduce_sum(flat)
-        total = float(flat[-1])
+        total = float(allreduce_sum(flat)[-1])
         if total == 0:
             raise ValueError("DistributedDataParallel: no rank had examples in its last "
                              "forward pass")
-        flat /= total
-        at = 0
-        for (layer, key, g), h in zip(entries, hosts):
-            layer.grads[key] = _backend.asarray_like(
-                np.reshape(flat[at:at + h.size], h.shape).astype(h.dtype), g)
-            at += h.size
+        _unpack(flat / total, entries)
+        return dx
+
+    def _entries(self, kind: str) -> list[tuple[dict[str, Any], str]]:
+        """``(store, key)`` of every array of ``kind`` ("params", "buffers", "grads")."""
+        return [(getattr(layer, kind), key) for layer in self.model.layers
+                for key in getattr(layer, kind)]
+
+    @staticmethod
+    def _from_rank_0(entries: list[tuple[dict[str, Any], str]]) -> None:
+        """The arrays of ``entries`` replaced by rank 0's: one broadcast of one flat buffer."""
+        if world_size() == 1 or not entries:
+            return
+        hosts = [_backend.to_host(store[key]) for store, key in entries]
+        _unpack(broadcast(_packed(hosts, np.float64)), entries)
 
     def __repr__(self) -> str:
         return f"DistributedDataParallel({self.model!r}, rank {rank()} of {world_size()})"
+
+
+def _packed(hosts: list[np.ndarray], dtype: Any, scale: float = 1.0,
+            trailing: int = 0) -> np.ndarray:
+    """The host arrays ``hosts``, times ``scale``, in one flat buffer of ``dtype`` (what one
+    collective call sends), with ``trailing`` more values at its end for the caller."""
+    flat = np.empty(sum(h.size for h in hosts) + trailing, dtype=dtype)
+    at = 0
+    for h in hosts:
+        np.multiply(np.ravel(h), scale, out=flat[at:at + h.size])
+        at += h.size
+    return flat
+
+
+def _unpack(flat: np.ndarray, entries: list[tuple[dict[str, Any], str]]) -> None:
+    """Each ``store[key]`` of ``entries`` replaced by its run of ``flat`` (in :func:`_packed`
+    order), with the shape, dtype and backend of the array it replaces."""
+    at = 0
+    for store, key in entries:
+        old = store[key]
+        size = math.prod(old.shape)
+        store[key] = _backend.asarray_like(np.reshape(flat[at:at + size], tuple(old.shape)), old)
+        at += size
 
 
 class _Synchronized(_BatchNorm):
@@ -288,7 +291,7 @@ class _Synchronized(_BatchNorm):
         # combined exactly (Chan et al.'s pairwise update): no sum of squares cancels.
         xp = _backend.namespace(x)
         axes = (0,) + tuple(range(2, x.ndim))
-        count = x.size // x.shape[1] if x.ndim >= 2 else 0
+        count = math.prod(x.shape) // x.shape[1]  # _forward checked x's rank; channels >= 1
         channels = int(gamma.shape[0])
         mine = np.zeros(1 + 2 * channels)
         mine[0] = count
@@ -321,7 +324,7 @@ class _Synchronized(_BatchNorm):
         inv_std = 1.0 / xp.sqrt(var + self.eps)
         xhat = (x - xp.reshape(mean, shape)) * xp.reshape(inv_std, shape)
         dbeta, dgamma = xp.sum(dy, axis=axes), xp.sum(dy * xhat, axis=axes)
-        count = x.size // x.shape[1]
+        count = math.prod(x.shape) // x.shape[1]
         sums = np.concatenate([[count], count * _backend.to_host(dbeta),
                                count * _backend.to_host(dgamma)]).astype(np.float64)
         allreduce_sum(sums)

@@ -457,6 +457,7 @@ def _train(state: TrainState, model: Any, loss_fn: Any, optimizer: Any, train_lo
            callbacks: list[Callback], bar: Any) -> None:
     """The loop of :func:`fit`, epoch by epoch, until ``total_steps`` or a callback stops it."""
     steps_done = 0
+    shared = distributed.is_distributed(model)  # then each step reports the global batch
     while not state.stop and steps_done < total_steps:
         state.epoch += 1
         for cb in callbacks:
@@ -468,7 +469,7 @@ def _train(state: TrainState, model: Any, loss_fn: Any, optimizer: Any, train_lo
             loss_value, correct, counted = _forward_backward(state, model, loss_fn, xb, yb)
             optimizer.step()  # only now: every value it reads was found finite
             n = _batch_length(yb)
-            if distributed.is_distributed(model):  # the whole global batch's values
+            if shared:  # the whole global batch's values
                 loss_value, n, correct, counted = _global_batch(loss_value, n, correct,
                                                                 counted)
             state.step += 1

@@ -126,6 +126,14 @@ def main(scenario, out):
                 ann.load_checkpoint(path, model)
             except Exception as exc:  # noqa: BLE001  (what each rank raised is the result)
                 results[name] = f"{type(exc).__name__}: {exc}"
+        if rank == 0:  # a file where the checkpoint's folder should be: rank 0 cannot write
+            with open(f"{out}/afile", "w") as f:
+                f.write("in the way")
+        distributed.allreduce_sum(np.zeros(1))  # the file is there before anyone saves
+        try:
+            ann.save_checkpoint(f"{out}/afile/m.h5", model)
+        except Exception as exc:  # noqa: BLE001
+            results["unwritable"] = f"{type(exc).__name__}: {exc}"
     elif scenario == "unsharded":
         x, y = problem()
         model = distributed.DistributedDataParallel(network("float64"))

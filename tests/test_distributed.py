@@ -188,14 +188,22 @@ def test_training_on_two_ranks_resumes_exactly_from_rank_0s_checkpoint(tmp_path)
 
 def test_rank_0_reads_the_checkpoint_and_every_rank_raises_its_error(tmp_path):
     """Loading into a model on several ranks reads the file once, on rank 0 (the resume test
-    above loads that way); a missing or damaged file is the same error on every rank."""
+    above loads that way); a missing or damaged file is the same error on every rank, and
+    so is a save rank 0 cannot write (no rank trains on believing it saved)."""
     done = run_ranks(2, "missing", tmp_path)
     assert done.returncode == 0, done.stderr
-    for got in results(tmp_path, "missing", 2):
+    first, second = results(tmp_path, "missing", 2)
+    for got in (first, second):
         assert str(got["missing"]).startswith("FileNotFoundError: ")
         assert "nowhere.h5" in str(got["missing"])
         assert str(got["damaged"]).startswith("CheckpointError: ")
         assert "bad.h5" in str(got["damaged"])
+    assert str(first["unwritable"]).startswith("FileExistsError: ")  # rank 0's own error
+    assert "afile/m.h5: cannot create its folder" in str(first["unwritable"])
+    assert str(second["unwritable"]).startswith("OSError: ")
+    assert "rank 0 could not write the checkpoint: FileExistsError" in str(
+        second["unwritable"])
+    assert not (tmp_path / "afile").is_dir()
 
 
 def test_a_loader_that_is_not_sharded_is_refused_on_every_rank(tmp_path):
@@ -259,6 +267,21 @@ def test_a_synchronized_batch_norm_on_one_rank_is_the_batch_norm_and_saves_as_it
     loaded = ann.load_model(ann.save_checkpoint(tmp_path / "s.h5", synced))
     assert type(loaded["bn"]).__name__ == "BatchNorm2D"
     np.testing.assert_allclose(loaded.forward(x), plain.forward(x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("layer, shape", [("BatchNorm1D", (6, 3)), ("BatchNorm2D", (4, 3, 3, 3))])
+def test_a_synchronized_batch_norm_passes_the_gradient_check_on_every_backend(xp, rng, layer,
+                                                                              shape):
+    """float64 central differences through the synchronized layer (one rank), with the
+    ReLU after it, on every backend: array_api_strict proves it uses the standard only."""
+    norm = getattr(ann.layers, layer)(3, name="bn", dtype="float64")
+    model = distributed.synchronize_batchnorm(ann.Sequential([norm, ann.layers.ReLU()]))
+    norm.params["gamma"] = ann.asarray(rng.standard_normal(3) + 1.5, dtype="float64")
+    norm.params["beta"] = ann.asarray(rng.standard_normal(3), dtype="float64")
+    report = ann.check_gradients(model, ann.asarray(rng.standard_normal(shape) * 2 + 1,
+                                                    dtype="float64"), eps=1e-5)
+    assert report.passed, str(report)
+    assert type(model["bn"]).__name__ == "Sync" + layer
 
 
 # --- the sharded loader, rank by rank in this process ----------------------------------------

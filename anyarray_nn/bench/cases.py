@@ -387,11 +387,22 @@ def _ours_train(case: Case, target: str, batch: int, dtype: str) -> Callable[[],
     if case.piece in MPI_STEPS:  # every rank needs an example of the batch
         count = MPI_STEPS[case.piece]
         return ranks.MpiSteps(network, batch, dtype, count) if batch >= count else None
+    wrap = (lambda model: DataParallel(model, min_batch=1)) if split else None
+    # every batch size split, to show where it pays (DataParallel's min_batch is 32)
+    return training_step(network, target, batch, dtype, wrap)
+
+
+def training_step(network: str, target: str, batch: int, dtype: str,
+                  wrap: Callable[[Any], Any] | None = None,
+                  part: slice = slice(None)) -> Callable[[], None]:
+    """One training step of ``network`` on the benchmark's batch of ``batch`` images (its
+    ``part``, for one rank of several), the model wrapped by ``wrap`` if given: softmax
+    cross-entropy, backward, SGD with momentum and weight decay."""
     model = NETWORKS[network](rng=0, backend=target, dtype=dtype)
-    if split:  # every batch size split, to show where it pays (DataParallel's min_batch: 16 or 32)
-        model = DataParallel(model, min_batch=1)
-    x = _backend.asarray(_host((batch, *INPUT_SHAPES[network]), 0), backend=target, dtype=dtype)
-    labels = _backend.asarray(np.arange(batch) % NUM_CLASSES, backend=target)
+    model = wrap(model) if wrap is not None else model
+    x = _backend.asarray(_host((batch, *INPUT_SHAPES[network]), 0)[part], backend=target,
+                         dtype=dtype)
+    labels = _backend.asarray((np.arange(batch) % NUM_CLASSES)[part], backend=target)
     loss_fn = SoftmaxCrossEntropy()
     opt = SGD(model, lr=1e-3, momentum=0.9, weight_decay=1e-3, form="classic")
 

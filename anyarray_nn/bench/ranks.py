@@ -112,28 +112,12 @@ def _stop(process: subprocess.Popen, links: list[socket.socket]) -> None:
 
 def _rank_main(network: str, batch: int, dtype: str, port: int) -> None:
     """One rank: build, report ready, then one step per STEP received."""
-    from .. import backend as _backend
-    from .. import distributed
-    from ..losses import SoftmaxCrossEntropy
-    from ..networks import NETWORKS
-    from ..optim import SGD
-    from .cases import INPUT_SHAPES, NUM_CLASSES, _host
+    from .cases import training_step
 
     rank, size = distributed.shard()
-    lo, hi = batch * rank // size, batch * (rank + 1) // size  # as a sharded DataLoader
-    model = distributed.DistributedDataParallel(
-        NETWORKS[network](rng=0, backend="numpy", dtype=dtype))
-    x = _backend.asarray(_host((batch, *INPUT_SHAPES[network]), 0)[lo:hi], backend="numpy",
-                         dtype=dtype)
-    labels = _backend.asarray((np.arange(batch) % NUM_CLASSES)[lo:hi], backend="numpy")
-    loss_fn = SoftmaxCrossEntropy()
-    optimizer = SGD(model, lr=1e-3, momentum=0.9, weight_decay=1e-3, form="classic")
+    step = training_step(network, "numpy", batch, dtype, distributed.DistributedDataParallel,
+                         slice(batch * rank // size, batch * (rank + 1) // size))
     link = socket.create_connection(("127.0.0.1", port))
-    def step() -> None:
-        loss_fn.forward(model.forward(x, train=True), labels)
-        model.backward(loss_fn.backward())
-        optimizer.step()
-
     with distributed.abort_on_error():
         link.sendall(DONE)
         while (order := link.recv(1)) in (STEP, MEASURE):
