@@ -12,8 +12,9 @@ shallow copy of the model that shares its parameters (any CPU backend). It needs
 the process it runs in (no launcher, a notebook will do). Training over MPI ranks
 (:mod:`anyarray_nn.distributed`) is the way to scale out, and handles batch norm and dropout;
 these threads stay because they still beat two MPI ranks somewhere on the project's 2-core
-machine: the larger CIFAR-10 network's step at batch 64 (30.5 against 33.2 ms; elsewhere the
-two are level, or the ranks ahead: docs/benchmarks.md). The helper processes this module
+machine: the MNIST network's step at batch 64 (8.3 against 8.7 ms) and 256, the larger
+CIFAR-10 network's at 16 (11.8 against 12.8 ms), and in one run at 64; elsewhere the ranks
+are ahead or level (docs/benchmarks.md). The helper processes this module
 once started itself (their sockets and shared memory) were removed for MPI.
 
 Layers whose output for one sample depends on the others (BatchNorm's batch statistics) or
