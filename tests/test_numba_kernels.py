@@ -11,6 +11,7 @@ goes through them.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import sys
@@ -427,6 +428,130 @@ def test_data_parallel_slices_count_as_one_core(direct_calls, rng):
         model.close()
     assert direct_calls == [("direct_convolution", 16)] * 2
     assert not _threads.one_core()
+
+
+# Register tiles (functional/_numba_tiles.py): the direct convolutions with 8 or more output
+# channels and 128 or more taps per output, on one core. The cases cover output channels
+# that leave a tile's last lanes empty (20, 10), rows split into tiles that compute columns
+# past the row (31 = 16 + 15), float64's smaller tiles, dilation, a 7x7 kernel whose dW
+# tiles take one kernel row, and a stride-2 layer whose dX alone is direct.
+TILE_CASES = {  # (N, C, H, W), (O, kh, kw), stride, padding, dilation
+    "mnist-second-layer": ((3, 16, 14, 14), (16, 5, 5), 1, 2, 1),
+    "20-channels-31-columns": ((2, 16, 5, 31), (20, 5, 5), 1, 2, 1),
+    "dilated-7x7": ((2, 8, 11, 10), (10, 7, 7), 1, 6, 2),
+    "stride-2-dx": ((2, 16, 9, 8), (16, 3, 3), 2, 1, 1),
+}
+
+
+@pytest.fixture
+def tile_calls(numba_kernels, monkeypatch):
+    """The tile kernels that computed something: ("conv" or "dW", input planes, output
+    channels); a forward pass and a dX are both "conv" (dX's planes are dY's channels)."""
+    from anyarray_nn.functional import _numba_tiles
+    calls = []
+    for name, what in (("convolution", "conv"), ("weight_gradient", "dW")):
+        real = getattr(_numba_tiles, name)
+
+        def spy(xpad, w, *args, _real=real, _what=what):
+            result = _real(xpad, w, *args)
+            if result is not None:
+                calls.append((_what, xpad.shape[0], result.shape[0]))
+            return result
+        monkeypatch.setattr(_numba_tiles, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-6)])
+@pytest.mark.parametrize("name", TILE_CASES)
+def test_tiled_convolutions_equal_the_portable_kernel(tile_calls, rng, dtype, rtol, name):
+    shape, (o, kh, kw), stride, padding, dilation = TILE_CASES[name]
+    w = rng.standard_normal((o, shape[1], kh, kw)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation)
+    values = rng.standard_normal(shape).astype(dtype)
+    dy_values = rng.standard_normal(F.conv2d_forward(values, w, **kwargs).shape).astype(dtype)
+    with _threads.one_thread_each():
+        for layout, x in layouts(values).items():
+            for dy in layouts(dy_values).values():
+                assert_fast_equals_portable(lambda: conv_all(x, w, b, dy, **kwargs), rtol,
+                                            layout)
+    c = shape[1]
+    dx = [("conv", o, c)]
+    expected = dx if stride == 2 else [("conv", c, o), ("dW", c, o)] + dx
+    runs = len(layouts(values)) ** 2  # every layout of x with every layout of dY
+    assert collections.Counter(tile_calls) == collections.Counter(expected * runs)
+
+
+def test_tiled_convolution_passes_float64_gradient_checks(numba_kernels, rng):
+    from anyarray_nn.gradcheck import check_function
+    x = rng.standard_normal((2, 8, 5, 6))
+    w, b = rng.standard_normal((9, 8, 5, 3)), rng.standard_normal(9)  # 120 taps: dX's 135
+
+    def backward(dy, x, w, b):
+        dx, dw, db = F.conv2d_backward(x, w, dy, padding=(1, 2), dilation=(1, 2))
+        return {"x": dx, "w": dw, "b": db}
+
+    with _threads.one_thread_each():
+        report = check_function(
+            lambda x, w, b: F.conv2d_forward(x, w, b, padding=(1, 2), dilation=(1, 2)),
+            backward, {"x": x, "w": w, "b": b}, max_checks=80)
+    assert report.passed, str(report)
+
+
+def _windows(a, pad, k):
+    """(N, C, H, W, k, k) windows of ``a`` zero-padded by ``pad``."""
+    padded = np.pad(a, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    return np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(2, 3))
+
+
+def test_tiled_convolution_puts_nan_and_infinity_where_the_definition_does(tile_calls, rng):
+    """A NaN or an infinity in x or dY reaches exactly the outputs and gradients whose sums
+    hold it (the NaN and infinity pattern of a sum does not depend on its order): the
+    columns a tile computes past a row and dY's padding lanes leak nowhere. (The portable
+    dW, whose GEMM also multiplies dY's zeros on the wide grid by x, can turn an entry that
+    never meets an infinity into NaN; the tiles do not.)"""
+    x = rng.standard_normal((2, 16, 6, 7))
+    x[0, 3, 2, 6], x[1, 0, 0, 0] = np.nan, np.inf
+    w = rng.standard_normal((12, 16, 5, 5))
+    dy = rng.standard_normal((2, 12, 6, 7))
+    dy[1, 5, 5, 0] = -np.inf
+    with _threads.one_thread_each():
+        y = F.conv2d_forward(x, w, padding=2)
+        dx, dw, _ = F.conv2d_backward(x, w, dy, padding=2)
+    expected_y = np.einsum("nchwij,ocij->nohw", _windows(x, 2, 5), w)
+    expected_dw = np.einsum("nchwij,nohw->ocij", _windows(x, 2, 5), dy)
+    expected_dx = np.einsum("nohwij,ocij->nchw", _windows(dy, 2, 5), w[:, :, ::-1, ::-1])
+    for got, expected in ((y, expected_y), (dx, expected_dx), (dw, expected_dw)):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        np.testing.assert_array_equal(got[np.isinf(expected)], expected[np.isinf(expected)])
+        finite = np.isfinite(expected)
+        np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-12, atol=1e-12)
+    assert collections.Counter(tile_calls) == collections.Counter(
+        [("conv", 16, 12), ("dW", 16, 12), ("conv", 12, 16)])
+
+
+def test_tiles_leave_few_channels_and_few_taps_to_the_paired_runs(tile_calls, rng):
+    """A first layer (3 x 25 = 75 taps per output) and 4 output channels run the paired
+    runs; a tile whose last columns would read past the buffer is refused."""
+    from anyarray_nn.functional import _numba_tiles
+    with _threads.one_thread_each():
+        F.conv2d_forward(rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((16, 3, 5, 5)),
+                         padding=2)
+        F.conv2d_forward(rng.standard_normal((2, 16, 8, 8)), rng.standard_normal((4, 16, 5, 5)),
+                         padding=2)
+    assert tile_calls == []
+    # rows of 17 take two tiles of 9: the last one reads a column past the last row, which a
+    # buffer without conv's extra rows does not have
+    x, w = rng.standard_normal((2, 16, 6, 17)), rng.standard_normal((16, 16, 5, 5))
+    tight = conv_module._padded_cnhw(np, x, (2, 2, 2, 2))
+    assert _numba_tiles.convolution(tight, w, None, (6, 17), (1, 1)) is None
+    roomy = conv_module._padded_cnhw(np, x, (2, 2, 2, 2), extra_rows=conv_module._extra_rows(
+        (5, 5), (1, 1), (1, 1), 21))
+    with F.portable_kernels():
+        expected = F.conv2d_forward(x, w, padding=2)
+    got = _numba_tiles.convolution(roomy, w, None, (6, 17), (1, 1))
+    np.testing.assert_allclose(np.permute_dims(got, (1, 0, 2, 3)), expected, rtol=1e-12,
+                               atol=1e-12)
 
 
 @pytest.mark.parametrize("env, expected", [({}, False), ({"OMP_NUM_THREADS": "1"}, True),

@@ -4,7 +4,9 @@ Five families: the exact GELU (its erf one library call, not the portable kernel
 series), the 2x2 max-pool of the course networks, the Winograd transforms that make
 a 3x3 convolution cheaper than its GEMM (below, before :func:`winograd_patches`), a
 direct convolution for a network's first layer, whose few input channels make im2col
-memory-bound (:func:`direct_convolution`, :func:`direct_weight_gradient`), and the
+memory-bound, and on one core for up to 16 input channels (:func:`direct_convolution`,
+:func:`direct_weight_gradient`; with 8 or more output channels and 128 or more taps they run
+the register tiles of ``_numba_tiles``), and the
 depthwise convolution, too few products per output for a GEMM
 (:func:`depthwise_convolution`, :func:`depthwise_weight_gradient`).
 
@@ -36,6 +38,7 @@ import numba
 import numpy as np
 
 from .._threads import cpu_count, map_on_cores
+from . import _numba_tiles
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 WINDOW = ((2, 2), (2, 2), (0, 0))  # kernel, stride, padding these kernels are written for
@@ -627,7 +630,9 @@ def winograd_input_gradient(dm: Any, w: Any, batch: int, out_hw: tuple[int, int]
 # 1.3 -> 0.25; with two BLAS threads for the GEMM still 2.7 -> 1.4 and 3.0 -> 1.1. With 16
 # channels (the course networks' second layers) the kernel wins on one core (batch 32: the
 # CIFAR-10 network's forward 1.4 -> 1.3 ms, dW and dX 2.9 -> 2.2), where DataParallel runs
-# each slice, but loses to a GEMM on two threads (forward 2.0 -> 2.6).
+# each slice, but loses to a GEMM on two threads (forward 2.0 -> 2.6). Those 16-channel
+# layers now run register tiles (``_numba_tiles``: MNIST's at batch 32, forward 1.52 ->
+# 0.79 ms, dW 1.36 -> 0.76); the paired runs below keep the first layers.
 DIRECT_MAX_CHANNELS = 3
 DIRECT_MAX_CHANNELS_ONE_CORE = 16  # where a GEMM gets one core too (_fast.one_core)
 GROUP = 5  # taps per pass
@@ -680,14 +685,13 @@ def _copy_row(source: Any, target: Any) -> None:  # pragma: no cover - compiled
 
 @_compile(fastmath={"contract"})  # contract: fused multiply-adds
 def _convolve_groups(xflat: Any, plane: Any, start: Any, weights: Any, bias: Any,
-                     wide: Any, out: Any) -> None:  # pragma: no cover - compiled
+                     wide: Any, width: int, out: Any) -> None:  # pragma: no cover - compiled
     # xflat (K, N, Hp*Wp) -> out (O, N, Ho, Wo): for each image, output planes in pairs (the
-    # last one twice when O is odd), computed on the wide grid in the two rows of ``wide``,
-    # to which every group of taps adds its five weighted runs; then their valid columns are
-    # copied out, so the output is compact and the sums stay in the cache
+    # last one twice when O is odd), computed on the wide grid (rows of ``width``) in the two
+    # rows of ``wide``, to which every group of taps adds its five weighted runs; then their
+    # valid columns are copied out, so the output is compact and the sums stay in the cache
     run, last = wide.shape[1], out.shape[0] - 1
     ho, wo = out.shape[2], out.shape[3]
-    width = run // ho
     a, b = wide[0], wide[1]
     for n in range(out.shape[1]):
         for o in range(0, last + 1, 2):
@@ -707,15 +711,14 @@ def _convolve_groups(xflat: Any, plane: Any, start: Any, weights: Any, bias: Any
 
 
 @_compile(fastmath={"contract", "reassoc"})  # reassoc: vectorized running sums
-def _correlate_groups(xflat: Any, plane: Any, start: Any, dy: Any, wide: Any,
+def _correlate_groups(xflat: Any, plane: Any, start: Any, dy: Any, wide: Any, width: int,
                       grad: Any) -> None:  # pragma: no cover - compiled
     # grad (O, groups, 5), zeroed, += the sum over images and the run of dY times each tap's
     # run. dY (O, N, Ho, Wo) planes, in pairs as in _convolve_groups (an odd last plane is
-    # summed twice and stored twice, the same value), are first copied onto the wide grid of
-    # the two zeroed rows of ``wide``, whose extra columns stay zero
+    # summed twice and stored twice, the same value), are first copied onto the wide grid
+    # (rows of ``width``) of the two zeroed rows of ``wide``, whose extra columns stay zero
     ho, wo = dy.shape[2], dy.shape[3]
     run, last = wide.shape[1], dy.shape[0] - 1
-    width = run // ho
     a, b = wide[0], wide[1]
     for n in range(dy.shape[1]):
         for o in range(0, last + 1, 2):
@@ -744,19 +747,40 @@ def _flat(xpad: Any) -> Any:
     return np.reshape(xpad, (k, n, hp * wp))
 
 
+# A run whose length is not a multiple of the vector width ends in a remainder loop (scalar
+# for dW's running sums, whose vector sums are also reduced after every run): MNIST's second
+# layer (runs of 14 x 18 = 252) spent about a third of its time there. Runs are lengthened to
+# a multiple of RUN_MULTIPLE (16 floats, one AVX-512 vector) where the padded planes' zero
+# rows allow it: the extra outputs are discarded, and dW's extra dY values are zeros.
+RUN_MULTIPLE = 16
+
+
+def _run(xpad: Any, start: Any, out_hw: tuple[int, int]) -> int:
+    """The length of the runs over the wide grid of ``out_hw`` outputs in planes of
+    ``xpad``: Ho x Wp rounded up to :data:`RUN_MULTIPLE` if the plane holds that far for
+    every tap (``start``), else Ho x Wp."""
+    hp, wp = xpad.shape[2], xpad.shape[3]
+    run = out_hw[0] * wp
+    longer = -(-run // RUN_MULTIPLE) * RUN_MULTIPLE
+    return longer if int(start.max()) + longer <= hp * wp else run
+
+
 def direct_convolution(xpad: Any, w: Any, b: Any | None, out_hw: tuple[int, int],
                        dilation: tuple[int, int]) -> Any:
     """The stride-1 convolution of the padded (K, N, Hp, Wp) buffer ``xpad`` (C-contiguous,
     with the extra rows the flat runs need, see ``conv._extra_rows``) with weights ``w``
     (O, K, kh, kw), plus bias ``b`` if given: (O, N, Ho, Wo), C-contiguous."""
+    tiled = _numba_tiles.convolution(xpad, w, b, out_hw, dilation)
+    if tiled is not None:
+        return tiled
     k, n, hp, wp = xpad.shape
     o = w.shape[0]
     plane, start = _tap_groups(tuple(w.shape[1:]), wp, dilation)
     weights = _grouped_weights(w, plane.shape[0])
     bias = np.zeros(o, dtype=w.dtype) if b is None else np.asarray(b, dtype=w.dtype)
-    wide = np.empty((2, out_hw[0] * wp), dtype=xpad.dtype)
+    wide = np.empty((2, _run(xpad, start, out_hw)), dtype=xpad.dtype)
     out = np.empty((o, n, *out_hw), dtype=xpad.dtype)
-    _convolve_groups(_flat(xpad), plane, start, weights, bias, wide, out)
+    _convolve_groups(_flat(xpad), plane, start, weights, bias, wide, wp, out)
     return out
 
 
@@ -764,12 +788,15 @@ def direct_weight_gradient(xpad: Any, dy: Any, w_shape: tuple[int, ...],
                            dilation: tuple[int, int]) -> Any:
     """dW (O, K, kh, kw) of :func:`direct_convolution` of ``xpad``, from NCHW ``dy`` (any
     strides)."""
+    tiled = _numba_tiles.weight_gradient(xpad, dy, w_shape, dilation)
+    if tiled is not None:
+        return tiled
     k, n, hp, wp = xpad.shape
     o = w_shape[0]
     plane, start = _tap_groups(tuple(w_shape[1:]), wp, dilation)
     grad = np.zeros((o, plane.shape[0], GROUP), dtype=xpad.dtype)
-    wide = np.zeros((2, dy.shape[2] * wp), dtype=xpad.dtype)
-    _correlate_groups(_flat(xpad), plane, start, _cnhw(dy), wide, grad)
+    wide = np.zeros((2, _run(xpad, start, tuple(dy.shape[2:]))), dtype=xpad.dtype)
+    _correlate_groups(_flat(xpad), plane, start, _cnhw(dy), wide, wp, grad)
     count = math.prod(w_shape[1:])
     return np.reshape(np.reshape(grad, (o, -1))[:, :count], w_shape)
 

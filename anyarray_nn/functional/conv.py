@@ -263,12 +263,18 @@ def _dy_matrix(xp: Any, dy: Any) -> Any:
     return xp.reshape(xp.permute_dims(dy, (1, 0, 2, 3)), (o, n * ho * wo))
 
 
+# Entries a stride-1 run may read past the wide grid: numba's direct kernels round their runs
+# up to a multiple of the vector width (``_numba_kernels.RUN_MULTIPLE``).
+_RUN_SLACK = 15
+
+
 def _extra_rows(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
                 wp: int) -> int:
-    # The last flat run of a stride-1 im2col overruns the plane by (kw - 1) * dw entries.
+    # The last flat run of a stride-1 im2col overruns the plane by (kw - 1) * dw entries, and
+    # a rounded-up run by up to _RUN_SLACK more.
     if stride != (1, 1):
         return 0
-    return math.ceil((kernel[1] - 1) * dilation[1] / wp) if wp else 0
+    return math.ceil(((kernel[1] - 1) * dilation[1] + _RUN_SLACK) / wp) if wp else 0
 
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
