@@ -129,21 +129,158 @@ def shard() -> tuple[int, int]:
     return rank(), world_size()
 
 
-def allreduce_sum(values: np.ndarray) -> np.ndarray:
-    """``values`` (a contiguous host array) summed over the ranks, in place; returned."""
+def allreduce_sum(values: Any) -> Any:
+    """``values`` (a C-contiguous array of any backend) summed over the ranks; returned. NumPy
+    arrays and arrays in GPU memory are summed in place; the others (CPU tensors,
+    array-api-strict arrays) travel as a host copy, and the sum is a new array. GPU arrays
+    travel as :func:`gpu_transport` says."""
+    return _collective(values, "sum", 0)
+
+
+def broadcast(values: Any, root: int = 0) -> Any:
+    """``values`` (a C-contiguous array of any backend) replaced by rank ``root``'s;
+    returned (in place as :func:`allreduce_sum`)."""
+    return _collective(values, "broadcast", root)
+
+
+# --- how arrays travel ------------------------------------------------------------------------
+# Host memory (NumPy) goes through MPI. GPU memory (CuPy arrays, CUDA tensors: anything with
+# __cuda_array_interface__) goes through NCCL where CuPy has it, the library GPU clusters run
+# for this (one communicator for the job, its id sent from rank 0 over MPI); else straight
+# through MPI where the user says MPI is CUDA-aware (no portable way to ask MPI itself); else
+# through host memory, a copy each way.
+
+#: Set to 1 when MPI is CUDA-aware (Open MPI or MPICH built with CUDA) and NCCL is missing:
+#: GPU arrays then go to MPI directly instead of through host memory.
+CUDA_AWARE_VARIABLE = "ANYARRAY_NN_CUDA_AWARE_MPI"
+
+_NCCL_TYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64",
+               "int32": "NCCL_INT32", "int64": "NCCL_INT64", "uint8": "NCCL_UINT8"}
+_nccl: list[Any] = []  # the job's NCCL communicator, made at the first GPU collective
+_gpu: list[int] = []  # the GPU this rank computes on, once use_gpu chose it
+
+
+def _collective(values: Any, kind: str, root: int) -> Any:
     comm = _communicator()
-    if comm is not None and comm.Get_size() > 1:
-        from mpi4py import MPI
+    if comm is None or comm.Get_size() == 1:
+        return values
+    if isinstance(values, np.ndarray):
+        _mpi(comm, values, kind, root)
+        return values
+    face = _cuda_interface(values)
+    if face is not None:
+        transport = gpu_transport()
+        if transport == "nccl":
+            _nccl_collective(face, kind, root)
+            return values
+        if transport == "cuda-aware mpi":
+            _backend.synchronize(_backend.backend_name_of(values))  # MPI reads it now
+            _mpi(comm, values, kind, root)
+            return values
+    host = np.array(_backend.to_host(values), order="C")  # a copy MPI may write
+    _mpi(comm, host, kind, root)
+    return _backend.asarray_like(host, values)
+
+
+def _mpi(comm: Any, values: Any, kind: str, root: int) -> None:
+    from mpi4py import MPI
+    if kind == "sum":
         comm.Allreduce(MPI.IN_PLACE, values, op=MPI.SUM)
-    return values
-
-
-def broadcast(values: np.ndarray, root: int = 0) -> np.ndarray:
-    """``values`` (a contiguous host array) replaced by rank ``root``'s, in place; returned."""
-    comm = _communicator()
-    if comm is not None and comm.Get_size() > 1:
+    else:
         comm.Bcast(values, root=root)
-    return values
+
+
+def _cuda_interface(values: Any) -> dict[str, Any] | None:
+    """``values.__cuda_array_interface__``, or None for an array in host memory (a CPU
+    tensor raises rather than lacking the attribute)."""
+    try:
+        return values.__cuda_array_interface__
+    except (AttributeError, ValueError, TypeError, RuntimeError):
+        return None
+
+
+def gpu_transport() -> str:
+    """How arrays in GPU memory travel between ranks: ``"nccl"`` where CuPy has NCCL
+    (``cupy.cuda.nccl``), else ``"cuda-aware mpi"`` where the environment variable
+    ``ANYARRAY_NN_CUDA_AWARE_MPI`` is 1, else ``"host"`` (a copy to host memory and back)."""
+    if importlib.util.find_spec("cupy") is not None:
+        try:
+            from cupy.cuda import nccl
+            if getattr(nccl, "available", True):
+                return "nccl"
+        except ImportError:
+            pass
+    return "cuda-aware mpi" if os.environ.get(CUDA_AWARE_VARIABLE) == "1" else "host"
+
+
+def _nccl_communicator() -> Any:
+    if not _nccl:
+        from cupy.cuda import nccl
+        comm = _communicator()
+        unique_id = nccl.get_unique_id() if comm.Get_rank() == 0 else None
+        unique_id = comm.bcast(unique_id, root=0)
+        _nccl.append(nccl.NcclCommunicator(comm.Get_size(), unique_id, comm.Get_rank()))
+        logger.info("distributed: rank %d joined NCCL for its GPU arrays", comm.Get_rank())
+    return _nccl[0]
+
+
+def _nccl_collective(face: dict[str, Any], kind: str, root: int) -> None:
+    """The collective on the GPU buffer that ``face`` (a CUDA array interface) describes, on
+    the stream its producer named (0, the legacy default stream, where it names none), so
+    that it runs after the work that wrote the buffer and before the work that reads it."""
+    from cupy.cuda import nccl
+    dtype = np.dtype(face["typestr"])
+    shape = tuple(face["shape"])
+    strides = face.get("strides")
+    if strides is not None and tuple(strides) != tuple(
+            int(np.prod(shape[i + 1:], dtype=np.int64)) * dtype.itemsize
+            for i in range(len(shape))):
+        raise ValueError("anyarray_nn.distributed: a GPU array must be C-contiguous to be "
+                         "sent through NCCL")
+    if dtype.name not in _NCCL_TYPES:
+        raise TypeError(f"anyarray_nn.distributed: NCCL does not carry {dtype.name}; "
+                        f"expected one of {', '.join(_NCCL_TYPES)}")
+    pointer, count = face["data"][0], math.prod(shape)
+    kind_code = getattr(nccl, _NCCL_TYPES[dtype.name])
+    stream = face.get("stream") or 0
+    communicator = _nccl_communicator()
+    if kind == "sum":
+        communicator.allReduce(pointer, pointer, count, kind_code, nccl.NCCL_SUM, stream)
+    else:
+        communicator.bcast(pointer, count, kind_code, root, stream)
+
+
+def use_gpu() -> int:
+    """Make this rank's GPU the current one, for CuPy and (where it is loaded) PyTorch: one
+    GPU per rank, the ranks of each machine taking its GPUs in turn (local rank modulo the
+    GPU count). Call it before building the model. Logged; returns the GPU's number."""
+    import cupy
+    count = cupy.cuda.runtime.getDeviceCount()
+    if count < 1:
+        raise RuntimeError("anyarray_nn.distributed.use_gpu: no GPU is visible to rank "
+                           f"{rank()}")
+    device = local_rank() % count
+    cupy.cuda.Device(device).use()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.set_device(device)
+    _gpu[:] = [device]
+    logger.info("distributed: rank %d (local rank %d) computes on GPU %d of %d", rank(),
+                local_rank(), device, count)
+    return device
+
+
+def local_rank() -> int:
+    """This process's rank among the ranks on its machine (0 without MPI)."""
+    comm = _communicator()
+    if comm is None or comm.Get_size() == 1:
+        return 0
+    from mpi4py import MPI
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return local.Get_rank()
+    finally:
+        local.Free()
 
 
 def allgather(values: np.ndarray) -> list[np.ndarray]:
@@ -201,7 +338,13 @@ class DistributedDataParallel(ModelWrapper):
                             f"Sequential, got {type(model).__name__}")
         self.model = model
         self._examples = 0
-        self._from_rank_0(self._entries("params") + self._entries("buffers"))
+        params = self._entries("params")
+        if (world_size() > 1 and params and not _gpu
+                and _cuda_interface(params[0][0][params[0][1]]) is not None):
+            logger.warning("DistributedDataParallel: rank %d's model is on a GPU but "
+                           "anyarray_nn.distributed.use_gpu() was not called: the ranks of a "
+                           "machine may all compute on one GPU", rank())
+        self._from_rank_0(params + self._entries("buffers"))
         if world_size() > 1:
             for layer in model.layers:
                 if isinstance(layer, Dropout):
@@ -224,10 +367,9 @@ class DistributedDataParallel(ModelWrapper):
         entries = self._entries("grads")
         if world_size() == 1 or not entries:
             return dx
-        hosts = [_backend.to_host(store[key]) for store, key in entries]
-        flat = _packed(hosts, np.result_type(*hosts), self._examples, trailing=1)
-        flat[-1] = self._examples
-        total = float(allreduce_sum(flat)[-1])
+        flat = allreduce_sum(_packed([store[key] for store, key in entries], None,
+                                     self._examples, last=self._examples))
+        total = float(flat[-1])
         if total == 0:
             raise ValueError("DistributedDataParallel: no rank had examples in its last "
                              "forward pass")
@@ -244,33 +386,47 @@ class DistributedDataParallel(ModelWrapper):
         """The arrays of ``entries`` replaced by rank 0's: one broadcast of one flat buffer."""
         if world_size() == 1 or not entries:
             return
-        hosts = [_backend.to_host(store[key]) for store, key in entries]
-        _unpack(broadcast(_packed(hosts, np.float64)), entries)
+        _unpack(broadcast(_packed([store[key] for store, key in entries], "float64")), entries)
 
     def __repr__(self) -> str:
         return f"DistributedDataParallel({self.model!r}, rank {rank()} of {world_size()})"
 
 
-def _packed(hosts: list[np.ndarray], dtype: Any, scale: float = 1.0,
-            trailing: int = 0) -> np.ndarray:
-    """The host arrays ``hosts``, times ``scale``, in one flat buffer of ``dtype`` (what one
-    collective call sends), with ``trailing`` more values at its end for the caller."""
-    flat = np.empty(sum(h.size for h in hosts) + trailing, dtype=dtype)
-    at = 0
-    for h in hosts:
-        np.multiply(np.ravel(h), scale, out=flat[at:at + h.size])
-        at += h.size
-    return flat
+def _packed(arrays: list[Any], dtype: str | None, scale: float = 1.0,
+            last: float | None = None) -> Any:
+    """The ``arrays`` (of one backend and device), times ``scale``, in one flat array there
+    (what one collective call sends), of ``dtype`` (None: their common one), followed by
+    ``last`` if given. On NumPy one buffer filled in place; elsewhere (a GPU) one
+    concatenation, so that nothing leaves the device."""
+    if all(isinstance(a, np.ndarray) for a in arrays):
+        flat = np.empty(sum(a.size for a in arrays) + (last is not None),
+                        dtype=dtype or np.result_type(*arrays))
+        at = 0
+        for a in arrays:
+            np.multiply(np.ravel(a), scale, out=flat[at:at + a.size])
+            at += a.size
+        if last is not None:
+            flat[-1] = last
+        return flat
+    xp = _backend.namespace(*arrays)
+    kind = xp.result_type(*arrays) if dtype is None else _backend.resolve_dtype(xp, dtype)
+    parts = [xp.reshape(xp.astype(a, kind), (-1,)) * scale for a in arrays]
+    if last is not None:
+        parts.append(xp.full((1,), last, dtype=kind, device=arrays[0].device))
+    return xp.concat(parts)
 
 
-def _unpack(flat: np.ndarray, entries: list[tuple[dict[str, Any], str]]) -> None:
+def _unpack(flat: Any, entries: list[tuple[dict[str, Any], str]]) -> None:
     """Each ``store[key]`` of ``entries`` replaced by its run of ``flat`` (in :func:`_packed`
     order), with the shape, dtype and backend of the array it replaces."""
     at = 0
     for store, key in entries:
         old = store[key]
         size = math.prod(old.shape)
-        store[key] = _backend.asarray_like(np.reshape(flat[at:at + size], tuple(old.shape)), old)
+        run = flat[at:at + size]
+        run = np.reshape(run, tuple(old.shape)) if isinstance(run, np.ndarray) else \
+            _backend.namespace(run).reshape(run, tuple(old.shape))
+        store[key] = _backend.asarray_like(run, old)
         at += size
 
 

@@ -103,6 +103,51 @@ def test_training_on_ranks_equals_one_process_on_the_same_global_batches(tmp_pat
             np.testing.assert_array_equal(got[f"param:{key}"], per_rank[0][f"param:{key}"])
 
 
+@pytest.mark.parametrize("backend", ["torch", "array_api_strict"])
+def test_training_on_two_ranks_of_another_backend_equals_one_process(tmp_path, backend):
+    """Gradients that are not NumPy arrays are packed by their own backend's functions and
+    cross through host memory: 2 ranks of PyTorch CPU tensors or array-api-strict arrays end
+    with the weights of one NumPy process on the same global batches."""
+    pytest.importorskip(backend)
+    done = run_ranks(2, f"train64-{backend}", tmp_path)
+    assert done.returncode == 0, done.stderr
+    model, _ = mpi_worker.train("float64", None)
+    for r, got in enumerate(results(tmp_path, f"train64-{backend}", 2)):
+        for key, value in model.params().items():
+            np.testing.assert_allclose(got[f"param:{key}"], value, rtol=1e-12, atol=1e-15,
+                                       err_msg=f"rank {r} {key}")
+
+
+def test_gpu_arrays_travel_through_nccl_in_place(tmp_path):
+    """Without a GPU here, a stand-in for ``cupy.cuda.nccl`` carries out each NCCL call with
+    MPI on the memory it points to (tests/mpi_worker.py): the arrays that say they are in GPU
+    memory are summed and broadcast in place through one NCCL communicator per job, made
+    from rank 0's id, on the stream their producer names (0 where it names none); arrays
+    NCCL cannot carry are refused on every rank before any call."""
+    done = run_ranks(2, "nccl", tmp_path)
+    assert done.returncode == 0, done.stderr
+    for r, got in enumerate(results(tmp_path, "nccl", 2)):
+        assert str(got["transport"]) == "nccl"
+        np.testing.assert_array_equal(got["summed"], np.arange(5, dtype=np.float32) * 3)
+        np.testing.assert_array_equal(got["sent"], np.ones(3))
+        assert list(got["calls"]) == [
+            f"init 2 id-of-rank-0 {r}",
+            "allReduce float32 in place True op 99 stream 0",
+            "bcast float64 root 1 stream 7"]
+        assert "must be C-contiguous" in str(got["strided"])
+        assert "NCCL does not carry complex64" in str(got["complex"])
+
+
+def test_gpu_transport_falls_back_to_cuda_aware_mpi_and_to_host_memory(monkeypatch):
+    """Without CuPy's NCCL: straight through MPI where the user says MPI is CUDA-aware, else
+    through host memory."""
+    monkeypatch.setattr(distributed.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delenv(distributed.CUDA_AWARE_VARIABLE, raising=False)
+    assert distributed.gpu_transport() == "host"
+    monkeypatch.setenv(distributed.CUDA_AWARE_VARIABLE, "1")
+    assert distributed.gpu_transport() == "cuda-aware mpi"
+
+
 class _MergedLast:
     """One process's loader with the batches of a 3-rank run of 26 examples: the last two
     examples in the third batch."""
@@ -127,7 +172,8 @@ def test_ranks_sharing_a_machine_share_its_cores(tmp_path, threads):
     done = run_ranks(2, "threads", tmp_path, threads=threads)
     assert done.returncode == 0, done.stderr
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    for got in results(tmp_path, "threads", 2):
+    for r, got in enumerate(results(tmp_path, "threads", 2)):
+        assert int(got["local_rank"]) == r  # both ranks on this machine
         assert int(got["cores"]) == max(1, cores // 2)
         expected = max(1, cores // 2) if threads is None else min(2, cores)
         assert int(got["blas_threads"]) == expected
