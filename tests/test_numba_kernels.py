@@ -406,15 +406,24 @@ def test_the_direct_path_runs_for_three_input_channels_or_fewer(direct_calls, rn
 
 
 def test_on_one_core_the_direct_path_runs_for_16_channels_or_fewer(direct_calls, rng):
-    x, w = rng.standard_normal((2, 16, 6, 6)), rng.standard_normal((16, 16, 5, 5))
+    """On one core for up to 16 input channels; on several only where the register tiles
+    apply (8 or more output channels, 128 or more taps), which beat a GEMM on two cores."""
+    x, w = rng.standard_normal((2, 16, 6, 6)), rng.standard_normal((4, 16, 5, 5))
     with _threads.one_thread_each():
         assert _threads.one_core()
-        F.conv2d_backward(x, w, np.ones((2, 16, 6, 6)), padding=2)
-        F.conv2d_backward(x[:, :8], w[:8, :8, :3, :3], np.ones((2, 8, 6, 6)), padding=1)  # Winograd
+        F.conv2d_backward(x, w, np.ones((2, 4, 6, 6)), padding=2)
+        F.conv2d_backward(x[:, :8], w[:4, :8, :3, :3], np.ones((2, 4, 6, 6)), padding=1)  # Winograd
         F.conv2d_forward(np.ones((2, 17, 6, 6)), np.ones((16, 17, 5, 5)), padding=2)
+    # dX of both convolves dY's 4 channels (Winograd's dX needs 8 on both sides)
+    assert direct_calls == [("direct_weight_gradient", 16), ("direct_convolution", 4),
+                            ("direct_convolution", 4)]
+    direct_calls.clear()
     assert not _threads.one_core()
-    F.conv2d_backward(x, w, np.ones((2, 16, 6, 6)), padding=2)
-    assert direct_calls == [("direct_weight_gradient", 16), ("direct_convolution", 16)]
+    F.conv2d_backward(x, w, np.ones((2, 4, 6, 6)), padding=2)  # 4 outputs: no tiles
+    assert direct_calls == []
+    wide = rng.standard_normal((8, 16, 5, 5))  # 8 outputs of 400 taps, dX 8 x 25 = 200
+    F.conv2d_backward(x, wide, np.ones((2, 8, 6, 6)), padding=2)
+    assert direct_calls == [("direct_weight_gradient", 16), ("direct_convolution", 8)]
 
 
 def test_data_parallel_slices_count_as_one_core(direct_calls, rng):
@@ -470,6 +479,7 @@ def test_tiled_convolutions_equal_the_portable_kernel(tile_calls, rng, dtype, rt
     kwargs = dict(stride=stride, padding=padding, dilation=dilation)
     values = rng.standard_normal(shape).astype(dtype)
     dy_values = rng.standard_normal(F.conv2d_forward(values, w, **kwargs).shape).astype(dtype)
+    tile_calls.clear()
     with _threads.one_thread_each():
         for layout, x in layouts(values).items():
             for dy in layouts(dy_values).values():

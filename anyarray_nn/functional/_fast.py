@@ -78,18 +78,25 @@ def winograd_kernels(xp: Any, dtype: Any, window: Any, channels: int) -> Any | N
     return numba_kernels if channels >= numba_kernels.WINOGRAD_MIN_CHANNELS else None
 
 
-def direct_kernels(xp: Any, dtype: Any, stride: tuple[int, int], channels: int) -> Any | None:
+def direct_kernels(xp: Any, dtype: Any, stride: tuple[int, int], channels: int,
+                   convolution: tuple[int, int, tuple[int, int]] = (0, 0, (0, 0))
+                   ) -> Any | None:
     """The numba kernels module when a convolution with ``stride`` runs as a direct
     convolution: NumPy float arrays, stride 1 and few ``channels`` (the input channels for
     the forward pass and dW, the output channels for dX): at most ``DIRECT_MAX_CHANNELS``,
     or ``DIRECT_MAX_CHANNELS_ONE_CORE`` where a GEMM would get no more cores than the kernel
-    (``_threads.one_core``); else None."""
+    (``_threads.one_core``) or where the register tiles apply to the direct
+    ``convolution`` (its input planes, output channels and kernel: on one core the tiles
+    beat a GEMM on two); else None."""
     numba_kernels = _numba_kernels(xp, dtype)
     if numba_kernels is None or stride != (1, 1):
         return None
-    most = (numba_kernels.DIRECT_MAX_CHANNELS_ONE_CORE if _threads.one_core()
-            else numba_kernels.DIRECT_MAX_CHANNELS)
-    return numba_kernels if channels <= most else None
+    if channels <= numba_kernels.DIRECT_MAX_CHANNELS:
+        return numba_kernels
+    if channels > numba_kernels.DIRECT_MAX_CHANNELS_ONE_CORE:
+        return None
+    return (numba_kernels if _threads.one_core() or numba_kernels.tiles_apply(*convolution)
+            else None)
 
 
 def depthwise_kernels(xp: Any, dtype: Any, groups: int, in_channels: int) -> Any | None:

@@ -1,6 +1,8 @@
 """Register-tiled direct convolution for numba: the forward pass (also dX) and dW of a
-stride-1 convolution with 8 or more output channels, on one core (``_numba_kernels``'s
-direct convolutions call these).
+stride-1 convolution with 8 or more output channels (``_numba_kernels``'s direct
+convolutions call these). They run on one thread: splitting a layer's images over two
+threads gave no steady gain in an unsplit training step (OpenBLAS's threads, spinning after
+each GEMM, take the second core; docs/benchmarks.md).
 
 Why a tile. numba vectorizes an innermost loop over memory. A direct convolution written
 that way adds each tap's weighted run of the input to a run of outputs held in memory, so
@@ -43,6 +45,7 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
 
 LANES = 16  # output channels per tile: one AVX-512 vector of float32
 MAX_TILE = 28  # outputs (forward) or taps (dW) per tile: 28 vectors + operands fit 32 registers
@@ -222,6 +225,12 @@ def _weight_kernel(count: int, cols: int) -> Any:
     return weight_gradient
 
 
+def applies(channels: int, out_channels: int, kernel: tuple[int, int]) -> bool:
+    """Whether a stride-1 convolution from ``channels`` to ``out_channels`` with ``kernel``
+    runs on tiles (see MIN_CHANNELS and MIN_TAPS)."""
+    return out_channels >= MIN_CHANNELS and channels * kernel[0] * kernel[1] >= MIN_TAPS
+
+
 def _most(dtype: Any) -> int:
     # A tile's vectors: 16 float64 values take two AVX-512 registers
     return MAX_TILE if np.dtype(dtype).itemsize == 4 else MAX_TILE // 2
@@ -255,7 +264,7 @@ def convolution(xpad: Any, w: Any, b: Any | None, out_hw: tuple[int, int],
     offsets = np.array([i * dilation[0] * wp + j * dilation[1]
                         for i in range(kh) for j in range(kw)], dtype=np.int64)
     reach = (ho - 1) * wp + -(-wo // count) * count - 1 + int(offsets.max())
-    if o < MIN_CHANNELS or k * kh * kw < MIN_TAPS or reach >= hp * wp:
+    if not applies(k, o, (kh, kw)) or reach >= hp * wp:
         return None
     padded = -(-o // LANES) * LANES
     weights = np.zeros((k, kh * kw, padded), dtype=xpad.dtype)
@@ -275,15 +284,15 @@ def weight_gradient(xpad: Any, dy: Any, w_shape: tuple[int, ...],
     where the tiles do not pay (see MIN_CHANNELS and MIN_TAPS)."""
     k, n, hp, wp = xpad.shape
     o, _, kh, kw = w_shape
-    if o < MIN_CHANNELS or k * kh * kw < MIN_TAPS or kw > _most(xpad.dtype):
+    if not applies(k, o, (kh, kw)) or kw > _most(xpad.dtype):
         return None
     ho, wo = dy.shape[2], dy.shape[3]
     padded = -(-o // LANES) * LANES
     by_position = np.zeros((n, ho, wo, padded), dtype=xpad.dtype)
     by_position[..., :o] = np.permute_dims(dy, (0, 2, 3, 1))
-    grad = np.empty(w_shape, dtype=xpad.dtype)
     rows = weight_rows(kh, kw, xpad.dtype)
     sizes = np.array([dilation[0], dilation[1], ho, wo], dtype=np.int64)
+    grad = np.empty(w_shape, dtype=xpad.dtype)
     _weight_kernel(rows * kw, kw)(np.reshape(xpad, -1), np.reshape(by_position, -1), wp,
                                   sizes, grad)
     return grad

@@ -232,7 +232,7 @@ def _weight_gradient(xp: Any, dy2: Any, patches: Patches, w_shape: tuple[int, ..
 
 
 def _patches(xp: Any, x: Any, kernel: tuple[int, int], out_hw: tuple[int, int], pads: Padding,
-             stride: tuple[int, int], dilation: tuple[int, int]) -> Patches:
+             stride: tuple[int, int], dilation: tuple[int, int], out_channels: int) -> Patches:
     """The patches of NCHW ``x``: one CUDA kernel on CuPy, Winograd tiles for the 3x3
     convolutions numba runs and just the padded channels-first copy for its direct ones (see
     ``_fast``), else that copy lowered by :func:`_lower`."""
@@ -244,7 +244,8 @@ def _patches(xp: Any, x: Any, kernel: tuple[int, int], out_hw: tuple[int, int], 
         return Patches("winograd", winograd.winograd_patches(x, pads, out_hw), out_hw[1])
     wp = x.shape[3] + pads[2] + pads[3]
     xpad = _padded_cnhw(xp, x, pads, extra_rows=_extra_rows(kernel, stride, dilation, wp))
-    if direct_kernels(xp, x.dtype, stride, x.shape[1]) is not None:
+    if direct_kernels(xp, x.dtype, stride, x.shape[1],
+                      (x.shape[1], out_channels, kernel)) is not None:
         return Patches("direct", xpad, wp)
     return _lower(xp, xpad, kernel, out_hw, stride, dilation)
 
@@ -597,12 +598,13 @@ def _dense_forward(xp: Any, x: Any, w: Any, b: Any | None, pads: Padding,
                    out_hw: tuple[int, int]) -> tuple[Any, Patches]:
     """The forward pass with one group: through the fast paths where they apply."""
     kernel = (w.shape[2], w.shape[3])
-    patches = _patches(xp, x, kernel, out_hw, pads, stride, dilation)
+    patches = _patches(xp, x, kernel, out_hw, pads, stride, dilation, w.shape[0])
     if patches.kind == "winograd":  # the bias is added by the output transform
         fast = winograd_kernels(xp, x.dtype, (kernel, stride, dilation), x.shape[1])
         return fast.winograd_forward(w, patches.matrix, b, x.shape[0], out_hw), patches
     if patches.kind == "direct":  # the bias starts each output's sums
-        fast = direct_kernels(xp, x.dtype, stride, x.shape[1])
+        fast = direct_kernels(xp, x.dtype, stride, x.shape[1],
+                              (x.shape[1], w.shape[0], kernel))
         y = fast.direct_convolution(patches.matrix, w, b, out_hw, dilation)
         return xp.permute_dims(y, (1, 0, 2, 3)), patches
     y = _convolve(xp, w, patches, x.shape[0], out_hw, dilation)
@@ -733,11 +735,11 @@ def _dense_backward(xp: Any, x: Any, w: Any, dy: Any, pads: Padding, stride: tup
     # Winograd and direct patches are used by the kernels that made them, unless a
     # portable_kernels() block now rules those out: then the portable patches are made afresh.
     winograd = winograd_kernels(xp, x.dtype, (kernel, stride, dilation), c)
-    direct = direct_kernels(xp, x.dtype, stride, c)
+    direct = direct_kernels(xp, x.dtype, stride, c, (c, o, kernel))
     if (patches is None or patches.kind == "grouped"
             or (patches.kind == "winograd" and winograd is None)
             or (patches.kind == "direct" and direct is None)):
-        patches = _patches(xp, x, kernel, (ho, wo), pads, stride, dilation)
+        patches = _patches(xp, x, kernel, (ho, wo), pads, stride, dilation, o)
     dm = dy2 = None
     if patches.kind == "winograd":
         dm = winograd.winograd_output_gradient(dy)  # the first step of dW and (mostly) dX
@@ -798,7 +800,9 @@ def _conv2d_input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pad
                          extra_rows=_extra_rows((kh, kw), one, dilation, wp))
     w_t = xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3))  # (C, O, kh, kw)
     out_hw = (h + crop[0] + crop[1], wd + crop[2] + crop[3])
-    direct = direct_kernels(xp, dy.dtype, one, w_t.shape[0])
+    # dX convolves dY's O channels down to the C of x: few channels on the output side
+    direct = direct_kernels(xp, dy.dtype, one, w_t.shape[0],
+                            (w_t.shape[1], w_t.shape[0], (kh, kw)))
     if direct is not None:  # few input channels: see _fast
         dx = direct.direct_convolution(dypad, w_t, None, out_hw, dilation)
     else:
