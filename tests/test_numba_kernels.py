@@ -492,6 +492,28 @@ def test_tiled_convolutions_equal_the_portable_kernel(tile_calls, rng, dtype, rt
     assert collections.Counter(tile_calls) == collections.Counter(expected * runs)
 
 
+@pytest.mark.parametrize("registers, sizes", [
+    ((32, 64), {"float32": (28, 14, 5), "float64": (14, 14, 1)}),   # AVX-512
+    ((16, 32), {"float32": (6, 5, 1), "float64": (3, 3, 1)}),       # AVX2: 16 registers
+    ((16, 16), {"float32": (3, 3, 1), "float64": (1, 1, 1)})])      # SSE
+def test_tiles_fit_the_host_registers_and_compute_the_same(numba_kernels, monkeypatch, rng,
+                                                           registers, sizes):
+    """A tile takes the host's vector registers less four: (vectors per tile, outputs per
+    forward tile for rows of 14, kernel rows per dW tile of a 5x5 kernel); every size
+    computes the portable kernel's result."""
+    from anyarray_nn.functional import _numba_tiles
+    monkeypatch.setattr(_numba_tiles, "_registers", lambda: registers)
+    for dtype, (most, count, rows) in sizes.items():
+        assert _numba_tiles._most(dtype) == most
+        assert _numba_tiles.forward_tile(14, dtype) == count
+        assert _numba_tiles.weight_rows(5, 5, dtype) == rows
+    x, w = rng.standard_normal((2, 16, 5, 14)), rng.standard_normal((8, 16, 5, 5))
+    dy = rng.standard_normal((2, 8, 5, 14))
+    with _threads.one_thread_each():
+        assert_fast_equals_portable(lambda: conv_all(x, w, None, dy, padding=2), 1e-12,
+                                    str(registers))
+
+
 def test_tiled_convolution_passes_float64_gradient_checks(numba_kernels, rng):
     from anyarray_nn.gradcheck import check_function
     x = rng.standard_normal((2, 8, 5, 6))

@@ -1,6 +1,6 @@
 """Register-tiled direct convolution for numba: the forward pass (also dX) and dW of a
-stride-1 convolution with 8 or more output channels (``_numba_kernels``'s direct
-convolutions call these). They run on one thread: splitting a layer's images over two
+stride-1 convolution with 8 or more output channels and 128 or more taps per output
+(``_numba_kernels``'s direct convolutions call these). They run on one thread: splitting a layer's images over two
 threads gave no steady gain in an unsplit training step (OpenBLAS's threads, spinning after
 each GEMM, take the second core; docs/benchmarks.md).
 
@@ -30,7 +30,7 @@ The two kernels differ only in what the tile holds:
   over every output position: the 16 channels' dY at one position (one vector load, dY laid
   out by position, channels last) times the input under each tap.
 
-MNIST's 16 -> 16 5x5 layer at batch 32 (one core): forward 1.52 -> 0.72 ms, as PyTorch's
+MNIST's 16 -> 16 5x5 layer at batch 32 (one core): forward 1.52 -> 0.79 ms, near PyTorch's
 0.67 (docs/benchmarks.md).
 """
 
@@ -48,7 +48,6 @@ from numba.extending import intrinsic
 
 
 LANES = 16  # output channels per tile: one AVX-512 vector of float32
-MAX_TILE = 28  # outputs (forward) or taps (dW) per tile: 28 vectors + operands fit 32 registers
 # Where a tile beats ``_numba_kernels``' paired runs (batch 32, one core): with 8 or more
 # output channels (fewer leave most of a tile's lanes empty) and 128 or more taps per output
 # (16 -> 16 3x3: forward 0.55 -> 0.39 ms; 8 -> 16 5x5: 0.76 -> 0.49). A first layer's 25 or
@@ -231,22 +230,36 @@ def applies(channels: int, out_channels: int, kernel: tuple[int, int]) -> bool:
     return out_channels >= MIN_CHANNELS and channels * kernel[0] * kernel[1] >= MIN_TAPS
 
 
+@functools.cache
+def _registers() -> tuple[int, int]:
+    """The host's vector registers: how many, and their bytes (what numba compiles for)."""
+    import llvmlite.binding
+    features = llvmlite.binding.get_host_cpu_features()
+    if features.get("avx512f"):
+        return 32, 64
+    return (16, 32) if features.get("avx") else (16, 16)
+
+
 def _most(dtype: Any) -> int:
-    # A tile's vectors: 16 float64 values take two AVX-512 registers
-    return MAX_TILE if np.dtype(dtype).itemsize == 4 else MAX_TILE // 2
+    """Vectors per tile: the registers that hold them, with 4 left for the operands (28 of
+    AVX-512's 32 for float32; 16 float64 values take two registers, on AVX2 16 float32 two
+    of its 16)."""
+    count, size = _registers()
+    per_vector = -(-LANES * np.dtype(dtype).itemsize // size)
+    return max(1, (count - 4) // per_vector)
 
 
 def forward_tile(wo: int, dtype: Any) -> int:
     """Outputs per forward tile for rows of ``wo``: the rows split into equal tiles of at
-    most 16 for float32 (14 for 28 columns, 16 for 32), 14 for float64, so that no tile
-    computes many columns that are thrown away."""
+    most 16 (and :func:`_most`; 14 for 28 columns, 16 for 32 with float32 on AVX-512), so
+    that no tile computes many columns that are thrown away."""
     tiles = -(-wo // min(16, _most(dtype)))
     return -(-wo // tiles)
 
 
 def weight_rows(kh: int, kw: int, dtype: Any) -> int:
-    """Kernel rows per dW tile: the most that divide ``kh`` with at most MAX_TILE taps
-    (half as many for float64)."""
+    """Kernel rows per dW tile: the most that divide ``kh`` with at most :func:`_most` taps
+    (28 for float32 on AVX-512)."""
     most = max(1, _most(dtype) // kw)
     return max(d for d in range(1, kh + 1) if kh % d == 0 and d <= most)
 
