@@ -30,10 +30,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 from . import _allocator
 from . import backend as _backend
+from .errors import as_int
 from .layers.activation import ReLU
 from .layers.base import Layer, layer_class
 from .layers.node import Input, Node
 from .layers.pool import MaxPool2D
+
+#: Rows per forward pass in :meth:`Model.predict` (Keras's default is 32; larger batches
+#: run faster, and 256 MNIST images in float32 take about 50 MB of activations).
+PREDICT_BATCH = 256
 
 __all__ = ["Model", "Sequential", "Input", "ModelWrapper", "model_from_config"]
 
@@ -246,11 +251,24 @@ class Model:
                             f"layer inside another model) is not supported; call its layers")
         return self.forward(x, train=train)
 
-    def predict(self, x: Any) -> Any:
-        """Class indices of the largest output per row (evaluation mode)."""
-        xp = _backend.namespace(x if not isinstance(x, (tuple, list)) else x[0])
-        out = self.forward(x, train=False)
-        return xp.argmax(out if self._single_output else out[0], axis=1)
+    def predict(self, x: Any, batch_size: int = PREDICT_BATCH) -> Any:
+        """Class indices of the largest output per row (evaluation mode), computed
+        ``batch_size`` rows at a time (as Keras's ``predict``), so that a whole data set
+        never has its activations in memory at once; the same indices as one forward pass
+        (evaluation mode treats each row alone)."""
+        size = as_int(batch_size)
+        if size is None or size < 1:
+            raise ValueError(f"{type(self).__name__}.predict: batch_size: expected an integer "
+                             f">= 1, got {batch_size!r}")
+        xs = self._arrays(x, len(self.inputs), "x", "input")
+        xp = _backend.namespace(xs[0])
+        rows = int(xs[0].shape[0]) if xs[0].ndim else 0
+        parts = []
+        for start in range(0, max(rows, 1), size):
+            chunk = [a[start:start + size, ...] for a in xs]
+            out = self.forward(chunk[0] if self._single_input else tuple(chunk), train=False)
+            parts.append(xp.argmax(out if self._single_output else out[0], axis=1))
+        return parts[0] if len(parts) == 1 else xp.concat(parts)
 
     def execution_order(self) -> list[str]:
         """The names of the layer calls in the order forward runs them (backward runs them

@@ -166,3 +166,39 @@ def test_swapping_relu_and_max_pool_changes_neither_output_nor_gradients(xp, rng
     relu_cache = model._caches[model.execution_order().index("relu1")]  # ReLU's cache: x
     assert relu_cache.shape == model["maxpool1"].forward(
         model["conv1"].forward(x)).shape  # the ReLU really ran on the pooled array
+
+
+def test_predict_runs_in_batches_and_equals_one_forward_pass(rng):
+    """30 rows in batches of 7: five forward passes of at most 7 rows, the same classes as
+    one pass over all 30; batch norm in evaluation mode treats each row alone."""
+    kw = dict(dtype="float64")
+    model = ann.Sequential([ann.layers.Dense(6, 8, rng=0, **kw), ann.layers.BatchNorm1D(8, **kw),
+                            ann.layers.ReLU(), ann.layers.Dense(8, 4, rng=1, **kw)])
+    model.layers[1].buffers["running_mean"] = rng.standard_normal(8)
+    x = rng.standard_normal((30, 6))
+    expected = np.argmax(np.asarray(model.forward(x)), axis=1)
+    seen = []
+    real = model.forward
+    model.forward = lambda xb, train=False: (seen.append(xb.shape[0]), real(xb, train=train))[1]
+    np.testing.assert_array_equal(model.predict(x, batch_size=7), expected)
+    assert seen == [7, 7, 7, 7, 2]
+    seen.clear()
+    np.testing.assert_array_equal(model.predict(x), expected)  # the default: 256 rows a pass
+    assert seen == [30]
+
+
+def test_predict_splits_every_input_of_a_graph_alike(rng):
+    a, b = ann.Input((3,), name="a"), ann.Input((3,), name="b")
+    out = ann.layers.Dense(3, 5, rng=0, dtype="float64")(ann.layers.Add()([a, b]))
+    model = ann.Model([a, b], out)
+    xa, xb = rng.standard_normal((11, 3)), rng.standard_normal((11, 3))
+    expected = np.argmax(np.asarray(model.forward((xa, xb))), axis=1)
+    np.testing.assert_array_equal(model.predict((xa, xb), batch_size=4), expected)
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, True, "8", None])
+def test_predict_refuses_a_batch_size_that_is_not_a_positive_integer(rng, size):
+    model = ann.Sequential([ann.layers.Dense(2, 3, rng=0, dtype="float64")])
+    with pytest.raises(ValueError, match=r"Sequential.predict: batch_size: expected an "
+                                         r"integer >= 1, got"):
+        model.predict(rng.standard_normal((4, 2)), batch_size=size)

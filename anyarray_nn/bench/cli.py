@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import click
 
+from .. import __version__
 from .. import backend as _backend
 from .._atomic import unwritable_folder
 from .._threads import cpu_count
@@ -132,6 +133,7 @@ class ResultFile(click.Path):
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="anyarray-bench")
 @click.option("-b", "--backend", "backends", multiple=True, callback=_parse_backends,
               help="Backend for our kernels (repeatable): numpy, torch, torch:cuda, cupy, "
                    "array_api_strict. Default: every available one but array_api_strict.")

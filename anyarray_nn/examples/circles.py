@@ -72,6 +72,7 @@ def _accuracy(model: ann.Sequential, be: ann.Backend, x: np.ndarray, y: np.ndarr
 
 
 @click.command()
+@click.version_option(ann.__version__, prog_name="anyarray-circles")
 @click.option("--backend", default=None, callback=backend_option,
               help="Backend name (default: ANYARRAY_NN_BACKEND or numpy); 'all' runs every "
                    "available backend.")

@@ -44,7 +44,11 @@ def learning_rate_option(ctx: click.Context, param: click.Parameter, value: floa
 
 def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The command-line options every real-data example shares."""
+    from .. import __version__
+    spec = command.__globals__.get("__spec__")  # run with -m, the module is "__main__"
+    module = spec.name if spec is not None else command.__module__
     options = [
+        click.version_option(__version__, prog_name=f"python -m {module}"),
         click.option("--data", type=click.Path(file_okay=False), default=None,
                      help="Folder with the data files (default: $ANYARRAY_NN_DATA)."),
         click.option("--backend", default=None, callback=backend_option,
