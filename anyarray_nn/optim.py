@@ -414,3 +414,80 @@ class RMSProp(Optimizer):
 
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSProp"]
+
+
+# --- gradient clipping -------------------------------------------------------------------------
+# Between backward and the optimizer's step, as torch.nn.utils.clip_grad_norm_ and
+# clip_grad_value_ (in fit: the GradientClipping callback, at on_after_backward). The
+# gradients are replaced in each layer's ``grads``, which the optimizer reads.
+
+def clip_grad_norm(model: Any, max_norm: float, norm_type: float = 2.0,
+                   error_if_nonfinite: bool = False) -> float:
+    """Scale every gradient of ``model`` by ``min(1, max_norm / (total + 1e-6))``, where
+    ``total`` is the ``norm_type``-norm of all gradients together (``float("inf")``: the
+    largest magnitude); returns ``total`` as a Python float, the norm before clipping.
+    ``torch.nn.utils.clip_grad_norm_``'s rule and result. A NaN or infinite total makes the
+    gradients NaN or zero, as there, unless ``error_if_nonfinite`` raises a ValueError."""
+    max_norm = _clip_number("clip_grad_norm", "max_norm", max_norm, 0.0, False)
+    norm_type = _clip_number("clip_grad_norm", "norm_type", norm_type, 0.0, True,
+                             allow_inf=True)
+    error_if_nonfinite = _flag("clip_grad_norm", "error_if_nonfinite", error_if_nonfinite)
+    grads = _grad_entries("clip_grad_norm", model)
+    if not grads:
+        return 0.0
+    norms = []
+    for store, key in grads:
+        g = store[key]
+        xp = _backend.namespace(g)
+        magnitude = xp.abs(g)
+        if math.isinf(norm_type):
+            norms.append(float(xp.max(magnitude)) if math.prod(g.shape) else 0.0)
+        else:
+            norms.append(float(xp.sum(magnitude ** norm_type)) ** (1.0 / norm_type))
+    total = max(norms) if math.isinf(norm_type) else \
+        math.fsum(n ** norm_type for n in norms) ** (1.0 / norm_type)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise ValueError(f"clip_grad_norm: the total {norm_type}-norm of the gradients is "
+                         f"{total}, not finite (error_if_nonfinite=True)")
+    factor = min(1.0, max_norm / (total + 1e-6)) if not math.isnan(total) else math.nan
+    for store, key in grads:
+        store[key] = store[key] * factor
+    return total
+
+
+def clip_grad_value(model: Any, clip_value: float) -> None:
+    """Clamp every gradient of ``model`` to ``[-clip_value, clip_value]``, element by element
+    (``torch.nn.utils.clip_grad_value_``); NaN stays NaN."""
+    clip_value = _clip_number("clip_grad_value", "clip_value", clip_value, 0.0, False)
+    for store, key in _grad_entries("clip_grad_value", model):
+        g = store[key]
+        xp = _backend.namespace(g)
+        store[key] = xp.clip(g, -clip_value, clip_value)
+
+
+def _grad_entries(name: str, model: Any) -> list[tuple[dict[str, Any], str]]:
+    layers = getattr(model, "layers", None)
+    if layers is None or not callable(getattr(model, "grads", None)):
+        raise TypeError(f"{name}: expected a model (a Sequential, Model or a wrapper of one), "
+                        f"got {type(model).__name__}")
+    return [(layer.grads, key) for layer in layers for key in layer.grads]
+
+
+def _clip_number(name: str, label: str, value: Any, low: float, low_open: bool,
+                 allow_inf: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}: expected {label} to be a number, got {value!r}")
+    value = float(value)
+    ok = (value > low if low_open else value >= low) and (
+        math.isfinite(value) or (allow_inf and value == math.inf))
+    if not ok:
+        wanted = f"{'>' if low_open else '>='} {low}" + (" or inf" if allow_inf else "")
+        raise ValueError(f"{name}: expected {label} to be a finite number {wanted}, got "
+                         f"{value!r}")
+    return value
+
+
+def _flag(name: str, label: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected {label} to be True or False, got {value!r}")
+    return value

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import backend as _backend
-from . import distributed
+from . import distributed, optim
 from .errors import InputError, NonFiniteError, shorten
 
 
@@ -106,6 +106,11 @@ class Callback:
     def on_epoch_begin(self, state: TrainState) -> None:
         """Before the first step of each epoch."""
 
+    def on_after_backward(self, state: TrainState) -> None:
+        """After each backward pass, before the optimizer's step: the model's gradients are
+        final here (all-reduced on every rank) and found finite; a callback may change them
+        (``GradientClipping`` does)."""
+
     def on_iteration_end(self, state: TrainState) -> None:
         """After each optimizer step (``state.last`` has its loss and accuracy)."""
 
@@ -117,6 +122,38 @@ class Callback:
 
     def on_train_end(self, state: TrainState) -> None:
         """After the last step."""
+
+
+class GradientClipping(Callback):
+    """Clip the gradients before each optimizer step: by their total norm (``max_norm``,
+    ``norm_type``; :func:`anyarray_nn.optim.clip_grad_norm`) and/or element by element
+    (``clip_value``; :func:`anyarray_nn.optim.clip_grad_value`), the value clamp first.
+    Each step's norm before clipping goes into the history as ``"grad_norm"``."""
+
+    def __init__(self, max_norm: float | None = None, norm_type: float = 2.0,
+                 clip_value: float | None = None) -> None:
+        if max_norm is None and clip_value is None:
+            raise ValueError("GradientClipping: expected max_norm or clip_value (or both), "
+                             "got neither")
+        name = "GradientClipping"  # the same checks as the functions', at construction
+        if max_norm is not None:
+            max_norm = optim._clip_number(name, "max_norm", max_norm, 0.0, False)
+        norm_type = optim._clip_number(name, "norm_type", norm_type, 0.0, True, allow_inf=True)
+        if clip_value is not None:
+            clip_value = optim._clip_number(name, "clip_value", clip_value, 0.0, False)
+        self.max_norm, self.norm_type, self.clip_value = max_norm, norm_type, clip_value
+        self.norm: float | None = None
+
+    def on_after_backward(self, state: TrainState) -> None:
+        if self.clip_value is not None:
+            optim.clip_grad_value(state.model, self.clip_value)
+        if self.max_norm is not None:
+            self.norm = optim.clip_grad_norm(state.model, self.max_norm, self.norm_type)
+
+    def on_iteration_end(self, state: TrainState) -> None:
+        if self.norm is not None:
+            state.last["grad_norm"] = self.norm
+            state.history.iterations[-1]["grad_norm"] = self.norm
 
 
 class LearningRateSchedule(Callback):
@@ -467,6 +504,8 @@ def _train(state: TrainState, model: Any, loss_fn: Any, optimizer: Any, train_lo
         validating = 0.0  # seconds of val_every validations, left out of the epoch's time
         for xb, yb in train_loader:
             loss_value, correct, counted = _forward_backward(state, model, loss_fn, xb, yb)
+            for cb in callbacks:
+                cb.on_after_backward(state)
             optimizer.step()  # only now: every value it reads was found finite
             n = _batch_length(yb)
             if shared:  # the whole global batch's values
