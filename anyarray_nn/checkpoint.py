@@ -635,7 +635,7 @@ def _restore(data: dict[str, Any], path: Any, model: Model, optimizer: Any, *,
     try:
         if optimizer is not None:
             optimizer.load_state_dict(data["optimizer"])
-        _assign(model, new_params)
+        model._put_arrays(new_params)
         part = "train/state (the data loader's position)"
         if loader is not None:
             loader.load_state_dict(state["loader"])
@@ -696,15 +696,6 @@ def _snapshot(model: Model, optimizer: Any, loader: Any) -> Any:
     return undo
 
 
-def _assign(model: Model, values: dict[str, Any]) -> None:
-    """Put arrays keyed "layer.name" into the layers' parameters and buffers."""
-    for layer in model.layers:
-        for store in (layer.params, layer.buffers):
-            for name in store:
-                key = f"{layer.name}.{name}"
-                if key in values:
-                    store[name] = values[key]
-        layer.grads = {}
 
 
 MAX_PROBE_ELEMENTS = 1 << 25
@@ -841,7 +832,7 @@ def warm_start(model: Model, path: str | os.PathLike, *, by_position: bool = Fal
     if strict and not report.complete:
         raise WarmStartError(f"{path}: a strict warm start loads all or nothing, and this one "
                              f"would be partial (pass strict=False to load what fits):\n{report}")
-    _assign(model, {k: _backend.asarray_like(v, params[k]) for k, v in updates.items()})
+    model._put_arrays({k: _backend.asarray_like(v, params[k]) for k, v in updates.items()})
     if print_report:
         print(report)
     return report

@@ -28,6 +28,8 @@ import inspect
 import math
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
+
 from . import _allocator
 from . import backend as _backend
 from .errors import as_int
@@ -331,6 +333,58 @@ class Model:
         """Total number of scalar parameters."""
         return sum(math.prod(v.shape) for v in self.params().values())
 
+    def named_parameters(self) -> Iterator[tuple[str, Any]]:
+        """``("layer.param", array)`` for every parameter, in layer order (PyTorch's
+        ``named_parameters``; the arrays themselves, as :meth:`params`)."""
+        return iter(self.params().items())
+
+    def parameters(self) -> Iterator[Any]:
+        """Every parameter array, in layer order (PyTorch's ``parameters``)."""
+        return iter(self.params().values())
+
+    def state_dict(self) -> dict[str, Any]:
+        """The parameters and buffers (batch norm's running statistics), keyed
+        ``"layer.name"`` (PyTorch's ``state_dict``: the arrays themselves, not copies; a
+        checkpoint or :func:`anyarray_nn.save_weights` writes them)."""
+        return {**self.params(), **self.buffers()}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> "LoadReport":
+        """Put the arrays of ``state`` (keyed as :meth:`state_dict`; any backend's arrays,
+        NumPy arrays or nested lists of numbers) into the parameters and buffers, moved to
+        each one's backend and cast to its dtype, as PyTorch's ``load_state_dict``. With
+        ``strict`` (the default) a key missing from ``state`` or not in the model is an
+        error; otherwise they are reported. A shape that differs, or a value that is not a
+        finite number, is always an error. Everything is checked before anything changes.
+        Returns the :class:`LoadReport` (``missing_keys``, ``unexpected_keys``)."""
+        name = type(self).__name__
+        if not isinstance(state, dict):
+            raise TypeError(f"{name}.load_state_dict: expected a dict of arrays keyed "
+                            f"'layer.name', got {type(state).__name__}")
+        if not isinstance(strict, bool):
+            raise ValueError(f"{name}.load_state_dict: expected strict to be True or False, "
+                             f"got {strict!r}")
+        own = self.state_dict()
+        report = LoadReport(sorted(set(own) - set(state)),
+                            sorted(str(k) for k in set(state) - set(own)))
+        if strict and (report.missing_keys or report.unexpected_keys):
+            raise KeyError(f"{name}.load_state_dict: {report} (strict=True; pass "
+                           f"strict=False to load the keys that match)")
+        values = {key: _loaded_array(name, key, state[key], own[key])
+                  for key in own if key in state}
+        self._put_arrays(values)
+        return report
+
+    def _put_arrays(self, values: dict[str, Any]) -> None:
+        """Put arrays keyed "layer.name" into the layers' parameters and buffers; the
+        gradients of the old values are dropped."""
+        for layer in self.layers:
+            for store in (layer.params, layer.buffers):
+                for key in store:
+                    full = f"{layer.name}.{key}"
+                    if full in values:
+                        store[key] = values[full]
+            layer.grads = {}
+
     def to(self, backend: str | None = None, dtype: str | None = None) -> "Model":
         """Move every parameter to ``backend`` and/or cast to ``dtype`` (in place); returns self."""
         for layer in self.layers:
@@ -417,6 +471,40 @@ class Model:
         (``backend``, ``dtype``, ``rng``) go to each layer whose constructor takes them. A
         call that names an unknown node, or calls that form a cycle, are clear errors."""
         return _graph_from_config(config, kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """What :meth:`Model.load_state_dict` found: the model's keys that the state lacks, and
+    the state's keys that the model lacks (PyTorch's ``_IncompatibleKeys``)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+    def __str__(self) -> str:
+        parts = [f"missing keys: {', '.join(self.missing_keys)}"] if self.missing_keys else []
+        if self.unexpected_keys:
+            parts.append(f"unexpected keys: {', '.join(self.unexpected_keys)}")
+        return "; ".join(parts) or "every key matched"
+
+
+def _loaded_array(name: str, key: str, value: Any, like: Any) -> Any:
+    """``value`` as an array where ``like`` lives (backend, device, dtype), or a ValueError
+    naming the key: a shape other than ``like``'s, values that are not finite numbers."""
+    try:
+        host = np.asarray(_backend.to_host(value))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}.load_state_dict: {key}: expected an array of numbers, got "
+                         f"{type(value).__name__} ({exc})") from None
+    if host.dtype.kind not in "biuf":
+        raise ValueError(f"{name}.load_state_dict: {key}: expected an array of numbers, got "
+                         f"dtype {host.dtype}")
+    if tuple(host.shape) != tuple(like.shape):
+        raise ValueError(f"{name}.load_state_dict: {key}: the model has shape "
+                         f"{tuple(like.shape)}, the state {tuple(host.shape)}")
+    if host.dtype.kind == "f" and not np.isfinite(host).all():
+        raise ValueError(f"{name}.load_state_dict: {key}: holds NaN or infinite values")
+    return _backend.asarray_like(host, like, copy=True)
 
 
 class ModelWrapper:

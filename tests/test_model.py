@@ -202,3 +202,83 @@ def test_predict_refuses_a_batch_size_that_is_not_a_positive_integer(rng, size):
     with pytest.raises(ValueError, match=r"Sequential.predict: batch_size: expected an "
                                          r"integer >= 1, got"):
         model.predict(rng.standard_normal((4, 2)), batch_size=size)
+
+
+def _bn_net(seed, **kw):
+    return ann.Sequential([Conv2D(2, 3, 3, padding=1, rng=seed, **kw),
+                           ann.layers.BatchNorm2D(3, **kw), ReLU(), Flatten(),
+                           Dense(3 * 4 * 4, 4, rng=seed + 1, **kw)])
+
+
+def test_state_dict_round_trips_on_every_backend(xp, rng):
+    """state_dict holds the parameters and the buffers; loading it into a model built with
+    other weights gives the same outputs, on every backend, also from NumPy arrays."""
+    kw = dict(dtype="float64")
+    source, target = _bn_net(0, **kw), _bn_net(7, **kw)
+    source.to(ann.current_backend().name), target.to(ann.current_backend().name)
+    source.layers[1].buffers["running_mean"] = ann.asarray(rng.standard_normal(3))
+    state = source.state_dict()
+    assert set(state) == set(source.params()) | set(source.buffers())
+    report = target.load_state_dict({k: host(v) for k, v in state.items()})  # NumPy arrays
+    assert report.missing_keys == [] and report.unexpected_keys == []
+    x = ann.asarray(rng.standard_normal((5, 2, 4, 4)))
+    np.testing.assert_array_equal(host(target.forward(x)), host(source.forward(x)))
+    for key, value in target.state_dict().items():
+        assert ann.backend.backend_name_of(value) == ann.current_backend().name, key
+
+
+def test_load_state_dict_moves_and_casts_to_each_parameter(rng):
+    """A float64 state loads into a float32 model as float32 (PyTorch copies into the
+    parameter's dtype); lists of numbers are taken too."""
+    model = ann.Sequential([Dense(2, 3, rng=0)])
+    model.load_state_dict({"dense1.W": [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]],
+                           "dense1.b": np.zeros(3, dtype=np.float64)})
+    assert model.params()["dense1.W"].dtype == np.float32
+    np.testing.assert_array_equal(model.params()["dense1.W"], [[1, 2], [3, 4], [5, 6]])
+
+
+def test_strict_loading_refuses_missing_and_unexpected_keys_and_non_strict_reports_them(rng):
+    model = _bn_net(0, dtype="float64")
+    before = {k: np.array(v) for k, v in model.state_dict().items()}
+    state = {k: np.ones(tuple(v.shape)) for k, v in model.state_dict().items()}
+    del state["dense1.b"]
+    state["extra.W"] = np.ones(2)
+    with pytest.raises(KeyError, match=r"Sequential.load_state_dict: missing keys: dense1.b; "
+                                       r"unexpected keys: extra.W \(strict=True"):
+        model.load_state_dict(state)
+    for key, value in model.state_dict().items():  # nothing changed
+        np.testing.assert_array_equal(value, before[key])
+    report = model.load_state_dict(state, strict=False)
+    assert report.missing_keys == ["dense1.b"] and report.unexpected_keys == ["extra.W"]
+    np.testing.assert_array_equal(model.params()["dense1.W"], 1.0)
+    np.testing.assert_array_equal(model.params()["dense1.b"], before["dense1.b"])
+
+
+@pytest.mark.parametrize("value, message", [
+    (np.ones((3, 3)), r"dense1.W: the model has shape \(3, 2\), the state \(3, 3\)"),
+    (np.full((3, 2), np.nan), r"dense1.W: holds NaN or infinite values"),
+    (np.array([["a", "b"]] * 3), r"dense1.W: expected an array of numbers, got dtype <U1"),
+    (object(), r"dense1.W: expected an array of numbers"),
+])
+def test_a_bad_value_is_refused_naming_its_key_and_nothing_changes(value, message):
+    model = ann.Sequential([Dense(2, 3, rng=0, dtype="float64")])
+    model.params()["dense1.b"][:] = 0.5
+    before = {k: np.array(v) for k, v in model.params().items()}
+    with pytest.raises(ValueError, match=message):
+        model.load_state_dict({"dense1.W": value, "dense1.b": np.zeros(3)})  # b checks out
+    for key, value in model.params().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+def test_load_state_dict_refuses_what_is_not_a_dict_or_a_flag():
+    model = ann.Sequential([Dense(2, 3, rng=0)])
+    with pytest.raises(TypeError, match="expected a dict of arrays keyed 'layer.name', got list"):
+        model.load_state_dict([np.ones(2)])
+    with pytest.raises(ValueError, match="strict to be True or False"):
+        model.load_state_dict(model.state_dict(), strict="no")
+
+
+def test_parameters_and_named_parameters_follow_the_layers():
+    model = _bn_net(0)
+    assert [name for name, _ in model.named_parameters()] == list(model.params())
+    assert all(a is b for a, b in zip(model.parameters(), model.params().values()))
