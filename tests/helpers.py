@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import h5py
 import numpy as np
@@ -100,3 +101,15 @@ def legacy_copy(source, target, version=1):
             old.copy(old[name], new, name=name)
         new.attrs["format_version"] = version
     return target
+
+
+REAL_DATA_REASON = ("real-data test: set ANYARRAY_NN_DATA to an existing folder holding mnist/ "
+                    "and cifar-10/ (see docs/data.md) to run it")
+
+
+def real_data_root():
+    """ANYARRAY_NN_DATA where it names an existing folder, else None: the real-data tests
+    skip in a fresh clone without the data (where .ci/run points the variable at
+    ../shared/data whether or not it exists)."""
+    root = os.environ.get("ANYARRAY_NN_DATA")
+    return root if root and os.path.isdir(root) else None

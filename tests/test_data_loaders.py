@@ -22,6 +22,8 @@ import time
 import numpy as np
 import pytest
 
+from helpers import REAL_DATA_REASON, real_data_root
+
 import anyarray_nn.data.download as download_module
 from anyarray_nn.data import CIFAR10_CLASSES, DataFormatError, load_cifar10, load_mnist
 from anyarray_nn.data._files import ENV_VAR, data_root, find_first, read_at_most
@@ -763,10 +765,8 @@ def test_verify_synthetic(tmp_path):
 
 # --------------------------------------------------------------------------- the real data
 
-REAL_ROOT = os.environ.get(ENV_VAR)
-real_data = pytest.mark.skipif(
-    not REAL_ROOT, reason=f"real-data test: set {ENV_VAR} to the folder holding mnist/ and "
-                          f"cifar-10/ (see docs/data.md) to run it")
+REAL_ROOT = real_data_root()
+real_data = pytest.mark.skipif(REAL_ROOT is None, reason=REAL_DATA_REASON)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ import re
 import numpy as np
 import pytest
 
+from helpers import real_data_root
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A python block, and the text block right after it if there is one.
@@ -35,7 +37,7 @@ def test_doc_example_runs_and_prints_what_the_docs_show(path, index, code, expec
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), np.printoptions():  # no example sets another's
         exec(compile(code, f"{path.name} block {index}", "exec"), {"__name__": "__doc_example__"})
-    if "ANYARRAY_NN_DATA" in code and not os.environ.get("ANYARRAY_NN_DATA"):
+    if "ANYARRAY_NN_DATA" in code and real_data_root() is None:
         pytest.skip("the example ran; what it prints needs the real data (ANYARRAY_NN_DATA)")
     if expected is not None:
         assert matches_printed(expected, printed.getvalue()), (

@@ -8,9 +8,10 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-DATA = os.environ.get("ANYARRAY_NN_DATA")
-pytestmark = pytest.mark.skipif(not DATA, reason="set ANYARRAY_NN_DATA to the folder with "
-                                                 "MNIST and CIFAR-10 to run the real-data examples")
+from helpers import REAL_DATA_REASON, real_data_root
+
+DATA = real_data_root()
+pytestmark = pytest.mark.skipif(DATA is None, reason=REAL_DATA_REASON)
 
 
 def summary(output):
