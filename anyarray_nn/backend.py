@@ -256,7 +256,8 @@ def namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Any:
         parts = ", ".join(f"{lab} is {kind}" for lab, kind in zip(labels, kinds))
         raise BackendMismatchError(
             f"arrays from different backends cannot be mixed: {parts}. Move them to one "
-            f"backend first (anyarray_nn.asarray(x, backend=...) or model.to(...)).")
+            f"backend first (anyarray_nn.asarray(x, backend=...) or model.to(...); a "
+            f"DataLoader brings its batches to the backend named by its backend=...).")
     return array_api_compat.array_namespace(*(a for _, a in present))
 
 
