@@ -23,6 +23,7 @@ from .backend import (
 from .errors import BackendError, BackendMismatchError, InputError, NonFiniteError
 from .gradcheck import GradCheckReport, check_gradients
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, warm_start
+from .weights import load_weights, save_weights
 from .model import Input, Model, Sequential
 from .parallel import DataParallel
 from .train import History, evaluate, fit
@@ -33,6 +34,7 @@ __all__ = [
     "BackendError", "BackendMismatchError", "InputError", "NonFiniteError",
     "GradCheckReport", "check_gradients", "Sequential", "Model", "Input", "DataParallel",
     "save_checkpoint", "load_checkpoint", "warm_start", "load_model", "checkpoint",
+    "save_weights", "load_weights", "weights",
     "data", "distributed", "functional", "gradcheck", "init", "layers", "losses", "metrics", "networks", "optim",
     "schedules", "train", "fit", "evaluate", "History",
 ]

@@ -555,10 +555,31 @@ def load_checkpoint(path: str | os.PathLike, model: Model, optimizer: Any = None
     other; dtypes must match unless ``convert_dtype=True`` (e.g. float64 into float32).
     Arrays go to the model's backend, whichever backend wrote them. Nothing is assigned
     until everything has been checked. Returns a :class:`CheckpointInfo`.
+
+    A ``.safetensors`` file (:func:`anyarray_nn.save_weights`, or a PyTorch ``state_dict``
+    saved with safetensors, see :mod:`anyarray_nn.weights`) holds weights only: it restores
+    the model, and asking it for an optimizer or a loader is an error.
     """
-    data = _read_on_rank_0(path) if distributed.is_distributed(model) else read_checkpoint(path)
+    from . import weights
+    if weights.is_weights_file(path):
+        data = _weights_as_checkpoint(path)
+    elif distributed.is_distributed(model):
+        data = _read_on_rank_0(path)
+    else:
+        data = read_checkpoint(path)
     return _restore(data, path, model, optimizer, loader=loader,
                     convert_dtype=convert_dtype, restore_rng=restore_rng)
+
+
+def _weights_as_checkpoint(path: Any) -> dict[str, Any]:
+    """A safetensors file's arrays in the shape :func:`read_checkpoint` returns: weights, no
+    optimizer, loader, history or generators (every rank reads the file itself)."""
+    from . import weights
+    arrays, layers, source = weights.read_weights(path)
+    return {"params": arrays, "buffers": {}, "optimizer": None, "state": None,
+            "history": None, "format_version": 0, "created": source, "epoch": None,
+            "step": None, "model_config": {"layers": [{"config": {"name": name}, "type": kind}
+                                                      for name, kind in layers]}}
 
 
 # What rank 0's failure to read is raised as on every rank (anything else: OSError).
@@ -787,7 +808,9 @@ class WarmStartReport:
 def warm_start(model: Model, path: str | os.PathLike, *, by_position: bool = False,
                resize: bool = False, strict: bool = True,
                print_report: bool = False) -> WarmStartReport:
-    """Load what fits from a checkpoint into ``model``, possibly of another architecture.
+    """Load what fits from a checkpoint (or a ``.safetensors`` file: ours, or a PyTorch
+    ``state_dict``; see :mod:`anyarray_nn.weights`) into ``model``, possibly of another
+    architecture.
 
     Layers are matched by name, then (``by_position=True``) the remaining ones by their order
     among layers of the same type. Parameters of the same shape load; others are skipped, or
@@ -798,10 +821,13 @@ def warm_start(model: Model, path: str | os.PathLike, *, by_position: bool = Fal
     :class:`WarmStartError` shows the report; pass ``strict=False`` to load the part that
     fits. Returns the :class:`WarmStartReport` (printed with ``print_report=True``).
     """
-    data = read_checkpoint(path)
+    from . import weights
+    data = _weights_as_checkpoint(path) if weights.is_weights_file(path) else read_checkpoint(path)
     file_layers = [(e["config"].get("name"), e["type"]) for e in data["model_config"]["layers"]]
-    pairs = _match_layers(file_layers, [(layer.name, layer.type_name) for layer in model],
-                          by_position)
+    # a PyTorch file says "BatchNorm" for either of ours (its arrays are alike)
+    kind = (lambda t: "BatchNorm" if t.startswith("BatchNorm") else t)
+    pairs = _match_layers([(n, kind(t)) for n, t in file_layers],
+                          [(layer.name, kind(layer.type_name)) for layer in model], by_position)
     params = {**model.params(), **model.buffers()}
     stored = {**data["params"], **data["buffers"]}
     report = WarmStartReport()
