@@ -23,6 +23,8 @@ import os
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
+logger = logging.getLogger("anyarray_nn")
+
 
 def cpu_count() -> int:
     """Cores this process may run on: its share (:func:`share_cores`) where several
@@ -30,11 +32,16 @@ def cpu_count() -> int:
     return _share[0] if _share else _machine_cores()
 
 
+@functools.cache
 def _machine_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """The cores this process may use: its CPU affinity, and in a container its cgroup CPU
+    quota (a quota of 1.5 CPUs counts as 2), as joblib's ``cpu_count`` reads them (loky's
+    parser of cgroup v1 and v2, kept by the joblib project). Logged once."""
+    import joblib
+    cores = max(1, int(joblib.cpu_count()))
+    logger.info("this process computes on %d core(s) (its CPU affinity and cgroup quota, "
+                "as joblib counts them)", cores)
+    return cores
 
 
 _share: list[int] = []  # this process's cores, once it shares the machine with others
@@ -121,7 +128,6 @@ class _OneBlasThread:
 
 one_blas_thread = _OneBlasThread()
 
-logger = logging.getLogger("anyarray_nn")
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 

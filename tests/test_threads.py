@@ -4,6 +4,8 @@ in the caller's context, and never inside another split; results equal the seria
 
 from __future__ import annotations
 
+import io
+import os
 import threading
 
 import numpy as np
@@ -113,3 +115,29 @@ def test_other_backends_and_small_convolutions_keep_the_groups_in_order(monkeypa
     F.conv2d_forward(ann.asarray(x, backend="array_api_strict"),
                      ann.asarray(w, backend="array_api_strict"), padding=1, groups=2)
     assert calls == [] and array_api_strict
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"/sys/fs/cgroup/cpu.max": "50000 100000\n"}, 1),       # cgroup v2: half a CPU
+    ({"/sys/fs/cgroup/cpu.max": "max 100000\n"}, None),      # no quota: the affinity
+    ({"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "100000\n",     # cgroup v1: 1 CPU
+      "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n"}, 1),
+])
+def test_a_container_s_cpu_quota_is_honoured(monkeypatch, files, expected):
+    """A fake quota file in place of the kernel's: the process counts the quota's cores (or
+    its affinity where there is no quota), as joblib reads them."""
+    import builtins
+    from joblib.externals.loky.backend import context
+    real_open, real_exists = builtins.open, context.os.path.exists
+    monkeypatch.setattr(context.os.path, "exists",
+                        lambda path: path in files or (not path.startswith("/sys/fs/cgroup")
+                                                       and real_exists(path)))
+    monkeypatch.setattr(context, "open", lambda path, *a, **k: io.StringIO(files[path])
+                        if path in files else real_open(path, *a, **k), raising=False)
+    monkeypatch.setattr(_threads, "_share", [])
+    _threads._machine_cores.cache_clear()
+    try:
+        affinity = len(os.sched_getaffinity(0))
+        assert _threads.cpu_count() == (expected if expected is not None else affinity)
+    finally:
+        _threads._machine_cores.cache_clear()
