@@ -24,6 +24,7 @@ from .errors import BackendError, BackendMismatchError, InputError, NonFiniteErr
 from .gradcheck import GradCheckReport, check_gradients
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, warm_start
 from .weights import load_weights, save_weights
+from ._allocator import tune as tune_malloc
 from .model import Input, Model, Sequential
 from .parallel import DataParallel
 from .train import History, evaluate, fit
@@ -34,7 +35,7 @@ __all__ = [
     "BackendError", "BackendMismatchError", "InputError", "NonFiniteError",
     "GradCheckReport", "check_gradients", "Sequential", "Model", "Input", "DataParallel",
     "save_checkpoint", "load_checkpoint", "warm_start", "load_model", "checkpoint",
-    "save_weights", "load_weights", "weights",
+    "save_weights", "load_weights", "weights", "tune_malloc",
     "data", "distributed", "functional", "gradcheck", "init", "layers", "losses", "metrics", "networks", "optim",
     "schedules", "train", "fit", "evaluate", "History",
 ]

@@ -18,11 +18,12 @@ gigabytes of temporaries, each block above 32 MB a fresh mapping whose pages the
 faults in and zeroes again every step (6.4 s of system time in three steps, about 15% of
 the CPU time; 0.0 s with these settings, the peak memory unchanged). The cost: memory freed
 by training stays with the process (up to its peak use) instead of going back to the
-system. They are applied once, at the first training forward pass of a model (and when
-``anyarray-bench`` starts), never at import, on Linux with glibc, unless
-``ANYARRAY_NN_TUNE_MALLOC=0`` or glibc's own ``MALLOC_MMAP_THRESHOLD_``,
-``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_MAX_`` is set (the user's settings win); the
-decision is logged on the "anyarray_nn" logger.
+system. They are an opt-in, applied once per process, never at import: by
+:func:`anyarray_nn.tune_malloc` (which ``anyarray-bench`` and the examples call, where it
+pays), or at the first training forward pass of a model when ``ANYARRAY_NN_TUNE_MALLOC=1``;
+only on Linux with glibc, and not when ``ANYARRAY_NN_TUNE_MALLOC=0`` or glibc's own
+``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_MAX_`` is set (the
+user's settings win). The decision is logged on the "anyarray_nn" logger.
 """
 
 from __future__ import annotations
@@ -69,15 +70,24 @@ logger = logging.getLogger("anyarray_nn")
 _decided: list[bool] = []  # the one decision of this process, once made
 
 
-def ensure_tuned() -> bool:
-    """Apply the settings the first time this is called in the process (later calls only
-    answer); returns whether the process runs with them, logging the decision once."""
+def tune() -> bool:
+    """Apply the settings above, once per process (later calls only answer); returns
+    whether the process runs with them, logging the decision once. Public as
+    :func:`anyarray_nn.tune_malloc`; ``ANYARRAY_NN_TUNE_MALLOC=0`` and glibc's own variables
+    still win."""
     if not _decided:
         _decided.append(tune_malloc())
         if _decided[0]:
             logger.info("malloc tuned for training: every block from the heap (mmap off), up "
-                        "to %d MB of freed memory kept for the next step "
-                        "(ANYARRAY_NN_TUNE_MALLOC=0 turns this off)", TRIM_THRESHOLD >> 20)
+                        "to %d MB of freed memory kept for the next step", TRIM_THRESHOLD >> 20)
         else:
-            logger.info("malloc left as it is (not glibc, turned off, or set by the user)")
+            logger.info("malloc left as it is (not glibc, ANYARRAY_NN_TUNE_MALLOC=0, or "
+                        "glibc's variables set by the user)")
     return _decided[0]
+
+
+def tune_if_asked() -> None:
+    """:func:`tune` where ``ANYARRAY_NN_TUNE_MALLOC=1`` asks for it (a model's first training
+    forward pass calls this; without the variable nothing happens)."""
+    if not _decided and os.environ.get("ANYARRAY_NN_TUNE_MALLOC") == "1":
+        tune()

@@ -178,7 +178,7 @@ class Model:
         asks for nodes' values, which are then not freed)."""
         self._sync()
         if train:
-            _allocator.ensure_tuned()  # training repeats its temporaries: keep their pages
+            _allocator.tune_if_asked()  # ANYARRAY_NN_TUNE_MALLOC=1: keep the temporaries' pages
         xs = self._arrays(x, len(self.inputs), "x", "input")
         if keep and self._plain_plan is None:
             self._plain_plan = self._make_plan({}, {})
@@ -267,7 +267,8 @@ class Model:
         rows = int(xs[0].shape[0]) if xs[0].ndim else 0
         parts = []
         for start in range(0, max(rows, 1), size):
-            chunk = [a[start:start + size, ...] for a in xs]
+            stop = min(start + size, rows)  # the standard leaves out-of-range stops undefined
+            chunk = [a[start:stop, ...] for a in xs]
             out = self.forward(chunk[0] if self._single_input else tuple(chunk), train=False)
             parts.append(xp.argmax(out if self._single_output else out[0], axis=1))
         return parts[0] if len(parts) == 1 else xp.concat(parts)

@@ -282,3 +282,12 @@ def test_parameters_and_named_parameters_follow_the_layers():
     model = _bn_net(0)
     assert [name for name, _ in model.named_parameters()] == list(model.params())
     assert all(a is b for a, b in zip(model.parameters(), model.params().values()))
+
+
+def test_predict_in_batches_on_every_backend(xp, rng):
+    """The last batch's slice stops at the end (array-api-strict refuses a stop past it)."""
+    model = ann.Sequential([Dense(3, 4, rng=0, dtype="float64")])
+    model.to(ann.current_backend().name)
+    x = ann.asarray(rng.standard_normal((10, 3)))
+    expected = host(model.predict(x, batch_size=10))
+    np.testing.assert_array_equal(host(model.predict(x, batch_size=4)), expected)

@@ -112,8 +112,10 @@ def _stop(process: subprocess.Popen, links: list[socket.socket]) -> None:
 
 def _rank_main(network: str, batch: int, dtype: str, port: int) -> None:
     """One rank: build, report ready, then one step per STEP received."""
+    from .. import _allocator
     from .cases import training_step
 
+    _allocator.tune()  # as the harness: the benchmark opts in
     rank, size = distributed.shard()
     step = training_step(network, "numpy", batch, dtype, distributed.DistributedDataParallel,
                          slice(batch * rank // size, batch * (rank + 1) // size))

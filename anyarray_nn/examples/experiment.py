@@ -122,6 +122,7 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
                                f"ranks; give --workers {ranks}, or 1")
     say = print if distributed.is_main() else _silent
     _check_outputs(save, report, overwrite)
+    ann.tune_malloc()  # this process only trains: keep its temporaries' pages (logged)
     be = ann.get_backend(backend)
     x, y = _load(load, data, "train")
     x_test, y_test = _load(load, data, "test")
