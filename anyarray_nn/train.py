@@ -16,8 +16,12 @@ read a step makes anyway (the loss and the number of correct predictions).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
+import logging
 import math
+import pathlib
 import time
 from typing import Any, Callable, Iterable
 
@@ -26,6 +30,8 @@ import numpy as np
 from . import backend as _backend
 from . import distributed, optim
 from .errors import InputError, NonFiniteError, shorten
+
+logger = logging.getLogger("anyarray_nn")
 
 
 @dataclasses.dataclass
@@ -344,6 +350,70 @@ class Every(Callback):
     def on_epoch_end(self, state: TrainState) -> None:
         if self.per == "epoch" and state.epoch % self.n == 0:
             self.fn(state)
+
+
+class HistoryLogger(Callback):
+    """Write the history to a file as training goes (Keras's ``CSVLogger``): one row per
+    epoch (``per="epoch"``: ``history.epochs``' summaries) or per step (``per="iteration"``),
+    as CSV for a ``.csv`` path or as JSON lines (one object per line) for ``.jsonl``. Each
+    row is written and flushed at once, so a killed run keeps every finished row. A new file
+    replaces an old one unless ``append=True`` (a resumed run continues its log). Only rank 0
+    writes on several ranks (every rank sees the same values).
+
+    A CSV file's columns are the first row's keys (in a continued file, the file's header);
+    a value a later row adds (a validation that started later) is left out of the CSV,
+    logged once on the "anyarray_nn" logger, and kept in JSON lines."""
+
+    def __init__(self, path: Any, per: str = "epoch", append: bool = False) -> None:
+        self.path = pathlib.Path(path)
+        if self.path.suffix not in (".csv", ".jsonl"):
+            raise ValueError(f"HistoryLogger: expected a path ending in .csv or .jsonl, got "
+                             f"{str(path)!r}")
+        if per not in ("epoch", "iteration"):
+            raise ValueError(f"HistoryLogger: expected per='epoch' or 'iteration', got {per!r}")
+        if not isinstance(append, bool):
+            raise ValueError(f"HistoryLogger: expected append to be True or False, got "
+                             f"{append!r}")
+        self.per, self.append = per, append
+        self.columns: list[str] | None = None
+        self._dropped: set[str] = set()
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self.columns = None
+        if not distributed.is_main():
+            return
+        if self.append and self.path.suffix == ".csv" and self.path.exists():
+            with open(self.path, newline="") as f:
+                header = next(csv.reader(f), None)
+            self.columns = header or None
+        elif not self.append:
+            self.path.write_text("")  # a fresh log (an OSError here names the path)
+
+    def on_iteration_end(self, state: TrainState) -> None:
+        if self.per == "iteration":
+            self._write(state.history.iterations[-1])
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self.per == "epoch":
+            self._write(state.history.epochs[-1])
+
+    def _write(self, row: dict[str, Any]) -> None:
+        if not distributed.is_main():
+            return
+        with open(self.path, "a", newline="") as f:
+            if self.path.suffix == ".jsonl":
+                f.write(json.dumps(row, default=float) + "\n")
+                return
+            writer = csv.writer(f)
+            if self.columns is None:
+                self.columns = list(row)
+                writer.writerow(self.columns)
+            new = set(row) - set(self.columns) - self._dropped
+            if new:
+                self._dropped |= new
+                logger.info("HistoryLogger: %s: %s not in the CSV's columns; left out",
+                            self.path, ", ".join(sorted(new)))
+            writer.writerow(["" if row.get(c) is None else row[c] for c in self.columns])
 
 
 def _hits(xp: Any, logits: Any, targets: Any, ignore_index: Any) -> tuple[Any, Any, Any, Any]:
