@@ -11,6 +11,8 @@ from anyarray_nn import distributed
 from anyarray_nn.bench import cases as C
 from anyarray_nn.bench import cli, harness, report
 
+C_ALL = C.all_cases()
+
 SMALL = ["-s", "dense", "-c", "dense/mnist.fc/*", "-n", "2", "--repeats", "2"]
 ROW_KEYS = {"case", "suite", "layer", "piece", "batch", "dtype", "backend", "device", "shape",
             "flops", "repeats", "median_s", "q1_s", "q3_s", "gflops", "images_per_s",
@@ -287,3 +289,63 @@ def test_portable_twins_run_with_the_fast_paths_off(monkeypatch, tmp_path):
     plain = invoke("-b", "numpy", "-s", "dense", "-c", "dense/mnist.fc/forward", "-n", "2",
                    "--repeats", "1", "--no-reference", "--json", str(path))
     assert plain.exit_code == 0 and len(json.loads(path.read_text())["rows"]) == 1
+
+
+@pytest.mark.parametrize("times, blocks, expected", [
+    ([10.1, 10.3, 10.2, 10.0, 10.2, 10.1], 2, []),                        # steady
+    ([8.0, 16.0, 8.0, 24.0, 16.0, 8.0], 2, ["wide spread", "quantized times",
+                                            "blocks disagree"]),
+    ([8.0, 8.0, 8.0, 16.0, 8.0, 8.0], 1, ["quantized times"]),            # a busy scheduler
+    ([10.0, 10.1, 10.2, 14.0, 14.1, 14.2], 2, ["wide spread", "blocks disagree"]),
+    ([10.0, 10.1, 10.2, 10.9, 11.0, 11.1], 2, []),                        # 8% apart: fine
+    ([5.0, 9.0], 2, []),                                                  # too few to judge
+])
+def test_doubts_spot_spread_quantized_and_jumping_times(times, blocks, expected):
+    assert harness.doubts([t / 1e3 for t in times], blocks) == expected
+
+
+def _result(rows, load=0.1, cores=2):
+    return {"rows": rows, "environment": {"load_before": load, "cpu_count": cores},
+            "settings": {"dtype": "float32"}, "gemm_peak_gflops": {}}
+
+
+def _step(network, piece, batch, backend, ratio, doubts=()):
+    return {"case": f"train/{network}/{piece}", "suite": "train", "layer": network,
+            "piece": piece, "batch": batch, "backend": backend, "images_per_s": 1000.0 * batch,
+            "ratio_to_reference": ratio, "doubts": list(doubts)}
+
+
+def test_the_summary_fits_120_columns_and_marks_doubt():
+    rows = [_step(net, piece, b, backend, 1.2, ["reference: quantized times"] if b == 16 else [])
+            for net in ("mnist", "cifar10_resnet") for piece in ("step", "step-mpi2")
+            for backend in ("numpy", "array_api_strict") for b in (16, 64, 256)]
+    rows.append({"case": "conv/mnist.conv2/dW", "suite": "conv", "layer": "mnist.conv2",
+                 "piece": "dW", "batch": 64, "backend": "numpy", "ratio_to_reference": 2.0,
+                 "doubts": []})
+    rows.append({"case": "conv/mnist.conv2/dX", "suite": "conv", "layer": "mnist.conv2",
+                 "piece": "dX", "batch": 64, "backend": "numpy", "ratio_to_reference": 0.5,
+                 "doubts": []})
+    text = report.summary(_result(rows, load=1.9))
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    assert any(line.startswith("cifar10_resnet, mpi2") and "256,000 (1.20)" in line
+               and "16,000 (1.20?)" in line for line in lines)
+    assert any("conv" in line and "1.00 x PyTorch over 2 rows" in line for line in lines)
+    assert "machine was busy" in text and "rows are in doubt" in text
+    assert "anyarray-bench -c 'train/cifar10_resnet/step'" in text
+
+
+def test_a_quiet_run_with_steady_times_has_no_warning():
+    text = report.summary(_result([_step("mnist", "step", 64, "numpy", 0.9)], load=0.2))
+    assert "WARNING" not in text and "0.90)" in text
+
+
+def test_the_default_run_prints_the_summary_and_full_the_table(monkeypatch):
+    monkeypatch.setattr(C, "all_cases", lambda: [c for c in C_ALL if c.name ==
+                                                 "dense/mnist.fc/forward"])
+    out = invoke("-b", "numpy", "-n", "2", "--repeats", "2", "--no-reference")
+    assert out.exit_code == 0, out.output
+    assert "kernels:" in out.stdout and "(every row: --full" in out.stdout
+    assert "median ms" not in out.stdout
+    full = invoke("-b", "numpy", "-n", "2", "--repeats", "2", "--no-reference", "--full")
+    assert "median ms" in full.stdout and "x GEMM" in full.stdout

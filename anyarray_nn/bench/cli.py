@@ -164,6 +164,10 @@ class ResultFile(click.Path):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               callback=_check_output,
               help="Write the full result (rows and environment) to this file.")
+@click.option("--full", is_flag=True,
+              help="Print every row's figures after the summary (the default run prints the "
+                   "summary only; --json always holds every row). A run of chosen cases (-c) "
+                   "prints them anyway.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
               callback=_check_output,
               help="Draw GFLOP/s per case and backend to this PNG (needs matplotlib).")
@@ -171,7 +175,7 @@ class ResultFile(click.Path):
 def main(ctx: click.Context, backends: tuple[str, ...], suites: tuple[str, ...],
          patterns: tuple[str, ...], batches: tuple[int, ...], dtype: str, threads: int | None,
          repeats: int | None, quick: bool, portable: bool, reference: bool,
-         json_path: str | None,
+         json_path: str | None, full: bool,
          plot_path: str | None) -> None:
     """Benchmark anyarray_nn's conv, dense and pooling kernels and whole training steps
     against PyTorch, on every available backend. Run without a command to benchmark."""
@@ -210,9 +214,14 @@ def main(ctx: click.Context, backends: tuple[str, ...], suites: tuple[str, ...],
             result = harness.run(chosen, settings,
                                  progress=lambda s: click.echo(f"  {s}", err=True))
     result["skipped"] = [{"backend": b, "reason": r} for b, r in skipped]
-    click.echo(report.table(result) if result["rows"] else
-               "nothing measured: none of the requested backends can run here\n" +
-               "\n".join(f"skipped {s['backend']}: {s['reason']}" for s in result["skipped"]))
+    if not result["rows"]:
+        click.echo("nothing measured: none of the requested backends can run here\n" +
+                   "\n".join(f"skipped {s['backend']}: {s['reason']}"
+                              for s in result["skipped"]))
+    elif full or patterns:
+        click.echo(report.table(result) + "\n\n" + report.summary(result))
+    else:
+        click.echo(report.summary(result) + "\n(every row: --full, or --json FILE)")
     if json_path:
         try:
             report.save(result, json_path)

@@ -84,15 +84,19 @@ def synchronizer(target: str) -> Callable[[], None]:
     return lambda: None
 
 
+def block_sizes(repeats: int, blocks: int) -> list[int]:
+    """How :func:`time_targets` spreads ``repeats`` timed runs over its blocks."""
+    blocks = max(1, min(blocks, repeats))
+    return [repeats // blocks + (block < repeats % blocks) for block in range(blocks)]
+
+
 def time_targets(calls: dict[str, Callable[[], Any]], repeats: int, blocks: int,
                  warmup: int = 2) -> dict[str, list[float]]:
     """Seconds per run of each callable: ``repeats`` timed runs each, spread over up to
     ``blocks`` alternating blocks (never an empty block)."""
     times: dict[str, list[float]] = {name: [] for name in calls}
-    blocks = max(1, min(blocks, repeats))
     syncs = {name: synchronizer(name) for name in calls}
-    for block in range(blocks):
-        runs = repeats // blocks + (block < repeats % blocks)
+    for runs in block_sizes(repeats, blocks):
         for name, call in calls.items():
             sync = syncs[name]
             for _ in range(warmup):
@@ -104,6 +108,43 @@ def time_targets(calls: dict[str, Callable[[], Any]], repeats: int, blocks: int,
                 sync()
                 times[name].append(time.perf_counter() - start)
     return times
+
+
+# When a row's times cannot be trusted (docs/benchmarks.md, "Reading a run"): a spread
+# (interquartile range) above this fraction of the median; blocks whose medians differ by more
+# than this factor; times at whole multiples of the shortest (within this fraction), as a
+# busy machine's scheduler makes them (PyTorch's medians at 8, 16 and 24 ms).
+WIDE_SPREAD = 0.25
+BLOCK_JUMP = 1.3
+QUANTUM_TOLERANCE = 0.04
+
+
+def doubts(times: list[float], blocks: int) -> list[str]:
+    """Why the times of one row (in the order :func:`time_targets` took them, over
+    ``blocks`` blocks) cannot be trusted; empty when nothing is wrong with them."""
+    found = []
+    if len(times) >= 4:
+        median, q1, q3 = summarize(times)
+        if median > 0 and (q3 - q1) / median > WIDE_SPREAD:
+            found.append("wide spread")
+        shortest = min(times)
+        steps = [t / shortest for t in times] if shortest > 0 else []
+        if steps and max(steps) >= 1.9 and all(
+                abs(s - round(s)) <= QUANTUM_TOLERANCE * round(s) for s in steps):
+            found.append("quantized times")
+    sizes = block_sizes(len(times), blocks)
+    if len(sizes) > 1 and min(sizes) >= 2:
+        bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        medians = [statistics.median(times[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        if min(medians) > 0 and max(medians) / min(medians) > BLOCK_JUMP:
+            found.append("blocks disagree")
+    return found
+
+
+def busy_cores(load: float, cores: int) -> bool:
+    """Whether other work was running when the run began: a one-minute load average above a
+    quarter of the cores (an idle machine shows 0.0-0.3 here)."""
+    return load > max(0.5, cores / 4)
 
 
 def summarize(times: list[float]) -> tuple[float, float, float]:
@@ -243,6 +284,7 @@ def empty_result(settings: Settings) -> dict[str, Any]:
 def run(cases: list[Case], settings: Settings,
         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time every case at every batch size on every target; return the JSON-ready result."""
+    before = load_before()  # first: nothing of ours runs yet
     targets = all_targets(settings)
     peaks = gemm_peak(settings.backends + settings.references, settings.dtype)
     rows = []
@@ -254,15 +296,29 @@ def run(cases: list[Case], settings: Settings,
             calls = {t: call for t, call in calls.items() if call is not None}
             times = time_targets(calls, settings.repeats, settings.blocks)
             medians = {t: summarize(times[t])[0] for t in calls}
+            doubted = {t: doubts(times[t], settings.blocks) for t in calls}
             for target in calls:
                 row = _row(case, batch, target, times[target], medians, peaks, settings)
+                reference = row["reference"]
+                row["doubts"] = doubted[target] + [
+                    f"reference: {d}" for d in doubted.get(reference, [])
+                    if reference is not None and reference != target]
                 if case.suite == "train":
                     row["peak_memory_mb"] = peak_memory_mb(calls[target], target)
                 rows.append(row)
             del calls  # this case's arrays go before the next case's are built (memory.py)
     result = empty_result(settings)
     result.update(gemm_peak_gflops={d: p / 1e9 for d, p in peaks.items()}, rows=rows)
+    result["environment"]["load_before"] = before
     return result
+
+
+def load_before() -> float | None:
+    """The one-minute load average as a run begins (None where the system has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def build(case: Case, target: str, batch: int, dtype: str) -> Callable[[], Any] | None:

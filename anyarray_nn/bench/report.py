@@ -6,11 +6,12 @@ import json
 import math
 import os
 import pathlib
+import textwrap
 from typing import Any
 
 from .._atomic import write_atomically
 from ..errors import shorten
-from .harness import SCHEMA
+from .harness import SCHEMA, busy_cores
 
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "tif", "tiff", "eps", "ps")
 
@@ -37,10 +38,16 @@ def _text_table(header: list[str], rows: list[list[str]], right: set[int]) -> st
     return "\n".join([line(header), "-" * len(line(header)), *map(line, rows)])
 
 
+def _ratio(row: dict[str, Any]) -> str:
+    """The ratio to PyTorch, with "?" where the row's times (or the reference's) are in doubt."""
+    text = _fmt(row["ratio_to_reference"], ".2f")
+    return text + "?" if row.get("doubts") and row["ratio_to_reference"] is not None else text
+
+
 def table(result: dict[str, Any]) -> str:
     """The rows of one run as an aligned text table, with the GEMM peaks and skips."""
     header = ["case", "batch", "backend", "shape", "GFLOP", "median ms", "IQR ms", "GFLOP/s",
-              "vs PyTorch", "% peak", "img/s", "peak MB"]
+              "vs PyTorch", "x GEMM", "img/s", "peak MB"]
     rows = []
     for r in result["rows"]:
         rows.append([
@@ -49,19 +56,96 @@ def table(result: dict[str, Any]) -> str:
             _fmt(r["median_s"] * 1e3, ".3f"),
             f"{r['q1_s'] * 1e3:.3f}-{r['q3_s'] * 1e3:.3f}",
             _fmt(r["gflops"], ".1f"),
-            _fmt(r["ratio_to_reference"], ".2f"),
-            _fmt(r["peak_fraction"] and 100 * r["peak_fraction"], ".0f"),
+            _ratio(r),
+            _fmt(r["peak_fraction"], ".2f"),
             _fmt(r.get("images_per_s"), ".0f"),
             _fmt(r.get("peak_memory_mb"), ".1f"),
         ])
     text = _text_table(header, rows, right={1, 4, 5, 6, 7, 8, 9, 10, 11})
     peaks = ", ".join(f"{device} {gflops:.0f} GFLOP/s"
                       for device, gflops in result.get("gemm_peak_gflops", {}).items())
-    notes = [f"GEMM peak measured in this run ({result['settings']['dtype']}): {peaks or '-'}",
-             "vs PyTorch: PyTorch's median time / ours (above 1: faster than PyTorch)"]
+    notes = [f"GEMM rate measured in this run ({result['settings']['dtype']}): {peaks or '-'}",
+             "x GEMM: the row's GFLOP/s over that rate (the FLOPs of the plain algorithm: a "
+             "Winograd or direct kernel that does fewer can exceed 1)"]
     notes += blas_notes(result["environment"])
     notes += [f"skipped {s['backend']}: {s['reason']}" for s in result.get("skipped", [])]
-    return text + "\n\n" + "\n".join(notes)
+    return text + "\n\n" + "\n".join(notes + trust_notes(result))
+
+
+LEGEND = ["vs PyTorch: PyTorch's median time / ours (above 1: faster than PyTorch); backend "
+          "'torch' is our kernels on PyTorch tensors, 'pytorch' PyTorch itself (the reference)"]
+SUMMARY_WIDTH = 120
+
+
+def summary(result: dict[str, Any]) -> str:
+    """A few lines that fit in 120 columns: for the training steps, one line per network,
+    way of running and backend, with images/s and the ratio to PyTorch at each batch size;
+    for the kernel suites, one line per suite and backend, the geometric mean of the ratios.
+    A ratio in doubt ends in "?" (see :func:`trust_notes`)."""
+    rows = result["rows"]
+    steps = [r for r in rows if r["suite"] == "train" and not r["backend"].startswith("pytorch")]
+    lines = []
+    if steps:
+        batches = sorted({r["batch"] for r in steps})
+        lines.append("training steps: images/s (PyTorch's time / ours; above 1 is faster)")
+        header = f"{'network':<30}{'backend':<18}" + "".join(f"{f'batch {b}':>18}"
+                                                             for b in batches)
+        lines.append(header)
+        groups: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = {}
+        for r in steps:
+            groups.setdefault((r["layer"], r["piece"], r["backend"]), {})[r["batch"]] = r
+        for (network, piece, backend), by_batch in groups.items():
+            mode = {"step": "", "step-threads": ", threads"}.get(piece, f", {piece[5:]}")
+            cells = []
+            for b in batches:
+                r = by_batch.get(b)
+                cells.append("-" if r is None else
+                             f"{r['images_per_s']:,.0f} ({_ratio(r)})")
+            lines.append(f"{(network + mode)[:29]:<30}{backend[:17]:<18}"
+                         + "".join(f"{c:>18}" for c in cells))
+    kernels = [r for r in rows if r["suite"] != "train" and not r["backend"].startswith("pytorch")]
+    by_suite: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in kernels:
+        by_suite.setdefault((r["suite"], r["backend"]), []).append(r)
+    if by_suite:
+        lines.append("kernels: geometric means over the rows of PyTorch's time / ours (above "
+                     "1 is faster), else of GFLOP/s")
+        for (suite, backend), group in by_suite.items():
+            ratios = [r["ratio_to_reference"] for r in group if r["ratio_to_reference"]]
+            rates = [r["gflops"] for r in group if r.get("gflops")]
+            figure = (f"{_geometric_mean(ratios):5.2f} x PyTorch" if ratios else
+                      f"{_geometric_mean(rates):7.1f} GFLOP/s" if rates else "timed")
+            doubted = sum(bool(r.get("doubts")) for r in group)
+            lines.append(f"  {suite:<6} {backend:<18} {figure} over {len(group)} rows"
+                         + (f" ({doubted} in doubt)" if doubted else ""))
+    legend = LEGEND if any(r.get("ratio_to_reference") for r in rows) else []
+    notes = [textwrap.fill(note, SUMMARY_WIDTH, subsequent_indent="  ")
+             for note in legend + trust_notes(result)]
+    return "\n".join(lines + notes)
+
+
+def _geometric_mean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def trust_notes(result: dict[str, Any]) -> list[str]:
+    """What makes this run's figures doubtful, if anything, and how to measure again."""
+    notes = []
+    load = result["environment"].get("load_before")
+    cores = result["environment"].get("cpu_count") or 1
+    if load is not None and busy_cores(load, cores):
+        notes.append(f"WARNING: the machine was busy when the run began (load average "
+                     f"{load:.2f} on {cores} cores): other processes shared the cores, so "
+                     f"every figure here may be off; measure again when it is quiet")
+    doubted = [r for r in result["rows"] if r.get("doubts")]
+    if doubted:
+        reasons = sorted({d for r in doubted for d in r["doubts"]})
+        cases = sorted({r["case"] for r in doubted})
+        notes.append(f"WARNING: {len(doubted)} of {len(result['rows'])} rows are in doubt "
+                     f"(ratio marked ?): {', '.join(reasons)}")
+        again = " ".join(f"-c '{c}'" for c in cases[:4]) + (" ..." if len(cases) > 4 else "")
+        notes.append(f"  to measure them again: anyarray-bench {again} --repeats 30")
+    return notes
 
 
 def blas_notes(env: dict[str, Any]) -> list[str]:
