@@ -1021,3 +1021,19 @@ def test_large_gelu_inputs_split_over_the_cores(split_parts, rng):
     for got, expected in zip(fast, portable):
         np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-15)
     assert [len(bounds) for bounds in split_parts] == [_threads.cpu_count()] * 2
+
+
+def test_each_fast_path_taken_is_logged_once(numba_kernels, monkeypatch, caplog, rng):
+    """What the library decides for the user is on the "anyarray_nn" logger: each fast path
+    the first time this process takes it, not at every call."""
+    monkeypatch.setattr(_fast, "_logged", set())
+    model = ann.networks.mnist_net(rng=0)
+    x = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)
+    with caplog.at_level("INFO", logger="anyarray_nn"):
+        for _ in range(3):
+            model.forward(x, train=True)
+        with F.portable_kernels():
+            model.forward(x, train=True)
+    chosen = [r.message for r in caplog.records if r.message.startswith("fast path:")]
+    assert len(chosen) == len(set(chosen)) >= 2
+    assert any("2x2 max-pooling" in m for m in chosen)

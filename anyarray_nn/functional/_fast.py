@@ -24,12 +24,25 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import logging
 import warnings
 from typing import Any, Iterator
 
 import array_api_compat
 
 from .. import _threads
+
+logger = logging.getLogger("anyarray_nn")
+_logged: set[str] = set()  # the fast paths this process has chosen (each logged once)
+
+
+def _chosen(module: Any, what: str) -> Any:
+    """``module``, logging the first time this process takes the fast path ``what``."""
+    if module is not None and what not in _logged:
+        _logged.add(what)
+        logger.info("fast path: %s", what)
+    return module
+
 
 # A context variable rather than a global: one thread's portable_kernels() block leaves the
 # fast paths of other threads alone.
@@ -47,7 +60,8 @@ def cuda_kernels(xp: Any, dtype: Any) -> Any | None:
     if _portable_only.get() or not array_api_compat.is_cupy_namespace(xp):
         return None
     from . import _cupy_kernels
-    return _cupy_kernels if dtype in _cupy_kernels.FLOATS else None
+    return _chosen(_cupy_kernels if dtype in _cupy_kernels.FLOATS else None,
+                   "CuPy's CUDA kernels (im2col, col2im, max-pool, ...)")
 
 
 def pool_kernels(xp: Any, dtype: Any, window: Any, dilation: Any = (1, 1),
@@ -64,7 +78,8 @@ def pool_kernels(xp: Any, dtype: Any, window: Any, dilation: Any = (1, 1),
     numba_kernels = _numba_kernels(xp, dtype)
     if numba_kernels is None or ceil_adds_window:
         return None
-    return numba_kernels if window == numba_kernels.WINDOW else None
+    return _chosen(numba_kernels if window == numba_kernels.WINDOW else None,
+                   "NumPy 2x2 max-pooling in numba's compiled loop")
 
 
 def winograd_kernels(xp: Any, dtype: Any, window: Any, channels: int) -> Any | None:
@@ -75,7 +90,8 @@ def winograd_kernels(xp: Any, dtype: Any, window: Any, channels: int) -> Any | N
     numba_kernels = _numba_kernels(xp, dtype)
     if numba_kernels is None or window != numba_kernels.WINOGRAD:
         return None
-    return numba_kernels if channels >= numba_kernels.WINOGRAD_MIN_CHANNELS else None
+    return _chosen(numba_kernels if channels >= numba_kernels.WINOGRAD_MIN_CHANNELS else None,
+                   "NumPy 3x3 convolutions as Winograd convolutions (numba)")
 
 
 def direct_kernels(xp: Any, dtype: Any, stride: tuple[int, int], channels: int,
@@ -92,11 +108,14 @@ def direct_kernels(xp: Any, dtype: Any, stride: tuple[int, int], channels: int,
     if numba_kernels is None or stride != (1, 1):
         return None
     if channels <= numba_kernels.DIRECT_MAX_CHANNELS:
-        return numba_kernels
+        return _chosen(numba_kernels, "NumPy convolutions of few channels computed directly "
+                                      "(numba)")
     if channels > numba_kernels.DIRECT_MAX_CHANNELS_ONE_CORE:
         return None
-    return (numba_kernels if _threads.one_core() or numba_kernels.tiles_apply(*convolution)
-            else None)
+    tiled = numba_kernels.tiles_apply(*convolution)
+    return _chosen(numba_kernels if _threads.one_core() or tiled else None,
+                   "NumPy convolutions of up to 16 channels computed directly "
+                   + ("(numba, register tiles)" if tiled else "(numba, one core)"))
 
 
 def depthwise_kernels(xp: Any, dtype: Any, groups: int, in_channels: int) -> Any | None:
@@ -105,7 +124,8 @@ def depthwise_kernels(xp: Any, dtype: Any, groups: int, in_channels: int) -> Any
     its forward pass and dX then run :func:`depthwise_convolution`, its dW
     :func:`depthwise_weight_gradient`; else None."""
     numba_kernels = _numba_kernels(xp, dtype)
-    return numba_kernels if numba_kernels is not None and groups == in_channels else None
+    return _chosen(numba_kernels if numba_kernels is not None and groups == in_channels
+                   else None, "NumPy depthwise convolutions (numba)")
 
 
 def activation_kernels(xp: Any, dtype: Any, approximate: str) -> Any | None:
@@ -113,14 +133,15 @@ def activation_kernels(xp: Any, dtype: Any, approximate: str) -> Any | None:
     pass with the C library's erf, where the portable kernel evaluates its own series in
     about 150 NumPy passes); else None. The tanh form stays with NumPy: its vectorized tanh
     beat a compiled loop calling the scalar one (1M float32 values: 1.6 against 19 ms)."""
-    return _numba_kernels(xp, dtype) if approximate == "none" else None
+    return _chosen(_numba_kernels(xp, dtype) if approximate == "none" else None,
+                   "NumPy's exact GELU in one compiled pass (numba)")
 
 
 def norm_kernels(xp: Any, dtype: Any) -> Any | None:
     """The numba kernels module for training-mode batch normalization of NumPy float arrays
     (:func:`batchnorm_forward`, :func:`batchnorm_backward`: one or two passes per channel
     instead of NumPy's many); else None."""
-    return _numba_kernels(xp, dtype)
+    return _chosen(_numba_kernels(xp, dtype), "NumPy batch normalization in numba's passes")
 
 
 # How many cores a GEMM may use decides between it and a numba kernel, which runs on one:
