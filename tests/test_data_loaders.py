@@ -142,16 +142,30 @@ def test_data_root_argument_beats_environment(tmp_path, monkeypatch):
     assert data_root() == pathlib.Path("/somewhere/else")
 
 
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """The user's cache folder, made a temporary one (platformdirs' answer)."""
+    import platformdirs
+    folder = tmp_path / "cache"
+    monkeypatch.setattr(platformdirs, "user_cache_dir", lambda name: str(folder / name))
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    return folder / "anyarray_nn" / "data"
+
+
 @pytest.mark.parametrize("value", [None, ""])
-def test_data_root_without_folder_explains(monkeypatch, value):
-    if value is None:
-        monkeypatch.delenv(ENV_VAR, raising=False)
-    else:
+def test_without_a_folder_the_data_lives_in_the_user_cache(cache, monkeypatch, caplog, value):
+    """Neither root nor ANYARRAY_NN_DATA: the cache folder platformdirs names, logged; a
+    loader that finds nothing there says download=True fetches the files there."""
+    if value is not None:
         monkeypatch.setenv(ENV_VAR, value)
+    with caplog.at_level("INFO", logger="anyarray_nn"):
+        assert data_root() == cache
+    assert any(f"data folder: {cache} (the default cache" in r.message for r in caplog.records)
     with pytest.raises(FileNotFoundError) as info:
         load_mnist()
     message = str(info.value)
-    assert ENV_VAR in message and "root=" in message and "anyarray_nn.data.download" in message
+    assert f"the data folder {cache}, the default cache, does not exist" in message
+    assert "download=True" in message and ENV_VAR in message and "root=DIR" in message
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz", ".xz"])
@@ -896,3 +910,34 @@ def test_cifar_damaged_tarball_is_an_error_even_past_the_members_read(tmp_path, 
         match = "stops at a damaged member header"
     with pytest.raises(DataFormatError, match=match):
         load_cifar10(tmp_path, "train")
+
+
+
+def test_download_true_fetches_missing_files_then_loads(tmp_path, monkeypatch, cache):
+    """load_mnist(download=True) into the default cache: the files come from the (local)
+    mirror, checked against their checksums, then load; a second call finds them there."""
+    served = tmp_path / "served"
+    written = make_mnist(served, folder="", suffix=".gz")
+    files = {name + ".gz": (served / (name + ".gz")).read_bytes()
+             for pair in MNIST_NAMES.values() for name in pair}
+    monkeypatch.setitem(download_module.MIRRORS, "mnist", [served.as_uri() + "/"])
+    monkeypatch.setitem(download_module.DATASETS, "mnist", download_module.Remote(
+        "mnist", {f: ("sha256", hashlib.sha256(b).hexdigest()) for f, b in files.items()}))
+    images, labels = load_mnist(split="test", download=True)
+    np.testing.assert_array_equal(images[:, 0], written["test"][0])
+    assert sorted(p.name for p in (cache / "mnist").iterdir()) == sorted(files)
+    monkeypatch.setitem(download_module.MIRRORS, "mnist", ["http://127.0.0.1:9/"])  # offline
+    assert load_mnist(split="test", download=True)[1].tolist() == written["test"][1].tolist()
+
+
+def test_download_must_be_true_or_false(tmp_path):
+    with pytest.raises(ValueError, match=r"load_mnist: download: expected True or False"):
+        load_mnist(tmp_path, download="yes")
+    with pytest.raises(ValueError, match=r"load_cifar10: download: expected True or False"):
+        load_cifar10(tmp_path, download=1)
+
+
+def test_download_true_offline_says_which_files_to_put_where(tmp_path, monkeypatch):
+    monkeypatch.setitem(download_module.MIRRORS, "cifar10", ["http://127.0.0.1:9/"])
+    with pytest.raises(ConnectionError, match=r"cifar-10-binary.tar.gz"):
+        load_cifar10(tmp_path, download=True)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import gzip
 import lzma
+import logging
 import os
 import pathlib
 import zlib
 from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
+
+logger = logging.getLogger("anyarray_nn")
 
 ENV_VAR = "ANYARRAY_NN_DATA"
 
@@ -34,20 +37,39 @@ class DataFormatError(ValueError):
 def data_root(root: str | os.PathLike | None = None) -> pathlib.Path:
     """The folder the data sets live under.
 
-    ``root`` when given, else the ``ANYARRAY_NN_DATA`` environment variable. With neither,
-    raises :class:`FileNotFoundError` explaining both ways to say where the data is and
-    pointing to :mod:`anyarray_nn.data.download`, which fetches it when online.
+    ``root`` when given, else the ``ANYARRAY_NN_DATA`` environment variable, else the
+    user's cache folder for this library (:func:`default_root`: ``~/.cache/anyarray_nn/data``
+    on Linux, as platformdirs names it on each system), where ``download=True`` puts the
+    files. Which one is used is logged (once per folder).
     """
     if root is not None:
         return pathlib.Path(root).expanduser()
     from_env = os.environ.get(ENV_VAR, "").strip()
     if from_env:
         return pathlib.Path(from_env).expanduser()
-    raise FileNotFoundError(
-        f"no data folder given: pass root=DIR to the loader or set the environment variable "
-        f"{ENV_VAR}=DIR (a folder holding e.g. mnist/ and cifar-10/). To fetch the files "
-        f"(needs a network), use anyarray_nn.data.download: "
-        f"from anyarray_nn.data.download import download; download('mnist', 'DIR').")
+    folder = default_root()
+    if folder not in _announced:
+        _announced.add(folder)
+        logger.info("data folder: %s (the default cache; pass root=DIR or set %s to use "
+                    "another)", folder, ENV_VAR)
+    return folder
+
+
+_announced: set[pathlib.Path] = set()
+
+
+def wants_download(value: object, loader: str) -> bool:
+    """A loader's ``download`` argument, which must be True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{loader}: download: expected True or False, got {value!r}")
+    return value
+
+
+def default_root() -> pathlib.Path:
+    """The default data folder: ``data`` in the user's cache folder for anyarray_nn
+    (platformdirs' ``user_cache_dir``), created by ``download``."""
+    import platformdirs
+    return pathlib.Path(platformdirs.user_cache_dir("anyarray_nn")) / "data"
 
 
 def with_suffixes(path: pathlib.Path, suffixes: Sequence[str] = SUFFIXES) -> list[pathlib.Path]:
@@ -96,6 +118,10 @@ def root_note(root: pathlib.Path) -> str:
     from_env = os.environ.get(ENV_VAR, "").strip()
     named = bool(from_env) and pathlib.Path(from_env).expanduser() == root
     if not root.is_dir():
+        if not from_env and root in _announced:
+            return (f"\n(the data folder {root}, the default cache, does not exist: "
+                    f"download=True fetches the files there; or pass root=DIR or set "
+                    f"{ENV_VAR})")
         by_env = f", named by the environment variable {ENV_VAR}," if named else ""
         return f"\n(the data folder {root}{by_env} does not exist)"
     if named:

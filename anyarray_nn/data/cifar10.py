@@ -36,7 +36,8 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from ._files import (DataFormatError, LimitedReader, compression_of, data_root, first_existing,
-                     open_decompressed, read_at_most, root_note, with_suffixes)
+                     open_decompressed, read_at_most, root_note, wants_download,
+                     with_suffixes)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -62,12 +63,14 @@ Batch = tuple[np.ndarray, np.ndarray]           # images (n, 3, 32, 32), labels 
 Parser = Callable[[bytes, str], Batch]
 
 
-def load_cifar10(root: str | os.PathLike | None = None,
-                 split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+def load_cifar10(root: str | os.PathLike | None = None, split: str = "train", *,
+                 download: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Load the CIFAR-10 training (50,000) or test (10,000) images and labels.
 
-    ``root`` is the data folder (default: the ``ANYARRAY_NN_DATA`` environment variable).
-    ``split`` is ``"train"`` (``data_batch_1`` .. ``data_batch_5``, in order) or ``"test"``
+    ``root`` is the data folder (default: the ``ANYARRAY_NN_DATA`` environment variable,
+    else the user's cache folder, see :func:`~anyarray_nn.data._files.data_root`).
+    ``download=True`` first fetches the binary tarball into ``root/cifar-10/`` unless it is
+    there with its published checksum (:func:`anyarray_nn.data.download.download`). ``split`` is ``"train"`` (``data_batch_1`` .. ``data_batch_5``, in order) or ``"test"``
     (``test_batch``). Sources, first found wins:
 
     1. binary batches ``data_batch_1.bin`` ... ``test_batch.bin`` (each possibly ``.gz`` or
@@ -92,6 +95,9 @@ def load_cifar10(root: str | os.PathLike | None = None,
         raise ValueError(f"load_cifar10: split must be one of "
                          f"{', '.join(map(repr, SPLITS))}, got {split!r}")
     root = data_root(root)
+    if wants_download(download, "load_cifar10"):
+        from .download import download as fetch
+        fetch("cifar10", root)
     parts = _read_batches(root, BATCHES[split])
     images = np.concatenate([images for images, _ in parts])   # a fresh, writable array
     labels = np.concatenate([labels for _, labels in parts])

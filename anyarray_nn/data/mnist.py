@@ -17,7 +17,8 @@ import pathlib
 
 import numpy as np
 
-from ._files import DataFormatError, data_root, find_first, read_exactly, read_header
+from ._files import (DataFormatError, data_root, find_first, read_exactly, read_header,
+                     wants_download)
 
 SPLITS = ("train", "test")
 IMAGE_SIZE = (28, 28)
@@ -39,14 +40,17 @@ LABELS_MAGIC = 0x00000801
 MAX_COUNT = 1_000_000
 
 
-def load_mnist(root: str | os.PathLike | None = None,
-               split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+def load_mnist(root: str | os.PathLike | None = None, split: str = "train", *,
+               download: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Load the MNIST training (60,000) or test (10,000) images and labels.
 
-    ``root`` is the data folder (default: the ``ANYARRAY_NN_DATA`` environment variable);
+    ``root`` is the data folder (default: the ``ANYARRAY_NN_DATA`` environment variable,
+    else the user's cache folder, see :func:`~anyarray_nn.data._files.data_root`);
     the four IDX files, as published (``.gz``), uncompressed or as ``.xz``, are looked for
     in ``root/mnist/``, ``root/`` and ``root/MNIST/raw/``. ``split`` is ``"train"`` or
-    ``"test"``.
+    ``"test"``. ``download=True`` first fetches the files that are missing (or do not match
+    their published checksums) into ``root/mnist/`` (:func:`anyarray_nn.data.download.download`;
+    without a network, a ConnectionError says which files to put where).
 
     Returns ``(images, labels)``: uint8 images of shape (N, 1, 28, 28) (NCHW with one
     channel, 0 = background, 255 = ink) and int64 labels of shape (N,) in 0..9.
@@ -61,6 +65,9 @@ def load_mnist(root: str | os.PathLike | None = None,
         raise ValueError(f"load_mnist: split must be one of {', '.join(map(repr, SPLITS))}, "
                          f"got {split!r}")
     root = data_root(root)
+    if wants_download(download, "load_mnist"):
+        from .download import download as fetch
+        fetch("mnist", root)
     hint = (f"MNIST needs {', '.join(n + '.gz' for pair in FILES.values() for n in pair)} "
             f"(or the same names uncompressed or .xz) in {root / 'mnist'}; "
             f"anyarray_nn.data.download can fetch them when online.")
