@@ -4,12 +4,12 @@ This is the only module that imports NumPy, CuPy or PyTorch by name for array wo
 device. Kernels find their library from their inputs with :func:`namespace`; layers ask this
 module where to create parameters; host transfers, synchronisation and seeding live here.
 
-Backend names
--------------
-``"numpy"``             NumPy arrays through ``array_api_compat.numpy``.
-``"cupy"``              CuPy arrays on the current CUDA device (needs a GPU).
-``"torch"``             PyTorch CPU tensors; ``"torch:cuda"`` or ``"torch:cuda:1"`` for a GPU.
-``"array_api_strict"``  the reference implementation of the standard: proves only the
+Backend names::
+
+    "numpy"             NumPy arrays through array_api_compat.numpy.
+    "cupy"              CuPy arrays on the current CUDA device (needs a GPU).
+    "torch"             PyTorch CPU tensors; "torch:cuda" or "torch:cuda:1" for a GPU.
+    "array_api_strict"  the reference implementation of the standard: proves only the
                         standard is used.
 
 The active backend comes from, in order: the innermost :func:`using` block, the last

@@ -4,18 +4,18 @@ Each initializer draws on the host in float64 from a seeded NumPy generator; the
 casts and moves the result. The same seed therefore gives bit-identical initial weights on
 every backend.
 
-Names accepted wherever a layer takes ``init=``:
+Names accepted wherever a layer takes ``init=``::
 
-``"he"`` / ``"he_normal"``     normal, std = sqrt(2 / fan_in)        (ReLU networks)
-``"he_uniform"``              uniform on +-sqrt(6 / fan_in)
-``"glorot"`` / ``"glorot_uniform"``  uniform on +-sqrt(6 / (fan_in + fan_out))  (tanh, sigmoid)
-``"glorot_normal"``           normal, std = sqrt(2 / (fan_in + fan_out))
-``"normal"``                  the course's scaled normal: 0.01 * N(0, 1); see :func:`normal`
-``"uniform"``                 uniform on +-1 / sqrt(fan_in)  (PyTorch's default for Linear, Conv2d)
-``"identity"``                ``"uniform"``, then the first min(out, in) outputs set to pass
-                              their own input through (PyTorch's ``dirac_`` on them); for
-                              convolutions with odd kernels, the centre tap
-``"zeros"`` / ``"ones"``      all zeros / all ones
+    "he" / "he_normal"               normal, std = sqrt(2 / fan_in)  (ReLU networks)
+    "he_uniform"                     uniform on +-sqrt(6 / fan_in)
+    "glorot" / "glorot_uniform"      uniform on +-sqrt(6 / (fan_in + fan_out))  (tanh, sigmoid)
+    "glorot_normal"                  normal, std = sqrt(2 / (fan_in + fan_out))
+    "normal"                         the course's scaled normal: 0.01 * N(0, 1); see normal()
+    "uniform"                        uniform on +-1 / sqrt(fan_in) (PyTorch's Linear, Conv2d)
+    "identity"                       "uniform", then the first min(out, in) outputs set to
+                                     pass their own input through (PyTorch's dirac_ on them);
+                                     for convolutions with odd kernels, the centre tap
+    "zeros" / "ones"                 all zeros / all ones
 
 A callable ``f(shape, fan_in, fan_out, rng) -> numpy.ndarray`` is accepted too.
 """

@@ -1,5 +1,5 @@
 """Fetching MNIST and CIFAR-10 from their usual mirrors, and checking files against the
-published checksums.
+published checksums::
 
     from anyarray_nn.data.download import download, verify
     download("mnist", "~/data")      # ~/data/mnist/*.gz, then load_mnist("~/data")

@@ -9,8 +9,8 @@ batch in the first axis, as every array library does, so the same equations read
                db = sum(dy, axis=0)      (dL/db = dL/dZ 1)
 
 W has the PyTorch layout (out, in), so state dicts map one to one. As
-torch.nn.functional.linear, x may have any leading axes, (N, *, in), or none, (in,): y then
-has shape (N, *, out) or (out,), and dW, db sum over every leading axis.
+torch.nn.functional.linear, x may have any leading axes, ``(N, *, in)``, or none, (in,): y then
+has shape ``(N, *, out)`` or (out,), and dW, db sum over every leading axis.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def _check(x: Any, w: Any, b: Any | None) -> None:
 
 
 def dense_forward(x: Any, w: Any, b: Any | None = None) -> Any:
-    """``y = x @ W.T + b`` for ``x`` of shape (N, *, in) or (in,) and weights ``W`` of shape
-    (out, in): ``y`` has shape (N, *, out) or (out,)."""
+    """``y = x @ W.T + b`` for ``x`` of shape ``(N, *, in)`` or (in,) and weights ``W`` of shape
+    (out, in): ``y`` has shape ``(N, *, out)`` or (out,)."""
     xp = namespace(x, w, b, names=("x", "W", "b"))
     _check(x, w, b)
     y = x @ xp.matrix_transpose(w)
@@ -43,7 +43,7 @@ def dense_forward(x: Any, w: Any, b: Any | None = None) -> Any:
 
 def dense_backward(x: Any, w: Any, dy: Any, *, input_grad: bool = True) -> tuple[Any, Any, Any]:
     """Gradients of a dense layer: ``(dx, dW, db)`` for upstream gradient ``dy`` of shape
-    (N, *, out) (or (out,) for x of shape (in,)); dW and db sum over every leading axis.
+    ``(N, *, out)`` (or (out,) for x of shape (in,)); dW and db sum over every leading axis.
 
     ``input_grad=False`` skips dx (returned as None).
     """

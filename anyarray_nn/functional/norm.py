@@ -1,6 +1,6 @@
 """Normalization (batch, layer, group) and dropout kernels.
 
-Batch normalization of x of shape (N, C, *) over every axis but the channels (the batch and
+Batch normalization of x of shape ``(N, C, *)`` over every axis but the channels (the batch and
 any length or spatial axes), with m values per feature, in training mode:
 
     mean = sum(x) / m      var = sum((x - mean)^2) / m      (biased, as in the paper)
@@ -270,7 +270,7 @@ def layernorm_backward(x: Any, normalized_shape: Any, dy: Any, gamma: Any = None
 
 
 def _groups(x: Any, num_groups: Any) -> tuple[int, int, int]:
-    """``(N, G, m)``: x of shape (N, C, *) seen as N samples of G groups of m values each."""
+    """``(N, G, m)``: x of shape ``(N, C, *)`` seen as N samples of G groups of m values each."""
     if x.ndim < 2:
         raise InputError(f"x: expected (N, C, *) (channels in axis 1), got shape "
                          f"{tuple(x.shape)}")
@@ -287,7 +287,7 @@ def _groups(x: Any, num_groups: Any) -> tuple[int, int, int]:
 
 def groupnorm_forward(x: Any, num_groups: int, gamma: Any = None, beta: Any = None,
                       eps: float = 1e-5) -> Any:
-    """Group normalization as torch.nn.functional.group_norm: x of shape (N, C, *), each
+    """Group normalization as torch.nn.functional.group_norm: x of shape ``(N, C, *)``, each
     group of C / num_groups channels of each sample standardized over its channels and the
     other axes, then ``y = gamma * xhat + beta`` per channel (gamma, beta of shape (C,),
     each optional)."""

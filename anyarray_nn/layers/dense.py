@@ -12,8 +12,9 @@ from .base import Layer, register
 
 @register
 class Dense(Layer):
-    """Fully connected layer ``y = x @ W.T + b`` with ``W`` of shape (out_features, in_features),
-    on inputs (batch, in_features), (batch, *, in_features) or (in_features,) as torch.nn.Linear.
+    """Fully connected layer ``y = x @ W.T + b`` with ``W`` of shape (out_features,
+    in_features), on inputs (batch, in_features), ``(batch, *, in_features)`` or
+    (in_features,) as torch.nn.Linear.
 
     Parameters ``W`` and ``b``; ``init`` names the weight initializer (see
     :mod:`anyarray_nn.init`; a callable works too, ``None`` means ``"he"``), biases start at

@@ -220,7 +220,7 @@ class LayerNorm(Layer):
 
 @register
 class GroupNorm(Layer):
-    """Group normalization as torch.nn.GroupNorm: the ``num_channels`` channels of (N, C, *)
+    """Group normalization as torch.nn.GroupNorm: the ``num_channels`` channels of ``(N, C, *)``
     activations split into ``num_groups`` groups, each standardized per sample over its
     channels and the other axes, then a per-channel ``gamma`` (starts at 1) and ``beta`` (0);
     ``affine=False`` drops both. The same statistics in training and evaluation."""
