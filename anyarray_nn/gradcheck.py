@@ -184,7 +184,8 @@ def _check_settings(where: str, **settings: Any) -> None:
         else:
             bound = "> 0" if name == "eps" else ">= 0"
             ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-                  and math.isfinite(value) and (value > 0 if name == "eps" else value >= 0))
+                  and math.isfinite(value) and (float(value) > 0 if name == "eps"
+                                                else float(value) >= 0))
             expected = f"a finite number {bound}"
         if not ok:
             raise ValueError(f"{where}: expected {name} to be {expected}, got {value!r}")

@@ -35,7 +35,7 @@ def make_circles(n_samples: int = 1000, *, noise: float = 0.1, factor: float = 0
 
 
 def _check_noise(caller: str, noise: Any) -> None:
-    if not (isinstance(noise, numbers.Real) and noise >= 0):  # also rejects NaN
+    if not (isinstance(noise, numbers.Real) and float(noise) >= 0):  # also rejects NaN
         raise ValueError(f"{caller}: expected noise >= 0, got {noise!r}")
 
 

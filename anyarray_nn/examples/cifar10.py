@@ -30,6 +30,8 @@ minutes of training on a 2-core CPU (docs/training.md).
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 import numpy as np
 
@@ -49,7 +51,7 @@ def whiten(model: ann.Model, images: np.ndarray) -> None:
     w[...] = ann.backend.asarray_like(patch_whitening(images, 2), w)
 
 
-NETWORKS = {
+NETWORKS: dict[str, tuple[Any, ...]] = {
     # network: (constructor, augmentation, epochs, learning rate, weight decay, batch size)
     "baseline": (cifar10_net, (), 10, 0.02, 5e-4, None),
     "improved": (cifar10_large_net, (RandomCrop(4), RandomFlip()), 20, 0.05, 5e-4, None),
@@ -59,7 +61,7 @@ NETWORKS = {
              1024),
 }
 # What the resnet and fast recipes add to the others' plain SGD (see the module docstring)
-RECIPES = {
+RECIPES: dict[str, dict[str, Any]] = {
     "resnet": dict(label_smoothing=0.2, nesterov=True, warmup_epochs=1, lr_per="iteration",
                    test_views="flip"),
     "fast": dict(label_smoothing=0.2, nesterov=True, momentum=0.85, lr_per="iteration",

@@ -79,7 +79,7 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
-        build: Callable[..., ann.Sequential], data: str | None, backend: str | None,
+        build: Callable[..., Any], data: str | None, backend: str | None,
         epochs: int, batch_size: int, lr: float, weight_decay: float,
         augment: Sequence[Any] = (), class_names: Sequence[str] | None = None,
         seed: int = 0, progress: bool = True, val_fraction: float = 0.1,
@@ -131,12 +131,14 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
             raise click.BadParameter(f"expected at most the {len(x):,} training images there "
                                      f"are, got {limit:,}", param_hint="'--limit'")
         x, y = x[:limit], y[:limit]
+    x_val: np.ndarray | None
+    y_val: np.ndarray | None
     if val_fraction:
         x_train, y_train, x_val, y_val = train_val_split(x, y, val_fraction, seed=seed)
     else:
         x_train, y_train, x_val, y_val = x, y, None, None
     standardize = Standardize.fit(x_train, scale=1 / 255)
-    model = build(rng=seed, backend=be.name)
+    model: Any = build(rng=seed, backend=be.name)
     if prepare is not None:
         prepare(model, standardize(x_train[:5000].astype(np.float64)))
     # Batch normalization cannot train on one image (per rank, on several ranks): drop a
@@ -152,9 +154,10 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
     train_loader = DataLoader(x_train, y_train, batch_size, seed=seed, backend=be.name,
                               preprocess=standardize, augment=augment, drop_last=drop_last,
                               shard=shard)
-    evaluation = dict(batch_size=500, shuffle=False, backend=be.name, preprocess=standardize,
-                      train=False, shard=shard)
-    val_loader = None if x_val is None else DataLoader(x_val, y_val, **evaluation)
+    evaluation: dict[str, Any] = dict(batch_size=500, shuffle=False, backend=be.name,
+                                      preprocess=standardize, train=False, shard=shard)
+    val_loader = (None if x_val is None or y_val is None
+                  else DataLoader(x_val, y_val, **evaluation))
     test_loader = DataLoader(x_test, y_test, **evaluation)
 
     model.summary(print_fn=say)
@@ -175,7 +178,7 @@ def run(name: str, load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]], *,
             schedule = ann.schedules.warmup(schedule, warmup_epochs * per_epoch)
     evaluated = {"plain": model, "flip": FlipAveraged(model),
                  "flip_translate": FlipTranslateAveraged(model)}[test_views]
-    callbacks = [train.LearningRateSchedule(schedule, per=lr_per)]
+    callbacks: list[train.Callback] = [train.LearningRateSchedule(schedule, per=lr_per)]
     if lookahead:
         callbacks.append(train.Lookahead(epochs * len(train_loader)))
     history = train.fit(model, loss_fn, opt, train_loader, epochs=epochs, val_loader=val_loader,

@@ -204,7 +204,7 @@ def _check_options(ignore_index: Any, reduction: Any, label_smoothing: Any) -> N
         raise InputError(f"cross_entropy: expected reduction to be one of "
                          f"{', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
     if (isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real)
-            or not 0.0 <= label_smoothing <= 1.0):
+            or not 0.0 <= float(label_smoothing) <= 1.0):
         raise InputError(f"cross_entropy: expected label_smoothing to be a number in [0, 1], "
                          f"got {label_smoothing!r}")
 

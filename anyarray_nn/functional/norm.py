@@ -341,7 +341,7 @@ def _dropout_scale(p: float) -> float:
 
 
 def _check_mask(x: Any, mask: Any, p: float) -> None:
-    if not (isinstance(p, numbers.Real) and 0.0 <= p <= 1.0):
+    if not (isinstance(p, numbers.Real) and 0.0 <= float(p) <= 1.0):
         raise InputError(f"p: expected a number with 0 <= p <= 1, got {p!r}")
     if tuple(mask.shape) != tuple(x.shape):
         raise InputError(f"mask: expected shape {tuple(x.shape)}, got {tuple(mask.shape)}")

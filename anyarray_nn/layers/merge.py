@@ -125,6 +125,8 @@ class Scale(Layer):
     """``y = factor * x``, ``dx = factor * dy``: a fixed factor, e.g. on the logits of a network
     whose last layer would otherwise learn too fast (the fast CIFAR-10 recipes use 1/9)."""
 
+    factor: float
+
     def __init__(self, factor: float, name: str | None = None) -> None:
         super().__init__(name)
         if (isinstance(factor, bool) or not isinstance(factor, numbers.Real)

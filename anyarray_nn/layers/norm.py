@@ -23,6 +23,11 @@ class _BatchNorm(Layer):
     fuses_relu = True
     ndims: tuple[int, ...]  # the input ranks accepted, set by each subclass
     layouts: str  # how the error message names them
+    num_features: int
+    eps: float
+    momentum: float | None
+    affine: bool
+    track_running_stats: bool
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = True, track_running_stats: bool = True, *,
@@ -31,8 +36,8 @@ class _BatchNorm(Layer):
         super().__init__(name)
         self._check_sizes(num_features=num_features)
         if not ((momentum is None or (isinstance(momentum, numbers.Real)
-                                      and 0.0 <= momentum <= 1.0))
-                and isinstance(eps, numbers.Real) and eps > 0):
+                                      and 0.0 <= float(momentum) <= 1.0))
+                and isinstance(eps, numbers.Real) and float(eps) > 0):
             raise ValueError(f"{type(self).__name__}: expected 0 <= momentum <= 1 and eps > 0 "
                              f"(or momentum=None, the cumulative average), got "
                              f"momentum={momentum}, eps={eps}")
@@ -142,10 +147,12 @@ class Dropout(Layer):
     """
 
     batch_separable = False  # masks are drawn in call order from one generator
+    p: float
+    rng: np.random.Generator
 
     def __init__(self, p: float = 0.5, *, name: str | None = None, rng: Any = None) -> None:
         super().__init__(name)
-        if not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+        if not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"Dropout: expected 0 <= p <= 1, got {p!r}")
         self.p = float(p)
         self.rng = np.random.default_rng(_backend.host_rng(rng).integers(2**63))
@@ -172,7 +179,7 @@ class Dropout(Layer):
 
 
 def _check_eps(layer: Layer, eps: Any) -> float:
-    if not (isinstance(eps, numbers.Real) and eps > 0):
+    if not (isinstance(eps, numbers.Real) and float(eps) > 0):
         raise ValueError(f"{layer.type_name}: expected eps > 0, got {eps!r}")
     return float(eps)
 
