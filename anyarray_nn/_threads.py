@@ -104,7 +104,8 @@ class _OneBlasThread:
     for good)."""
 
     def __init__(self) -> None:
-        self.lock, self.depth, self.limiter = threading.Lock(), 0, None
+        self.lock, self.depth = threading.Lock(), 0
+        self.limiter: Any = None  # threadpoolctl's limit while a split runs
         self.kernels = contextlib.ExitStack()
         self.controller: Any = None  # made at first use: importing inspects nothing
 

@@ -93,14 +93,14 @@ def _split(name: str) -> tuple[str, str | None]:
 def _import_namespace(base: str, device: str | None) -> tuple[Any, Any, str]:
     """Import the library behind ``base``; return (namespace, device, canonical name)."""
     if base == "numpy":
-        import array_api_compat.numpy as xp
+        xp = importlib.import_module("array_api_compat.numpy")
         return xp, None, base
     if base == "array_api_strict":
         xp = importlib.import_module("array_api_strict")
         return xp, None, base
     if base == "torch":
         torch = importlib.import_module("torch")
-        import array_api_compat.torch as xp
+        xp = importlib.import_module("array_api_compat.torch")
         dev = torch.device(device or "cpu")  # a form of _DEVICE_FORMS: cpu or cuda[:N]
         if dev.type == "cpu":
             return xp, dev, base
@@ -122,7 +122,7 @@ def _import_namespace(base: str, device: str | None) -> tuple[Any, Any, str]:
         if count == 0:
             raise BackendError("backend 'cupy' is installed but found no CUDA device. "
                                f"Available backends: {', '.join(available_backends())}.")
-        import array_api_compat.cupy as xp
+        xp = importlib.import_module("array_api_compat.cupy")
         index = int(device or 0)
         return xp, cupy.cuda.Device(index), base if index == 0 else f"cupy:{index}"
     raise AssertionError(base)
@@ -359,11 +359,11 @@ def dtype_name(dtype: Any) -> str:
     """The standard name of a dtype object of any backend (``"float32"``)."""
     # Keyed by type first, so the cache never compares dtypes of two libraries (array-api-
     # strict warns when its dtypes meet NumPy's).
-    return _dtype_name(type(dtype), dtype)
+    return _dtype_name(type(dtype), dtype)  # type: ignore[arg-type]  # types hash
 
 
 @functools.lru_cache(maxsize=64)
-def _dtype_name(kind: type, dtype: Any) -> str:
+def _dtype_name(kind: Any, dtype: Any) -> str:
     return str(dtype).rsplit(".", 1)[-1]
 
 

@@ -49,7 +49,7 @@ import signal
 import stat
 import subprocess
 import sys
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import numpy as np
 
@@ -672,7 +672,7 @@ def _restore(data: dict[str, Any], path: Any, model: Model, optimizer: Any, *,
 
 def _layer_generators(model: Model) -> dict[str, Any]:
     """The layers' own generators (dropout masks), by layer name."""
-    return {layer.name: layer.rng for layer in model if hasattr(layer, "rng")}
+    return {str(layer.name): layer.rng for layer in model if hasattr(layer, "rng")}
 
 
 def _restore_generators(model: Model, state: dict[str, Any], global_too: bool) -> None:
@@ -827,7 +827,8 @@ def warm_start(model: Model, path: str | os.PathLike, *, by_position: bool = Fal
     # a PyTorch file says "BatchNorm" for either of ours (its arrays are alike)
     kind = (lambda t: "BatchNorm" if t.startswith("BatchNorm") else t)
     pairs = _match_layers([(n, kind(t)) for n, t in file_layers],
-                          [(layer.name, kind(layer.type_name)) for layer in model], by_position)
+                          [(str(layer.name), kind(layer.type_name)) for layer in model],
+                          by_position)
     params = {**model.params(), **model.buffers()}
     stored = {**data["params"], **data["buffers"]}
     report = WarmStartReport()
@@ -897,7 +898,7 @@ class CheckpointEvery(Every):
                  keep: int = 3, loader: Any = None) -> None:
         if as_int(keep) is None or keep < 1:
             raise ValueError(f"CheckpointEvery: expected keep >= 1, got {keep!r}")
-        super().__init__(n, self.save, per=per)
+        super().__init__(n, self.save, per=per)  # type: ignore[arg-type]  # returns the path too
         self.folder, self.keep, self.loader = pathlib.Path(folder), keep, loader
 
     def save(self, state: Any) -> pathlib.Path:
@@ -916,7 +917,7 @@ class CheckpointEvery(Every):
                         epoch=len(state.history.epochs), step=state.step,
                         history=state.history, loader=self.loader)
         written.pop(target.name, None)
-        written[target.name] = _digest_of(target)  # newest last
+        written[target.name] = cast(str, _digest_of(target))  # newest last; just sealed
         old = list(written)[:-self.keep]
         for name in old:
             _remove_if_unchanged(self.folder / name, written.pop(name))

@@ -163,7 +163,8 @@ def precision_recall(cm: Any) -> dict[str, np.ndarray]:
 
 # --- tables -----------------------------------------------------------------------------
 
-def _table(header: Sequence[str], body: list[Sequence[str]], foot: list[Sequence[str]]) -> str:
+def _table(header: Sequence[str], body: Sequence[Sequence[str]],
+           foot: Sequence[Sequence[str]]) -> str:
     """Plain-text table: first column left-aligned, the numbers right-aligned, ruled like
     ``Sequential.summary``."""
     rows = [header, *body, *foot]

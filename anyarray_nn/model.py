@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, cast
 
 import numpy as np
 
@@ -92,7 +92,8 @@ class Model:
         _check_inputs(self.inputs)
         self.nodes = _topological(self.inputs, self.outputs)
         self.layers = _unique_layers(self.nodes)
-        _assign_names(self.layers, "Model", taken=[node.name for node in self.inputs])
+        _assign_names(self.layers, "Model",
+                      taken=[node.name for node in self.inputs if node.name is not None])
         self.node_names = _node_names(self.nodes)
         self._plan()
 
@@ -143,7 +144,8 @@ class Model:
                 relu = swapped[node]
                 steps.append(_Step(node.layer, (slot[relu.inputs[0]],), extra, False,
                                    names[node]))
-                steps.append(_Step(relu.layer, (extra,), slot[node], False, names[relu]))
+                steps.append(_Step(cast(Layer, relu.layer), (extra,), slot[node], False,
+                                   names[relu]))
                 extra += 1
             else:
                 steps.append(_Step(node.layer, tuple(slot[i] for i in node.inputs), slot[node],
@@ -182,7 +184,7 @@ class Model:
         xs = self._arrays(x, len(self.inputs), "x", "input")
         if keep and self._plain_plan is None:
             self._plain_plan = self._make_plan({}, {})
-        plan = self._plain_plan if keep else self._fast_plan
+        plan = cast(_Plan, self._plain_plan if keep else self._fast_plan)  # made above
         values: list[Any] = [None] * plan.slots
         for i, array in zip(self._input_slots, xs):
             values[i] = array
@@ -413,7 +415,7 @@ class Model:
                 if layer.name == key:
                     return layer
             raise KeyError(f"no layer named {key!r}; layers: "
-                           f"{', '.join(layer.name for layer in self.layers)}")
+                           f"{', '.join(str(layer.name) for layer in self.layers)}")
         return self.layers[key]
 
     def __len__(self) -> int:
@@ -457,7 +459,7 @@ class Model:
         config, each once, in order of first call), its calls (layer and input node names,
         in topological order) and its output node names."""
         return {
-            "inputs": [{"name": n.name, "shape": list(n.shape)} for n in self.inputs],
+            "inputs": [{"name": n.name, "shape": list(n.shape or ())} for n in self.inputs],
             "layers": [{"type": layer.type_name, "config": layer.get_config()}
                        for layer in self.layers],
             "calls": [{"layer": node.layer.name,
@@ -638,7 +640,7 @@ def _graph_from_config(config: dict[str, Any], kwargs: dict[str, Any]) -> Model:
         node = Input(entry["shape"], name=entry["name"])
         if node.name in values:
             raise ValueError(f"model config: input name {node.name!r} used twice")
-        values[node.name] = node
+        values[cast(str, node.name)] = node  # Input() names every input
     calls = {}  # node name -> (layer, input names), named as Model names them
     counts: dict[str, int] = {}
     for entry in config["calls"]:
@@ -758,11 +760,11 @@ def _node_names(nodes: list[Node]) -> dict[Node, str]:
     calls: dict[int, int] = {}
     for node in nodes:
         if node.layer is None:
-            names[node] = node.name
+            names[node] = cast(str, node.name)  # inputs are named
             continue
         calls[id(node.layer)] = calls.get(id(node.layer), 0) + 1
         k = calls[id(node.layer)]
-        names[node] = node.layer.name if k == 1 else f"{node.layer.name}:{k}"
+        names[node] = str(node.layer.name) if k == 1 else f"{node.layer.name}:{k}"
     taken = list(names.values())
     repeated = sorted({n for n in taken if taken.count(n) > 1})
     if repeated:

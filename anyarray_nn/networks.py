@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from .layers import (GELU, Add, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                      GlobalAvgPool2D, MaxPool2D, ReLU, Scale)
@@ -127,5 +127,5 @@ def cifar10_fast(widths: tuple[int, int, int] = (64, 256, 256), **kw: Any) -> Mo
     return Model(image, logits)
 
 
-NETWORKS = {"mnist": mnist_net, "cifar10": cifar10_net, "cifar10_large": cifar10_large_net,
+NETWORKS: dict[str, Callable[..., Any]] = {"mnist": mnist_net, "cifar10": cifar10_net, "cifar10_large": cifar10_large_net,
             "cifar10_resnet": cifar10_resnet, "cifar10_fast": cifar10_fast}

@@ -191,7 +191,7 @@ class Optimizer:
 
     def _load_state(self, name: str, state_dict: dict[str, Any]) -> None:
         params = self.model.params()
-        new_state = {}
+        new_state: dict[str, dict[str, Any]] = {}
         for key, slots in state_dict["state"].items():
             if key not in params:
                 raise KeyError(f"{name}.load_state_dict: state for {key!r}, which the model "

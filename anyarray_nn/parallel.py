@@ -29,7 +29,7 @@ import copy
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from . import backend as _backend
 from ._threads import cpu_count, one_blas_thread
@@ -117,7 +117,7 @@ class DataParallel(ModelWrapper):
                 raise InputError(f"DataParallel: dy: expected a batch of {batch} (the forward "
                                  f"input's), got shape {tuple(dy.shape)}")
             dxs = self._run("backward", dy, input_grad)
-            helpers = self._helpers
+            helpers = cast(_Threads, self._helpers)  # _run checked they are running
             for i, layer in enumerate(self.model.layers):
                 if layer.params:
                     layer.grads = {key: sum((helpers.grad(k, i, key)
@@ -145,7 +145,7 @@ class DataParallel(ModelWrapper):
         if helpers is None:  # close() (or a failure) came between forward and backward
             raise RuntimeError("DataParallel: the helpers holding the other slices' forward "
                                "pass were stopped; run forward(x, train=True) again")
-        parts = [array[lo:hi, ...] for lo, hi in self._bounds]
+        parts = [array[lo:hi, ...] for lo, hi in self._bounds or ()]
         with one_blas_thread:
             try:
                 helpers.start(op, parts[1:], flag)

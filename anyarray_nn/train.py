@@ -271,7 +271,7 @@ class EarlyStopping(Callback):
     def on_train_end(self, state: TrainState) -> None:
         if self.restore_best and self.best_params is not None:
             _copy_into(state.model.params(), self.best_params)
-            _copy_into(state.model.buffers(), self.best_buffers)
+            _copy_into(state.model.buffers(), self.best_buffers or {})
 
 
 class Lookahead(Callback):
@@ -543,7 +543,7 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, *,
     state = TrainState(model, optimizer, history or History(), validates=val_loader is not None)
     state.epoch = len(state.history.epochs)
     state.step = len(state.history.iterations)
-    total_steps = (epochs * len(train_loader) if epochs is not None else iterations)
+    total_steps = epochs * len(train_loader) if epochs is not None else int(iterations or 0)
     for cb in callbacks:
         cb.on_train_begin(state)
     bar = _progress_bar(total_steps, progress)

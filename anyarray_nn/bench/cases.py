@@ -126,7 +126,7 @@ class Case:
         return (self.piece not in PARALLEL_STEPS and self.piece not in MPI_STEPS
                 or target == "numpy" or target.startswith("pytorch"))
 
-    def build(self, target: str, batch: int, dtype: str) -> Callable[[], Any]:
+    def build(self, target: str, batch: int, dtype: str) -> Callable[[], Any] | None:
         """A no-argument callable running this case once on ``target``.
 
         ``target`` is a backend name for our kernels, or ``"pytorch"`` / ``"pytorch:cuda"``
@@ -210,7 +210,7 @@ def training_step_flops(network: str, batch: int) -> int:
         if suite in ("pool", "other"):
             continue
         case = Case(suite, "", "forward", spec)
-        forward = case.flops(batch)
+        forward = case.flops(batch) or 0  # convolutions and dense layers: never None
         total += forward * (2 if i == 0 else 3)
     return total
 

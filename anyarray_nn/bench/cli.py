@@ -48,7 +48,8 @@ def _default_backends() -> list[str]:
 
 def _references(backends: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """The PyTorch references the chosen backends are compared with, and skipped ones."""
-    refs, skipped = [], []
+    refs: list[str] = []
+    skipped: list[tuple[str, str]] = []
     if _available("torch") is not None:
         return refs, [("pytorch", "PyTorch is not installed: pip install 'anyarray_nn[reference]'")]
     devices = {harness.device_of(b) for b in backends}
@@ -123,9 +124,9 @@ class ResultFile(click.Path):
     def __init__(self) -> None:
         super().__init__(exists=True, dir_okay=False)
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-                ) -> tuple[str, dict[str, Any]]:
-        path = super().convert(value, param, ctx)
+    def convert(self, value: Any, param: click.Parameter | None,  # type: ignore[override]
+                ctx: click.Context | None) -> tuple[str, dict[str, Any]]:
+        path = str(super().convert(value, param, ctx))  # the file and what it holds
         try:
             return path, report.load(path)
         except ValueError as exc:

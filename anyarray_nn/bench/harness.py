@@ -18,7 +18,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 
@@ -292,8 +292,9 @@ def run(cases: list[Case], settings: Settings,
         for batch in settings.batches:
             if progress:
                 progress(f"{case.name} batch {batch}")
-            calls = {t: build(case, t, batch, settings.dtype) for t in targets}
-            calls = {t: call for t, call in calls.items() if call is not None}
+            built = {t: build(case, t, batch, settings.dtype) for t in targets}
+            calls = {t: call for t, call in built.items() if call is not None}
+            del built
             times = time_targets(calls, settings.repeats, settings.blocks)
             medians = {t: summarize(times[t])[0] for t in calls}
             doubted = {t: doubts(times[t], settings.blocks) for t in calls}
@@ -343,7 +344,7 @@ def peak_memory_mb(call: Callable[[], Any], target: str) -> float | None:
     tensors; None elsewhere. A step computed in other processes (MPI ranks) reports the sum
     of their peaks."""
     if getattr(call, "runs_in_other_processes", False):
-        return call.peak_memory_mb()
+        return cast(Any, call).peak_memory_mb()  # ranks.MpiSteps
     if target == "numpy":
         import tracemalloc
         tracemalloc.start()

@@ -89,7 +89,8 @@ class MpiSteps:
     def _stderr(self) -> str:
         if self.process.poll() is None:
             return ""
-        return (self.process.stderr.read() or b"").decode(errors="replace")[-2000:]
+        stream = self.process.stderr
+        return ((stream.read() if stream else b"") or b"").decode(errors="replace")[-2000:]
 
     def close(self) -> None:
         """Stop the ranks and wait for the job to end."""

@@ -14,7 +14,7 @@ import logging
 import os
 import pathlib
 import zlib
-from typing import BinaryIO, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -175,7 +175,7 @@ def open_decompressed(path: str | os.PathLike,
     """
     path = pathlib.Path(path)
     kind = path.suffix if compression is None else compression
-    opener = {".gz": gzip.open, ".xz": _XzReader}.get(kind, open)
+    opener: Any = {".gz": gzip.open, ".xz": _XzReader}.get(kind, open)
     try:
         with opener(path, "rb") as file:
             yield file

@@ -181,7 +181,8 @@ def _read_tar_members(source: _Source, names: list[str]) -> list[tuple[str, byte
     try:
         # Stream mode ("r|"): tarfile reads forward only, from a stream that stops the whole
         # archive at its limit (a forged header cannot make it read or buffer more).
-        with open_decompressed(tarball, compression_of(tarball)) as stream, tarfile.open(
+        # (a LimitedReader reads like the file object tarfile's stream mode takes)
+        with open_decompressed(tarball, compression_of(tarball)) as stream, tarfile.open(  # type: ignore[call-overload]
                 fileobj=LimitedReader(stream, batches * source.limit + (1 << 20), tarball,
                                       f"a tar of {batches} batches"), mode="r|") as archive:
             for count, member in enumerate(archive, start=1):
@@ -343,7 +344,8 @@ class _PickleMachine:
         opcodes = pickletools.genops(stream)
         for count in itertools.count(1):
             try:
-                opcode, arg, self.position = next(opcodes)
+                opcode, arg, position = next(opcodes)
+                self.position = position or 0
             except StopIteration:
                 break
             except ValueError as exc:  # cut short, a length past the end, an unknown opcode...
@@ -581,7 +583,7 @@ class _PickleMachine:
             order = state[1].decode("latin-1") if type(state[1]) is bytes else state[1]
             if order not in ("<", ">", "=", "|"):
                 raise self.refuse(f"refused the byte order {_shorten(order)}")
-            target.dtype = target.dtype.newbyteorder("=" if order == "|" else order)
+            target.dtype = target.dtype.newbyteorder("=" if order == "|" else order)  # type: ignore[arg-type]
             target.built = True
         elif type(target) is _Array and target.array is None and type(state) is tuple \
                 and len(state) in (4, 5):
@@ -642,7 +644,8 @@ def _parse_pickle(data: bytes, source: str) -> Batch:
             raise DataFormatError(f"{source}: the key {_shorten(repr(key))} appears {problem}; "
                                   f"expected the keys {', '.join(_KEYS)} of a CIFAR-10 batch")
         batch[name] = value
-    images = batch.get("data").array if type(batch.get("data")) is _Array else None
+    held = batch.get("data")
+    images = held.array if isinstance(held, _Array) and type(held) is _Array else None
     if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2
             and images.shape[1] == PIXELS and 0 < len(images) <= OFFICIAL_RECORDS):
         found = (f"{images.dtype} array of shape {images.shape}" if images is not None else

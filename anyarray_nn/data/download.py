@@ -26,7 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .._atomic import new_temporary_file
 from . import cifar10, mnist
@@ -140,11 +140,11 @@ def verify(name: str, root: str | os.PathLike | None = None) -> dict[str, bool]:
                               False),
                              (base.with_name(raw + ".xz"), "sha256", digest, True)]
     else:
-        folders = [root / "cifar-10" / cifar10.BIN_FOLDER, root / cifar10.BIN_FOLDER, root]
-        for folder in folders:
+        places = [root / "cifar-10" / cifar10.BIN_FOLDER, root / cifar10.BIN_FOLDER, root]
+        for place in places:
             for batch, digest in CIFAR10_BIN_SHA256.items():
                 expected += [(path, "sha256", digest, path.name != batch)
-                             for path in with_suffixes(folder / batch)]
+                             for path in with_suffixes(place / batch)]
         expected += [(tarball, "md5", CIFAR10_TARBALL_MD5, False)
                      for tarball in (root / cifar10.BIN_TARBALL,
                                      root / "cifar-10" / cifar10.BIN_TARBALL)]
@@ -163,7 +163,8 @@ def _file_digest(path: pathlib.Path, algorithm: str, unpack: bool = False) -> st
     """The hex digest of the file (of its decompressed contents when ``unpack``), or ``None``
     when it cannot be read or unpacks to more than any published file
     (:data:`MAX_UNPACKED_BYTES`; decompression stops there)."""
-    opener = {".gz": gzip.open, ".xz": lzma.open}.get(path.suffix, open) if unpack else open
+    opener: Any = ({".gz": gzip.open, ".xz": lzma.open}.get(path.suffix, open) if unpack
+                   else open)
     digest = hashlib.new(algorithm)
     size = 0
     try:

@@ -55,7 +55,8 @@ class Standardize:
 
     constant_rtol = float(np.finfo(np.float32).eps)
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], scale: float = 1.0) -> None:
+    def __init__(self, mean: Sequence[float] | np.ndarray, std: Sequence[float] | np.ndarray,
+                 scale: float = 1.0) -> None:
         self.mean = np.asarray(mean, dtype=np.float64)
         self.std = np.asarray(std, dtype=np.float64)
         if self.mean.shape != self.std.shape or self.mean.ndim != 1:
@@ -298,7 +299,7 @@ class DataLoader:
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int = 64, *,
                  shuffle: bool = True, seed: int = 0, backend: Any = None,
                  dtype: str = "float32", preprocess: Callable[[Any], Any] | None = None,
-                 augment: Sequence[Callable[[Any, np.random.Generator], Any]] = (),
+                 augment: Sequence[Callable[..., Any]] = (),
                  train: bool = True, drop_last: bool = False,
                  shard: tuple[int, int] | None = None) -> None:
         # A tuple holds one array per model input or output; a list is one array's values.

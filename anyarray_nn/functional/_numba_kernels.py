@@ -796,7 +796,7 @@ def direct_weight_gradient(xpad: Any, dy: Any, w_shape: tuple[int, ...],
         return tiled
     k, n, hp, wp = xpad.shape
     o = w_shape[0]
-    plane, start = _tap_groups(tuple(w_shape[1:]), wp, dilation)
+    plane, start = _tap_groups((w_shape[1], w_shape[2], w_shape[3]), wp, dilation)
     grad = np.zeros((o, plane.shape[0], GROUP), dtype=xpad.dtype)
     wide = np.zeros((2, _run(xpad, start, tuple(dy.shape[2:]))), dtype=xpad.dtype)
     _correlate_groups(_flat(xpad), plane, start, _cnhw(dy), wide, wp, grad)

@@ -163,7 +163,7 @@ def _forward_kernel(count: int) -> Any:
         padded = bias.shape[0]
         planes = weights.shape[0] // (taps * padded)
         size = x.shape[0] // (planes * images)
-        tile = _tile(count, weights)
+        tile = _tile(count, weights)  # type: ignore[call-arg, var-annotated]  # intrinsic
         part = np.empty(count * LANES, dtype=out.dtype)
         for first in range(0, channels, LANES):
             lanes = min(LANES, channels - first)
@@ -201,7 +201,7 @@ def _weight_kernel(count: int, cols: int) -> Any:
         images = dy.shape[0] // (padded * ho * wo)
         size = x.shape[0] // (planes * images)
         row_step, col_step = sizes[0] * width, sizes[1]
-        tile = _tile(count, dy)
+        tile = _tile(count, dy)  # type: ignore[call-arg, var-annotated]  # intrinsic
         part = np.empty(count * LANES, dtype=grad.dtype)
         zeros = np.zeros(LANES, dtype=grad.dtype)
         for first in range(0, channels, LANES):

@@ -576,7 +576,7 @@ def _conv2d_forward_with_patches(x: Any, w: Any, b: Any | None, stride: Any, pad
         y, patches = _dense_forward(xp, x4, w, b, conv.inner_pads, conv.stride, conv.dilation,
                                     conv.out_hw)
     elif _per_group(w):
-        parts = _each_group(lambda group: _dense_forward(
+        parts = _each_group(lambda group: _dense_forward(  # type: ignore[call-arg]
             xp, *group[:3], conv.inner_pads, conv.stride, conv.dilation, conv.out_hw),
             list(_groups(x4, w, b, None, conv)), x4, w)
         y = xp.concat([y_g for y_g, _ in parts], axis=1)
@@ -599,6 +599,7 @@ def _dense_forward(xp: Any, x: Any, w: Any, b: Any | None, pads: Padding,
     """The forward pass with one group: through the fast paths where they apply."""
     kernel = (w.shape[2], w.shape[3])
     patches = _patches(xp, x, kernel, out_hw, pads, stride, dilation, w.shape[0])
+    fast: Any  # the kernels module that made the patches (so not None)
     if patches.kind == "winograd":  # the bias is added by the output transform
         fast = winograd_kernels(xp, x.dtype, (kernel, stride, dilation), x.shape[1])
         return fast.winograd_forward(w, patches.matrix, b, x.shape[0], out_hw), patches
@@ -734,8 +735,9 @@ def _dense_backward(xp: Any, x: Any, w: Any, dy: Any, pads: Padding, stride: tup
     (ho, wo), (n, c, h, wd), o = out_hw, x.shape, w.shape[0]
     # Winograd and direct patches are used by the kernels that made them, unless a
     # portable_kernels() block now rules those out: then the portable patches are made afresh.
-    winograd = winograd_kernels(xp, x.dtype, (kernel, stride, dilation), c)
-    direct = direct_kernels(xp, x.dtype, stride, c, (c, o, kernel))
+    # (Any: used only where patches.kind says they made the patches, so not None)
+    winograd: Any = winograd_kernels(xp, x.dtype, (kernel, stride, dilation), c)
+    direct: Any = direct_kernels(xp, x.dtype, stride, c, (c, o, kernel))
     if (patches is None or patches.kind == "grouped"
             or (patches.kind == "winograd" and winograd is None)
             or (patches.kind == "direct" and direct is None)):
@@ -825,7 +827,9 @@ def _transposed_padding(in_hw: tuple[int, int], out_hw: tuple[int, int],
     full = (reach[0] - pads[0], reach[0] - pads[1] + rest[0],
             reach[1] - pads[2], reach[1] - pads[3] + rest[1])
     # Padding larger than the kernel's reach means cropping: pad by 0 and slice afterwards.
-    return tuple(max(q, 0) for q in full), tuple(max(-q, 0) for q in full)
+    top, bottom, left, right = full
+    return ((max(top, 0), max(bottom, 0), max(left, 0), max(right, 0)),
+            (max(-top, 0), max(-bottom, 0), max(-left, 0), max(-right, 0)))
 
 
 def _grouped_input_gradient(xp: Any, dy: Any, w: Any, in_hw: tuple[int, int], pads: Padding,

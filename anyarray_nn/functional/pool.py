@@ -426,7 +426,7 @@ def adaptive_output_size(output_size: Any, size: Pair) -> Pair:
         pair = tuple(n if o is None else as_int(o) for o, n in zip(output_size, size))
     else:
         pair = (as_int(output_size),) * 2
-    if None in pair or min(pair) < 0:  # type: ignore[operator]
+    if None in pair or min(pair) < 0:  # type: ignore[operator, type-var]
         raise InputError(f"output_size: expected an int >= 0 or a pair of them (None keeps "
                          f"the input size), got {output_size!r}")
     return pair  # type: ignore[return-value]

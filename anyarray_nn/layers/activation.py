@@ -103,9 +103,10 @@ class _AlongDim(Layer):
 
     def __init__(self, dim: int = -1, name: str | None = None) -> None:
         super().__init__(name)
-        if as_int(dim) is None:
+        axis = as_int(dim)
+        if axis is None:
             raise ValueError(f"{type(self).__name__}: expected dim to be an int, got {dim!r}")
-        self.dim = as_int(dim)
+        self.dim: int = axis
 
     def get_config(self) -> dict[str, Any]:
         return {"dim": self.dim, "name": self.name}

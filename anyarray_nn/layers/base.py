@@ -166,7 +166,9 @@ class Layer:
         used twice keeps one cache per call. ``relu=True`` (layers whose ``fuses_relu`` is
         true) returns ``relu(y)``, and the backward pass goes back through both."""
         with errors_named(self.describe()):
-            out, cache = self._forward(x, train, relu=True) if relu else self._forward(x, train)
+            # relu=True only for layers whose _forward takes it (fuses_relu)
+            out, cache = (self._forward(x, train, relu=True)  # type: ignore[call-arg]
+                          if relu else self._forward(x, train))
         return out, (cache if train else _NO_CACHE)
 
     def backward_pass(self, dy: Any, cache: Any, input_grad: bool) -> tuple[Any, dict[str, Any]]:

@@ -83,7 +83,7 @@ def call_on_nodes(layer: "Layer", inputs: Sequence[Node], several: bool) -> Node
         return Node(layer, inputs, None, several=several)
     _check_probe_size(layer, inputs)
     probe_backend, probe_dtype = _probe_kind(layer)
-    probes = [_backend.asarray(np.zeros((1, *node.shape), dtype=np.float32),
+    probes = [_backend.asarray(np.zeros((1, *(node.shape or ())), dtype=np.float32),
                                backend=probe_backend, dtype=probe_dtype) for node in inputs]
     try:
         out = layer.forward(tuple(probes) if several else probes[0], train=False)
@@ -102,7 +102,7 @@ def _check_probe_size(layer: "Layer", inputs: Sequence[Node]) -> None:
     limit = _PROBE_LIMIT.get()
     if limit is None:
         return
-    shapes = [node.shape for node in inputs]
+    shapes = [node.shape or () for node in inputs]  # known: build() checked
     needed = sum(math.prod(shape) for shape in shapes)
     try:
         needed = max(needed, layer.probe_elements(shapes))
