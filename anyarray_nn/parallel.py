@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,8 @@ from .errors import InputError
 from .functional._fast import portable_kernels, portable_only
 from .layers.base import _NO_CACHE
 from .model import Model, ModelWrapper
+
+logger = logging.getLogger("anyarray_nn")
 
 
 class DataParallel(ModelWrapper):
@@ -172,6 +175,8 @@ class DataParallel(ModelWrapper):
         self.close()
         self._helpers = _Threads(self.model, self.workers - 1)
         self._stop_helpers = weakref.finalize(self, self._helpers.close)
+        logger.info("DataParallel: %d helper thread(s) started, each with a copy of the "
+                    "model's layers sharing its parameters", self.workers - 1)
 
     def __repr__(self) -> str:
         return f"DataParallel({self.model!r}, workers={self.workers}, min_batch={self.min_batch})"

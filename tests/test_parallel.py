@@ -313,3 +313,19 @@ def test_helper_processes_are_refused_with_the_way_to_mpi_ranks():
                                          r"train over MPI ranks instead"):
         ann.DataParallel(mnist_net(rng=0), 2, processes=True)
     assert ann.DataParallel(mnist_net(rng=0), 2, processes=False).workers == 2
+
+
+def test_starting_the_helper_threads_is_logged(caplog, rng):
+    """What the library decides for the user is on the "anyarray_nn" logger: the helpers
+    it starts, once (not at every split batch)."""
+    model = ann.DataParallel(ann.Sequential([ann.layers.Dense(3, 2, rng=0, dtype="float64")]),
+                             workers=2, min_batch=1)
+    try:
+        with caplog.at_level("INFO", logger="anyarray_nn"):
+            for _ in range(3):
+                model.forward(rng.standard_normal((4, 3)), train=True)
+    finally:
+        model.close()
+    started = [r.message for r in caplog.records if "helper thread(s) started" in r.message]
+    assert started == ["DataParallel: 1 helper thread(s) started, each with a copy of the "
+                       "model's layers sharing its parameters"]
