@@ -56,6 +56,7 @@ logger = logging.getLogger("anyarray_nn")
 LAUNCHER_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
 _comm: Any = None  # the communicator once joined; None: not joined (one rank, or not yet)
+_local_rank: list[int] = []  # this rank among those on its machine, found when joining
 
 
 def mpiexec() -> str | None:
@@ -94,6 +95,7 @@ def init(comm: Any = None) -> None:
     # The ranks on this machine share its cores: each computes on its share (see
     # _threads.share_cores, which logs what it decides).
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    _local_rank[:] = [local.Get_rank()]  # kept: asking again would be a collective call
     if local.Get_size() > 1:
         _threads.share_cores(local.Get_size())
     local.Free()
@@ -259,28 +261,23 @@ def use_gpu() -> int:
     if count < 1:
         raise RuntimeError("anyarray_nn.distributed.use_gpu: no GPU is visible to rank "
                            f"{rank()}")
-    device = local_rank() % count
+    local = local_rank()
+    device = local % count
     cupy.cuda.Device(device).use()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.set_device(device)
     _gpu[:] = [device]
     logger.info("distributed: rank %d (local rank %d) computes on GPU %d of %d", rank(),
-                local_rank(), device, count)
+                local, device, count)
     return device
 
 
 def local_rank() -> int:
-    """This process's rank among the ranks on its machine (0 without MPI)."""
+    """This process's rank among the ranks on its machine (0 without MPI), found when the
+    process joined MPI: any rank may ask alone."""
     comm = _communicator()
-    if comm is None or comm.Get_size() == 1:
-        return 0
-    from mpi4py import MPI
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        return local.Get_rank()
-    finally:
-        local.Free()
+    return _local_rank[0] if comm is not None and _local_rank else 0
 
 
 def allgather(values: np.ndarray) -> list[np.ndarray]:

@@ -173,7 +173,7 @@ def test_ranks_sharing_a_machine_share_its_cores(tmp_path, threads):
     assert done.returncode == 0, done.stderr
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     for r, got in enumerate(results(tmp_path, "threads", 2)):
-        assert int(got["local_rank"]) == r  # both ranks on this machine
+        assert int(got["local_rank"]) == r  # both ranks on this machine; asked alone
         assert int(got["cores"]) == max(1, cores // 2)
         expected = max(1, cores // 2) if threads is None else min(2, cores)
         assert int(got["blas_threads"]) == expected
