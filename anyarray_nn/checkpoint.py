@@ -717,8 +717,6 @@ def _snapshot(model: Model, optimizer: Any, loader: Any) -> Any:
     return undo
 
 
-
-
 MAX_PROBE_ELEMENTS = 1 << 25
 """The most elements one array of a shape probe may have when ``load_model`` builds a graph
 model: 33.5 million (128 MiB in float32) for one sample, eight times what a 3x3 convolution

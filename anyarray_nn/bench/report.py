@@ -213,18 +213,15 @@ def _finite(literal: str) -> float:
     return value
 
 
-def _added(seen: set[str], key: str) -> bool:
-    """Add ``key`` to ``seen``; False (it was not there before)."""
-    seen.add(key)
-    return False
-
-
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) < len(pairs):  # json.load would keep the last silently
         seen: set[str] = set()
-        twice = next(k for k, _ in pairs if k in seen or _added(seen, k))
-        raise ValueError(f"expected each key once in an object, got {twice!r} more than once")
+        for key, _ in pairs:  # the first key met a second time
+            if key in seen:
+                raise ValueError(f"expected each key once in an object, got {key!r} more "
+                                 f"than once")
+            seen.add(key)
     return result
 
 

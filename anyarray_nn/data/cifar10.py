@@ -70,7 +70,8 @@ def load_cifar10(root: str | os.PathLike | None = None, split: str = "train", *,
     ``root`` is the data folder (default: the ``ANYARRAY_NN_DATA`` environment variable,
     else the user's cache folder, see :func:`~anyarray_nn.data._files.data_root`).
     ``download=True`` first fetches the binary tarball into ``root/cifar-10/`` unless it is
-    there with its published checksum (:func:`anyarray_nn.data.download.download`). ``split`` is ``"train"`` (``data_batch_1`` .. ``data_batch_5``, in order) or ``"test"``
+    there with its published checksum (:func:`anyarray_nn.data.download.download`).
+    ``split`` is ``"train"`` (``data_batch_1`` .. ``data_batch_5``, in order) or ``"test"``
     (``test_batch``). Sources, first found wins:
 
     1. binary batches ``data_batch_1.bin`` ... ``test_batch.bin`` (each possibly ``.gz`` or

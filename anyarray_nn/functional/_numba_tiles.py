@@ -196,7 +196,7 @@ def _weight_kernel(count: int, cols: int) -> Any:
         # every entry written
         channels, planes, kh, kw = grad.shape
         rows = count // cols
-        padded = -(-channels // LANES) * LANES
+        padded = padded_channels(channels)
         ho, wo = sizes[2], sizes[3]
         images = dy.shape[0] // (padded * ho * wo)
         size = x.shape[0] // (planes * images)
@@ -222,6 +222,12 @@ def _weight_kernel(count: int, cols: int) -> Any:
                         for o in range(lanes):
                             grad[first + o, k, i0 + q // cols, q % cols] = part[q * LANES + o]
     return weight_gradient
+
+
+@numba.njit(cache=True)
+def padded_channels(channels: int) -> int:
+    """``channels`` rounded up to whole tiles of LANES: the weights', bias's and dY's width."""
+    return -(-channels // LANES) * LANES
 
 
 def applies(channels: int, out_channels: int, kernel: tuple[int, int]) -> bool:
@@ -279,7 +285,7 @@ def convolution(xpad: Any, w: Any, b: Any | None, out_hw: tuple[int, int],
     reach = (ho - 1) * wp + -(-wo // count) * count - 1 + int(offsets.max())
     if not applies(k, o, (kh, kw)) or reach >= hp * wp:
         return None
-    padded = -(-o // LANES) * LANES
+    padded = padded_channels(o)
     weights = np.zeros((k, kh * kw, padded), dtype=xpad.dtype)
     weights[:, :, :o] = np.permute_dims(np.reshape(w, (o, k, kh * kw)), (1, 2, 0))
     bias = np.zeros(padded, dtype=xpad.dtype)
@@ -300,7 +306,7 @@ def weight_gradient(xpad: Any, dy: Any, w_shape: tuple[int, ...],
     if not applies(k, o, (kh, kw)) or kw > _most(xpad.dtype):
         return None
     ho, wo = dy.shape[2], dy.shape[3]
-    padded = -(-o // LANES) * LANES
+    padded = padded_channels(o)
     by_position = np.zeros((n, ho, wo, padded), dtype=xpad.dtype)
     by_position[..., :o] = np.permute_dims(dy, (0, 2, 3, 1))
     rows = weight_rows(kh, kw, xpad.dtype)
