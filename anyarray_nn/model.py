@@ -266,11 +266,14 @@ class Model:
                              f">= 1, got {batch_size!r}")
         xs = self._arrays(x, len(self.inputs), "x", "input")
         xp = _backend.namespace(xs[0])
-        rows = int(xs[0].shape[0]) if xs[0].ndim else 0
+        if any(a.ndim == 0 for a in xs):  # no batch axis: the first layer says what it wants
+            chunks = [list(xs)]
+        else:
+            rows = int(xs[0].shape[0])  # stops within range: the standard leaves others open
+            chunks = [[a[start:min(start + size, rows), ...] for a in xs]
+                      for start in range(0, max(rows, 1), size)]
         parts = []
-        for start in range(0, max(rows, 1), size):
-            stop = min(start + size, rows)  # the standard leaves out-of-range stops undefined
-            chunk = [a[start:stop, ...] for a in xs]
+        for chunk in chunks:
             out = self.forward(chunk[0] if self._single_input else tuple(chunk), train=False)
             parts.append(xp.argmax(out if self._single_output else out[0], axis=1))
         return parts[0] if len(parts) == 1 else xp.concat(parts)

@@ -291,3 +291,11 @@ def test_predict_in_batches_on_every_backend(xp, rng):
     x = ann.asarray(rng.standard_normal((10, 3)))
     expected = host(model.predict(x, batch_size=10))
     np.testing.assert_array_equal(host(model.predict(x, batch_size=4)), expected)
+
+
+def test_predict_without_a_batch_axis_gets_the_layer_s_error(rng):
+    model = ann.Sequential([Dense(2, 3, rng=0, dtype="float64")])
+    with pytest.raises(ann.InputError, match=r"Dense 'dense1': expected input of shape "
+                                             r"\(batch, 2\), got \(\)"):
+        model.predict(np.asarray(1.0))
+    assert model.predict(np.zeros((0, 2))).shape == (0,)
