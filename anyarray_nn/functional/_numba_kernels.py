@@ -631,12 +631,12 @@ def winograd_input_gradient(dm: Any, w: Any, batch: int, out_hw: tuple[int, int]
 # channels (the course networks' second layers) the kernel wins on one core (batch 32: the
 # CIFAR-10 network's forward 1.4 -> 1.3 ms, dW and dX 2.9 -> 2.2), where DataParallel runs
 # each slice, but loses to a GEMM on two threads (forward 2.0 -> 2.6). Those 16-channel
-# layers now run register tiles (``_numba_tiles``: MNIST's at batch 32, forward 1.52 ->
-# 0.79 ms, dW 1.36 -> 0.76); the paired runs below keep the first layers.
+# layers now run register tiles (``_numba_tiles``: MNIST's at batch 32, the kernel alone
+# 1.46 -> 0.82 ms forward); the paired runs below keep the first layers.
 DIRECT_MAX_CHANNELS = 3
 DIRECT_MAX_CHANNELS_ONE_CORE = 16  # where a GEMM gets one core too (_fast.one_core), and
 # on any number of cores where the register tiles apply: on one core they beat a GEMM on two
-# (unsplit steps at batch 64, alternating: MNIST 15.5 -> 9.1 ms, CIFAR-10 23.0 -> 15.7)
+# (unsplit steps, alternating: MNIST 11.5 -> 9.7 ms at batch 64, 55.5 -> 37.1 at 256)
 tiles_apply = _numba_tiles.applies
 GROUP = 5  # taps per pass
 

@@ -30,8 +30,8 @@ The two kernels differ only in what the tile holds:
   over every output position: the 16 channels' dY at one position (one vector load, dY laid
   out by position, channels last) times the input under each tap.
 
-MNIST's 16 -> 16 5x5 layer at batch 32 (one core): forward 1.52 -> 0.79 ms, near PyTorch's
-0.67 (docs/benchmarks.md).
+MNIST's 16 -> 16 5x5 layer at batch 32 (one core, with the padding copy): forward 1.58 ->
+0.90 ms, backward 3.03 -> 1.77; PyTorch's oneDNN forward 0.68 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ from numba.extending import intrinsic
 LANES = 16  # output channels per tile: one AVX-512 vector of float32
 # Where a tile beats ``_numba_kernels``' paired runs (batch 32, one core): with 8 or more
 # output channels (fewer leave most of a tile's lanes empty) and 128 or more taps per output
-# (16 -> 16 3x3: forward 0.55 -> 0.39 ms; 8 -> 16 5x5: 0.76 -> 0.49). A first layer's 25 or
+# (16 -> 16 3x3: forward 0.50 -> 0.38 ms; 8 -> 16 5x5: 0.75 -> 0.47). A first layer's 25 or
 # 75 taps leave too little work per tile for its fill and store (3 -> 16 5x5 at 32x32:
-# 1.00 -> 1.19 ms).
+# 1.01 -> 1.20 ms; 1 -> 16 at 28x28: 0.36 -> 0.65).
 MIN_CHANNELS = 8
 MIN_TAPS = 128
 
