@@ -252,3 +252,16 @@ def test_a_failed_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temporary left
+
+
+def test_a_killed_save_s_temporary_is_cleaned_by_the_next_save(tmp_path):
+    """A save killed mid-write leaves only its temporary (never a half file under the real
+    name); the next save to that folder removes it."""
+    model = ann.Sequential([Dense(2, 3, rng=0)])
+    stale = tmp_path / ".w.safetensors.0123abcd.safetensors-tmp"
+    stale.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"__meta")  # half a header
+    old = os.stat(stale).st_mtime - 3600
+    os.utime(stale, (old, old))
+    ann.save_weights(model, tmp_path / "w.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+    ann.load_weights(ann.Sequential([Dense(2, 3, rng=1)]), tmp_path / "w.safetensors")
